@@ -1,0 +1,154 @@
+"""Where collected actions come from: expert, noisy expert, random walk, perturbed expert, policy.
+
+A world model trained only on expert-like motion learns to continue the motion it sees and
+ignores the actions. ``random-walk`` and ``perturbed`` produce actions that cannot be guessed
+from the frames; ``noisy`` and ``policy`` produce the failures a judge and a world model
+must also see.
+
+Every source acts one step at a time through ``act(env, frame)`` and describes itself with
+``describe()``, which goes into each episode's metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from wmpo.errors import ConfigError
+
+SOURCE_KINDS = ("expert", "noisy", "random-walk", "perturbed", "policy")
+
+
+class ActionSource(Protocol):
+    def reset(self, rng: np.random.Generator) -> None: ...
+    def act(self, env: Any, frame: np.ndarray) -> np.ndarray: ...
+    def describe(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class ExpertSource:
+    """The scripted MetaWorld expert, with optional Gaussian action noise (std in action units)."""
+
+    noise_std: float = 0.0
+
+    def reset(self, rng: np.random.Generator) -> None:
+        self._rng = rng
+
+    def act(self, env: Any, frame: np.ndarray) -> np.ndarray:
+        a = env.expert_action()
+        if self.noise_std > 0:
+            a = a + self._rng.normal(0.0, self.noise_std, size=a.shape)
+        return np.clip(a, -1, 1).astype(np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        if self.noise_std > 0:
+            return {"kind": "noisy", "noise_std": self.noise_std}
+        return {"kind": "expert"}
+
+
+@dataclass
+class RandomWalkSource:
+    """Smooth random motion: a mean-reverting random walk in xyz, random gripper toggles."""
+
+    step_std: float = 0.35
+    decay: float = 0.8
+    gripper_flip_prob: float = 0.05
+
+    def reset(self, rng: np.random.Generator) -> None:
+        self._rng = rng
+        self._a = np.zeros(4)
+        self._a[3] = rng.choice([-1.0, 1.0])
+
+    def act(self, env: Any, frame: np.ndarray) -> np.ndarray:
+        r = self._rng
+        self._a[:3] = np.clip(self.decay * self._a[:3] + r.normal(0, self.step_std, 3), -1, 1)
+        if r.random() < self.gripper_flip_prob:
+            self._a[3] = -self._a[3]
+        return self._a.astype(np.float32).copy()
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "random-walk", "step_std": self.step_std, "decay": self.decay,
+                "gripper_flip_prob": self.gripper_flip_prob}
+
+
+@dataclass
+class PerturbedSource:
+    """The expert, but each chunk of ``segment`` steps is replaced by random-walk motion with
+    probability ``prob``; expert steps get Gaussian noise ``noise_std``. Reaches objects (so
+    interactions are in the data) while its actions stay unpredictable from the frames."""
+
+    prob: float = 0.5
+    noise_std: float = 0.3
+    segment: int = 8
+
+    def reset(self, rng: np.random.Generator) -> None:
+        self._rng = rng
+        self._walk = RandomWalkSource()
+        self._walk.reset(rng)
+        self._t = 0
+        self._random = False
+
+    def act(self, env: Any, frame: np.ndarray) -> np.ndarray:
+        if self._t % self.segment == 0:
+            self._random = bool(self._rng.random() < self.prob)
+        self._t += 1
+        if self._random:
+            return self._walk.act(env, frame)
+        a = env.expert_action() + self._rng.normal(0, self.noise_std, 4)
+        return np.clip(a, -1, 1).astype(np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "perturbed", "prob": self.prob, "noise_std": self.noise_std,
+                "segment": self.segment}
+
+
+class PolicySource:
+    """A policy checkpoint acting in chunks: observe, sample K actions, execute them, repeat."""
+
+    def __init__(self, checkpoint: str, temperature: float = 1.0) -> None:
+        import torch
+
+        from wmpo.models.policy import Policy
+
+        self.checkpoint = checkpoint
+        self.temperature = temperature
+        self.policy, manifest = Policy.from_checkpoint(checkpoint)
+        self.sha = manifest.get("weights_sha256", "")[:12]
+        self._gen = torch.Generator()
+
+    def reset(self, rng: np.random.Generator) -> None:
+        self._gen.manual_seed(int(rng.integers(0, 2**62)))
+        self._queue: list[np.ndarray] = []
+
+    def act(self, env: Any, frame: np.ndarray) -> np.ndarray:
+        if not self._queue:
+            chunk = self.policy.act(frame[None], [env.instruction], self.temperature, self._gen)[0]
+            self._queue = list(chunk)
+        return self._queue.pop(0)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "policy", "checkpoint": str(self.checkpoint), "checkpoint_sha256": self.sha,
+                "temperature": self.temperature}
+
+
+def make_source(kind: str, *, noise_std: float = 0.5, perturb_prob: float = 0.5,
+                checkpoint: str | None = None, temperature: float = 1.0) -> ActionSource:
+    if kind == "expert":
+        return ExpertSource(0.0)
+    if kind == "noisy":
+        if noise_std <= 0:
+            raise ConfigError(f"--noise-std must be > 0 for the noisy source, got {noise_std}")
+        return ExpertSource(noise_std)
+    if kind == "random-walk":
+        return RandomWalkSource()
+    if kind == "perturbed":
+        if not 0 <= perturb_prob <= 1:
+            raise ConfigError(f"--perturb-prob must be in [0, 1], got {perturb_prob}")
+        return PerturbedSource(prob=perturb_prob, noise_std=noise_std)
+    if kind == "policy":
+        if not checkpoint:
+            raise ConfigError("the policy source needs --checkpoint")
+        return PolicySource(checkpoint, temperature)
+    raise ConfigError(f"unknown source {kind!r}; valid sources: {', '.join(SOURCE_KINDS)}")

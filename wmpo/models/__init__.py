@@ -1,0 +1,1 @@
+"""Models: policy (this file set grows: autoencoder, video DiT, success classifier, ...)."""

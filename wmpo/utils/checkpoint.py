@@ -1,0 +1,107 @@
+"""Checkpoints: a directory with ``model.safetensors``, ``config.json`` and ``manifest.json``.
+
+The manifest records provenance (training data, command, versions) and results (metrics,
+evaluations). A checkpoint's identity is the SHA-256 of its weights file; rollouts and
+results carry its first 12 hex digits. Saving is atomic per file, weights last-but-one and
+the manifest last, so a directory with a manifest is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from wmpo.data.episodes import atomic_write_bytes, atomic_write_json
+from wmpo.errors import CheckpointError
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+MANIFEST = "manifest.json"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(
+    directory: str | Path,
+    tensors: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    manifest: dict[str, Any],
+) -> str:
+    """Write a checkpoint; returns the weights' SHA-256."""
+    directory = Path(directory)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    blob = save(tensors, metadata={"format": "wmpo"})
+    atomic_write_bytes(directory / WEIGHTS, lambda f: f.write(blob))
+    atomic_write_json(directory / CONFIG, config)
+    sha = hashlib.sha256(blob).hexdigest()
+    atomic_write_json(directory / MANIFEST, {**manifest, "weights_sha256": sha})
+    return sha
+
+
+def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """Read a checkpoint directory; raises ``CheckpointError`` with a clear message on any problem."""
+    directory = Path(directory)
+    if directory.is_file() and directory.name == WEIGHTS:
+        directory = directory.parent
+    if not directory.is_dir():
+        raise CheckpointError(f"no checkpoint at {directory}: expected a directory with {WEIGHTS} and {CONFIG}")
+    for name in (WEIGHTS, CONFIG):
+        if not (directory / name).exists():
+            raise CheckpointError(f"checkpoint {directory} is missing {name}")
+    try:
+        tensors = load_file(directory / WEIGHTS)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint weights {directory / WEIGHTS} are corrupt: {e}") from e
+    try:
+        config = json.loads((directory / CONFIG).read_text())
+        manifest_path = directory / MANIFEST
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"checkpoint {directory} has invalid JSON: {e}") from e
+    return tensors, config, manifest
+
+
+def update_manifest(directory: str | Path, **fields: Any) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    manifest.update(fields)
+    atomic_write_json(path, manifest)
+    return manifest
+
+
+def environment_info() -> dict[str, Any]:
+    """Versions and code revision, for provenance records."""
+    import metaworld  # noqa: F401
+    import mujoco
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    from importlib.metadata import version
+
+    return {
+        "git_commit": commit,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "mujoco": mujoco.__version__,
+        "metaworld": version("metaworld"),
+        "machine": platform.machine(),
+    }
