@@ -100,26 +100,100 @@ class CollectConfig:
             )
 
 
-def _worker(cfg: CollectConfig, jobs: list[tuple[str, int]], wid: int, out_q: mp.Queue) -> None:
+@dataclass
+class SourceSpec:
+    """How to build an action source inside a worker process (sources hold envs/models)."""
+
+    kind: str = "expert"
+    noise_std: float = 0.5
+    perturb_prob: float = 0.5
+    checkpoint: str | None = None
+    temperature: float = 1.0
+
+    def build(self) -> ActionSource:
+        return make_source(self.kind, noise_std=self.noise_std, perturb_prob=self.perturb_prob,
+                           checkpoint=self.checkpoint, temperature=self.temperature)
+
+
+def _worker(spec: SourceSpec, env_kwargs: dict[str, Any], jobs: list[tuple[str, int]],
+            store: tuple[str, int] | None, wid: int, out_q: mp.Queue) -> None:
     from wmpo.envs import make_env
 
+    if spec.kind == "policy":
+        import torch
+
+        torch.set_num_threads(1)  # one core per worker process
     try:
-        source = make_source(cfg.source, noise_std=cfg.noise_std, perturb_prob=cfg.perturb_prob,
-                             checkpoint=cfg.checkpoint, temperature=cfg.temperature)
-        writer = ShardWriter(cfg.out, cfg.episodes_per_shard, prefix=f"w{wid}-")
+        source = spec.build()
+        writer = ShardWriter(store[0], store[1], prefix=f"w{wid}-") if store else None
         envs: dict[str, Any] = {}
         for task, seed in jobs:
             if task not in envs:
-                envs[task] = make_env(task, image_size=cfg.image_size, max_steps=cfg.max_steps)
-            ep = run_episode(envs[task], source, seed)
-            writer.add(ep)
-            out_q.put(("episode", task, ep.succeeded, ep.length + 1))
-        writer.flush()
+                envs[task] = make_env(task, **env_kwargs)
+            result = run_episode(envs[task], source, seed, keep_frames=writer is not None)
+            if writer is not None:
+                writer.add(result)
+                result = {"task": task, "seed": seed, "success": result.succeeded,
+                          "length": result.length}
+            out_q.put(("episode", wid, result))
+        if writer is not None:
+            writer.flush()
         for env in envs.values():
             env.close()
-        out_q.put(("done", wid, None, 0))
+        out_q.put(("done", wid, None))
     except Exception as e:  # reported to the parent, which fails the run loudly
-        out_q.put(("error", wid, f"{type(e).__name__}: {e}", 0))
+        out_q.put(("error", wid, f"{type(e).__name__}: {e}"))
+
+
+def run_episodes(
+    spec: SourceSpec,
+    jobs: list[tuple[str, int]],
+    env_kwargs: dict[str, Any],
+    workers: int,
+    store: tuple[str, int] | None = None,
+    desc: str = "episodes",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run ``jobs`` (task, seed) in ``workers`` processes; returns one result dict per episode
+    (task, seed, success, length), in completion order. With ``store=(dir, per_shard)`` the
+    episodes are also written to that dataset."""
+    if not jobs:
+        return []
+    n_workers = max(1, min(workers, len(jobs)))
+    ctx = mp.get_context("spawn")  # EGL contexts do not survive fork
+    out_q: mp.Queue = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(spec, env_kwargs, jobs[w::n_workers], store, w, out_q),
+                         daemon=True) for w in range(n_workers)]
+    for p in procs:
+        p.start()
+    results: list[dict[str, Any]] = []
+    t0 = time.time()
+    frames = 0
+    finished = 0
+    with tqdm(total=len(jobs), desc=desc, unit="ep", disable=not progress) as bar:
+        try:
+            while finished < n_workers:
+                try:
+                    kind, wid, payload = out_q.get(timeout=5)
+                except queue.Empty:
+                    if any(p.exitcode not in (None, 0) for p in procs):
+                        raise WmpoError("a worker process died; rerun to resume") from None
+                    continue
+                if kind == "episode":
+                    results.append(payload)
+                    frames += payload["length"] + 1
+                    bar.update(1)
+                    bar.set_postfix(fps=f"{frames / (time.time() - t0):.0f}")
+                elif kind == "done":
+                    finished += 1
+                else:
+                    raise WmpoError(f"worker {wid} failed: {payload}")
+        finally:
+            for p in procs:
+                if p.is_alive() and finished < n_workers:
+                    p.terminate()
+                p.join()
+    return results
 
 
 def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
@@ -128,9 +202,8 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     from wmpo.utils.checkpoint import environment_info
 
     cfg.validate()
-    source = make_source(cfg.source, noise_std=cfg.noise_std, perturb_prob=cfg.perturb_prob,
-                         checkpoint=cfg.checkpoint, temperature=cfg.temperature)
-    desc = source.describe()
+    spec = SourceSpec(cfg.source, cfg.noise_std, cfg.perturb_prob, cfg.checkpoint, cfg.temperature)
+    desc = spec.build().describe()
     out = Path(cfg.out)
     init_dataset(out, cfg.image_size, DEFAULT_CAMERA.to_dict())
     have = existing_keys(out)
@@ -140,49 +213,22 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
         for task in cfg.tasks
         if episode_key({"task": task, "seed": seed, "source": desc}) not in have
     ]
-    skipped = cfg.episodes * len(cfg.tasks) - len(jobs)
-    stats: dict[str, dict[str, int]] = {t: {"episodes": 0, "successes": 0} for t in cfg.tasks}
-    frames = 0
     t0 = time.time()
-    if jobs:
-        n_workers = min(cfg.workers, len(jobs))
-        ctx = mp.get_context("spawn")  # EGL contexts do not survive fork
-        out_q: mp.Queue = ctx.Queue()
-        procs = [ctx.Process(target=_worker, args=(cfg, jobs[w::n_workers], w, out_q), daemon=True)
-                 for w in range(n_workers)]
-        for p in procs:
-            p.start()
-        bar = tqdm(total=len(jobs), desc=f"collect {desc['kind']}", unit="ep", disable=not progress)
-        finished = 0
-        while finished < n_workers:
-            try:
-                kind, a, b, n = out_q.get(timeout=5)
-            except queue.Empty:
-                if any(p.exitcode not in (None, 0) for p in procs):
-                    raise WmpoError("a collection worker died; completed shards are kept, rerun to resume") from None
-                continue
-            if kind == "episode":
-                stats[a]["episodes"] += 1
-                stats[a]["successes"] += int(b)
-                frames += n
-                bar.update(1)
-                bar.set_postfix(fps=f"{frames / (time.time() - t0):.0f}")
-            elif kind == "done":
-                finished += 1
-            else:
-                for p in procs:
-                    p.terminate()
-                raise WmpoError(f"collection worker {a} failed: {b}")
-        bar.close()
-        for p in procs:
-            p.join()
+    results = run_episodes(spec, jobs, {"image_size": cfg.image_size, "max_steps": cfg.max_steps},
+                           cfg.workers, store=(str(out), cfg.episodes_per_shard),
+                           desc=f"collect {desc['kind']}", progress=progress)
     elapsed = time.time() - t0
+    stats = {t: {"episodes": 0, "successes": 0} for t in cfg.tasks}
+    for r in results:
+        stats[r["task"]]["episodes"] += 1
+        stats[r["task"]]["successes"] += int(r["success"])
+    frames = sum(r["length"] + 1 for r in results)
     summary = {
         "source": desc,
         "tasks": cfg.tasks,
         "seeds": [cfg.seed_start, cfg.seed_start + cfg.episodes - 1],
         "episodes_collected": len(jobs),
-        "episodes_skipped_existing": skipped,
+        "episodes_skipped_existing": cfg.episodes * len(cfg.tasks) - len(jobs),
         "per_task": stats,
         "frames": frames,
         "seconds": round(elapsed, 2),

@@ -113,7 +113,7 @@ class Policy(nn.Module):
         super().__init__()
         self.config = c = config
         chans = (3, *c.channels)
-        self.encoder = nn.Sequential(*[_conv_stage(a, b) for a, b in zip(chans[:-1], chans[1:])])
+        self.encoder = nn.Sequential(*[_conv_stage(a, b) for a, b in zip(chans[:-1], chans[1:], strict=True)])
         side = c.image_size // 2 ** len(c.channels)
         self.img_proj = nn.Linear(c.channels[-1] * side * side, c.hidden)
         self.film = nn.Linear(c.text_dim, 2 * c.hidden)

@@ -1,0 +1,25 @@
+import subprocess
+import sys
+
+from wmpo.cli import main
+
+
+def test_unknown_task_is_a_one_line_error(capsys):
+    assert main(["collect", "--out", "/tmp/never", "--tasks", "push-v9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown task 'push-v9'") and "push-v3" in err and "Traceback" not in err
+
+
+def test_missing_checkpoint_is_a_clear_error(capsys, tmp_path):
+    assert main(["eval", "policy", "--checkpoint", str(tmp_path / "nope"), "--episodes", "1"]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_missing_dataset_is_a_clear_error(capsys, tmp_path):
+    assert main(["train", "policy", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "wmpo collect" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "wmpo.cli", "tasks"], capture_output=True, text=True, check=True)
+    assert "door-open-v3" in out.stdout and "[policy task]" in out.stdout

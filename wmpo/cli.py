@@ -1,0 +1,158 @@
+"""The ``wmpo`` command line: collect, train, eval, demo.
+
+Errors caused by bad input print one line (``error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from wmpo.errors import WmpoError
+
+BUNDLED_POLICY = Path(__file__).resolve().parent.parent / "checkpoints" / "policy-base"
+
+
+def _tasks(spec: str) -> list[str]:
+    from wmpo.envs.tasks import parse_tasks
+
+    return parse_tasks(spec)
+
+
+def _add_source_args(p: argparse.ArgumentParser, default: str) -> None:
+    from wmpo.data.sources import SOURCE_KINDS
+
+    p.add_argument("--source", default=default, choices=SOURCE_KINDS,
+                   help="where actions come from (default: %(default)s)")
+    p.add_argument("--noise-std", type=float, default=0.5, help="Gaussian action noise for noisy/perturbed")
+    p.add_argument("--perturb-prob", type=float, default=0.5,
+                   help="perturbed: probability that an 8-step segment is random-walk motion")
+    p.add_argument("--checkpoint", default=None, help="policy checkpoint directory (source=policy)")
+    p.add_argument("--temperature", type=float, default=1.0, help="policy sampling temperature (0 = greedy)")
+
+
+def cmd_collect(a: argparse.Namespace) -> None:
+    from wmpo.data.collect import CollectConfig, collect
+
+    cfg = CollectConfig(out=a.out, tasks=_tasks(a.tasks), source=a.source, episodes=a.episodes,
+                        seed_start=a.seed_start, workers=a.workers, image_size=a.image_size,
+                        max_steps=a.max_steps, noise_std=a.noise_std, perturb_prob=a.perturb_prob,
+                        checkpoint=a.checkpoint, temperature=a.temperature)
+    summary = collect(cfg)
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_train_policy(a: argparse.Namespace) -> None:
+    from wmpo.train.policy import PolicyTrainConfig, train_policy
+
+    cfg = PolicyTrainConfig(data=a.data, out=a.out, tasks=_tasks(a.tasks) if a.tasks else None,
+                            preset=a.preset, demos_per_task=a.demos_per_task, steps=a.steps,
+                            batch_size=a.batch_size, lr=a.lr, seed=a.seed, resume=a.resume)
+    print(json.dumps(train_policy(cfg), indent=2))
+
+
+def cmd_eval_policy(a: argparse.Namespace) -> None:
+    from wmpo.data.collect import SourceSpec
+    from wmpo.eval.policy import EvalConfig, evaluate, format_table
+
+    if a.expert:
+        spec = SourceSpec("expert")
+    else:
+        spec = SourceSpec("policy", checkpoint=a.checkpoint, temperature=a.temperature)
+        spec.build()  # fail fast on a bad checkpoint, before starting workers
+    cfg = EvalConfig(tasks=_tasks(a.tasks), source=spec, episodes=a.episodes, seed_offset=a.seed_offset,
+                     workers=a.workers, max_steps=a.max_steps)
+    report = evaluate(cfg)
+    print(format_table(report, "expert" if a.expert else f"policy {a.checkpoint}"))
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {a.json}")
+
+
+def cmd_demo(a: argparse.Namespace) -> None:
+    from wmpo.demo import run_demo
+
+    run_demo(episodes=a.episodes, workers=a.workers, out=a.out)
+
+
+def cmd_tasks(a: argparse.Namespace) -> None:
+    from wmpo.envs.tasks import INSTRUCTIONS, POLICY_TASKS
+
+    for task, text in INSTRUCTIONS.items():
+        print(f"{task:<30} {text}{'   [policy task]' if task in POLICY_TASKS else ''}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from wmpo.envs.metaworld_env import DEFAULT_MAX_STEPS
+
+    ap = argparse.ArgumentParser(prog="wmpo", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("collect", help="collect episodes in the real simulator (MetaWorld)")
+    p.add_argument("--out", required=True, help="dataset directory (created or resumed)")
+    p.add_argument("--tasks", default="policy", help="comma-separated tasks, or 'policy' / 'all'")
+    _add_source_args(p, "expert")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per task")
+    p.add_argument("--seed-start", type=int, default=0, help="first layout seed (< 1,000,000)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS)
+    p.set_defaults(func=cmd_collect)
+
+    tr = sub.add_parser("train", help="train a model").add_subparsers(dest="what", required=True)
+    p = tr.add_parser("policy", help="supervised base policy from demonstrations")
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--out", required=True, help="checkpoint directory")
+    p.add_argument("--tasks", default=None, help="tasks to train on (default: all in the dataset)")
+    p.add_argument("--preset", default="small")
+    p.add_argument("--demos-per-task", type=int, default=None)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(func=cmd_train_policy)
+
+    ev = sub.add_parser("eval", help="evaluate in the real simulator").add_subparsers(dest="what", required=True)
+    p = ev.add_parser("policy", help="success rate per task on held-out seeds, with 95%% Wilson intervals")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--checkpoint", default=str(BUNDLED_POLICY), help="policy checkpoint (default: bundled)")
+    g.add_argument("--expert", action="store_true", help="evaluate the scripted expert instead")
+    p.add_argument("--tasks", default="policy")
+    p.add_argument("--episodes", type=int, default=100, help="episodes per task")
+    p.add_argument("--seed-offset", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding")
+    p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS)
+    p.add_argument("--json", default=None, help="write the full report here")
+    p.set_defaults(func=cmd_eval_policy)
+
+    p = sub.add_parser("demo", help="the main job on the embedded default (bundled checkpoints)")
+    p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per task")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", default="outputs/demo")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("tasks", help="list MetaWorld tasks and their instructions")
+    p.set_defaults(func=cmd_tasks)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except WmpoError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; completed work is saved (rerun to resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

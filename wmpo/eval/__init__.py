@@ -1,0 +1,1 @@
+"""Evaluation in the real simulator: the one trusted yardstick for policies and world models."""

@@ -1,0 +1,82 @@
+"""Evaluate a policy (or the scripted expert) in the real MetaWorld simulator.
+
+Evaluation seeds start at ``EVAL_SEED_BASE`` (1,000,000) and collection refuses them, so no
+evaluation layout is ever in training data. Episode i of a task uses seed
+``EVAL_SEED_BASE + i``: every policy is judged on the same layouts. Each episode's action
+noise (sampling temperature) is seeded by its seed, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from wmpo.data.collect import EVAL_SEED_BASE, SourceSpec, run_episodes
+from wmpo.errors import ConfigError
+from wmpo.eval.stats import wilson_interval
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str]
+    source: SourceSpec = field(default_factory=SourceSpec)
+    episodes: int = 100  # per task
+    seed_offset: int = 0  # episodes use seeds EVAL_SEED_BASE + seed_offset + i
+    workers: int = 2
+    image_size: int = 64
+    max_steps: int = 160
+
+    def validate(self) -> None:
+        if self.episodes < 1:
+            raise ConfigError(f"--episodes must be >= 1, got {self.episodes}")
+        if self.seed_offset < 0:
+            raise ConfigError(f"--seed-offset must be >= 0, got {self.seed_offset}")
+
+
+def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
+    cfg.validate()
+    seeds = range(EVAL_SEED_BASE + cfg.seed_offset, EVAL_SEED_BASE + cfg.seed_offset + cfg.episodes)
+    jobs = [(task, s) for s in seeds for task in cfg.tasks]
+    t0 = time.time()
+    results = run_episodes(cfg.source, jobs, {"image_size": cfg.image_size, "max_steps": cfg.max_steps},
+                           cfg.workers, desc=f"eval {cfg.source.kind}", progress=progress)
+    elapsed = time.time() - t0
+    per_task = {}
+    for task in cfg.tasks:
+        rs = [r for r in results if r["task"] == task]
+        k = sum(r["success"] for r in rs)
+        lo, hi = wilson_interval(k, len(rs))
+        succ_lens = [r["length"] for r in rs if r["success"]]
+        per_task[task] = {
+            "episodes": len(rs),
+            "successes": k,
+            "success_rate": k / len(rs),
+            "ci95": [round(lo, 4), round(hi, 4)],
+            "mean_length": sum(r["length"] for r in rs) / len(rs),
+            "mean_length_success": sum(succ_lens) / len(succ_lens) if succ_lens else None,
+        }
+    n = len(results)
+    k = sum(r["success"] for r in results)
+    lo, hi = wilson_interval(k, n)
+    return {
+        "source": asdict(cfg.source),
+        "seeds": [seeds.start, seeds.stop - 1],
+        "max_steps": cfg.max_steps,
+        "per_task": per_task,
+        "overall": {"episodes": n, "successes": k, "success_rate": k / n, "ci95": [round(lo, 4), round(hi, 4)]},
+        "seconds": round(elapsed, 1),
+        "episodes_detail": sorted(results, key=lambda r: (r["task"], r["seed"])),
+    }
+
+
+def format_table(report: dict[str, Any], title: str = "") -> str:
+    rows = [f"{title}" if title else "", f"{'task':<26} {'success':>8} {'95% CI':>15} {'n':>5} {'mean len':>9}"]
+    for task, r in report["per_task"].items():
+        lo, hi = r["ci95"]
+        rows.append(f"{task:<26} {r['success_rate']:>8.1%} {f'[{lo:.0%}, {hi:.0%}]':>15} "
+                    f"{r['episodes']:>5} {r['mean_length']:>9.1f}")
+    o = report["overall"]
+    lo, hi = o["ci95"]
+    rows.append(f"{'overall':<26} {o['success_rate']:>8.1%} {f'[{lo:.0%}, {hi:.0%}]':>15} {o['episodes']:>5}")
+    return "\n".join(r for r in rows if r is not None)
