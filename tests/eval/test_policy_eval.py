@@ -10,7 +10,7 @@ def test_wilson_interval_known_values():
     assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
     lo, hi = wilson_interval(0, 10)
     assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-3)
-    assert wilson_interval(10, 10)[1] == 1.0
+    assert wilson_interval(10, 10)[1] == pytest.approx(1.0)
 
 
 def test_scripted_expert_scores_near_100_percent_on_held_out_seeds():

@@ -232,6 +232,7 @@ class ShardWriter:
 def init_dataset(root: str | Path, image_size: int, camera: dict[str, Any], fps: int = 80) -> None:
     """Create ``meta/info.json`` (or check that an existing dataset matches)."""
     root = Path(root)
+    camera = json.loads(json.dumps(camera))  # tuples -> lists, as stored
     info_path = root / "meta" / "info.json"
     info = {
         "format": "wmpo-episodes",

@@ -144,6 +144,7 @@ class MetaWorldEnv(gym.Env):
         env.seeded_rand_vec = True
         env.seed(int(seed))
         self._state_obs, _ = env.reset()
+        self._sync_derived()
         self._seed = int(seed)
         self._steps = 0
         self._success = False
@@ -199,6 +200,21 @@ class MetaWorldEnv(gym.Env):
             "step": self._steps,
         }
 
+    def _sync_derived(self) -> None:
+        """Recompute derived positions for rendering without touching the physics state.
+
+        MetaWorld moves goal sites in ``step`` only, so right after ``reset`` (or a restore)
+        the rendered goal would sit where the previous episode left it.
+        """
+        env = self._env
+        sig = mujoco.mjtState.mjSTATE_INTEGRATION
+        buf = np.empty(mujoco.mj_stateSize(env.model, sig), dtype=np.float64)
+        mujoco.mj_getState(env.model, env.data, buf, sig)
+        mujoco.mj_forward(env.model, env.data)
+        mujoco.mj_setState(env.model, env.data, buf, sig)  # forward must not change the dynamics
+        for name, pos in env._target_site_config:
+            env._set_pos_site(name, pos)
+
     # ------------------------------------------------------------------ save/restore
     def get_sim_state(self) -> SimState:
         env = self._env
@@ -228,10 +244,8 @@ class MetaWorldEnv(gym.Env):
             getattr(env.model, name)[:] = value
         for k, v in state.task_attrs.items():
             setattr(env, k, copy.deepcopy(v))
-        sig = mujoco.mjtState.mjSTATE_INTEGRATION
-        mujoco.mj_setState(env.model, env.data, state.mj_state, sig)
-        mujoco.mj_forward(env.model, env.data)  # derived quantities (positions) for rendering
-        mujoco.mj_setState(env.model, env.data, state.mj_state, sig)  # undo forward's warmstart
+        mujoco.mj_setState(env.model, env.data, state.mj_state, mujoco.mjtState.mjSTATE_INTEGRATION)
+        self._sync_derived()
         w = state.wrapper
         self._state_obs = w["state_obs"].copy()
         self._steps = w["steps"]

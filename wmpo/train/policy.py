@@ -147,7 +147,7 @@ def train_policy(cfg: PolicyTrainConfig, progress: bool = True) -> dict[str, Any
         gen.set_state(st["gen"])
         start = st["step"]
 
-    log = open(out / "train_log.jsonl", "a")
+    log = open(out / "train_log.jsonl", "a")  # noqa: SIM115 (closed after the loop)
     t0 = time.time()
     policy.train()
     bar = tqdm(range(start, cfg.steps), desc="train policy", disable=not progress, initial=start,
