@@ -1,0 +1,297 @@
+"""Action-conditioned latent video DiT with block-causal temporal attention.
+
+The network sees a window of latent frames: a first-frame anchor, recent context frames and
+the frames being generated. Every frame carries its own diffusion time ``t`` (context frames
+sit at a small noise level, generated frames at the current denoising level) and the actions
+that led into it. Conditioning is frame-level AdaLN (DiT's adaLN-Zero): for each frame, the
+time embedding and an MLP embedding of the frame's actions are each mapped to
+shift/scale/gate for every block, and the two are added. Both maps are zero-initialized, so a
+freshly built block is the identity.
+
+Attention is block-causal: tokens of frame i attend to all tokens of frames j <= i. Context
+frames never attend to generated ones, so their keys and values do not change while the
+generated frames are denoised; ``build_cache`` computes them once per autoregressive step and
+``forward_cached`` reuses them at every denoising step (exact, not an approximation).
+
+Shapes: latents (B, F, C, h, w); tokens per frame N = (h/p) * (w/p); sequence L = F * N.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wmpo.errors import CheckpointError, ConfigError
+
+
+@dataclass
+class VideoDiTConfig:
+    latent_channels: int = 16
+    latent_size: int = 8
+    patch: int = 2
+    dim: int = 192
+    depth: int = 6
+    heads: int = 6
+    mlp_ratio: float = 4.0
+    action_dim: int = 4
+    frame_stride: int = 2  # env steps per latent frame; each frame is conditioned on this many actions
+    max_frames: int = 16  # temporal positions: 0 is the anchor, 1.. the window
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.latent_size % self.patch:
+            problems.append(f"latent_size={self.latent_size} not divisible by patch={self.patch}")
+        if self.dim % self.heads:
+            problems.append(f"dim={self.dim} not divisible by heads={self.heads}")
+        for name in ("latent_channels", "dim", "depth", "heads", "action_dim", "frame_stride", "max_frames"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)} must be >= 1")
+        if problems:
+            raise ConfigError("invalid VideoDiTConfig: " + "; ".join(problems))
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return (self.latent_size // self.patch) ** 2
+
+    @property
+    def frame_action_dim(self) -> int:
+        return self.action_dim * self.frame_stride
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PRESETS: dict[str, VideoDiTConfig] = {
+    "tiny": VideoDiTConfig(latent_channels=4, dim=32, depth=2, heads=2),  # tests
+    "small": VideoDiTConfig(),  # bundled CPU model, ~5M parameters
+    "base": VideoDiTConfig(latent_size=16, dim=768, depth=12, heads=12),  # ~180M
+    # Paper-scale shape (Wan2.1-1.3B-like width/depth) over 16x16 latents: same code, GPU-only.
+    "xl-1.3b": VideoDiTConfig(latent_size=16, dim=1536, depth=24, heads=12, max_frames=32),
+}
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of t in [0, 1] (scaled by 1000 as in DiT). (...,) -> (..., dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = (t.float() * 1000.0)[..., None] * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return q, k, v  # each (B, heads, L, head_dim)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, Lq, hd)
+        b, h, n, hd = out.shape
+        return self.proj(out.transpose(1, 2).reshape(b, n, h * hd))
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        # adaLN-Zero: time and action embeddings each give shift/scale/gate for attn and MLP.
+        self.ada_time = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.ada_action = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def modulation(self, t_emb: torch.Tensor, a_emb: torch.Tensor, n_tok: int) -> list[torch.Tensor]:
+        """Per-frame (B, F, dim) embeddings -> 6 per-token (B, F*N, dim) modulation tensors."""
+        mod = self.ada_time(t_emb) + self.ada_action(a_emb)  # (B, F, 6*dim)
+        mod = mod.repeat_interleave(n_tok, dim=1)  # (B, F*N, 6*dim)
+        return list(mod.chunk(6, dim=-1))
+
+    def pre_attn(self, x: torch.Tensor, mods: list[torch.Tensor]) -> torch.Tensor:
+        shift, scale = mods[0], mods[1]
+        return self.norm1(x) * (1 + scale) + shift
+
+    def post_attn(self, x: torch.Tensor, attn_out: torch.Tensor, mods: list[torch.Tensor]) -> torch.Tensor:
+        gate_a, shift_m, scale_m, gate_m = mods[2], mods[3], mods[4], mods[5]
+        x = x + gate_a * attn_out
+        return x + gate_m * self.mlp(self.norm2(x) * (1 + scale_m) + shift_m)
+
+    def forward(self, x: torch.Tensor, mods: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.attn.qkv_heads(self.pre_attn(x, mods))
+        return self.post_attn(x, self.attn.attend(q, k, v, mask), mods)
+
+
+def block_causal_mask(frames_q: int, frames_k: int, n_tok: int, device: torch.device | None = None,
+                      offset: int = 0) -> torch.Tensor:
+    """Boolean (Lq, Lk) mask: query frame i (counted from ``offset``) sees key frames j <= i."""
+    fq = torch.arange(frames_q, device=device).repeat_interleave(n_tok) + offset
+    fk = torch.arange(frames_k, device=device).repeat_interleave(n_tok)
+    return fk[None, :] <= fq[:, None]
+
+
+@dataclass
+class KVCache:
+    """Per-layer keys/values of the context frames, plus how many frames they cover."""
+
+    keys: list[torch.Tensor]  # each (B, heads, F_ctx * N, head_dim)
+    values: list[torch.Tensor]
+    frames: int
+
+
+class VideoDiT(nn.Module):
+    def __init__(self, config: VideoDiTConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        patch_dim = c.latent_channels * c.patch * c.patch
+        self.patch_embed = nn.Linear(patch_dim, c.dim)
+        self.spatial_pos = nn.Parameter(torch.zeros(1, c.tokens_per_frame, c.dim))
+        self.frame_pos = nn.Embedding(c.max_frames, c.dim)
+        self.time_mlp = nn.Sequential(nn.Linear(c.dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
+        self.action_mlp = nn.Sequential(nn.Linear(c.frame_action_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
+        self.null_action = nn.Parameter(torch.zeros(c.dim))  # frames with no preceding action
+        self.blocks = nn.ModuleList([DiTBlock(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth)])
+        self.final_norm = nn.LayerNorm(c.dim, elementwise_affine=False, eps=1e-6)
+        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, 2 * c.dim))
+        self.final_proj = nn.Linear(c.dim, patch_dim)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT's initialization: Xavier-uniform linears, small positional embeddings, and zeros
+        for every modulation output and the final projection (adaLN-Zero), so each block starts
+        as the identity and the network starts by predicting zero velocity."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.spatial_pos, std=0.02)
+        nn.init.normal_(self.frame_pos.weight, std=0.02)
+        nn.init.normal_(self.null_action, std=0.02)
+        for lin in (self.time_mlp[0], self.time_mlp[2], self.action_mlp[0], self.action_mlp[2]):
+            nn.init.normal_(lin.weight, std=0.02)
+        for block in self.blocks:
+            for ada in (block.ada_time, block.ada_action):
+                nn.init.zeros_(ada[-1].weight)
+                nn.init.zeros_(ada[-1].bias)
+        nn.init.zeros_(self.final_ada[-1].weight)
+        nn.init.zeros_(self.final_ada[-1].bias)
+        nn.init.zeros_(self.final_proj.weight)
+        nn.init.zeros_(self.final_proj.bias)
+
+    # ------------------------------------------------------------------ token plumbing
+    def patchify(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, F, C, h, w) -> (B, F*N, C*p*p)."""
+        b, f, c, h, w = z.shape
+        p = self.config.patch
+        z = z.view(b, f, c, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4, 6)
+        return z.reshape(b, f * (h // p) * (w // p), c * p * p)
+
+    def unpatchify(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """(B, F*N, C*p*p) -> (B, F, C, h, w)."""
+        c = self.config
+        b = x.shape[0]
+        g = c.latent_size // c.patch
+        x = x.view(b, frames, g, g, c.latent_channels, c.patch, c.patch).permute(0, 1, 4, 2, 5, 3, 6)
+        return x.reshape(b, frames, c.latent_channels, c.latent_size, c.latent_size)
+
+    def embed(self, z: torch.Tensor, t: torch.Tensor, actions: torch.Tensor, has_action: torch.Tensor,
+              positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokens (B, F*N, dim) and per-frame time / action embeddings (B, F, dim)."""
+        c = self.config
+        b, f = z.shape[:2]
+        x = self.patch_embed(self.patchify(z))  # (B, F*N, dim)
+        pos = self.spatial_pos.repeat(1, f, 1) + self.frame_pos(positions).repeat_interleave(c.tokens_per_frame, 1)
+        t_emb = self.time_mlp(timestep_embedding(t, c.dim))  # (B, F, dim)
+        a_emb = self.action_mlp(actions)  # (B, F, dim)
+        a_emb = torch.where(has_action[..., None], a_emb, self.null_action.expand_as(a_emb))
+        return x + pos, t_emb, a_emb
+
+    def head(self, x: torch.Tensor, t_emb: torch.Tensor, frames: int) -> torch.Tensor:
+        n = self.config.tokens_per_frame
+        shift, scale = self.final_ada(t_emb).repeat_interleave(n, dim=1).chunk(2, dim=-1)
+        return self.unpatchify(self.final_proj(self.final_norm(x) * (1 + scale) + shift), frames)
+
+    def check_inputs(self, z: torch.Tensor, t: torch.Tensor, actions: torch.Tensor,
+                     has_action: torch.Tensor, positions: torch.Tensor) -> None:
+        c = self.config
+        b, f = z.shape[:2]
+        want = (c.latent_channels, c.latent_size, c.latent_size)
+        if z.ndim != 5 or tuple(z.shape[2:]) != want:
+            raise ValueError(f"latents must be (B, F, {want[0]}, {want[1]}, {want[2]}), got {tuple(z.shape)}")
+        if tuple(t.shape) != (b, f) or tuple(has_action.shape) != (b, f) or tuple(positions.shape) != (b, f):
+            raise ValueError(f"t, has_action and positions must be (B, F)=({b}, {f})")
+        if tuple(actions.shape) != (b, f, c.frame_action_dim):
+            raise ValueError(f"actions must be (B, F, {c.frame_action_dim}), got {tuple(actions.shape)}")
+
+    # ------------------------------------------------------------------ forward passes
+    def forward(self, z: torch.Tensor, t: torch.Tensor, actions: torch.Tensor, has_action: torch.Tensor,
+                positions: torch.Tensor) -> torch.Tensor:
+        """Velocity prediction for every frame of a window. All inputs per frame:
+        z (B, F, C, h, w), t (B, F), actions (B, F, stride*4), has_action (B, F) bool, positions (B, F) long."""
+        self.check_inputs(z, t, actions, has_action, positions)
+        f = z.shape[1]
+        n = self.config.tokens_per_frame
+        x, t_emb, a_emb = self.embed(z, t, actions, has_action, positions)
+        mask = block_causal_mask(f, f, n, z.device)
+        for block in self.blocks:
+            x = block(x, block.modulation(t_emb, a_emb, n), mask)
+        return self.head(x, t_emb, f)
+
+    def build_cache(self, z: torch.Tensor, t: torch.Tensor, actions: torch.Tensor, has_action: torch.Tensor,
+                    positions: torch.Tensor) -> KVCache:
+        """Run the context frames once and keep every layer's keys and values."""
+        self.check_inputs(z, t, actions, has_action, positions)
+        f = z.shape[1]
+        n = self.config.tokens_per_frame
+        x, t_emb, a_emb = self.embed(z, t, actions, has_action, positions)
+        mask = block_causal_mask(f, f, n, z.device)
+        keys, values = [], []
+        for i, block in enumerate(self.blocks):
+            mods = block.modulation(t_emb, a_emb, n)
+            q, k, v = block.attn.qkv_heads(block.pre_attn(x, mods))
+            keys.append(k)
+            values.append(v)
+            if i + 1 < len(self.blocks):  # the last block's output is never needed
+                x = block.post_attn(x, block.attn.attend(q, k, v, mask), mods)
+        return KVCache(keys, values, f)
+
+    def forward_cached(self, z: torch.Tensor, t: torch.Tensor, actions: torch.Tensor, has_action: torch.Tensor,
+                       positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Velocity for the generated frames only, attending to cached context keys/values."""
+        self.check_inputs(z, t, actions, has_action, positions)
+        f = z.shape[1]
+        n = self.config.tokens_per_frame
+        if cache.keys[0].shape[0] != z.shape[0]:
+            raise ValueError(f"cache batch {cache.keys[0].shape[0]} != latents batch {z.shape[0]}")
+        x, t_emb, a_emb = self.embed(z, t, actions, has_action, positions)
+        mask = block_causal_mask(f, cache.frames + f, n, z.device, offset=cache.frames)
+        for block, ck, cv in zip(self.blocks, cache.keys, cache.values, strict=True):
+            mods = block.modulation(t_emb, a_emb, n)
+            q, k, v = block.attn.qkv_heads(block.pre_attn(x, mods))
+            out = block.attn.attend(q, torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2), mask)
+            x = block.post_attn(x, out, mods)
+        return self.head(x, t_emb, f)
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return {"kind": "video-dit", "model": self.config.to_dict()}
+
+    @classmethod
+    def from_config_and_tensors(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor],
+                                where: str) -> VideoDiT:
+        try:
+            model = cls(VideoDiTConfig(**config["model"]))
+            model.load_state_dict(tensors)
+        except (TypeError, RuntimeError, KeyError) as e:
+            raise CheckpointError(f"video DiT checkpoint {where} does not match this code: {e}") from e
+        return model.eval()
