@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+from wmpo.errors import ConfigError
+from wmpo.models.flow import FlowBatch, flow_matching_loss
+from wmpo.models.video_dit import PRESETS, VideoDiT, VideoDiTConfig
+
+
+def inputs(cfg: VideoDiTConfig, b: int = 2, f: int = 5, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(b, f, cfg.latent_channels, cfg.latent_size, cfg.latent_size, generator=g)
+    t = torch.rand(b, f, generator=g)
+    a = torch.randn(b, f, cfg.frame_action_dim, generator=g)
+    has = torch.ones(b, f, dtype=torch.bool)
+    has[:, 0] = False
+    pos = torch.arange(f).expand(b, f)
+    return z, t, a, has, pos
+
+
+def randomized(model: VideoDiT) -> VideoDiT:
+    """Perturb every weight, zero-initialized ones included, so tests see a 'trained' model."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+def test_identity_at_initialization():
+    model = VideoDiT(PRESETS["tiny"]).eval()
+    z, t, a, has, pos = inputs(model.config)
+    x, t_emb, a_emb = model.embed(z, t, a, has, pos)
+    n = model.config.tokens_per_frame
+    mask = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool)
+    for block in model.blocks:  # adaLN-Zero: gates are zero, so every block returns its input
+        assert torch.equal(block(x, block.modulation(t_emb, a_emb, n), mask), x)
+    assert torch.count_nonzero(model(z, t, a, has, pos)) == 0  # zero-initialized output
+
+
+def test_block_causality():
+    model = randomized(VideoDiT(PRESETS["tiny"]))
+    z, t, a, has, pos = inputs(model.config)
+    out = model(z, t, a, has, pos)
+    z2, a2, t2 = z.clone(), a.clone(), t.clone()
+    z2[:, 3:] += 1.0  # change frames 3 and 4 ...
+    a2[:, 3:] = -a2[:, 3:]
+    t2[:, 3:] = 0.9
+    out2 = model(z2, t2, a2, has, pos)
+    assert torch.allclose(out[:, :3], out2[:, :3], atol=1e-6)  # ... earlier frames do not move
+    assert not torch.allclose(out[:, 3:], out2[:, 3:])
+
+
+def test_actions_change_the_prediction():
+    model = randomized(VideoDiT(PRESETS["tiny"]))
+    z, t, a, has, pos = inputs(model.config)
+    assert not torch.allclose(model(z, t, a, has, pos)[:, 1:], model(z, t, -a, has, pos)[:, 1:])
+
+
+def test_cached_context_equals_full_sequence():
+    model = randomized(VideoDiT(PRESETS["tiny"]))
+    z, t, a, has, pos = inputs(model.config, f=7)
+    full = model(z, t, a, has, pos)
+    cache = model.build_cache(z[:, :3], t[:, :3], a[:, :3], has[:, :3], pos[:, :3])
+    part = model.forward_cached(z[:, 3:], t[:, 3:], a[:, 3:], has[:, 3:], pos[:, 3:], cache)
+    assert torch.allclose(full[:, 3:], part, atol=1e-5)
+
+
+def test_flow_loss_trains_only_generated_frames():
+    model = randomized(VideoDiT(PRESETS["tiny"])).train()
+    z, t, a, has, pos = inputs(model.config, f=6)
+    batch = FlowBatch(z, a, has, pos, torch.tensor([2, 4]))
+    loss = flow_matching_loss(model, batch, torch.Generator().manual_seed(0))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert model.blocks[0].ada_action[-1].weight.grad.abs().sum() > 0
+
+
+def test_bad_inputs_are_clear_errors():
+    model = VideoDiT(PRESETS["tiny"])
+    z, t, a, has, pos = inputs(model.config)
+    with pytest.raises(ValueError, match="actions must be"):
+        model(z, t, a[..., :3], has, pos)
+    with pytest.raises(ValueError, match="latents must be"):
+        model(z[:, :, :2], t, a, has, pos)
+    with pytest.raises(ConfigError, match="heads"):
+        VideoDiTConfig(dim=30, heads=4)
+
+
+def test_presets_scale_by_configuration():
+    assert PRESETS["xl-1.3b"].dim == 1536
+    n = sum(p.numel() for p in VideoDiT(PRESETS["small"]).parameters())
+    assert 2e6 < n < 10e6

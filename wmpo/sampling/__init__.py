@@ -1,0 +1,1 @@
+"""Sampling: flow-matching schedule and solvers, autoregressive rollout, the WorldModel interface."""

@@ -1,0 +1,134 @@
+"""The ``WorldModel`` interface the simulator service calls, and its in-process torch backend.
+
+A world model is used in three moves: ``start`` (encode real start frames into rollouts,
+optionally forked into groups), ``step`` (advance a batch of rollouts by one chunk of actions,
+staying in latent space) and ``decode`` (latents to frames, only for output). The engine
+never touches tensors of the model's internals, so a Triton backend or a larger model can
+implement the same protocol.
+
+Checkpoint layout: one directory with ``model.safetensors`` holding the autoencoder (``ae.*``)
+and the DiT (``dit.*``), ``config.json`` with both configs and the sampler settings, and a
+manifest with data provenance and evaluation numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from wmpo.errors import CheckpointError
+from wmpo.models.autoencoder import FrameAutoencoder
+from wmpo.models.video_dit import VideoDiT
+from wmpo.sampling.rollout import Rollout, SamplerConfig, start_rollout, step_rollouts
+from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint
+
+
+class WorldModel(Protocol):
+    image_size: int
+    frame_stride: int
+
+    def start(self, frames: np.ndarray, seeds: list[int]) -> list[Rollout]: ...
+    def fork(self, rollout: Rollout, seeds: list[int]) -> list[Rollout]: ...
+    def step(self, rollouts: list[Rollout], actions: np.ndarray) -> torch.Tensor: ...
+    def decode(self, latents: torch.Tensor) -> np.ndarray: ...
+    def provenance(self) -> dict[str, Any]: ...
+
+
+def check_frames(frames: np.ndarray, image_size: int) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
+    if frames.ndim != 4 or frames.shape[1:] != (image_size, image_size, 3):
+        raise ValueError(f"frames must be (B, {image_size}, {image_size}, 3), got {frames.shape}")
+    return frames
+
+
+def check_actions(actions: np.ndarray, batch: int, stride: int) -> np.ndarray:
+    actions = np.asarray(actions, dtype=np.float32)
+    if actions.ndim != 3 or actions.shape[0] != batch or actions.shape[2] != 4:
+        raise ValueError(f"actions must be (B={batch}, K, 4), got {actions.shape}")
+    if actions.shape[1] < stride or actions.shape[1] % stride:
+        raise ValueError(f"chunk length K={actions.shape[1]} must be a positive multiple of the model's "
+                         f"frame stride {stride}")
+    if not np.all(np.isfinite(actions)):
+        raise ValueError("actions contain NaN or inf")
+    return np.clip(actions, -1.0, 1.0)  # the real env clips too
+
+
+class TorchWorldModel:
+    """Autoencoder + video DiT + sampler, in this process."""
+
+    def __init__(self, ae: FrameAutoencoder, dit: VideoDiT, sampler: SamplerConfig | None = None,
+                 hashes: dict[str, str] | None = None) -> None:
+        if ae.config.latent_channels != dit.config.latent_channels or ae.config.latent_size != dit.config.latent_size:
+            raise CheckpointError("autoencoder latents do not match the DiT's latent shape")
+        self.ae = ae.eval()
+        self.dit = dit.eval()
+        self.sampler = sampler or SamplerConfig()
+        self.hashes = hashes or {}
+        self.image_size = ae.config.image_size
+        self.frame_stride = dit.config.frame_stride
+
+    # ------------------------------------------------------------------ protocol
+    @torch.no_grad()
+    def encode(self, frames: np.ndarray) -> torch.Tensor:
+        frames = check_frames(frames, self.image_size)
+        return self.ae.encode(torch.from_numpy(np.ascontiguousarray(frames)))
+
+    def start(self, frames: np.ndarray, seeds: list[int]) -> list[Rollout]:
+        """One rollout per start frame (B, H, W, 3)."""
+        if len(seeds) != len(frames):
+            raise ValueError(f"need one seed per start frame ({len(frames)}), got {len(seeds)}")
+        z = self.encode(frames)
+        return [start_rollout(z[i], int(s), action_width=self.dit.config.frame_action_dim)
+                for i, s in enumerate(seeds)]
+
+    def start_with_history(self, anchor_frame: np.ndarray, frames: np.ndarray, actions: np.ndarray,
+                           seed: int) -> Rollout:
+        """A rollout whose context is real history: the episode's first frame, then real frames
+        at the model's stride (T, H, W, 3), each with the stride*4 actions that led into it."""
+        z = self.encode(np.concatenate([anchor_frame[None], frames]))
+        acts = torch.as_tensor(np.asarray(actions, np.float32).reshape(len(frames), -1))
+        return start_rollout(z[0], seed, z[1:], acts)
+
+    def fork(self, rollout: Rollout, seeds: list[int]) -> list[Rollout]:
+        return [rollout.fork(int(s)) for s in seeds]
+
+    def step(self, rollouts: list[Rollout], actions: np.ndarray) -> torch.Tensor:
+        acts = check_actions(actions, len(rollouts), self.frame_stride)
+        return step_rollouts(self.dit, rollouts, torch.from_numpy(acts), self.sampler)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """(..., C, h, w) latents -> (..., H, W, 3) uint8 frames."""
+        lead = latents.shape[:-3]
+        flat = latents.reshape(-1, *latents.shape[-3:]).float()
+        return self.ae.decode_frames(flat).reshape(*lead, self.image_size, self.image_size, 3).numpy()
+
+    def provenance(self) -> dict[str, Any]:
+        return {"backend": "torch", **self.hashes, "sampler": asdict(self.sampler)}
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | Path, manifest: dict[str, Any]) -> str:
+        tensors = {f"ae.{k}": v for k, v in self.ae.state_dict().items()}
+        tensors |= {f"dit.{k}": v for k, v in self.dit.state_dict().items()}
+        config = {"kind": "world-model", "autoencoder": self.ae.checkpoint_config(),
+                  "dit": self.dit.checkpoint_config(), "sampler": asdict(self.sampler)}
+        return save_checkpoint(directory, tensors, config, manifest)
+
+    @classmethod
+    def load(cls, directory: str | Path, sampler: SamplerConfig | None = None) -> TorchWorldModel:
+        tensors, config, manifest = load_checkpoint(directory)
+        if config.get("kind") != "world-model":
+            raise CheckpointError(f"{directory} is a {config.get('kind')!r} checkpoint, not a world-model")
+        ae = FrameAutoencoder.from_config_and_tensors(
+            config["autoencoder"], {k[3:]: v for k, v in tensors.items() if k.startswith("ae.")}, str(directory))
+        dit = VideoDiT.from_config_and_tensors(
+            config["dit"], {k[4:]: v for k, v in tensors.items() if k.startswith("dit.")}, str(directory))
+        sampler = sampler or SamplerConfig(**config.get("sampler", {}))
+        sha = manifest.get("weights_sha256", "")[:12]
+        return cls(ae, dit, sampler, {"world_model_sha256": sha})
