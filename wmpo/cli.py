@@ -13,6 +13,7 @@ from pathlib import Path
 from wmpo.errors import WmpoError
 
 BUNDLED_POLICY = Path(__file__).resolve().parent.parent / "checkpoints" / "policy-base"
+BUNDLED_WORLD_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "world-model"
 
 
 def _tasks(spec: str) -> list[str]:
@@ -51,6 +52,38 @@ def cmd_train_policy(a: argparse.Namespace) -> None:
                             preset=a.preset, demos_per_task=a.demos_per_task, steps=a.steps,
                             batch_size=a.batch_size, lr=a.lr, seed=a.seed, resume=a.resume)
     print(json.dumps(train_policy(cfg), indent=2))
+
+
+def cmd_train_autoencoder(a: argparse.Namespace) -> None:
+    from wmpo.train.autoencoder import AutoencoderTrainConfig, train_autoencoder
+
+    cfg = AutoencoderTrainConfig(data=a.data, out=a.out, preset=a.preset, steps=a.steps,
+                                 batch_size=a.batch_size, lr=a.lr, seed=a.seed)
+    print(json.dumps(train_autoencoder(cfg), indent=2))
+
+
+def cmd_train_world_model(a: argparse.Namespace) -> None:
+    from wmpo.train.world_model import WorldModelTrainConfig, train_world_model
+
+    cfg = WorldModelTrainConfig(data=a.data, autoencoder=a.autoencoder, out=a.out, preset=a.preset,
+                                steps=a.steps, batch_size=a.batch_size, lr=a.lr, window=a.window,
+                                seed=a.seed, save_every=a.save_every, eval_every=a.save_every)
+    print(json.dumps(train_world_model(cfg), indent=2))
+
+
+def cmd_eval_world_model(a: argparse.Namespace) -> None:
+    from wmpo.eval.world_model import WorldModelEvalConfig, evaluate_world_model, format_report
+
+    alts = tuple(x.strip() for x in a.alternatives.split(",") if x.strip())
+    cfg = WorldModelEvalConfig(checkpoint=a.checkpoint, tasks=_tasks(a.tasks), cases=a.cases,
+                               horizon=a.horizon, alternatives=alts, sampler_steps=a.sampler_steps,
+                               strip=a.strip)
+    report = evaluate_world_model(cfg)
+    print(format_report(report))
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {a.json}")
 
 
 def cmd_eval_policy(a: argparse.Namespace) -> None:
@@ -116,6 +149,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=cmd_train_policy)
 
+    p = tr.add_parser("autoencoder", help="per-frame autoencoder for the world model")
+    p.add_argument("--data", required=True, nargs="+", help="dataset directories")
+    p.add_argument("--out", required=True)
+    p.add_argument("--preset", default="small")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_autoencoder)
+
+    p = tr.add_parser("world-model", help="action-conditioned video DiT (resumes from <out>/train_state.pt)")
+    p.add_argument("--data", required=True, nargs="+", help="dataset directories")
+    p.add_argument("--autoencoder", required=True, help="autoencoder (or world-model) checkpoint")
+    p.add_argument("--out", required=True)
+    p.add_argument("--preset", default="small")
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--window", type=int, default=8, help="latent frames per training window after the anchor")
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_world_model)
+
     ev = sub.add_parser("eval", help="evaluate in the real simulator").add_subparsers(dest="what", required=True)
     p = ev.add_parser("policy", help="success rate per task on held-out seeds, with 95%% Wilson intervals")
     g = p.add_mutually_exclusive_group()
@@ -129,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS)
     p.add_argument("--json", default=None, help="write the full report here")
     p.set_defaults(func=cmd_eval_policy)
+
+    p = ev.add_parser("world-model", help="action following and fidelity against the real simulator")
+    p.add_argument("--checkpoint", default=str(BUNDLED_WORLD_MODEL))
+    p.add_argument("--tasks", default="policy")
+    p.add_argument("--cases", type=int, default=20, help="cases per task")
+    p.add_argument("--horizon", type=int, default=48)
+    p.add_argument("--alternatives", default="other,negated,random",
+                   help="counterfactual action sequences (other, reversed, negated, random)")
+    p.add_argument("--sampler-steps", type=int, default=None)
+    p.add_argument("--strip", default=None, help="write a PNG of real vs imagined futures")
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=cmd_eval_world_model)
 
     p = sub.add_parser("demo", help="the main job on the embedded default (bundled checkpoints)")
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per task")
