@@ -22,6 +22,22 @@ def _tasks(spec: str) -> list[str]:
     return parse_tasks(spec)
 
 
+def _task_counts(spec: str | None) -> dict[str, int] | None:
+    """'drawer-close-v3=1,door-open-v3=2' -> {task: count}."""
+    if not spec:
+        return None
+    from wmpo.envs.tasks import check_task
+    from wmpo.errors import ConfigError
+
+    out = {}
+    for item in spec.split(","):
+        task, sep, n = item.partition("=")
+        if not sep or not n.strip().isdigit():
+            raise ConfigError(f"--demos expects task=N pairs separated by commas, got {item!r}")
+        out[check_task(task.strip())] = int(n)
+    return out
+
+
 def _add_source_args(p: argparse.ArgumentParser, default: str) -> None:
     from wmpo.data.sources import SOURCE_KINDS
 
@@ -49,7 +65,8 @@ def cmd_train_policy(a: argparse.Namespace) -> None:
     from wmpo.train.policy import PolicyTrainConfig, train_policy
 
     cfg = PolicyTrainConfig(data=a.data, out=a.out, tasks=_tasks(a.tasks) if a.tasks else None,
-                            preset=a.preset, demos_per_task=a.demos_per_task, steps=a.steps,
+                            preset=a.preset, demos_per_task=a.demos_per_task,
+                            demos_override=_task_counts(a.demos), steps=a.steps,
                             batch_size=a.batch_size, lr=a.lr, seed=a.seed, resume=a.resume)
     print(json.dumps(train_policy(cfg), indent=2))
 
@@ -142,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default=None, help="tasks to train on (default: all in the dataset)")
     p.add_argument("--preset", default="small")
     p.add_argument("--demos-per-task", type=int, default=None)
+    p.add_argument("--demos", default=None, help="per-task demo counts overriding --demos-per-task, "
+                   "e.g. drawer-close-v3=1,door-open-v3=1")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-4)

@@ -36,6 +36,7 @@ class PolicyTrainConfig:
     tasks: list[str] | None = None
     preset: str = "small"
     demos_per_task: int | None = None  # use the first N episodes (by seed) of each task
+    demos_override: dict[str, int] | None = None  # per-task N, e.g. fewer for easy tasks
     successes_only: bool = True  # behaviour cloning learns from successful demonstrations only
     steps: int = 3000
     batch_size: int = 64
@@ -86,18 +87,22 @@ def random_shift(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.
 
 
 def select_episodes(ds: EpisodeDataset, tasks: list[str], per_task: int | None,
-                    successes_only: bool = True) -> list[int]:
+                    successes_only: bool = True, override: dict[str, int] | None = None) -> list[int]:
     chosen = []
+    override = override or {}
+    if unknown := set(override) - set(tasks):
+        raise ConfigError(f"demo counts given for tasks not being trained: {sorted(unknown)}")
     for task in tasks:
+        n = override.get(task, per_task)
         eps = sorted((i for i, m in enumerate(ds.episodes)
                       if m["task"] == task and (m["succeeded"] or not successes_only)),
                      key=lambda i: ds.episodes[i]["seed"])
         if not eps:
             raise ConfigError(f"dataset {ds.root} has no episodes of task {task}")
-        if per_task is not None:
-            if len(eps) < per_task:
-                raise ConfigError(f"asked for {per_task} demos of {task}, dataset has {len(eps)}")
-            eps = eps[:per_task]
+        if n is not None:
+            if n < 1 or len(eps) < n:
+                raise ConfigError(f"asked for {n} demos of {task}; need >= 1 and the dataset has {len(eps)}")
+            eps = eps[:n]
         chosen.extend(eps)
     return chosen
 
@@ -107,7 +112,7 @@ def train_policy(cfg: PolicyTrainConfig, progress: bool = True) -> dict[str, Any
     torch.manual_seed(cfg.seed)
     ds = EpisodeDataset.load(cfg.data)
     tasks = cfg.tasks or sorted({m["task"] for m in ds.episodes})
-    episodes = select_episodes(ds, tasks, cfg.demos_per_task, cfg.successes_only)
+    episodes = select_episodes(ds, tasks, cfg.demos_per_task, cfg.successes_only, cfg.demos_override)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
 
