@@ -97,8 +97,13 @@ def test_bad_inputs_are_clear_errors(wm):
 
 
 def test_save_and_load_round_trip(wm, tmp_path):
-    wm.save(tmp_path / "wm", {"note": "test"})
+    wm.save(tmp_path / "wm", {"note": "test"}, dtype=torch.float32)
     loaded = TorchWorldModel.load(tmp_path / "wm")
     a = actions()
     assert torch.equal(run(wm, 1, a, 1), run(loaded, 1, a, 1))
     assert len(loaded.provenance()["world_model_sha256"]) == 12
+    wm.save(tmp_path / "wm16", {})  # the default: float16 weights, half the size
+    half = TorchWorldModel.load(tmp_path / "wm16")
+    assert (tmp_path / "wm16" / "model.safetensors").stat().st_size < 0.6 * (
+        tmp_path / "wm" / "model.safetensors").stat().st_size
+    assert torch.allclose(run(wm, 1, a, 1), run(half, 1, a, 1), atol=0.05)

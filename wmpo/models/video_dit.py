@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wmpo.errors import CheckpointError, ConfigError
+from wmpo.errors import ConfigError
 
 
 @dataclass
@@ -34,9 +34,9 @@ class VideoDiTConfig:
     latent_channels: int = 16
     latent_size: int = 8
     patch: int = 2
-    dim: int = 192
+    dim: int = 160
     depth: int = 6
-    heads: int = 6
+    heads: int = 5
     mlp_ratio: float = 4.0
     action_dim: int = 4
     frame_stride: int = 2  # env steps per latent frame; each frame is conditioned on this many actions
@@ -68,7 +68,7 @@ class VideoDiTConfig:
 
 PRESETS: dict[str, VideoDiTConfig] = {
     "tiny": VideoDiTConfig(latent_channels=4, dim=32, depth=2, heads=2),  # tests
-    "small": VideoDiTConfig(),  # bundled CPU model, ~5M parameters
+    "small": VideoDiTConfig(),  # bundled CPU model, 3.9M parameters
     "base": VideoDiTConfig(latent_size=16, dim=768, depth=12, heads=12),  # ~180M
     # Paper-scale shape (Wan2.1-1.3B-like width/depth) over 16x16 latents: same code, GPU-only.
     "xl-1.3b": VideoDiTConfig(latent_size=16, dim=1536, depth=24, heads=12, max_frames=32),
@@ -289,9 +289,6 @@ class VideoDiT(nn.Module):
     @classmethod
     def from_config_and_tensors(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor],
                                 where: str) -> VideoDiT:
-        try:
-            model = cls(VideoDiTConfig(**config["model"]))
-            model.load_state_dict(tensors)
-        except (TypeError, RuntimeError, KeyError) as e:
-            raise CheckpointError(f"video DiT checkpoint {where} does not match this code: {e}") from e
-        return model.eval()
+        from wmpo.utils.checkpoint import build_model
+
+        return build_model(cls, VideoDiTConfig, config, tensors, where)

@@ -113,11 +113,15 @@ class TorchWorldModel:
         return {"backend": "torch", **self.hashes, "sampler": asdict(self.sampler)}
 
     # ------------------------------------------------------------------ persistence
-    def save(self, directory: str | Path, manifest: dict[str, Any]) -> str:
+    def save(self, directory: str | Path, manifest: dict[str, Any], dtype: torch.dtype = torch.float16) -> str:
+        """Weights are stored in float16 by default (half the size; loading casts back to float32,
+        and inference runs in float32)."""
         tensors = {f"ae.{k}": v for k, v in self.ae.state_dict().items()}
         tensors |= {f"dit.{k}": v for k, v in self.dit.state_dict().items()}
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
         config = {"kind": "world-model", "autoencoder": self.ae.checkpoint_config(),
-                  "dit": self.dit.checkpoint_config(), "sampler": asdict(self.sampler)}
+                  "dit": self.dit.checkpoint_config(), "sampler": asdict(self.sampler),
+                  "weights_dtype": str(dtype).removeprefix("torch.")}
         return save_checkpoint(directory, tensors, config, manifest)
 
     @classmethod

@@ -12,7 +12,6 @@ Progress goes to a tqdm bar and to ``<out>/train_log.jsonl``; ``--resume`` conti
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from wmpo.data.episodes import EpisodeDataset
 from wmpo.errors import ConfigError
 from wmpo.models.policy import PRESETS, Policy
+from wmpo.train.common import cosine_lr, load_train_state, save_train_state
 from wmpo.utils.checkpoint import environment_info, save_checkpoint
 
 
@@ -137,16 +137,12 @@ def train_policy(cfg: PolicyTrainConfig, progress: bool = True) -> dict[str, Any
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        progress_ = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
+        return cosine_lr(step, cfg.lr, cfg.steps, cfg.warmup)
 
     state_path = out / "train_state.pt"
     start = 0
     gen = torch.Generator().manual_seed(cfg.seed)
-    if cfg.resume and state_path.exists():
-        st = torch.load(state_path, weights_only=False)
+    if cfg.resume and (st := load_train_state(state_path)) is not None:
         policy.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         gen.set_state(st["gen"])
@@ -180,8 +176,8 @@ def train_policy(cfg: PolicyTrainConfig, progress: bool = True) -> dict[str, Any
                                   "elapsed": time.time() - t0}) + "\n")
             log.flush()
         if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-            torch.save({"model": policy.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                        "step": step + 1}, state_path)
+            save_train_state(state_path, model=policy.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
+                             step=step + 1)
     bar.close()
     log.close()
     elapsed = time.time() - t0

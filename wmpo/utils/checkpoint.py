@@ -75,6 +75,18 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
     return tensors, config, manifest
 
 
+def build_model(model_cls: Any, config_cls: Any, config: dict[str, Any], tensors: dict[str, torch.Tensor],
+                where: str) -> Any:
+    """Instantiate ``model_cls(config_cls(**config["model"]))`` and load ``tensors`` into it, turning
+    any mismatch between the checkpoint and this code into a ``CheckpointError``."""
+    try:
+        model = model_cls(config_cls(**config["model"]))
+        model.load_state_dict(tensors)
+    except (TypeError, RuntimeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{config.get('kind', 'model')} checkpoint {where} does not match this code: {e}") from e
+    return model.eval()
+
+
 def update_manifest(directory: str | Path, **fields: Any) -> dict[str, Any]:
     path = Path(directory) / MANIFEST
     manifest = json.loads(path.read_text()) if path.exists() else {}
