@@ -94,9 +94,15 @@ def cmd_eval_world_model(a: argparse.Namespace) -> None:
     alts = tuple(x.strip() for x in a.alternatives.split(",") if x.strip())
     cfg = WorldModelEvalConfig(checkpoint=a.checkpoint, tasks=_tasks(a.tasks), cases=a.cases,
                                horizon=a.horizon, alternatives=alts, sampler_steps=a.sampler_steps,
+                               action_guidance=a.action_guidance,
                                strip=a.strip)
     report = evaluate_world_model(cfg)
     print(format_report(report))
+    if a.record:
+        from wmpo.utils.checkpoint import record_evaluation
+
+        record_evaluation(a.checkpoint, "world_model", report)
+        print(f"recorded the result in {a.checkpoint}/manifest.json")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(report, indent=2))
@@ -120,6 +126,12 @@ def cmd_eval_policy(a: argparse.Namespace) -> None:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(report, indent=2))
         print(f"wrote {a.json}")
+    if a.record and not a.expert:
+        from wmpo.utils.checkpoint import record_evaluation
+
+        summary = {k: v for k, v in report.items() if k != "episodes_detail"}
+        record_evaluation(a.checkpoint, "real_sim", summary)
+        print(f"recorded the result in {a.checkpoint}/manifest.json")
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
@@ -203,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding")
     p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS)
     p.add_argument("--json", default=None, help="write the full report here")
+    p.add_argument("--record", action="store_true", help="also record the result in the checkpoint's manifest")
     p.set_defaults(func=cmd_eval_policy)
 
     p = ev.add_parser("world-model", help="action following and fidelity against the real simulator")
@@ -213,8 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alternatives", default="other,negated,random",
                    help="counterfactual action sequences (other, reversed, negated, random)")
     p.add_argument("--sampler-steps", type=int, default=None)
+    p.add_argument("--action-guidance", type=float, default=None, help="classifier-free guidance on actions (1 = off)")
     p.add_argument("--strip", default=None, help="write a PNG of real vs imagined futures")
     p.add_argument("--json", default=None)
+    p.add_argument("--record", action="store_true", help="also record the result in the checkpoint's manifest")
     p.set_defaults(func=cmd_eval_world_model)
 
     p = sub.add_parser("demo", help="the main job on the embedded default (bundled checkpoints)")

@@ -49,6 +49,7 @@ class WorldModelEvalConfig:
     noise_std: float = 0.3  # the noisy expert that produces prefixes and real continuations
     seed_offset: int = 500_000  # seeds EVAL_SEED_BASE + offset + i: held out, apart from policy eval
     sampler_steps: int | None = None
+    action_guidance: float | None = None
     strip: str | None = None
     seed: int = 0
 
@@ -110,6 +111,8 @@ def evaluate_world_model(cfg: WorldModelEvalConfig, progress: bool = True) -> di
     wm = TorchWorldModel.load(cfg.checkpoint)
     if cfg.sampler_steps:
         wm.sampler.steps = cfg.sampler_steps
+    if cfg.action_guidance is not None:
+        wm.sampler.action_guidance = cfg.action_guidance
     stride = wm.frame_stride
     n_ctx = wm.sampler.context_frames
     kinds = ("real", *cfg.alternatives)

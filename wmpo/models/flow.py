@@ -7,6 +7,13 @@ a noise level drawn per frame from U[0, ``context_noise_max``] (0.3, RAW-Dream's
 so the model learns to trust but not copy its (imperfect, imagined) context. The generation
 time is drawn from a logit-normal distribution (SD3), which concentrates training on the
 middle of the path where few-step samplers need accuracy.
+
+With probability ``action_dropout`` a sample's generated frames lose their actions (the null
+action embedding instead), so the same network also predicts the action-free velocity; the
+sampler can then amplify the effect of the actions with classifier-free guidance
+(``SamplerConfig.action_guidance``). This is an addition to the papers' recipe, aimed at the
+failure the calibration run showed: a model that continues the visible motion and ignores
+the actions.
 """
 
 from __future__ import annotations
@@ -32,17 +39,21 @@ def noise_like(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
 
 
 def flow_matching_loss(model: VideoDiT, batch: FlowBatch, gen: torch.Generator | None = None,
-                       context_noise_max: float = 0.3) -> torch.Tensor:
+                       context_noise_max: float = 0.3, action_dropout: float = 0.0) -> torch.Tensor:
     z0 = batch.latents
     b, f = z0.shape[:2]
     is_ctx = torch.arange(f)[None, :] < batch.n_context[:, None]  # (B, F)
+    has_action = batch.has_action
+    if action_dropout > 0:
+        drop = torch.rand(b, 1, generator=gen) < action_dropout  # (B, 1): whole sample
+        has_action = has_action & ~(drop & ~is_ctx)
     t_gen = torch.sigmoid(torch.randn(b, 1, generator=gen)).expand(b, f)  # logit-normal, shared per sample
     t_ctx = torch.rand(b, f, generator=gen) * context_noise_max
     t = torch.where(is_ctx, t_ctx, t_gen)  # (B, F)
     eps = noise_like(z0, gen)
     tt = t[..., None, None, None]
     zt = (1 - tt) * z0 + tt * eps
-    v = model(zt, t, batch.actions, batch.has_action, batch.positions)
+    v = model(zt, t, batch.actions, has_action, batch.positions)
     err = ((v - (eps - z0)) ** 2).mean((2, 3, 4))  # (B, F)
     gen_mask = (~is_ctx).float()
     return (err * gen_mask).sum() / gen_mask.sum()

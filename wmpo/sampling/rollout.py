@@ -32,6 +32,7 @@ class SamplerConfig:
     anchor_noise_delay: int = 3
     anchor_noise_max: float = 0.3
     use_cache: bool = True
+    action_guidance: float = 1.0  # classifier-free guidance on the actions; 1 = off (one pass per step)
 
     def anchor_noise(self, ar_step: int) -> float:
         return min(self.anchor_noise_rate * max(ar_step - self.anchor_noise_delay, 0), self.anchor_noise_max)
@@ -131,12 +132,17 @@ def _step_group(model: VideoDiT, rollouts: list[Rollout], actions: torch.Tensor,
     for i in range(cfg.steps):
         t_now, t_next = float(times[i]), float(times[i + 1])
         t_gen = torch.full((b, n_new), t_now)
-        if cache is not None:
-            v = model.forward_cached(z, t_gen, gen_act, gen_has, gen_pos, cache)
-        else:
-            v = model(torch.cat([ctx_noisy, z], 1), torch.cat([ctx_t, t_gen], 1),
-                      torch.cat([ctx_act, gen_act], 1), torch.cat([ctx_has, gen_has], 1),
-                      torch.cat([ctx_pos, gen_pos], 1))[:, f_ctx:]
+        def velocity(z: torch.Tensor, t_gen: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+            if cache is not None:
+                return model.forward_cached(z, t_gen, gen_act, has, gen_pos, cache)
+            return model(torch.cat([ctx_noisy, z], 1), torch.cat([ctx_t, t_gen], 1),
+                         torch.cat([ctx_act, gen_act], 1), torch.cat([ctx_has, has], 1),
+                         torch.cat([ctx_pos, gen_pos], 1))[:, f_ctx:]
+
+        v = velocity(z, t_gen, gen_has)
+        if cfg.action_guidance != 1.0:  # the context (and its cache) is shared by both passes
+            v_free = velocity(z, t_gen, torch.zeros_like(gen_has))
+            v = v_free + cfg.action_guidance * (v - v_free)
         z = euler_step(z, v, t_now, t_next)
 
     for r, new, a in zip(rollouts, z, gen_act, strict=True):

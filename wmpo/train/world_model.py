@@ -44,6 +44,7 @@ class WorldModelTrainConfig:
     warmup: int = 500
     window: int = 8  # latent frames after the anchor
     ema: float = 0.999
+    action_dropout: float = 0.1  # for classifier-free guidance on actions at sampling time
     val_episodes: int = 16
     seed: int = 0
     log_every: int = 50
@@ -133,7 +134,8 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.lr, cfg.steps, cfg.warmup)
-        loss = flow_matching_loss(dit, data.sample(cfg.batch_size, cfg.window, gen, train_eps), gen)
+        loss = flow_matching_loss(dit, data.sample(cfg.batch_size, cfg.window, gen, train_eps), gen,
+                                  action_dropout=cfg.action_dropout)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import platform
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,14 @@ def update_manifest(directory: str | Path, **fields: Any) -> dict[str, Any]:
     manifest.update(fields)
     atomic_write_json(path, manifest)
     return manifest
+
+
+def record_evaluation(directory: str | Path, name: str, result: dict[str, Any]) -> None:
+    """Add an evaluation result to a checkpoint's manifest under ``evaluations[name]``."""
+    path = Path(directory) / MANIFEST
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    manifest.setdefault("evaluations", {})[name] = {**result, "recorded": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write_json(path, manifest)
 
 
 def environment_info() -> dict[str, Any]:
