@@ -138,6 +138,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> dic
     ae.latent_mean.copy_(mean)
     ae.latent_std.copy_(std)
     metrics = evaluate_reconstruction(ae, frames[val_rows], _episode_start_rows(val_rows, starts))
+    save_reconstructions(ae, frames[val_rows], out / "reconstructions.png")
     log.write(step=cfg.steps, **{f"val_{k}": v for k, v in metrics.items()})
     manifest = {
         "kind": "autoencoder",
@@ -151,6 +152,18 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> dic
     sha = save_checkpoint(out, ae.state_dict(), ae.checkpoint_config(), manifest)
     state_path.unlink(missing_ok=True)
     return {"checkpoint": str(out), "sha256": sha, "val": metrics}
+
+
+@torch.no_grad()
+def save_reconstructions(ae: FrameAutoencoder, frames: torch.Tensor, path: Path, n: int = 12) -> None:
+    """PNG with originals on the top row and reconstructions below, upscaled 2x."""
+    from PIL import Image
+
+    idx = torch.linspace(0, len(frames) - 1, n).long()
+    orig = frames[idx]
+    rec = ae.decode_frames(ae.encode(orig))
+    grid = torch.cat([torch.cat(list(orig), 1), torch.cat(list(rec), 1)], 0).numpy()
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
 
 
 def _episode_start_rows(rows: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
