@@ -16,7 +16,8 @@ set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-"$ROOT/.venv/bin/python"}
 SRC="$ROOT/proto"
-OUT="$ROOT/clients/python/wmpo_client/proto"
+# PROTO_OUT: write elsewhere (the tests use it to check the shipped code is current).
+OUT=${PROTO_OUT:-"$ROOT/clients/python/wmpo_client/proto"}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 

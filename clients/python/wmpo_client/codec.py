@@ -61,6 +61,11 @@ def _fail(name: str, message: str) -> CodecError:
 # ----------------------------------------------------------------- checks
 
 
+def _as_array(value: Any) -> Any:
+    # A numpy scalar (np.float32(1.0)) carries its dtype: send it as shape ().
+    return np.asarray(value) if isinstance(value, np.generic) else value
+
+
 def _check_array(array: Any, name: str, max_bytes: int) -> str:
     """Validate an array about to be encoded; return its canonical dtype name."""
     if not isinstance(array, np.ndarray):
@@ -94,7 +99,8 @@ def _expected_nbytes(name: str, dtype_name: str, shape: list[int], max_bytes: in
     nbytes = math.prod(shape) * np.dtype(dtype_name).itemsize
     if nbytes > max_bytes:
         raise _fail(
-            name, f"shape {tuple(shape)} of {dtype_name} is {nbytes} bytes, over the limit of {max_bytes} bytes"
+            name,
+            f"shape {tuple(shape)} of {dtype_name} is {nbytes} bytes, over the limit of {max_bytes} bytes",
         )
     return nbytes
 
@@ -106,7 +112,9 @@ def require_finite(array: np.ndarray, name: str) -> None:
     bad = ~np.isfinite(array)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise _fail(name, f"{int(bad.sum())} non-finite values (NaN or inf), first at index {first}")
+        raise _fail(
+            name, f"{int(bad.sum())} non-finite values (NaN or inf), first at index {first}"
+        )
 
 
 # -------------------------------------------------------------------- raw
@@ -117,7 +125,9 @@ def _to_little_endian_bytes(array: np.ndarray) -> bytes:
     return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
 
 
-def _from_raw(name: str, dtype_name: str, shape: list[int], data: bytes, max_bytes: int) -> np.ndarray:
+def _from_raw(
+    name: str, dtype_name: str, shape: list[int], data: bytes, max_bytes: int
+) -> np.ndarray:
     expected = _expected_nbytes(name, dtype_name, shape, max_bytes)
     if len(data) != expected:
         raise _fail(
@@ -183,7 +193,10 @@ def decode_png_frames(
                 # Header checks before decoding pixels: a small PNG can claim a
                 # huge canvas, so the size is compared before img.load().
                 if img.size != (width, height):
-                    raise _fail(name, f"PNG frame {i} is {img.size[0]}x{img.size[1]} (WxH), shape says {width}x{height}")
+                    raise _fail(
+                        name,
+                        f"PNG frame {i} is {img.size[0]}x{img.size[1]} (WxH), shape says {width}x{height}",
+                    )
                 if img.mode != "RGB":
                     raise _fail(name, f"PNG frame {i} has mode {img.mode!r}; expected 'RGB'")
                 frames[i] = np.asarray(img)
@@ -198,12 +211,13 @@ def decode_png_frames(
 
 
 def to_proto(
-    array: np.ndarray,
+    array: np.ndarray | np.generic,
     name: str = "tensor",
     encoding: Encoding = "raw",
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> tensor_pb2.Tensor:
     """Encode an array as a `wmpo.v1.Tensor` message (raw bytes or PNG frames)."""
+    array = _as_array(array)
     dtype_name = _check_array(array, name, max_bytes)
     msg = tensor_pb2.Tensor(dtype=ALLOWED_DTYPES[dtype_name], shape=list(array.shape))
     if encoding == "png":
@@ -224,7 +238,11 @@ def from_proto(
     """Decode a `wmpo.v1.Tensor` message into a writable numpy array."""
     dtype_name = _DTYPE_BY_ENUM.get(msg.dtype)
     if dtype_name is None:
-        label = "unspecified" if msg.dtype == tensor_pb2.DTYPE_UNSPECIFIED else f"enum value {msg.dtype}"
+        label = (
+            "unspecified"
+            if msg.dtype == tensor_pb2.DTYPE_UNSPECIFIED
+            else f"enum value {msg.dtype}"
+        )
         raise _fail(name, f"dtype {label} not allowed; allowed: {_ALLOWED_LIST}")
     _check_expected_dtype(name, dtype_name, expect_dtype)
     shape = list(msg.shape)
@@ -288,7 +306,9 @@ class TensorJSON(BaseModel):
 def _b64_size_check(n_chars: int, name: str, what: str, max_bytes: int) -> None:
     # 4 base64 characters carry 3 bytes: refuse before decoding an oversized string.
     if n_chars // 4 * 3 > max_bytes + 3:
-        raise _fail(name, f"{what} is about {n_chars // 4 * 3} bytes, over the limit of {max_bytes} bytes")
+        raise _fail(
+            name, f"{what} is about {n_chars // 4 * 3} bytes, over the limit of {max_bytes} bytes"
+        )
 
 
 def _b64decode(text: str, name: str, what: str, max_bytes: int) -> bytes:
@@ -300,12 +320,13 @@ def _b64decode(text: str, name: str, what: str, max_bytes: int) -> bytes:
 
 
 def to_json(
-    array: np.ndarray,
+    array: np.ndarray | np.generic,
     name: str = "tensor",
     encoding: Encoding = "raw",
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> dict[str, Any]:
     """Encode an array as a JSON-ready dict (see `TensorJSON`)."""
+    array = _as_array(array)
     dtype_name = _check_array(array, name, max_bytes)
     out: dict[str, Any] = {"dtype": dtype_name, "shape": list(array.shape)}
     if encoding == "png":
@@ -333,7 +354,8 @@ def from_json(
             obj = TensorJSON.model_validate(obj)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}" for err in exc.errors()
+                f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}"
+                for err in exc.errors()
             )
             raise _fail(name, problems) from None
     return _decode_json(obj, name, max_bytes, expect_dtype)

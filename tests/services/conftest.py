@@ -1,0 +1,84 @@
+"""Fixtures for service tests: a clean WMPO_* environment and a tiny app built from services.common."""
+
+import os
+
+import pytest
+from fastapi import APIRouter
+from fastapi.testclient import TestClient
+from pydantic import BaseModel
+
+from services.common.app import create_app
+from services.common.errors import (
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from services.common.health import ReadinessCheck
+from services.common.logging import current_request_id
+from services.common.settings import ServiceSettings
+
+KEY_A = "key-a-0123456789abcdef"
+KEY_B = "key-b-fedcba9876543210"
+
+ERRORS = {
+    "invalid": InvalidArgument("actions: expected shape (K, 4), got (3,)"),
+    "unauthenticated": Unauthenticated("token expired"),
+    "not_found": NotFound("session 's-1' not found"),
+    "too_large": PayloadTooLarge("candidates: 70000000 bytes, limit 67108864"),
+    "exhausted": ResourceExhausted("256 sessions open, the limit"),
+    "unavailable": Unavailable("model loading"),
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read WMPO_* variables; the developer's shell must not leak into tests."""
+    for name in list(os.environ):
+        if name.startswith("WMPO_"):
+            monkeypatch.delenv(name)
+
+
+class Echo(BaseModel):
+    x: int
+
+
+def build_app(
+    readiness: ReadinessCheck | None = None, service: str = "test", **settings: object
+) -> TestClient:
+    """A service app from create_app with a few endpoints that exercise the plumbing."""
+    defaults: dict[str, object] = {"api_keys": f"{KEY_A},{KEY_B}"}
+    defaults.update(settings)
+    app = create_app(ServiceSettings(**defaults), service=service, readiness=readiness)
+    router = APIRouter()
+
+    @router.post("/echo")
+    async def echo(body: Echo) -> Echo:
+        return body
+
+    @router.get("/items/{item_id}")
+    async def item(item_id: str) -> dict[str, str]:
+        return {"item_id": item_id}
+
+    @router.get("/raise/{kind}")
+    async def raise_error(kind: str) -> None:
+        raise ERRORS[kind]
+
+    @router.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret-internal-detail at /srv/model.py line 42")
+
+    @router.get("/request-id")
+    async def request_id() -> dict[str, str | None]:
+        return {"request_id": current_request_id()}
+
+    app.include_router(router)
+    # raise_server_exceptions=False: see what a real client gets for a 500.
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.fixture
+def client() -> TestClient:
+    return build_app()
