@@ -31,9 +31,9 @@ from wmpo.errors import ConfigError
 
 @dataclass
 class VideoDiTConfig:
-    latent_channels: int = 16
-    latent_size: int = 8
-    patch: int = 2
+    latent_channels: int = 4
+    latent_size: int = 16
+    patch: int = 4
     dim: int = 160
     depth: int = 6
     heads: int = 5
@@ -67,11 +67,11 @@ class VideoDiTConfig:
 
 
 PRESETS: dict[str, VideoDiTConfig] = {
-    "tiny": VideoDiTConfig(latent_channels=4, dim=32, depth=2, heads=2),  # tests
+    "tiny": VideoDiTConfig(latent_channels=4, latent_size=8, patch=2, dim=32, depth=2, heads=2),  # tests
     "small": VideoDiTConfig(),  # bundled CPU model, 3.9M parameters
-    "base": VideoDiTConfig(latent_size=16, dim=768, depth=12, heads=12),  # ~180M
+    "base": VideoDiTConfig(latent_channels=8, patch=2, dim=768, depth=12, heads=12),  # ~180M
     # Paper-scale shape (Wan2.1-1.3B-like width/depth) over 16x16 latents: same code, GPU-only.
-    "xl-1.3b": VideoDiTConfig(latent_size=16, dim=1536, depth=24, heads=12, max_frames=32),
+    "xl-1.3b": VideoDiTConfig(latent_channels=8, patch=2, dim=1536, depth=24, heads=12, max_frames=32),
 }
 
 
