@@ -1,4 +1,4 @@
-"""The ``wmpo`` command line: collect, train, eval, demo.
+"""The ``wmpo`` command line: collect, train, eval, serve, demo.
 
 Errors caused by bad input print one line (``error: ...``) and exit with status 2.
 """
@@ -6,7 +6,9 @@ Errors caused by bad input print one line (``error: ...``) and exit with status 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -134,6 +136,34 @@ def cmd_eval_policy(a: argparse.Namespace) -> None:
         print(f"recorded the result in {a.checkpoint}/manifest.json")
 
 
+def cmd_serve_simulator(a: argparse.Namespace) -> None:
+    # Web dependencies are imported here only: the core stays importable without them.
+    from wmpo.errors import ConfigError
+
+    try:
+        from services.common.settings import SettingsError, load_settings
+        from services.simulator.server import load_world_model, serve
+        from services.simulator.settings import SimulatorSettings
+    except ImportError as e:
+        raise ConfigError(f"the simulator service needs the service dependencies ({e.name} is "
+                          "missing): pip install -e .") from None
+    overrides = {k: v for k, v in {"checkpoint": a.checkpoint, "host": a.host, "port": a.port,
+                                   "grpc_port": a.grpc_port}.items() if v is not None}
+    if a.checkpoint is None and not os.environ.get("WMPO_CHECKPOINT"):
+        overrides["checkpoint"] = str(BUNDLED_WORLD_MODEL)  # wherever the command is run from
+    if a.dev:
+        overrides["dev_mode"] = True
+    try:
+        settings = load_settings(SimulatorSettings, **overrides)
+    except SettingsError as e:
+        raise ConfigError(str(e)) from None
+    model = load_world_model(settings.checkpoint)  # fail fast, before binding ports
+    print(f"simulator: HTTP on {settings.host}:{settings.port}, gRPC on {settings.host}:"
+          f"{settings.grpc_port}, checkpoint {settings.checkpoint}", file=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn has already shut down gracefully
+        serve(settings, model)
+
+
 def cmd_demo(a: argparse.Namespace) -> None:
     from wmpo.demo import run_demo
 
@@ -231,6 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None)
     p.add_argument("--record", action="store_true", help="also record the result in the checkpoint's manifest")
     p.set_defaults(func=cmd_eval_world_model)
+
+    sv = sub.add_parser("serve", help="run a service (HTTP + gRPC in one process)").add_subparsers(
+        dest="service", required=True)
+    p = sv.add_parser("simulator", help="the world model as a simulator: imagine, sessions, replay",
+                      description="Settings come from WMPO_* environment variables (API keys: "
+                      "WMPO_API_KEYS); these flags override them.")
+    p.add_argument("--checkpoint", default=None,
+                   help="world-model checkpoint (default: WMPO_CHECKPOINT, else the bundled "
+                   "checkpoints/world-model)")
+    p.add_argument("--host", default=None, help="interface to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default: 8000)")
+    p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default: 50051)")
+    p.add_argument("--dev", action="store_true",
+                   help="development mode: allow running without API keys (loopback only)")
+    p.set_defaults(func=cmd_serve_simulator)
 
     p = sub.add_parser("demo", help="the main job on the embedded default (bundled checkpoints)")
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per task")

@@ -85,6 +85,15 @@ class Unavailable(ServiceError):
     code = "UNAVAILABLE"
 
 
+class ClientClosedRequest(ServiceError):
+    """The caller went away before the result was ready (nginx's 499); nobody reads the body,
+    but logs and metrics then tell a cancelled request from a failed one."""
+
+    http_status = 499
+    grpc_code = grpc.StatusCode.CANCELLED
+    code = "CANCELLED"
+
+
 class Internal(ServiceError):
     """An unexpected failure; its message is generic by construction."""
 

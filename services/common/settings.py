@@ -9,7 +9,7 @@ mode and only on a loopback address.
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -114,13 +114,17 @@ class ServiceSettings(BaseSettings):
         ]
 
 
-def load_settings(**overrides: object) -> ServiceSettings:
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def load_settings(settings_cls: type[S] = ServiceSettings, /, **overrides: object) -> S:  # type: ignore[assignment]
     """Read settings from the environment (overrides win), with one readable error.
 
+    `settings_cls` is a service's subclass of ServiceSettings (default: the base).
     Raises SettingsError listing each bad setting as `WMPO_<NAME>: reason`.
     """
     try:
-        return ServiceSettings(**overrides)  # type: ignore[arg-type]
+        return settings_cls(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

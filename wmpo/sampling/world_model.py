@@ -73,6 +73,13 @@ class TorchWorldModel:
         self.image_size = ae.config.image_size
         self.frame_stride = dit.config.frame_stride
 
+    @property
+    def max_chunk_length(self) -> int:
+        """Longest action chunk one ``step`` accepts: the anchor, the context window and the new
+        frames must fit in the DiT's ``max_frames`` temporal positions."""
+        c = self.dit.config
+        return c.frame_stride * max(c.max_frames - 1 - self.sampler.context_frames, 0)
+
     # ------------------------------------------------------------------ protocol
     @torch.no_grad()
     def encode(self, frames: np.ndarray) -> torch.Tensor:
@@ -100,6 +107,9 @@ class TorchWorldModel:
 
     def step(self, rollouts: list[Rollout], actions: np.ndarray) -> torch.Tensor:
         acts = check_actions(actions, len(rollouts), self.frame_stride)
+        if acts.shape[1] > self.max_chunk_length:
+            raise ValueError(f"chunk length K={acts.shape[1]} exceeds this model's maximum of "
+                             f"{self.max_chunk_length} actions")
         return step_rollouts(self.dit, rollouts, torch.from_numpy(acts), self.sampler)
 
     @torch.no_grad()

@@ -1,0 +1,339 @@
+"""The simulator's gRPC API (grpc.aio): the `wmpo.v1.Simulator` service over the shared runtime.
+
+Same engine, same validation and the same error model as HTTP: handlers decode
+tensors with the wire codec, call the runtime and map results; the shared
+`grpc_error_boundary` turns errors into status codes (and sets the request id),
+the shared interceptor enforces API keys on every RPC but Health. A client that
+cancels (or whose deadline passes) cancels the handler task, which drops its
+queued rows from the engine. Streamed chunk tensors are raw (PNG is at most 4-D).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from wmpo_client.codec import CodecError, DTypeName, from_proto, to_proto
+from wmpo_client.proto import simulator_pb2, simulator_pb2_grpc, tensor_pb2
+
+from services.common.auth import ApiKeyAuth, AsyncApiKeyInterceptor
+from services.common.errors import InvalidArgument, grpc_error_boundary
+from services.common.logging import is_valid_request_id, request_id_var
+from services.common.metrics import ServiceMetrics
+from services.simulator.engine import (
+    check_candidates,
+    check_group_actions,
+    check_session_actions,
+    check_start_frames,
+)
+from services.simulator.runtime import VERSION, SimulatorRuntime
+from services.simulator.sessions import SessionInfo, StepOutcome
+from services.simulator.settings import SimulatorSettings
+
+F = TypeVar("F", bound=Callable[..., Any])
+# Outgoing tensors are bounded by the engine (max_response_bytes) and gRPC's send limit.
+_OUTPUT_MAX_BYTES = 2**62
+_Status = simulator_pb2.HealthResponse
+
+
+def _observed(method: F) -> F:
+    """Record latency by RPC name and final status code (outside the error boundary)."""
+    name = method.__name__
+
+    def record(self: SimulatorServicer, context: grpc.aio.ServicerContext, start: float) -> None:
+        code = context.code() or grpc.StatusCode.OK
+        label = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        self.metrics.observe_request("grpc", name, label, time.perf_counter() - start)
+
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            finally:
+                record(self, context, start)
+
+        return stream  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start = time.perf_counter()
+        try:
+            return await method(self, request, context)
+        finally:
+            record(self, context, start)
+
+    return unary  # type: ignore[return-value]
+
+
+class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
+    def __init__(self, runtime: SimulatorRuntime, max_bytes: int) -> None:
+        self.runtime = runtime
+        self.max_bytes = max_bytes
+        self.metrics: ServiceMetrics = runtime.metrics
+
+    # ------------------------------------------------------------ helpers
+    def _tensor(
+        self,
+        msg: Any,
+        field: str,
+        dtype: DTypeName,
+        check: Callable[[np.ndarray, str], np.ndarray],
+    ) -> np.ndarray:
+        if not msg.HasField(field):
+            raise InvalidArgument(f"{field} is required")
+        try:
+            array = from_proto(getattr(msg, field), field, self.max_bytes, expect_dtype=dtype)
+        except CodecError as exc:
+            raise InvalidArgument(str(exc)) from None
+        return check(array, field)
+
+    @staticmethod
+    def _request_id(given: str) -> str:
+        if given and not is_valid_request_id(given):
+            raise InvalidArgument("request_id must be at most 128 characters of [A-Za-z0-9._:-]")
+        return given or request_id_var.get() or ""
+
+    @staticmethod
+    def _seed(msg: Any) -> int | None:
+        return int(msg.seed) if msg.HasField("seed") else None
+
+    @staticmethod
+    def _encoding(msg: Any) -> str:
+        return "png" if msg.frame_encoding == tensor_pb2.FRAME_ENCODING_PNG else "raw"
+
+    @staticmethod
+    def _out(array: np.ndarray, name: str, encoding: str = "raw") -> tensor_pb2.Tensor:
+        return to_proto(array, name, encoding, max_bytes=_OUTPUT_MAX_BYTES)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _info(info: SessionInfo) -> simulator_pb2.SessionInfo:
+        return simulator_pb2.SessionInfo(
+            session_id=info.session_id,
+            group_id=info.group_id or "",
+            group_index=info.group_index,
+            instruction=info.instruction,
+            seed=info.seed,
+            chunks_stepped=info.chunks_stepped,
+            max_chunks=info.max_chunks,
+            memory_bytes=info.memory_bytes,
+            created_at=info.created_at,
+            last_active_at=info.last_active_at,
+            expires_at=info.expires_at,
+        )
+
+    @staticmethod
+    def _target(msg: Any) -> tuple[str, str]:
+        which = msg.WhichOneof("target")
+        if which is None:
+            raise InvalidArgument("set either session_id or group_id")
+        return which, getattr(msg, which)
+
+    # ------------------------------------------------------------ imagine
+    @_observed
+    @grpc_error_boundary
+    async def Imagine(
+        self, request: simulator_pb2.ImagineRequest, context: grpc.aio.ServicerContext
+    ) -> simulator_pb2.ImagineResponse:
+        rid = self._request_id(request.request_id)
+        frames = self._tensor(request, "start_frames", "uint8", check_start_frames)
+        cands = self._tensor(request, "candidates", "float32", check_candidates)
+        result = await self.runtime.engine.imagine(
+            frames, cands, request.horizon_chunks, self._seed(request)
+        )
+        encoding = self._encoding(request)
+        return simulator_pb2.ImagineResponse(
+            request_id=rid,
+            candidates=[
+                simulator_pb2.CandidateResult(
+                    index=i, frames=self._out(f, f"candidate {i}", encoding)
+                )
+                for i, f in enumerate(result.frames)
+            ],
+            seed=result.seed,
+            provenance=result.provenance,
+            timing=result.timing,
+        )
+
+    @_observed
+    @grpc_error_boundary
+    async def ImagineStream(
+        self, request: simulator_pb2.ImagineRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[simulator_pb2.ImagineStreamResponse]:
+        rid = self._request_id(request.request_id)
+        frames = self._tensor(request, "start_frames", "uint8", check_start_frames)
+        cands = self._tensor(request, "candidates", "float32", check_candidates)
+        run = self.runtime.engine.open_imagine(
+            frames, cands, request.horizon_chunks, self._seed(request)
+        )
+        try:
+            async for chunk in run.chunks():
+                yield simulator_pb2.ImagineStreamResponse(
+                    frames=simulator_pb2.ImagineFrames(
+                        request_id=rid,
+                        chunk_index=chunk.chunk_index,
+                        frames=self._out(chunk.frames, "frames"),
+                    )
+                )
+            provenance, timing = run.summary()
+            yield simulator_pb2.ImagineStreamResponse(
+                result=simulator_pb2.ImagineResponse(
+                    request_id=rid,
+                    candidates=[
+                        simulator_pb2.CandidateResult(index=i) for i in range(run.n_candidates)
+                    ],
+                    seed=run.seed,
+                    provenance=provenance,
+                    timing=timing,
+                )
+            )
+        finally:
+            run.close()
+
+    # ------------------------------------------------------------ sessions
+    @_observed
+    @grpc_error_boundary
+    async def CreateSession(
+        self, request: simulator_pb2.CreateSessionRequest, context: grpc.aio.ServicerContext
+    ) -> simulator_pb2.CreateSessionResponse:
+        self._request_id(request.request_id)
+        frames = self._tensor(request, "start_frames", "uint8", check_start_frames)
+        res = await self.runtime.sessions.create(
+            frames,
+            request.instruction,
+            self._seed(request),
+            request.group_size,
+            request.max_chunks,
+        )
+        return simulator_pb2.CreateSessionResponse(
+            group_id=res.group_id or "",
+            sessions=[self._info(s) for s in res.sessions],
+            observation=self._out(res.observation, "observation", self._encoding(request)),
+            provenance=res.provenance,
+            timing=res.timing,
+        )
+
+    @_observed
+    @grpc_error_boundary
+    async def StepSession(
+        self, request: simulator_pb2.StepSessionRequest, context: grpc.aio.ServicerContext
+    ) -> simulator_pb2.StepSessionResponse:
+        rid = self._request_id(request.request_id)
+        which, target = self._target(request)
+        sessions = self.runtime.sessions
+        outcome: StepOutcome
+        if which == "session_id":
+            actions = self._tensor(request, "actions", "float32", _validated(check_session_actions))
+            outcome = await sessions.step_session(target, actions)
+        else:
+            actions = self._tensor(request, "actions", "float32", check_group_actions)
+            outcome = await sessions.step_group(target, actions)
+        encoding = self._encoding(request)
+        return simulator_pb2.StepSessionResponse(
+            request_id=rid,
+            results=[
+                simulator_pb2.StepResult(
+                    session_id=r.session_id,
+                    frames=self._out(r.frames, "frames", encoding),
+                    truncated=r.truncated,
+                    chunks_stepped=r.chunks_stepped,
+                )
+                for r in outcome.results
+            ],
+            timing=outcome.timing,
+        )
+
+    @_observed
+    @grpc_error_boundary
+    async def ReplaySession(
+        self, request: simulator_pb2.ReplaySessionRequest, context: grpc.aio.ServicerContext
+    ) -> simulator_pb2.ReplaySessionResponse:
+        rid = self._request_id(request.request_id)
+        if not request.session_id:
+            raise InvalidArgument("session_id is required")
+        res = await self.runtime.sessions.replay(request.session_id, self._seed(request))
+        return simulator_pb2.ReplaySessionResponse(
+            request_id=rid,
+            session_id=res.session_id,
+            frames=self._out(res.frames, "frames", self._encoding(request)),
+            seed=res.seed,
+            provenance=res.provenance,
+            timing=res.timing,
+        )
+
+    @_observed
+    @grpc_error_boundary
+    async def GetSession(
+        self, request: simulator_pb2.GetSessionRequest, context: grpc.aio.ServicerContext
+    ) -> simulator_pb2.GetSessionResponse:
+        which, target = self._target(request)
+        sessions = self.runtime.sessions
+        infos = [sessions.get(target)] if which == "session_id" else sessions.get_group(target)
+        return simulator_pb2.GetSessionResponse(sessions=[self._info(i) for i in infos])
+
+    @_observed
+    @grpc_error_boundary
+    async def CloseSession(
+        self, request: simulator_pb2.CloseSessionRequest, context: grpc.aio.ServicerContext
+    ) -> simulator_pb2.CloseSessionResponse:
+        which, target = self._target(request)
+        sessions = self.runtime.sessions
+        closed = sessions.close(target) if which == "session_id" else sessions.close_group(target)
+        return simulator_pb2.CloseSessionResponse(closed_session_ids=closed)
+
+    # ------------------------------------------------------------ health
+    @grpc_error_boundary
+    async def Health(
+        self, request: simulator_pb2.HealthRequest, context: grpc.aio.ServicerContext
+    ) -> simulator_pb2.HealthResponse:
+        state = self.runtime.readiness()
+        status = (
+            _Status.SERVING_STATUS_SERVING if state.ready else _Status.SERVING_STATUS_NOT_SERVING
+        )
+        return simulator_pb2.HealthResponse(status=status, version=VERSION, reason=state.reason)
+
+
+def _validated(
+    check: Callable[[np.ndarray, str], np.ndarray],
+) -> Callable[[np.ndarray, str], np.ndarray]:
+    """Run `check` for its errors but keep the array as sent (the manager reshapes it)."""
+
+    def run(array: np.ndarray, name: str) -> np.ndarray:
+        check(array, name)
+        return array
+
+    return run
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def create_grpc_server(
+    runtime: SimulatorRuntime, settings: SimulatorSettings
+) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server (not started) for `runtime` on settings.host:grpc_port; returns the
+    server and the bound port (useful with grpc_port 0)."""
+    # Requests obey the shared limit; responses carry frames and get their own
+    # (clients must raise their receive limit, 4 MiB by default, to match).
+    options = [o for o in settings.grpc_options() if o[0] != "grpc.max_send_message_length"]
+    options.append(("grpc.max_send_message_length", settings.max_response_bytes))
+    server = grpc.aio.server(
+        interceptors=[AsyncApiKeyInterceptor(ApiKeyAuth.from_settings(settings))],
+        options=options,
+    )
+    simulator_pb2_grpc.add_SimulatorServicer_to_server(
+        SimulatorServicer(runtime, settings.max_request_bytes), server
+    )
+    port = server.add_insecure_port(_address(settings.host, settings.grpc_port))
+    if port == 0:
+        raise RuntimeError(f"could not bind gRPC to {_address(settings.host, settings.grpc_port)}")
+    return server, port

@@ -1,0 +1,557 @@
+"""The simulator's HTTP API (FastAPI): thin handlers over the shared `SimulatorRuntime`.
+
+Routes (all need an API key; health and readiness come from `create_app`):
+
+- `POST /v1/imagine`: start frame + candidate action chunks -> imagined frames
+  per candidate, provenance, timing, and `confidence`/`verdict`/`best_candidate`
+  left null for the judge;
+- `POST /v1/imagine/stream`: the same work as newline-delimited JSON, one
+  `{"event": "frames", ...}` line per chunk as it is generated, then one
+  `{"event": "result", ...}` line (or `{"event": "error", ...}` if it fails
+  after the response has started). Streamed chunk tensors are (N, F, H, W, 3)
+  and always raw: PNG tensors are at most 4-D;
+- sessions: `POST /v1/sessions`, `POST /v1/sessions/{id}/step`,
+  `POST /v1/sessions/{id}/replay`, `GET /v1/sessions/{id}`,
+  `DELETE /v1/sessions/{id}`, and the same for a forked group under
+  `/v1/groups/{id}` (step all members at once, read, close).
+
+Tensors use the JSON form of the wire codec (`wmpo_client.codec.TensorJSON`).
+Request models decode them and check dtype, shape and finiteness, so a bad
+tensor is a 422 naming the tensor; checks that need the model (frame size,
+chunk length) are 400s from the engine. Nothing here returns a traceback.
+`instruction` is recorded (sessions) for the judge; the world model itself is
+not text-conditioned. A client that disconnects cancels its work (499).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Annotated, Any, Literal, TypeVar
+
+import numpy as np
+from fastapi import APIRouter, Body, FastAPI, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic_core import PydanticCustomError
+from starlette.types import Receive, Scope, Send
+from wmpo_client.codec import CodecError, DTypeName, TensorJSON
+
+from services.common.app import create_app
+from services.common.errors import (
+    ClientClosedRequest,
+    ErrorDetail,
+    InvalidArgument,
+    ServiceError,
+    Unavailable,
+    error_responses,
+    internal_message,
+)
+from services.common.logging import current_request_id
+from services.simulator.engine import (
+    SEED_LIMIT,
+    check_candidates,
+    check_group_actions,
+    check_session_actions,
+    check_start_frames,
+)
+from services.simulator.runtime import SERVICE, VERSION, SimulatorRuntime
+from services.simulator.sessions import MAX_INSTRUCTION_CHARS, SessionInfo
+from services.simulator.settings import SimulatorSettings
+
+log = logging.getLogger("wmpo.simulator.http")
+T = TypeVar("T")
+FrameEncoding = Literal["raw", "png"]
+# Large enough for any response the engine admits (it bounds them by max_response_bytes).
+_OUTPUT_MAX_BYTES = 2**62
+
+RequestId = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9._:-]{0,128}$",
+        description="Client-chosen id (at most 128 of [A-Za-z0-9._:-]); empty: the server's.",
+    ),
+]
+Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT, description="Noise seed; absent: drawn.")]
+Instruction = Annotated[
+    str, Field(max_length=MAX_INSTRUCTION_CHARS, description="The task in natural language.")
+]
+
+
+def _decode(
+    tensor: TensorJSON,
+    name: str,
+    dtype: DTypeName,
+    check: Callable[[np.ndarray, str], np.ndarray],
+) -> np.ndarray:
+    """Decode and check a tensor, as a pydantic error (-> 422) naming it."""
+    try:
+        return check(tensor.to_numpy(name, expect_dtype=dtype), name)
+    except (CodecError, InvalidArgument) as exc:
+        message = exc.message if isinstance(exc, InvalidArgument) else str(exc)
+        raise PydanticCustomError("invalid_tensor", "{message}", {"message": message}) from None
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ------------------------------------------------------------------ requests
+
+
+class ImagineBody(_Body):
+    start_frames: TensorJSON = Field(
+        description="uint8 (H, W, 3) or (1, H, W, 3): the current camera frame (raw or PNG)."
+    )
+    instruction: Instruction = ""
+    candidates: TensorJSON = Field(
+        description="float32 (N, C, K, 4): N candidates of C chunks of K actions; "
+        "(N, K, 4) for one chunk each."
+    )
+    horizon_chunks: int = Field(0, ge=0, description="Chunks to imagine, 1..C; 0: all.")
+    seed: Seed | None = None
+    request_id: RequestId = ""
+    frame_encoding: FrameEncoding = "raw"
+
+    _frames: np.ndarray = PrivateAttr()
+    _candidates: np.ndarray = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _tensors(self) -> ImagineBody:
+        self._frames = _decode(self.start_frames, "start_frames", "uint8", check_start_frames)
+        self._candidates = _decode(self.candidates, "candidates", "float32", check_candidates)
+        return self
+
+
+class CreateSessionBody(_Body):
+    start_frames: TensorJSON = Field(description="uint8 (H, W, 3) or (1, H, W, 3).")
+    instruction: Instruction = ""
+    seed: Seed | None = None
+    group_size: int = Field(1, ge=0, description="G > 1 forks a group of G sessions.")
+    max_chunks: int = Field(0, ge=0, description="Chunk budget per session; 0: the default.")
+    request_id: RequestId = ""
+    frame_encoding: FrameEncoding = "raw"
+
+    _frames: np.ndarray = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _tensors(self) -> CreateSessionBody:
+        self._frames = _decode(self.start_frames, "start_frames", "uint8", check_start_frames)
+        return self
+
+
+class StepSessionBody(_Body):
+    actions: TensorJSON = Field(description="float32 (K, 4) for one chunk or (C, K, 4).")
+    request_id: RequestId = ""
+    frame_encoding: FrameEncoding = "raw"
+
+    _actions: np.ndarray = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _tensors(self) -> StepSessionBody:
+        self._actions = _decode(self.actions, "actions", "float32", _session_actions)
+        return self
+
+
+class StepGroupBody(_Body):
+    actions: TensorJSON = Field(description="float32 (G, K, 4) or (G, C, K, 4), row g: member g.")
+    request_id: RequestId = ""
+    frame_encoding: FrameEncoding = "raw"
+
+    _actions: np.ndarray = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _tensors(self) -> StepGroupBody:
+        self._actions = _decode(self.actions, "actions", "float32", check_group_actions)
+        return self
+
+
+def _session_actions(actions: np.ndarray, name: str) -> np.ndarray:
+    check_session_actions(actions, name)  # validation only; the manager reshapes
+    return actions
+
+
+class ReplayBody(_Body):
+    seed: Seed | None = Field(None, description="Fresh noise seed; absent: one is drawn.")
+    request_id: RequestId = ""
+    frame_encoding: FrameEncoding = "raw"
+
+
+# ----------------------------------------------------------------- responses
+
+
+class CandidateOut(BaseModel):
+    index: int
+    frames: TensorJSON | None = Field(
+        description="uint8 (T, H, W, 3); null in the stream's result line."
+    )
+    confidence: float | None = Field(None, description="Judge: success probability (null: none).")
+
+
+class ImagineOut(BaseModel):
+    request_id: str
+    candidates: list[CandidateOut]
+    seed: int
+    provenance: dict[str, str]
+    timing: dict[str, float] = Field(description="Seconds: queue, encode, denoise, total.")
+    verdict: Literal["execute", "replan"] | None = Field(None, description="Judge (null: none).")
+    best_candidate: int | None = Field(None, description="Judge (null: none).")
+
+
+class ImagineFramesEvent(BaseModel):
+    event: Literal["frames"] = "frames"
+    request_id: str
+    chunk_index: int
+    frames: TensorJSON = Field(description="uint8 (N, F, H, W, 3), raw.")
+
+
+class ImagineResultEvent(ImagineOut):
+    event: Literal["result"] = "result"
+
+
+class ErrorEvent(BaseModel):
+    event: Literal["error"] = "error"
+    error: ErrorDetail
+
+
+class SessionInfoOut(BaseModel):
+    session_id: str
+    group_id: str | None
+    group_index: int
+    instruction: str
+    seed: int
+    chunks_stepped: int
+    max_chunks: int
+    memory_bytes: int
+    created_at: float
+    last_active_at: float
+    expires_at: float
+
+
+class CreateSessionOut(BaseModel):
+    request_id: str
+    group_id: str | None
+    sessions: list[SessionInfoOut]
+    observation: TensorJSON = Field(description="uint8 (H, W, 3): the reconstructed start.")
+    provenance: dict[str, str]
+    timing: dict[str, float]
+
+
+class StepResultOut(BaseModel):
+    session_id: str
+    frames: TensorJSON = Field(description="uint8 (F, H, W, 3); the last is the observation.")
+    reward: float | None = Field(None, description="Judge (null: none).")
+    done: bool | None = Field(None, description="Judge: terminated (null: unknown).")
+    truncated: bool
+    chunks_stepped: int
+
+
+class StepOut(BaseModel):
+    request_id: str
+    results: list[StepResultOut]
+    timing: dict[str, float]
+
+
+class ReplayOut(BaseModel):
+    request_id: str
+    session_id: str
+    frames: TensorJSON = Field(description="uint8 (T, H, W, 3): every replayed frame.")
+    seed: int
+    provenance: dict[str, str]
+    timing: dict[str, float]
+
+
+class SessionsOut(BaseModel):
+    sessions: list[SessionInfoOut]
+
+
+class ClosedOut(BaseModel):
+    closed_session_ids: list[str]
+
+
+# ------------------------------------------------------------------- helpers
+
+
+def _runtime(request: Request) -> SimulatorRuntime:
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        raise Unavailable("the simulator is starting up")
+    return runtime
+
+
+def _request_id(body_id: str) -> str:
+    return body_id or current_request_id() or ""
+
+
+def _tensor(array: np.ndarray, name: str, encoding: FrameEncoding = "raw") -> TensorJSON:
+    return TensorJSON.from_numpy(array, name, encoding, max_bytes=_OUTPUT_MAX_BYTES)
+
+
+def _info(info: SessionInfo) -> SessionInfoOut:
+    return SessionInfoOut(**vars(info))
+
+
+def _round(timing: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 6) for k, v in timing.items()}
+
+
+async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first.
+
+    Starlette cancels only streaming responses on disconnect; for a plain
+    request the body has been read, so the next ASGI message is the disconnect.
+    Cancelling drops the request's queued rows from the engine.
+    """
+    task = asyncio.ensure_future(work)
+    disconnected = False
+
+    async def watch() -> None:
+        nonlocal disconnected
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        disconnected = True
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if disconnected and not (current and current.cancelling()):
+            # Not a server shutdown: end the request normally (499) rather than
+            # letting CancelledError escape into the server as a crash.
+            raise ClientClosedRequest("the client closed the connection") from None
+        raise
+    finally:
+        watcher.cancel()
+
+
+class _ClosingStream(StreamingResponse):
+    """Runs `on_close` however the response ends: a generator that never started
+    (client gone before the first byte) would not run its own `finally`."""
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]) -> None:
+        super().__init__(content, media_type="application/x-ndjson")
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
+def _error_line(exc: BaseException, request_id: str) -> str:
+    if isinstance(exc, ServiceError):
+        code, message = exc.code, exc.message
+    else:
+        log.error("imagine stream failed", exc_info=exc, extra={"request_id": request_id})
+        code, message = "INTERNAL", internal_message(request_id)
+    event = ErrorEvent(error=ErrorDetail(code=code, message=message, request_id=request_id))
+    return event.model_dump_json() + "\n"
+
+
+# -------------------------------------------------------------------- routes
+
+_ERRORS = error_responses(400, 404, 422, 429, 503)
+
+
+def simulator_router() -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["simulator"], responses=_ERRORS)
+
+    @router.post("/imagine", response_model=ImagineOut, summary="Imagine candidate futures")
+    async def imagine(body: ImagineBody, request: Request) -> ImagineOut:
+        rt = _runtime(request)
+        rid = _request_id(body.request_id)
+        result = await _until_disconnect(
+            request,
+            rt.engine.imagine(body._frames, body._candidates, body.horizon_chunks, body.seed),
+        )
+        return ImagineOut(
+            request_id=rid,
+            candidates=[
+                CandidateOut(index=i, frames=_tensor(f, f"candidate {i}", body.frame_encoding))
+                for i, f in enumerate(result.frames)
+            ],
+            seed=result.seed,
+            provenance=result.provenance,
+            timing=_round(result.timing),
+        )
+
+    @router.post(
+        "/imagine/stream",
+        summary="Imagine, streaming frames chunk by chunk (NDJSON)",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "One JSON object per line: ImagineFramesEvent per chunk, then "
+                "ImagineResultEvent (or ErrorEvent).",
+                "content": {"application/x-ndjson": {}},
+            }
+        },
+    )
+    async def imagine_stream(body: ImagineBody, request: Request) -> StreamingResponse:
+        rt = _runtime(request)
+        rid = _request_id(body.request_id)
+        # Validation and admission happen here, so they are real 4xx responses.
+        run = rt.engine.open_imagine(body._frames, body._candidates, body.horizon_chunks, body.seed)
+
+        async def lines() -> AsyncIterator[str]:
+            try:
+                async for chunk in run.chunks():
+                    event = ImagineFramesEvent(
+                        request_id=rid,
+                        chunk_index=chunk.chunk_index,
+                        frames=_tensor(chunk.frames, "frames"),
+                    )
+                    yield event.model_dump_json() + "\n"
+                provenance, timing = run.summary()
+                yield (
+                    ImagineResultEvent(
+                        request_id=rid,
+                        candidates=[
+                            CandidateOut(index=i, frames=None) for i in range(run.n_candidates)
+                        ],
+                        seed=run.seed,
+                        provenance=provenance,
+                        timing=_round(timing),
+                    ).model_dump_json()
+                    + "\n"
+                )
+            except Exception as exc:  # the status line is sent; report in-band
+                yield _error_line(exc, rid)
+
+        # Disconnect cancels the generator (its queued rows are dropped); the
+        # response then releases the admission reservation.
+        return _ClosingStream(lines(), run.close)
+
+    # -------------------------------------------------------------- sessions
+    @router.post("/sessions", response_model=CreateSessionOut, summary="Open a session or group")
+    async def create_session(body: CreateSessionBody, request: Request) -> CreateSessionOut:
+        rt = _runtime(request)
+        res = await _until_disconnect(
+            request,
+            rt.sessions.create(
+                body._frames, body.instruction, body.seed, body.group_size, body.max_chunks
+            ),
+        )
+        return CreateSessionOut(
+            request_id=_request_id(body.request_id),
+            group_id=res.group_id,
+            sessions=[_info(s) for s in res.sessions],
+            observation=_tensor(res.observation, "observation", body.frame_encoding),
+            provenance=res.provenance,
+            timing=_round(res.timing),
+        )
+
+    def _step_out(outcome: Any, rid: str, encoding: FrameEncoding) -> StepOut:
+        return StepOut(
+            request_id=rid,
+            results=[
+                StepResultOut(
+                    session_id=r.session_id,
+                    frames=_tensor(r.frames, "frames", encoding),
+                    reward=r.reward,
+                    done=r.done,
+                    truncated=r.truncated,
+                    chunks_stepped=r.chunks_stepped,
+                )
+                for r in outcome.results
+            ],
+            timing=_round(outcome.timing),
+        )
+
+    @router.post("/sessions/{session_id}/step", response_model=StepOut, summary="Step a session")
+    async def step_session(session_id: str, body: StepSessionBody, request: Request) -> StepOut:
+        rt = _runtime(request)
+        outcome = await _until_disconnect(
+            request, rt.sessions.step_session(session_id, body._actions)
+        )
+        return _step_out(outcome, _request_id(body.request_id), body.frame_encoding)
+
+    @router.post(
+        "/sessions/{session_id}/replay",
+        response_model=ReplayOut,
+        summary="Replay a session's recorded actions under fresh noise",
+    )
+    async def replay_session(
+        session_id: str,
+        request: Request,
+        body: Annotated[ReplayBody | None, Body()] = None,
+    ) -> ReplayOut:
+        rt = _runtime(request)
+        body = body or ReplayBody()
+        res = await _until_disconnect(request, rt.sessions.replay(session_id, body.seed))
+        return ReplayOut(
+            request_id=_request_id(body.request_id),
+            session_id=res.session_id,
+            frames=_tensor(res.frames, "frames", body.frame_encoding),
+            seed=res.seed,
+            provenance=res.provenance,
+            timing=_round(res.timing),
+        )
+
+    @router.get("/sessions/{session_id}", response_model=SessionInfoOut, summary="Session state")
+    async def get_session(session_id: str, request: Request) -> SessionInfoOut:
+        return _info(_runtime(request).sessions.get(session_id))
+
+    @router.delete("/sessions/{session_id}", response_model=ClosedOut, summary="Close a session")
+    async def close_session(session_id: str, request: Request) -> ClosedOut:
+        return ClosedOut(closed_session_ids=_runtime(request).sessions.close(session_id))
+
+    # ---------------------------------------------------------------- groups
+    @router.post("/groups/{group_id}/step", response_model=StepOut, summary="Step a whole group")
+    async def step_group(group_id: str, body: StepGroupBody, request: Request) -> StepOut:
+        rt = _runtime(request)
+        outcome = await _until_disconnect(request, rt.sessions.step_group(group_id, body._actions))
+        return _step_out(outcome, _request_id(body.request_id), body.frame_encoding)
+
+    @router.get("/groups/{group_id}", response_model=SessionsOut, summary="Group state")
+    async def get_group(group_id: str, request: Request) -> SessionsOut:
+        return SessionsOut(
+            sessions=[_info(s) for s in _runtime(request).sessions.get_group(group_id)]
+        )
+
+    @router.delete("/groups/{group_id}", response_model=ClosedOut, summary="Close a group")
+    async def close_group(group_id: str, request: Request) -> ClosedOut:
+        return ClosedOut(closed_session_ids=_runtime(request).sessions.close_group(group_id))
+
+    return router
+
+
+# ----------------------------------------------------------------------- app
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def create_simulator_app(
+    settings: SimulatorSettings,
+    runtime: SimulatorRuntime,
+    lifespan: Lifespan | None = None,
+) -> FastAPI:
+    """The simulator's FastAPI app over `runtime`.
+
+    The default lifespan starts the runtime on startup and stops it on
+    shutdown; `server` passes one that also runs the gRPC server.
+    """
+
+    @asynccontextmanager
+    async def default_lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = create_app(
+        settings,
+        service=SERVICE,
+        version=VERSION,
+        readiness=runtime.readiness,
+        lifespan=lifespan or default_lifespan,
+    )
+    app.state.runtime = runtime
+    app.include_router(simulator_router())
+    return app

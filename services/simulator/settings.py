@@ -1,0 +1,49 @@
+"""Deployment settings of the simulator service (`WMPO_*` environment variables).
+
+The shared knobs (host, ports, API keys, batch size, session cap and TTL, ...)
+come from `ServiceSettings`; the fields here only make sense for a simulator.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from services.common.settings import ServiceSettings
+
+DEFAULT_CHECKPOINT = "checkpoints/world-model"
+
+
+class SimulatorSettings(ServiceSettings):
+    """`ServiceSettings` plus simulator limits; e.g. WMPO_MAX_QUEUED_ROLLOUTS=512."""
+
+    checkpoint: str = Field(DEFAULT_CHECKPOINT, description="World-model checkpoint directory.")
+    max_queued_rollouts: int = Field(
+        256,
+        ge=1,
+        description="Rollouts admitted (queued or running) before new work gets 429; "
+        "also the most rollouts one request may ask for.",
+    )
+    max_chunks_per_request: int = Field(
+        64, ge=1, description="Most action chunks one imagine request may roll out."
+    )
+    default_session_chunks: int = Field(
+        64, ge=1, description="Chunk budget of a session that does not ask for one."
+    )
+    max_session_chunks: int = Field(
+        1024, ge=1, description="Largest chunk budget a session may ask for."
+    )
+    max_response_bytes: int = Field(
+        256 * 1024**2,
+        ge=1024,
+        description="Raw frame bytes one response may carry (also gRPC's send limit); larger "
+        "requests are refused up front.",
+    )
+    max_session_memory_bytes: int = Field(
+        1024**3, ge=1024, description="Memory all open sessions may hold together."
+    )
+    session_sweep_s: float = Field(
+        10.0, gt=0, description="How often idle sessions are looked for and expired."
+    )
+    grpc_grace_s: float = Field(
+        5.0, ge=0, description="Time in-flight gRPC calls get to finish on shutdown."
+    )
