@@ -1,0 +1,764 @@
+"""HTTP clients for the simulator service: `SimulatorClient` (sync) and `AsyncSimulatorClient`.
+
+Both speak the service's JSON API (`/v1/imagine`, `/v1/imagine/stream`,
+`/v1/sessions`, `/v1/groups`, `/readyz`) with httpx and return the dataclasses
+of `wmpo_client.results`, with numpy arrays for every tensor. Every failure
+is a `SimulatorError` carrying the server's code, message and request id.
+
+Retries (see `wmpo_client._common`): failed connections are retried by
+httpx's transport (`retries=`), 429 and 503 by a small loop with capped,
+jittered exponential backoff that honours `Retry-After`. Both are safe
+without idempotency keys: the connection retries re-send a request that never
+arrived, and the service answers 429/503 only when it refuses work before
+starting it. Timeouts and connections lost mid-request are not retried: the
+work may have been done.
+
+Example:
+    with SimulatorClient("http://127.0.0.1:8000", api_key="...") as sim:
+        result = sim.imagine(frame, "open the drawer", candidates, seed=0)
+        result.frames  # (N, T, H, W, 3) uint8
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+
+from wmpo_client._common import (
+    API_KEY_HEADER,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_TIMEOUT_S,
+    REQUEST_ID_HEADER,
+    RETRY_HTTP_STATUSES,
+    FrameEncoding,
+    RetryPolicy,
+    action_array,
+    check_request_id,
+    frame_array,
+    parse_retry_after,
+)
+from wmpo_client.codec import from_json, to_json
+from wmpo_client.errors import CODE_BY_HTTP_STATUS, SimulatorError
+from wmpo_client.results import (
+    CandidateResult,
+    CreateSessionResult,
+    HealthStatus,
+    ImagineChunk,
+    ImagineEvent,
+    ImagineResult,
+    ReplayResult,
+    SessionInfo,
+    StepOutcome,
+    StepResult,
+)
+
+__all__ = ["AsyncSimulatorClient", "SimulatorClient"]
+
+T = TypeVar("T")
+DEFAULT_URL = "http://127.0.0.1:8000"
+_READINESS_PATH = "/readyz"
+
+
+# ------------------------------------------------------------------- errors
+
+
+def error_from_response(response: httpx.Response) -> SimulatorError:
+    """The `SimulatorError` for a non-2xx response whose body has been read.
+
+    The service's body is `{"error": {"code", "message", "request_id"}}`; any
+    other body (a proxy's page) keeps a code derived from the status.
+    """
+    status = response.status_code
+    code = CODE_BY_HTTP_STATUS.get(status, "INTERNAL" if status >= 500 else f"HTTP_{status}")
+    message = response.reason_phrase or f"HTTP {status}"
+    request_id = response.headers.get(REQUEST_ID_HEADER)
+    try:
+        data = response.json()
+    except ValueError:
+        text = response.text.strip()
+        if text:
+            message = text[:300]
+    else:
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict):
+            code = str(err.get("code") or code)
+            message = str(err.get("message") or message)
+            request_id = err.get("request_id") or request_id
+    return SimulatorError(code, message, request_id, http_status=status)
+
+
+def _transport_error(exc: httpx.HTTPError, url: str) -> SimulatorError:
+    if isinstance(exc, httpx.TimeoutException):
+        return SimulatorError("DEADLINE_EXCEEDED", f"no answer from {url} in time ({exc!r})")
+    return SimulatorError("UNAVAILABLE", f"cannot reach the simulator at {url} ({exc!r})")
+
+
+# ------------------------------------------------------------------ parsing
+
+
+def _frames(obj: Any, name: str, max_bytes: int) -> np.ndarray:
+    return from_json(obj, name, max_bytes, expect_dtype="uint8")
+
+
+def _session_info(data: dict[str, Any]) -> SessionInfo:
+    values = {f.name: data.get(f.name) for f in fields(SessionInfo)}
+    values["group_id"] = values["group_id"] or None
+    return SessionInfo(**values)
+
+
+def _imagine_result(
+    data: dict[str, Any], max_bytes: int, frames: list[np.ndarray] | None = None
+) -> ImagineResult:
+    """`frames`: per-candidate frames assembled from a stream (the result line has none)."""
+    candidates = [
+        CandidateResult(
+            index=int(c["index"]),
+            frames=(
+                frames[i]
+                if frames is not None
+                else _frames(c["frames"], f"candidate {c['index']}", max_bytes)
+            ),
+            confidence=c.get("confidence"),
+        )
+        for i, c in enumerate(data["candidates"])
+    ]
+    return ImagineResult(
+        request_id=data["request_id"],
+        candidates=candidates,
+        seed=int(data["seed"]),
+        provenance=dict(data.get("provenance") or {}),
+        timing=dict(data.get("timing") or {}),
+        verdict=data.get("verdict"),
+        best_candidate=data.get("best_candidate"),
+    )
+
+
+def _create_result(data: dict[str, Any], max_bytes: int) -> CreateSessionResult:
+    return CreateSessionResult(
+        request_id=data["request_id"],
+        group_id=data.get("group_id") or None,
+        sessions=[_session_info(s) for s in data["sessions"]],
+        observation=_frames(data["observation"], "observation", max_bytes),
+        provenance=dict(data.get("provenance") or {}),
+        timing=dict(data.get("timing") or {}),
+    )
+
+
+def _step_outcome(data: dict[str, Any], max_bytes: int) -> StepOutcome:
+    return StepOutcome(
+        request_id=data["request_id"],
+        results=[
+            StepResult(
+                session_id=r["session_id"],
+                frames=_frames(r["frames"], "frames", max_bytes),
+                reward=r.get("reward"),
+                done=r.get("done"),
+                truncated=bool(r["truncated"]),
+                chunks_stepped=int(r["chunks_stepped"]),
+            )
+            for r in data["results"]
+        ],
+        timing=dict(data.get("timing") or {}),
+    )
+
+
+def _replay_result(data: dict[str, Any], max_bytes: int) -> ReplayResult:
+    return ReplayResult(
+        request_id=data["request_id"],
+        session_id=data["session_id"],
+        frames=_frames(data["frames"], "frames", max_bytes),
+        seed=int(data["seed"]),
+        provenance=dict(data.get("provenance") or {}),
+        timing=dict(data.get("timing") or {}),
+    )
+
+
+def _health(response: httpx.Response) -> HealthStatus:
+    if response.status_code not in (200, 503):
+        response.read()
+        raise error_from_response(response)
+    try:
+        data = response.json()
+    except ValueError:
+        data = {}
+    reason = str(data.get("reason", "")) if isinstance(data, dict) else ""
+    return HealthStatus(ready=response.status_code == 200, reason=reason)
+
+
+class _StreamAssembler:
+    """Turns NDJSON lines of `/v1/imagine/stream` into events; the last is the full result."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.chunks: list[np.ndarray] = []  # (N, F, H, W, 3) each
+        self.done = False
+
+    def feed(self, line: str) -> ImagineEvent | None:
+        if not line.strip():
+            return None
+        event = json.loads(line)
+        kind = event.get("event")
+        if kind == "frames":
+            frames = _frames(event["frames"], "frames", self.max_bytes)
+            self.chunks.append(frames)
+            return ImagineChunk(event["request_id"], int(event["chunk_index"]), frames)
+        if kind == "result":
+            self.done = True
+            if not self.chunks:
+                raise SimulatorError("INTERNAL", "the stream ended without frames")
+            full = np.concatenate(self.chunks, axis=1)  # (N, T, H, W, 3)
+            return _imagine_result(event, self.max_bytes, frames=list(full))
+        if kind == "error":
+            err = event.get("error") or {}
+            raise SimulatorError(
+                str(err.get("code") or "INTERNAL"),
+                str(err.get("message") or "the stream failed"),
+                err.get("request_id"),
+                http_status=200,
+            )
+        raise SimulatorError("INTERNAL", f"unknown stream event {kind!r}")
+
+    def check_finished(self) -> None:
+        if not self.done:
+            raise SimulatorError("UNAVAILABLE", "the stream ended before its result")
+
+
+# ----------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class _Call:
+    method: str
+    path: str
+    body: dict[str, Any] | None
+    request_id: str
+
+
+class _HttpBase:
+    """Configuration and request bodies shared by the sync and async clients."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        timeout: float,
+        connect_timeout: float,
+        retries: int,
+        backoff: float,
+        max_backoff: float,
+        frame_encoding: FrameEncoding,
+        max_response_bytes: int,
+    ) -> None:
+        if frame_encoding not in ("raw", "png"):
+            raise ValueError(f"frame_encoding must be 'raw' or 'png', got {frame_encoding!r}")
+        self.base_url = base_url.rstrip("/")
+        self.retry = RetryPolicy(retries, backoff, max_backoff)
+        self.frame_encoding: FrameEncoding = frame_encoding
+        self.max_response_bytes = max_response_bytes
+        self._timeout = httpx.Timeout(timeout, connect=min(connect_timeout, timeout))
+        self._headers = {API_KEY_HEADER: api_key} if api_key else {}
+
+    def _request_headers(self, request_id: str) -> dict[str, str]:
+        # The header ties the server's logs (and error bodies) to this call.
+        return {REQUEST_ID_HEADER: request_id} if request_id else {}
+
+    def _imagine_call(
+        self,
+        path: str,
+        frame: Any,
+        instruction: str,
+        candidates: Any,
+        horizon: int,
+        seed: int | None,
+        request_id: str | None,
+    ) -> _Call:
+        rid = check_request_id(request_id)
+        body: dict[str, Any] = {
+            "start_frames": to_json(frame_array(frame), "frame", self.frame_encoding),
+            "instruction": instruction,
+            "candidates": to_json(action_array(candidates, "candidates"), "candidates"),
+            "horizon_chunks": horizon,
+            "request_id": rid,
+            "frame_encoding": self.frame_encoding,
+        }
+        if seed is not None:
+            body["seed"] = seed
+        return _Call("POST", path, body, rid)
+
+    def _create_call(
+        self,
+        frame: Any,
+        instruction: str,
+        seed: int | None,
+        group_size: int,
+        max_chunks: int,
+        request_id: str | None,
+    ) -> _Call:
+        rid = check_request_id(request_id)
+        body: dict[str, Any] = {
+            "start_frames": to_json(frame_array(frame), "frame", self.frame_encoding),
+            "instruction": instruction,
+            "group_size": group_size,
+            "max_chunks": max_chunks,
+            "request_id": rid,
+            "frame_encoding": self.frame_encoding,
+        }
+        if seed is not None:
+            body["seed"] = seed
+        return _Call("POST", "/v1/sessions", body, rid)
+
+    def _step_call(self, kind: str, target: str, actions: Any, request_id: str | None) -> _Call:
+        rid = check_request_id(request_id)
+        body = {
+            "actions": to_json(action_array(actions), "actions"),
+            "request_id": rid,
+            "frame_encoding": self.frame_encoding,
+        }
+        return _Call("POST", f"/v1/{kind}/{_segment(target)}/step", body, rid)
+
+    def _replay_call(self, session_id: str, seed: int | None, request_id: str | None) -> _Call:
+        rid = check_request_id(request_id)
+        body: dict[str, Any] = {"request_id": rid, "frame_encoding": self.frame_encoding}
+        if seed is not None:
+            body["seed"] = seed
+        return _Call("POST", f"/v1/sessions/{_segment(session_id)}/replay", body, rid)
+
+
+def _segment(identifier: str) -> str:
+    if not identifier:
+        raise ValueError("an id is required")
+    return quote(identifier, safe="")
+
+
+def _sessions(data: dict[str, Any]) -> list[SessionInfo]:
+    return [_session_info(s) for s in data["sessions"]]
+
+
+# --------------------------------------------------------------------- sync
+
+
+class SimulatorClient(_HttpBase):
+    """Synchronous HTTP client of the simulator service (thread-safe, like httpx.Client).
+
+    Args:
+        base_url: the service, e.g. "http://127.0.0.1:8000".
+        api_key: sent as `x-api-key` (every route but health needs one).
+        timeout: seconds for each read/write of a call (a whole imagine must answer in it).
+        connect_timeout: seconds to establish a connection.
+        retries: extra attempts on 429/503 and on failed connections (0: none).
+        backoff, max_backoff: first wait and cap, in seconds, between retries.
+        frame_encoding: "png" sends the start frame and receives frames as PNG
+            (smaller on the wire, more CPU); "raw" sends bytes as they are.
+        max_response_bytes: the largest tensor accepted from the server (the
+            service's WMPO_MAX_RESPONSE_BYTES by default).
+        transport: an httpx transport to use instead of the default one
+            (e.g. httpx.ASGITransport for an in-process app); connection
+            retries are then the transport's business.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        connect_timeout: float = 5.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+        max_backoff: float = 8.0,
+        frame_encoding: FrameEncoding = "raw",
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            api_key,
+            timeout,
+            connect_timeout,
+            retries,
+            backoff,
+            max_backoff,
+            frame_encoding,
+            max_response_bytes,
+        )
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers=self._headers,
+            timeout=self._timeout,
+            transport=transport or httpx.HTTPTransport(retries=retries),
+        )
+
+    # ---------------------------------------------------------- plumbing
+    def __enter__(self) -> SimulatorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def _send(self, call: _Call, stream: bool = False) -> httpx.Response:
+        """Send with retries on 429/503; returns a 2xx response (open if `stream`)."""
+        request = self._http.build_request(
+            call.method, call.path, json=call.body, headers=self._request_headers(call.request_id)
+        )
+        attempt = 0
+        while True:
+            try:
+                response = self._http.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                raise _transport_error(exc, self.base_url) from exc
+            if response.status_code in RETRY_HTTP_STATUSES and attempt < self.retry.retries:
+                response.close()
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+                time.sleep(self.retry.delay(attempt, retry_after))
+                attempt += 1
+                continue
+            try:
+                if not stream or not response.is_success:
+                    response.read()
+            except httpx.HTTPError as exc:
+                response.close()
+                raise _transport_error(exc, self.base_url) from exc
+            if not response.is_success:
+                response.close()
+                raise error_from_response(response)
+            return response
+
+    def _json(self, call: _Call, parse: Callable[[dict[str, Any]], T]) -> T:
+        response = self._send(call)
+        return parse(response.json())
+
+    # ---------------------------------------------------------- imagine
+    def imagine(
+        self,
+        frame: np.ndarray,
+        instruction: str,
+        candidates: np.ndarray,
+        horizon: int = 0,
+        seed: int | None = None,
+        request_id: str | None = None,
+    ) -> ImagineResult:
+        """Imagine the future of N candidate action sequences from one frame.
+
+        Args:
+            frame: uint8 (H, W, 3), the current camera frame (at the model's size).
+            instruction: the task in natural language (recorded for the judge).
+            candidates: float32 (N, C, K, 4), or (N, K, 4) for one chunk each.
+            horizon: chunks to imagine, 1..C; 0 for all.
+            seed: noise seed; None lets the server draw one (reported in the result).
+            request_id: an id of yours for logs and error reports.
+        """
+        call = self._imagine_call(
+            "/v1/imagine", frame, instruction, candidates, horizon, seed, request_id
+        )
+        return self._json(call, lambda d: _imagine_result(d, self.max_response_bytes))
+
+    def imagine_stream(
+        self,
+        frame: np.ndarray,
+        instruction: str,
+        candidates: np.ndarray,
+        horizon: int = 0,
+        seed: int | None = None,
+        request_id: str | None = None,
+    ) -> Iterator[ImagineEvent]:
+        """Like `imagine`, yielding an `ImagineChunk` per chunk as soon as the server has it,
+        then the `ImagineResult` (with every frame assembled). The request is sent when
+        iteration starts. Breaking out of the loop closes the response, which cancels the
+        rest of the work on the server."""
+        call = self._imagine_call(
+            "/v1/imagine/stream", frame, instruction, candidates, horizon, seed, request_id
+        )
+        response = self._send(call, stream=True)
+        assembler = _StreamAssembler(self.max_response_bytes)
+        try:
+            for line in response.iter_lines():
+                event = assembler.feed(line)
+                if event is not None:
+                    yield event
+            assembler.check_finished()
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc, self.base_url) from exc
+        finally:
+            response.close()
+
+    # ---------------------------------------------------------- sessions
+    def create_session(
+        self,
+        frame: np.ndarray,
+        instruction: str = "",
+        seed: int | None = None,
+        max_chunks: int = 0,
+        request_id: str | None = None,
+    ) -> CreateSessionResult:
+        """Open one session from a start frame; `max_chunks` 0 takes the server's budget."""
+        call = self._create_call(frame, instruction, seed, 1, max_chunks, request_id)
+        return self._json(call, lambda d: _create_result(d, self.max_response_bytes))
+
+    def create_group(
+        self,
+        frame: np.ndarray,
+        group_size: int,
+        instruction: str = "",
+        seed: int | None = None,
+        max_chunks: int = 0,
+        request_id: str | None = None,
+    ) -> CreateSessionResult:
+        """Fork `group_size` sessions from one encoded start (they differ in noise and actions)."""
+        call = self._create_call(frame, instruction, seed, group_size, max_chunks, request_id)
+        return self._json(call, lambda d: _create_result(d, self.max_response_bytes))
+
+    def step(
+        self, session_id: str, actions: np.ndarray, request_id: str | None = None
+    ) -> StepOutcome:
+        """Advance a session by float32 (K, 4) actions (one chunk) or (C, K, 4)."""
+        call = self._step_call("sessions", session_id, actions, request_id)
+        return self._json(call, lambda d: _step_outcome(d, self.max_response_bytes))
+
+    def step_group(
+        self, group_id: str, actions: np.ndarray, request_id: str | None = None
+    ) -> StepOutcome:
+        """Advance every member of a group by (G, K, 4) or (G, C, K, 4) actions, row g for g."""
+        call = self._step_call("groups", group_id, actions, request_id)
+        return self._json(call, lambda d: _step_outcome(d, self.max_response_bytes))
+
+    def replay(
+        self, session_id: str, seed: int | None = None, request_id: str | None = None
+    ) -> ReplayResult:
+        """Replay a session's recorded actions from its start under fresh noise."""
+        call = self._replay_call(session_id, seed, request_id)
+        return self._json(call, lambda d: _replay_result(d, self.max_response_bytes))
+
+    def get_session(self, session_id: str) -> SessionInfo:
+        call = _Call("GET", f"/v1/sessions/{_segment(session_id)}", None, "")
+        return self._json(call, _session_info)
+
+    def get_group(self, group_id: str) -> list[SessionInfo]:
+        return self._json(_Call("GET", f"/v1/groups/{_segment(group_id)}", None, ""), _sessions)
+
+    def close_session(self, session_id: str) -> list[str]:
+        """Close a session; returns the ids closed."""
+        call = _Call("DELETE", f"/v1/sessions/{_segment(session_id)}", None, "")
+        return self._json(call, lambda d: list(d["closed_session_ids"]))
+
+    def close_group(self, group_id: str) -> list[str]:
+        """Close every session of a group; returns the ids closed."""
+        call = _Call("DELETE", f"/v1/groups/{_segment(group_id)}", None, "")
+        return self._json(call, lambda d: list(d["closed_session_ids"]))
+
+    # ---------------------------------------------------------- health
+    def health(self) -> HealthStatus:
+        """Readiness (no API key needed, no retries: "not ready" is an answer)."""
+        try:
+            response = self._http.get(_READINESS_PATH)
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc, self.base_url) from exc
+        return _health(response)
+
+
+# -------------------------------------------------------------------- async
+
+
+class AsyncSimulatorClient(_HttpBase):
+    """Asynchronous HTTP client of the simulator service; same methods as `SimulatorClient`.
+
+    Use `async with AsyncSimulatorClient(...) as sim:` or call `await sim.aclose()`.
+    `transport` may be an httpx.AsyncBaseTransport, e.g. httpx.ASGITransport(app).
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        connect_timeout: float = 5.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+        max_backoff: float = 8.0,
+        frame_encoding: FrameEncoding = "raw",
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            api_key,
+            timeout,
+            connect_timeout,
+            retries,
+            backoff,
+            max_backoff,
+            frame_encoding,
+            max_response_bytes,
+        )
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=self._headers,
+            timeout=self._timeout,
+            transport=transport or httpx.AsyncHTTPTransport(retries=retries),
+        )
+
+    async def __aenter__(self) -> AsyncSimulatorClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def _send(self, call: _Call, stream: bool = False) -> httpx.Response:
+        request = self._http.build_request(
+            call.method, call.path, json=call.body, headers=self._request_headers(call.request_id)
+        )
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                raise _transport_error(exc, self.base_url) from exc
+            if response.status_code in RETRY_HTTP_STATUSES and attempt < self.retry.retries:
+                await response.aclose()
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+                await asyncio.sleep(self.retry.delay(attempt, retry_after))
+                attempt += 1
+                continue
+            try:
+                if not stream or not response.is_success:
+                    await response.aread()
+            except httpx.HTTPError as exc:
+                await response.aclose()
+                raise _transport_error(exc, self.base_url) from exc
+            if not response.is_success:
+                await response.aclose()
+                raise error_from_response(response)
+            return response
+
+    async def _json(self, call: _Call, parse: Callable[[dict[str, Any]], T]) -> T:
+        response = await self._send(call)
+        return parse(response.json())
+
+    async def imagine(
+        self,
+        frame: np.ndarray,
+        instruction: str,
+        candidates: np.ndarray,
+        horizon: int = 0,
+        seed: int | None = None,
+        request_id: str | None = None,
+    ) -> ImagineResult:
+        """See `SimulatorClient.imagine`."""
+        call = self._imagine_call(
+            "/v1/imagine", frame, instruction, candidates, horizon, seed, request_id
+        )
+        return await self._json(call, lambda d: _imagine_result(d, self.max_response_bytes))
+
+    async def imagine_stream(
+        self,
+        frame: np.ndarray,
+        instruction: str,
+        candidates: np.ndarray,
+        horizon: int = 0,
+        seed: int | None = None,
+        request_id: str | None = None,
+    ) -> AsyncIterator[ImagineEvent]:
+        """See `SimulatorClient.imagine_stream`; use `async for`. To stop early and free the
+        server's work at once, wrap it in `contextlib.aclosing(...)` (an abandoned async
+        generator is only closed when it is garbage-collected)."""
+        call = self._imagine_call(
+            "/v1/imagine/stream", frame, instruction, candidates, horizon, seed, request_id
+        )
+        response = await self._send(call, stream=True)
+        assembler = _StreamAssembler(self.max_response_bytes)
+        try:
+            async for line in response.aiter_lines():
+                event = assembler.feed(line)
+                if event is not None:
+                    yield event
+            assembler.check_finished()
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc, self.base_url) from exc
+        finally:
+            await response.aclose()
+
+    async def create_session(
+        self,
+        frame: np.ndarray,
+        instruction: str = "",
+        seed: int | None = None,
+        max_chunks: int = 0,
+        request_id: str | None = None,
+    ) -> CreateSessionResult:
+        """See `SimulatorClient.create_session`."""
+        call = self._create_call(frame, instruction, seed, 1, max_chunks, request_id)
+        return await self._json(call, lambda d: _create_result(d, self.max_response_bytes))
+
+    async def create_group(
+        self,
+        frame: np.ndarray,
+        group_size: int,
+        instruction: str = "",
+        seed: int | None = None,
+        max_chunks: int = 0,
+        request_id: str | None = None,
+    ) -> CreateSessionResult:
+        """See `SimulatorClient.create_group`."""
+        call = self._create_call(frame, instruction, seed, group_size, max_chunks, request_id)
+        return await self._json(call, lambda d: _create_result(d, self.max_response_bytes))
+
+    async def step(
+        self, session_id: str, actions: np.ndarray, request_id: str | None = None
+    ) -> StepOutcome:
+        """See `SimulatorClient.step`."""
+        call = self._step_call("sessions", session_id, actions, request_id)
+        return await self._json(call, lambda d: _step_outcome(d, self.max_response_bytes))
+
+    async def step_group(
+        self, group_id: str, actions: np.ndarray, request_id: str | None = None
+    ) -> StepOutcome:
+        """See `SimulatorClient.step_group`."""
+        call = self._step_call("groups", group_id, actions, request_id)
+        return await self._json(call, lambda d: _step_outcome(d, self.max_response_bytes))
+
+    async def replay(
+        self, session_id: str, seed: int | None = None, request_id: str | None = None
+    ) -> ReplayResult:
+        """See `SimulatorClient.replay`."""
+        call = self._replay_call(session_id, seed, request_id)
+        return await self._json(call, lambda d: _replay_result(d, self.max_response_bytes))
+
+    async def get_session(self, session_id: str) -> SessionInfo:
+        call = _Call("GET", f"/v1/sessions/{_segment(session_id)}", None, "")
+        return await self._json(call, _session_info)
+
+    async def get_group(self, group_id: str) -> list[SessionInfo]:
+        call = _Call("GET", f"/v1/groups/{_segment(group_id)}", None, "")
+        return await self._json(call, _sessions)
+
+    async def close_session(self, session_id: str) -> list[str]:
+        call = _Call("DELETE", f"/v1/sessions/{_segment(session_id)}", None, "")
+        return await self._json(call, lambda d: list(d["closed_session_ids"]))
+
+    async def close_group(self, group_id: str) -> list[str]:
+        call = _Call("DELETE", f"/v1/groups/{_segment(group_id)}", None, "")
+        return await self._json(call, lambda d: list(d["closed_session_ids"]))
+
+    async def health(self) -> HealthStatus:
+        """See `SimulatorClient.health`."""
+        try:
+            response = await self._http.get(_READINESS_PATH)
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc, self.base_url) from exc
+        return _health(response)
