@@ -1,8 +1,12 @@
 """The main job on the embedded default: no Redis, no GPU, bundled checkpoints.
 
 1. Collect a little real data: one scripted-expert episode per policy task in MetaWorld.
-2. Evaluate the bundled base policy in the real simulator on held-out seeds.
-3. Print a success table (95% Wilson intervals) and write a JSON report and a PNG strip.
+2. Evaluate the bundled base policy in the real simulator on held-out seeds and print a
+   success table (95% Wilson intervals).
+3. The robot-team flow: start the embedded simulator service, let the base policy propose
+   candidate action chunks from a real MetaWorld frame, ``POST /v1/imagine`` them through the
+   light client, replay the same actions in MetaWorld, and write real vs imagined frames to a
+   PNG a person can look at.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ import numpy as np
 
 from wmpo.data.collect import CollectConfig, SourceSpec, collect
 from wmpo.data.episodes import EpisodeDataset
-from wmpo.envs.tasks import POLICY_TASKS
+from wmpo.envs.tasks import POLICY_TASKS, instruction
 from wmpo.errors import CheckpointError
 from wmpo.eval.policy import EvalConfig, evaluate, format_table
 
 BUNDLED_POLICY = Path(__file__).resolve().parent.parent / "checkpoints" / "policy-base"
+BUNDLED_WORLD_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "world-model"
 
 
 def save_strip(ds: EpisodeDataset, path: Path, frames_per_episode: int = 8) -> None:
@@ -34,8 +39,63 @@ def save_strip(ds: EpisodeDataset, path: Path, frames_per_episode: int = 8) -> N
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
+def imagine_vs_real(out_dir: Path, policy_dir: Path, world_model_dir: Path, task: str = "button-press-topdown-v3",
+                    candidates: int = 4, chunks: int = 3, seed: int = 7) -> dict:
+    """Candidate chunks from the policy at a real frame, imagined by the service and replayed
+    in MetaWorld. Returns per-candidate PSNR (imagined vs real) and the service timing."""
+    import torch
+    from PIL import Image
+    from wmpo_client import SimulatorClient
+
+    from services.embedded import embedded_stack  # the service layer, only for this step
+    from wmpo.data.collect import EVAL_SEED_BASE
+    from wmpo.envs import make_env
+    from wmpo.models.policy import Policy
+
+    policy, _ = Policy.from_checkpoint(str(policy_dir))
+    env = make_env(task, max_steps=500, terminate_on_success=False)
+    start, _ = env.reset(seed=EVAL_SEED_BASE + seed)
+    state = env.get_sim_state()
+    seqs, reals = [], []
+    for i in range(candidates):  # the policy at RL temperature, acting in the real simulator
+        gen = torch.Generator().manual_seed(i)
+        frame = env.set_sim_state(state)
+        acts, frames = [], []
+        for _ in range(chunks):
+            chunk = policy.act(frame[None], [env.instruction], temperature=1.6, generator=gen)[0]
+            for a in chunk:
+                frame = env.step(a)[0]
+                frames.append(frame)
+            acts.append(chunk)
+        seqs.append(np.stack(acts))
+        reals.append(np.stack(frames))
+    env.close()
+    candidates_arr = np.stack(seqs).astype(np.float32)  # (N, chunks, K, 4)
+    with embedded_stack(world_model_dir) as stack, SimulatorClient(stack.http_url) as client:
+        result = client.imagine(start, instruction(task), candidates_arr, seed=0)
+    imagined = result.frames  # (N, chunks*K/stride, H, W, 3)
+    stride = (chunks * 8) // imagined.shape[1]
+    real = np.stack(reals)[:, stride - 1::stride]  # real frames at the imagined frames' steps
+    err = ((imagined.astype(np.float32) - real.astype(np.float32)) ** 2).mean(axis=(1, 2, 3, 4))
+    copy_err = ((real.astype(np.float32) - start.astype(np.float32)) ** 2).mean(axis=(1, 2, 3, 4))
+    rows = []
+    for i in range(candidates):
+        rows.append(np.concatenate([start, *real[i]], axis=1))
+        rows.append(np.concatenate([start, *imagined[i]], axis=1))
+    path = out_dir / "imagined_vs_real.png"
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    return {
+        "task": task,
+        "png": str(path),
+        "psnr_imagined": (10 * np.log10(255**2 / err)).round(2).tolist(),
+        "psnr_copy_start_frame": (10 * np.log10(255**2 / copy_err)).round(2).tolist(),
+        "timing": result.timing,
+        "provenance": result.provenance,
+    }
+
+
 def run_demo(episodes: int = 20, workers: int = 2, out: str = "outputs/demo",
-             checkpoint: Path = BUNDLED_POLICY) -> dict:
+             checkpoint: Path = BUNDLED_POLICY, world_model: Path = BUNDLED_WORLD_MODEL) -> dict:
     out_dir = Path(out)
     if not (checkpoint / "model.safetensors").exists():
         raise CheckpointError(f"bundled policy missing at {checkpoint}; check out the repository fully")
@@ -54,8 +114,18 @@ def run_demo(episodes: int = 20, workers: int = 2, out: str = "outputs/demo",
     report = evaluate(EvalConfig(tasks=tasks, source=SourceSpec("policy", checkpoint=str(checkpoint),
                                                                  temperature=0.0),
                                  episodes=episodes, workers=workers))
-    print("[3/3] results (real MetaWorld, held-out seeds, greedy decoding)")
-    print(format_table(report, f"base policy ({checkpoint.name})"))
-    (out_dir / "report.json").write_text(json.dumps({"collection": summary, "base_policy": report}, indent=2))
+    print(format_table(report, f"base policy ({checkpoint.name}); real MetaWorld, held-out seeds, greedy"))
+    print("[3/3] robot-team flow: candidate chunks from the policy -> POST /v1/imagine (embedded service)")
+    if (world_model / "model.safetensors").exists():
+        imagine = imagine_vs_real(out_dir, checkpoint, world_model)
+        print(f"      PSNR imagined vs real per candidate: {imagine['psnr_imagined']} dB "
+              f"(copying the start frame: {imagine['psnr_copy_start_frame']} dB)")
+        print(f"      service timing: {imagine['timing']}")
+        print(f"      real (odd rows) vs imagined (even rows): {imagine['png']}")
+    else:
+        imagine = {"skipped": f"no world model at {world_model}"}
+        print(f"      skipped: {imagine['skipped']}")
+    (out_dir / "report.json").write_text(json.dumps(
+        {"collection": summary, "base_policy": report, "imagine": imagine}, indent=2, default=str))
     print(f"wrote {out_dir / 'report.json'}")
     return report
