@@ -148,7 +148,8 @@ def cmd_serve_simulator(a: argparse.Namespace) -> None:
         raise ConfigError(f"the simulator service needs the service dependencies ({e.name} is "
                           "missing): pip install -e .") from None
     overrides = {k: v for k, v in {"checkpoint": a.checkpoint, "host": a.host, "port": a.port,
-                                   "grpc_port": a.grpc_port}.items() if v is not None}
+                                   "grpc_port": a.grpc_port, "redis_url": a.redis_url}.items()
+                 if v is not None}
     if a.checkpoint is None and not os.environ.get("WMPO_CHECKPOINT"):
         overrides["checkpoint"] = str(BUNDLED_WORLD_MODEL)  # wherever the command is run from
     if a.dev:
@@ -157,11 +158,18 @@ def cmd_serve_simulator(a: argparse.Namespace) -> None:
         settings = load_settings(SimulatorSettings, **overrides)
     except SettingsError as e:
         raise ConfigError(str(e)) from None
+    if a.worker and not settings.redis_url:
+        raise ConfigError("--worker consumes imagine work from Redis: set WMPO_REDIS_URL or pass "
+                          "--redis-url redis://HOST:6379/0")
     model = load_world_model(settings.checkpoint)  # fail fast, before binding ports
-    print(f"simulator: HTTP on {settings.host}:{settings.port}, gRPC on {settings.host}:"
-          f"{settings.grpc_port}, checkpoint {settings.checkpoint}", file=sys.stderr)
+    if a.worker:
+        print(f"simulator queue worker: probes and metrics on {settings.host}:{settings.port}, "
+              f"checkpoint {settings.checkpoint}", file=sys.stderr)
+    else:
+        print(f"simulator: HTTP on {settings.host}:{settings.port}, gRPC on {settings.host}:"
+              f"{settings.grpc_port}, checkpoint {settings.checkpoint}", file=sys.stderr)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn has already shut down gracefully
-        serve(settings, model)
+        serve(settings, model, worker=a.worker)
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
@@ -275,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default: 50051)")
     p.add_argument("--dev", action="store_true",
                    help="development mode: allow running without API keys (loopback only)")
+    p.add_argument("--redis-url", default=None,
+                   help="queue mode: share imagine work with other replicas through Redis Streams "
+                   "(default: WMPO_REDIS_URL, better for a URL with a password; unset: "
+                   "in-process queue)")
+    p.add_argument("--worker", action="store_true",
+                   help="a pure queue worker: consume imagine work from Redis, serve only "
+                   "health/readiness/metrics over HTTP (needs a Redis URL)")
     p.set_defaults(func=cmd_serve_simulator)
 
     p = sub.add_parser("demo", help="the main job on the embedded default (bundled checkpoints)")

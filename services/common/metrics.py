@@ -6,7 +6,9 @@ metric name may only be registered once per registry. Process memory (and
 CPU, open fds) comes from prometheus-client's default process collector as
 `process_resident_memory_bytes`; it is not duplicated here.
 
-The queue-depth gauge is what an autoscaler scales on.
+The queue-depth gauges are what an autoscaler scales on: `wmpo_queue_depth`
+(rows waiting for this replica's engine) and `wmpo_work_queue_depth` (requests
+on a shared work queue, see `queues`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ REQUEST_LATENCY = Histogram(
     ["service", "transport", "endpoint", "code"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+WORK_QUEUE_DEPTH = Gauge(
+    "wmpo_work_queue_depth",
+    "Requests on a shared work queue (queued or running), as last seen by this replica.",
+    ["service", "queue"],
+)
 OPEN_SESSIONS = Gauge("wmpo_open_sessions", "Simulator sessions currently open.", ["service"])
 SESSION_MEMORY = Gauge(
     "wmpo_session_memory_bytes",
@@ -58,6 +65,10 @@ class ServiceMetrics:
         self.batch_size = BATCH_SIZE.labels(service)
         self.open_sessions = OPEN_SESSIONS.labels(service)
         self.session_memory = SESSION_MEMORY.labels(service)
+
+    def work_queue_depth(self, queue: str) -> Gauge:
+        """The depth gauge of one named work queue (Redis Streams or in-process)."""
+        return WORK_QUEUE_DEPTH.labels(self.service, queue)
 
     def observe_request(
         self, transport: str, endpoint: str, code: str | int, seconds: float

@@ -52,6 +52,43 @@ class ServiceSettings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Redis for queue mode; unset: in-process queues."
     )
+    # Work queues (services.common.queues): with redis_url, Redis Streams shared by
+    # replicas; without, the in-process queue with the same semantics.
+    queue_worker: bool = Field(
+        True,
+        description="With a Redis URL: this replica also consumes queued work "
+        "(false: an API-only replica that only enqueues).",
+    )
+    queue_prefix: str = Field(
+        "wmpo", pattern=r"^[A-Za-z0-9._:-]{1,64}$", description="Prefix of every queue key."
+    )
+    queue_consumer: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9._:-]{0,128}$",
+        description="Consumer name of this replica; empty: host-pid-random.",
+    )
+    queue_concurrency: int = Field(8, ge=1, description="Queued requests one worker runs at once.")
+    queue_max_deliveries: int = Field(
+        3, ge=1, description="Attempts at a request before it goes to the dead-letter stream."
+    )
+    queue_min_idle_s: float = Field(
+        30.0, gt=0, description="A dead worker's request is reclaimed after this long."
+    )
+    queue_retry_delay_s: float = Field(
+        1.0, ge=0, description="Wait before a failed request is delivered again."
+    )
+    queue_result_ttl_s: float = Field(
+        600.0, gt=0, description="How long results stay stored for idempotent retries."
+    )
+    queue_timeout_s: float = Field(
+        300.0, gt=0, description="How long a producer waits for a queued request's result."
+    )
+    queue_max_length: int = Field(
+        10_000, ge=1, description="Requests queued or running before new ones get 429."
+    )
+    queue_drain_s: float = Field(
+        30.0, ge=0, description="On shutdown, time a worker gets to finish what it has taken."
+    )
     max_sessions: int = Field(256, ge=1, description="Open sessions admitted before 429.")
     max_batch_size: int = Field(16, ge=1, description="Rows per batched model call.")
     max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits to fill up.")
@@ -99,6 +136,15 @@ class ServiceSettings(BaseSettings):
                         f"API key #{i + 1} is {len(key.get_secret_value())} characters; at least "
                         f"{MIN_API_KEY_LENGTH} required outside dev mode"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _queue_timing(self) -> ServiceSettings:
+        if self.queue_retry_delay_s > self.queue_min_idle_s:
+            raise ValueError(
+                f"queue_retry_delay_s={self.queue_retry_delay_s} must be at most "
+                f"queue_min_idle_s={self.queue_min_idle_s} (a retry is a reclaim after a delay)"
+            )
         return self
 
     @property

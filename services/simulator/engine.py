@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -68,6 +69,17 @@ SEED_LIMIT = 2**63
 def draw_seed() -> int:
     """A fresh seed, reported back so the result can be reproduced."""
     return secrets.randbelow(SEED_LIMIT)
+
+
+def seed_for_request(request_id: str) -> int:
+    """The seed of a request that names none: derived from its id.
+
+    A retry or a redelivery of the same request id then re-runs with the same
+    noise (and the idempotency check sees the same request); fresh ids are
+    random, so fresh requests still get fresh noise.
+    """
+    digest = hashlib.sha256(f"wmpo-seed:{request_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % SEED_LIMIT
 
 
 def member_seed(seed: int, index: int) -> int:
@@ -346,6 +358,15 @@ class ImagineRun:
     def close(self) -> None:
         self._reservation.release()
 
+    async def collect(self) -> ImagineResult:
+        """Run every chunk and return the whole result; closes the run."""
+        try:
+            chunks = [chunk.frames async for chunk in self.chunks()]
+        finally:
+            self.close()
+        provenance, timing = self.summary()
+        return ImagineResult(np.concatenate(chunks, axis=1), self.seed, provenance, timing)
+
 
 # ----------------------------------------------------------------- engine
 
@@ -551,16 +572,18 @@ class SimulatorEngine:
             return await self.submit(rollouts, actions).result()
 
     # ------------------------------------------------------------ imagine
-    def open_imagine(
+    def prepare_imagine(
         self,
         start_frames: np.ndarray,
         candidates: np.ndarray,
         horizon_chunks: int = 0,
         seed: int | None = None,
-    ) -> ImagineRun:
-        """Validate and admit an imagine request (raises before any work is done).
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Validate an imagine request without admitting it -> (frame, candidates, seed).
 
         `candidates` (N, C, K, 4) or (N, K, 4); `horizon_chunks` 0 means all C.
+        Returns the (1, H, W, 3) frame, the (N, horizon, K, 4) candidates and the
+        seed (drawn if None). Queue mode validates here before enqueuing.
         """
         frame = self.check_frame(start_frames)
         cands = check_candidates(candidates)
@@ -574,10 +597,27 @@ class SimulatorEngine:
         limit = self.config.max_chunks_per_request
         _require(horizon <= limit, f"horizon of {horizon} chunks exceeds the limit of {limit}")
         self.check_output(n, horizon, k)
+        rows = self.config.max_queued_rollouts
+        _require(
+            n <= rows,
+            f"{n} rollouts in one request exceed the limit of {rows} "
+            "(WMPO_MAX_QUEUED_ROLLOUTS); split the request",
+        )
         if seed is None:
             seed = draw_seed()
         _require(0 <= seed < SEED_LIMIT, f"seed must be in [0, 2**63), got {seed}")
-        return ImagineRun(self, frame, cands[:, :horizon], seed, self.reserve(n))
+        return frame, cands[:, :horizon], seed
+
+    def open_imagine(
+        self,
+        start_frames: np.ndarray,
+        candidates: np.ndarray,
+        horizon_chunks: int = 0,
+        seed: int | None = None,
+    ) -> ImagineRun:
+        """Validate and admit an imagine request (raises before any work is done)."""
+        frame, cands, seed = self.prepare_imagine(start_frames, candidates, horizon_chunks, seed)
+        return ImagineRun(self, frame, cands, seed, self.reserve(cands.shape[0]))
 
     async def imagine(
         self,
@@ -587,13 +627,7 @@ class SimulatorEngine:
         seed: int | None = None,
     ) -> ImagineResult:
         """Frames (N, T, H, W, 3) of every candidate, with seed, provenance and timing."""
-        run = self.open_imagine(start_frames, candidates, horizon_chunks, seed)
-        try:
-            chunks = [chunk.frames async for chunk in run.chunks()]
-        finally:
-            run.close()
-        provenance, timing = run.summary()
-        return ImagineResult(np.concatenate(chunks, axis=1), run.seed, provenance, timing)
+        return await self.open_imagine(start_frames, candidates, horizon_chunks, seed).collect()
 
     # ------------------------------------------------------------ the loop
     def _set_queue_depth(self) -> None:

@@ -146,8 +146,8 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
         rid = self._request_id(request.request_id)
         frames = self._tensor(request, "start_frames", "uint8", check_start_frames)
         cands = self._tensor(request, "candidates", "float32", check_candidates)
-        result = await self.runtime.engine.imagine(
-            frames, cands, request.horizon_chunks, self._seed(request)
+        result = await self.runtime.imagine(
+            frames, cands, request.horizon_chunks, self._seed(request), request.request_id
         )
         encoding = self._encoding(request)
         return simulator_pb2.ImagineResponse(

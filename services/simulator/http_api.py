@@ -4,7 +4,10 @@ Routes (all need an API key; health and readiness come from `create_app`):
 
 - `POST /v1/imagine`: start frame + candidate action chunks -> imagined frames
   per candidate, provenance, timing, and `confidence`/`verdict`/`best_candidate`
-  left null for the judge;
+  left null for the judge. It runs through the imagine work queue (in process,
+  or Redis Streams shared by replicas; see `imagine_queue`): a `request_id`
+  makes retries idempotent (the stored result comes back, nothing is recomputed);
+  without a `seed`, the seed is derived from the request id;
 - `POST /v1/imagine/stream`: the same work as newline-delimited JSON, one
   `{"event": "frames", ...}` line per chunk as it is generated, then one
   `{"event": "result", ...}` line (or `{"event": "error", ...}` if it fails
@@ -367,7 +370,9 @@ def simulator_router() -> APIRouter:
         rid = _request_id(body.request_id)
         result = await _until_disconnect(
             request,
-            rt.engine.imagine(body._frames, body._candidates, body.horizon_chunks, body.seed),
+            rt.imagine(
+                body._frames, body._candidates, body.horizon_chunks, body.seed, body.request_id
+            ),
         )
         return ImagineOut(
             request_id=rid,

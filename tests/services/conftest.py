@@ -1,6 +1,9 @@
-"""Fixtures for service tests: a clean WMPO_* environment and a tiny app built from services.common."""
+"""Fixtures for service tests: a clean WMPO_* environment, a tiny app built from services.common,
+and a real Redis (REDIS_URL) with a key prefix per test for queue mode."""
 
 import os
+import uuid
+from collections.abc import Iterator
 
 import pytest
 from fastapi import APIRouter
@@ -82,3 +85,45 @@ def build_app(
 @pytest.fixture
 def client() -> TestClient:
     return build_app()
+
+
+# ------------------------------------------------------------------ Redis
+# Queue-mode tests run against a real Redis (127.0.0.1:6379 here and in CI).
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """REDIS_URL, checked once: unreachable Redis fails these tests loudly, never skips them."""
+    import redis
+
+    from services.common.queues import redact_url
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(
+            f"queue-mode tests need Redis at {redact_url(REDIS_URL)} ({exc}); start "
+            "redis-server or point REDIS_URL at one",
+            pytrace=False,
+        )
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; every key under it is deleted afterwards."""
+    import redis
+
+    prefix = f"wmpo-test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
