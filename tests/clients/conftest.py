@@ -9,29 +9,20 @@ sockets; nothing on the service side is mocked.
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import uvicorn
 
-from services.simulator.runtime import SimulatorRuntime
-from services.simulator.server import build_app
+from services.embedded import EmbeddedStack, serve_in_thread
 from tests.services.simulator.conftest import KEY, settings, tiny_world_model
 from wmpo.sampling.world_model import TorchWorldModel
 
 __all__ = ["KEY", "LiveService", "serve"]
 
 
-@dataclass(frozen=True)
-class LiveService:
-    http_url: str  # http://127.0.0.1:PORT
-    grpc_target: str  # 127.0.0.1:PORT
-    runtime: SimulatorRuntime
+LiveService = EmbeddedStack  # http_url, grpc_target, runtime
 
 
 @contextmanager
@@ -42,31 +33,8 @@ def serve(world_model: Any, **overrides: Any) -> Iterator[LiveService]:
             if name.startswith("WMPO_"):
                 mp.delenv(name)
         s = settings(port=0, grpc_port=0, grpc_grace_s=0.5, **overrides)
-    runtime = SimulatorRuntime(world_model, s)
-    app = build_app(runtime, s)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=2,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="simulator-under-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the simulator did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield LiveService(f"http://127.0.0.1:{port}", f"127.0.0.1:{app.state.grpc_port}", runtime)
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    with serve_in_thread(world_model, s, start_timeout_s=30) as live:
+        yield live
 
 
 @pytest.fixture(scope="session")
