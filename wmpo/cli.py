@@ -16,6 +16,7 @@ from wmpo.errors import WmpoError
 
 BUNDLED_POLICY = Path(__file__).resolve().parent.parent / "checkpoints" / "policy-base"
 BUNDLED_WORLD_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "world-model"
+BUNDLED_JUDGE = Path(__file__).resolve().parent.parent / "checkpoints" / "judge"
 
 
 def _tasks(spec: str) -> list[str]:
@@ -105,6 +106,33 @@ def cmd_eval_world_model(a: argparse.Namespace) -> None:
 
         record_evaluation(a.checkpoint, "world_model", report)
         print(f"recorded the result in {a.checkpoint}/manifest.json")
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {a.json}")
+
+
+def cmd_train_judge(a: argparse.Namespace) -> None:
+    from wmpo.train.success_classifier import JudgeTrainConfig, train_success_classifier
+
+    cfg = JudgeTrainConfig(data=a.data, val_data=a.val_data, out=a.out, preset=a.preset, steps=a.steps,
+                           batch_size=a.batch_size, lr=a.lr, recon_prob=a.recon_prob,
+                           world_model=a.world_model if a.recon_prob > 0 else None, seed=a.seed)
+    print(json.dumps(train_success_classifier(cfg), indent=2))
+
+
+def cmd_eval_judge(a: argparse.Namespace) -> None:
+    from wmpo.eval.judge import JudgeEvalConfig, evaluate_judge, format_report
+
+    cfg = JudgeEvalConfig(classifier=a.checkpoint, data=a.data, world_model=a.world_model or None,
+                          seed=a.seed, limit=a.limit)
+    report = evaluate_judge(cfg)
+    print(format_report(report))
+    if a.record:
+        from wmpo.utils.checkpoint import record_evaluation
+
+        record_evaluation(a.checkpoint, a.record, report)
+        print(f"recorded the result in {a.checkpoint}/manifest.json under evaluations.{a.record}")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(report, indent=2))
@@ -241,6 +269,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train_world_model)
 
+    p = tr.add_parser("judge", help="success classifier on real rollouts (resumes from <out>/train_state.pt)")
+    p.add_argument("--data", required=True, nargs="+", help="training dataset directories")
+    p.add_argument("--val-data", required=True, nargs="+", help="validation datasets (choose the threshold)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--preset", default="small")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--recon-prob", type=float, default=0.3,
+                   help="chance a training clip is replaced by autoencoder reconstructions (0 = off)")
+    p.add_argument("--world-model", default=str(BUNDLED_WORLD_MODEL), help="its autoencoder makes reconstructions")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_judge)
+
     ev = sub.add_parser("eval", help="evaluate in the real simulator").add_subparsers(dest="what", required=True)
     p = ev.add_parser("policy", help="success rate per task on held-out seeds, with 95%% Wilson intervals")
     g = p.add_mutually_exclusive_group()
@@ -269,6 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None)
     p.add_argument("--record", action="store_true", help="also record the result in the checkpoint's manifest")
     p.set_defaults(func=cmd_eval_world_model)
+
+    p = ev.add_parser("judge", help="success classifier precision/recall/F1 on real and imagined rollouts")
+    p.add_argument("--checkpoint", default=str(BUNDLED_JUDGE))
+    p.add_argument("--data", required=True, help="held-out dataset of real rollouts")
+    p.add_argument("--world-model", default=None,
+                   help="also judge the world model's replays of the same actions (label: the real outcome)")
+    p.add_argument("--limit", type=int, default=0, help="first N episodes only (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None)
+    p.add_argument("--record", default=None, metavar="NAME", help="record the result in the manifest under NAME")
+    p.set_defaults(func=cmd_eval_judge)
 
     sv = sub.add_parser("serve", help="run a service (HTTP + gRPC in one process)").add_subparsers(
         dest="service", required=True)

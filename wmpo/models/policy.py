@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wmpo.errors import CheckpointError, ConfigError
-from wmpo.models.text import EMBED_DIM
+from wmpo.models.text import EMBED_DIM, lookup_embeddings
 
 
 @dataclass
@@ -147,16 +147,9 @@ class Policy(nn.Module):
 
     def embed(self, instructions: list[str]) -> torch.Tensor:
         """(B, text_dim) embeddings; instructions unseen in training go through MiniLM."""
-        index = {s: i for i, s in enumerate(self.instructions)}
-        missing = sorted({s for s in instructions if s not in index})
-        if missing:
-            from wmpo.models.text import embed_instructions
-
-            extra = torch.as_tensor(embed_instructions(missing), device=self.instruction_table.device)
-            self.set_instructions(self.instructions + missing,
-                                  torch.cat([self.instruction_table, extra]).cpu().numpy())
-            index = {s: i for i, s in enumerate(self.instructions)}
-        return self.instruction_table[[index[s] for s in instructions]]
+        self.instructions, self.instruction_table, emb = lookup_embeddings(
+            instructions, self.instructions, self.instruction_table)
+        return emb
 
     def _images(self, images: torch.Tensor) -> torch.Tensor:
         c = self.config

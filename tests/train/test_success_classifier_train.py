@@ -1,0 +1,59 @@
+"""Tiny end-to-end run of the judge pipeline on real MetaWorld data:
+collect successes and failures -> train the classifier -> threshold on validation -> evaluate."""
+
+import json
+
+import numpy as np
+import pytest
+
+from wmpo.data.collect import CollectConfig, collect
+from wmpo.data.episodes import EpisodeDataset
+from wmpo.eval.judge import JudgeEvalConfig, evaluate_judge
+from wmpo.judge.success import SuccessJudge
+from wmpo.train.success_classifier import JudgeTrainConfig, build_clip_index, train_success_classifier
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("judge")
+    # Expert episodes succeed (and stop at success); random-walk ones fail.
+    collect(CollectConfig(out=str(root / "good"), tasks=["button-press-topdown-v3"], source="expert",
+                          episodes=3, workers=1), progress=False)
+    collect(CollectConfig(out=str(root / "bad"), tasks=["button-press-topdown-v3"], source="random-walk",
+                          episodes=2, max_steps=40, seed_start=500, workers=1), progress=False)
+    return root
+
+
+def test_clip_index_follows_the_rules(data):
+    index = build_clip_index([str(data / "good"), str(data / "bad")], clip_length=8, stride=2, margin=2)
+    good = EpisodeDataset.load(data / "good")
+    assert index.episodes == 5 and index.successes == 3
+    assert len(index.positives) == 3  # one terminal clip per success
+    for m, rows in zip(good.episodes, index.positives, strict=True):
+        assert rows[-1] == m["start"] + m["length"]  # ends on the success frame
+        assert np.all(np.diff(rows) == 2)
+        assert good.columns["success"][rows[-1]]
+    # no negative clip contains a success frame
+    bad = EpisodeDataset.load(data / "bad")
+    success = np.concatenate([good.columns["success"], bad.columns["success"]])
+    assert not success[index.negatives].any()
+    assert len(index.frames) == len(success)
+
+
+def test_training_chooses_a_threshold_and_the_checkpoint_judges(data, tmp_path):
+    cfg = JudgeTrainConfig(data=[str(data / "good"), str(data / "bad")], val_data=[str(data / "good")],
+                           out=str(tmp_path / "judge"), preset="tiny", steps=6, batch_size=4, recon_prob=0.0,
+                           log_every=2, save_every=3)
+    result = train_success_classifier(cfg, progress=False)
+    assert 0.0 <= result["threshold"] <= 1.0
+    manifest = json.loads((tmp_path / "judge" / "manifest.json").read_text())
+    assert manifest["data"]["positive_clips"] == 3 and manifest["threshold"]["value"] == result["threshold"]
+    judge = SuccessJudge.load(str(tmp_path / "judge"))
+    ep = EpisodeDataset.load(data / "good").episode(0)
+    (v,) = judge.judge_many([ep.frames], [ep.meta["instruction"]])
+    n = len(range((ep.length) % 2, ep.length + 1, 2))
+    assert len(v.clip_scores) == max(n - 7, 1) and v.success == (v.score >= judge.threshold)
+    report = evaluate_judge(JudgeEvalConfig(classifier=str(tmp_path / "judge"), data=str(data / "bad")),
+                            progress=False)
+    assert report["episodes"] == 2 and report["real_success_rate"] == 0.0
+    assert report["real"]["tp"] == 0 and report["real"]["fn"] == 0

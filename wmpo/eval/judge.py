@@ -1,0 +1,160 @@
+"""Judge quality: trajectory-level precision, recall and F1 on real and on imagined rollouts.
+
+Real: held-out episodes collected in MetaWorld, labelled by the simulator's success flag.
+Imagined: the same episodes' recorded actions replayed by the world model from the episode's
+real first frame; the label is still the *real* outcome of those actions from that seed, so
+the number measures what the trainer will get (world-model errors and judge errors together).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wmpo.data.episodes import EpisodeDataset
+from wmpo.errors import ConfigError
+from wmpo.judge.success import SuccessJudge
+
+
+@dataclass
+class JudgedEpisodes:
+    scores: np.ndarray  # (E,) best clip probability per episode
+    labels: np.ndarray  # (E,) bool, real success
+    tasks: list[str]
+
+
+def precision_recall_f1(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    pred, labels = np.asarray(pred, bool), np.asarray(labels, bool)
+    tp = int((pred & labels).sum())
+    fp = int((pred & ~labels).sum())
+    fn = int((~pred & labels).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "accuracy": float((pred == labels).mean()),
+            "tp": tp, "fp": fp, "fn": fn, "tn": int(len(pred) - tp - fp - fn)}
+
+
+def choose_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The threshold with the best F1 on a validation split (midpoint between neighbouring scores,
+    so it does not sit exactly on a validation example)."""
+    cands = np.unique(np.concatenate([[0.0, 1.0], scores]))
+    mids = (cands[:-1] + cands[1:]) / 2
+    f1s = [precision_recall_f1(scores >= t, labels)["f1"] for t in mids]
+    return float(mids[int(np.argmax(f1s))])
+
+
+def judge_dataset(judge: SuccessJudge, dataset: EpisodeDataset, batch_episodes: int = 16,
+                  progress: bool = False) -> JudgedEpisodes:
+    """Score every real episode of a dataset (frames at env stride 1)."""
+    scores, labels, tasks = [], [], []
+    bar = tqdm(total=len(dataset), desc="judge real episodes", disable=not progress)
+    for i in range(0, len(dataset), batch_episodes):
+        eps = [dataset.episode(j) for j in range(i, min(i + batch_episodes, len(dataset)))]
+        verdicts = judge.judge_many([e.frames for e in eps], [e.meta["instruction"] for e in eps])
+        scores += [v.score for v in verdicts]
+        labels += [e.succeeded for e in eps]
+        tasks += [e.meta["task"] for e in eps]
+        bar.update(len(eps))
+    bar.close()
+    return JudgedEpisodes(np.asarray(scores), np.asarray(labels, bool), tasks)
+
+
+def imagine_dataset(world_model: Any, dataset: EpisodeDataset, seed: int = 0, batch: int = 16,
+                    progress: bool = False) -> list[np.ndarray]:
+    """Imagined videos (frames at the world model's stride) of each episode's recorded actions,
+    started from its real first frame, as long as the real episode."""
+    stride = world_model.frame_stride
+    chunk = min(8, world_model.max_chunk_length) // stride * stride
+    videos: list[np.ndarray] = []
+    bar = tqdm(total=len(dataset), desc="imagine episodes", disable=not progress)
+    for i in range(0, len(dataset), batch):
+        eps = [dataset.episode(j) for j in range(i, min(i + batch, len(dataset)))]
+        rollouts = world_model.start(np.stack([e.frames[0] for e in eps]), [seed + i + k for k in range(len(eps))])
+        steps = max(e.length for e in eps)
+        steps = (steps + chunk - 1) // chunk * chunk
+        acts = np.zeros((len(eps), steps, 4), np.float32)
+        for k, e in enumerate(eps):
+            acts[k, : e.length] = e.actions  # past the real end: zero actions (hold still)
+        latents = [world_model.step(rollouts, acts[:, t:t + chunk]) for t in range(0, steps, chunk)]
+        frames = world_model.decode(torch.cat(latents, 1))  # (B, steps/stride, H, W, 3)
+        for k, e in enumerate(eps):
+            n = e.length // stride  # imagined frames covering the real episode
+            videos.append(np.concatenate([e.frames[:1], frames[k, :n]]))
+        bar.update(len(eps))
+    bar.close()
+    return videos
+
+
+@dataclass
+class JudgeEvalConfig:
+    classifier: str
+    data: str
+    world_model: str | None = None  # also judge imagined replays of the same episodes
+    seed: int = 0
+    limit: int = 0  # 0 = all episodes
+
+    def validate(self) -> None:
+        if self.limit < 0:
+            raise ConfigError("--limit must be >= 0")
+
+
+def evaluate_judge(cfg: JudgeEvalConfig, progress: bool = True) -> dict[str, Any]:
+    cfg.validate()
+    judge = SuccessJudge.load(cfg.classifier)
+    ds = EpisodeDataset.load(cfg.data)
+    if cfg.limit:
+        ds.episodes = ds.episodes[: cfg.limit]
+    t0 = time.time()
+    real = judge_dataset(judge, ds, progress=progress)
+    report: dict[str, Any] = {"config": asdict(cfg), "judge": judge.provenance(), "episodes": len(ds),
+                              "real_success_rate": float(real.labels.mean()),
+                              "real": _summary(real, judge.threshold)}
+    if cfg.world_model:
+        from wmpo.sampling.world_model import TorchWorldModel
+
+        wm = TorchWorldModel.load(cfg.world_model)
+        videos = imagine_dataset(wm, ds, cfg.seed, progress=progress)
+        verdicts = []
+        for i in range(0, len(videos), 16):
+            part = list(range(i, min(i + 16, len(videos))))
+            verdicts += judge.judge_many([videos[j] for j in part], [ds.episodes[j]["instruction"] for j in part],
+                                         [wm.frame_stride] * len(part))
+        imagined = JudgedEpisodes(np.asarray([v.score for v in verdicts]), real.labels, real.tasks)
+        report["imagined"] = _summary(imagined, judge.threshold)
+        report["imagined"]["agreement_with_real_verdicts"] = float(
+            ((imagined.scores >= judge.threshold) == (real.scores >= judge.threshold)).mean())
+        report["world_model"] = wm.provenance()
+    report["seconds"] = round(time.time() - t0, 1)
+    return report
+
+
+def _summary(j: JudgedEpisodes, threshold: float) -> dict[str, Any]:
+    pred = j.scores >= threshold
+    out: dict[str, Any] = {**precision_recall_f1(pred, j.labels), "per_task": {}}
+    for task in sorted(set(j.tasks)):
+        m = np.asarray([t == task for t in j.tasks])
+        out["per_task"][task] = {**precision_recall_f1(pred[m], j.labels[m]), "episodes": int(m.sum()),
+                                 "real_successes": int(j.labels[m].sum())}
+    return out
+
+
+def format_report(r: dict[str, Any]) -> str:
+    rows = [f"judge {r['judge'].get('classifier_sha256', '')} threshold {r['judge']['threshold']:.3f}, "
+            f"{r['episodes']} episodes, real success rate {r['real_success_rate']:.1%}",
+            f"{'':<10} {'task':<22} {'prec':>6} {'recall':>6} {'F1':>6} {'n':>5}"]
+    for kind in ("real", "imagined"):
+        if kind not in r:
+            continue
+        s = r[kind]
+        for task, t in s["per_task"].items():
+            rows.append(f"{kind:<10} {task:<22} {t['precision']:>6.3f} {t['recall']:>6.3f} {t['f1']:>6.3f} "
+                        f"{t['episodes']:>5}")
+        rows.append(f"{kind:<10} {'overall':<22} {s['precision']:>6.3f} {s['recall']:>6.3f} {s['f1']:>6.3f} "
+                    f"{r['episodes']:>5}")
+    return "\n".join(rows)
