@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from wmpo.judge.rewards import clip_reward, dual_noise_group, goal_reward, imitation_reward, temporal_weights
+from wmpo.judge.rewards import (
+    clip_reward,
+    dual_noise_group,
+    goal_reward,
+    imitation_reward,
+    temporal_weights,
+)
 
 
 def test_temporal_weights_grow_over_time_and_sum_to_one():

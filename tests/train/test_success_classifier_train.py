@@ -10,7 +10,11 @@ from wmpo.data.collect import CollectConfig, collect
 from wmpo.data.episodes import EpisodeDataset
 from wmpo.eval.judge import JudgeEvalConfig, evaluate_judge
 from wmpo.judge.success import SuccessJudge
-from wmpo.train.success_classifier import JudgeTrainConfig, build_clip_index, train_success_classifier
+from wmpo.train.success_classifier import (
+    JudgeTrainConfig,
+    build_clip_index,
+    train_success_classifier,
+)
 
 
 @pytest.fixture(scope="module")
