@@ -1,0 +1,1 @@
+"""Policy optimization inside the world model (GRPO, WMPO Algorithm 1)."""
