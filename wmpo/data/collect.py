@@ -59,7 +59,8 @@ def run_episode(env: Any, source: ActionSource, seed: int, keep_frames: bool = T
         if keep_frames:
             frames.append(frame)
     if not keep_frames:
-        return {"success": bool(any(success)), "length": len(actions), "seed": seed, "task": env.task}
+        stats = source.episode_stats() if hasattr(source, "episode_stats") else {}
+        return {"success": bool(any(success)), "length": len(actions), "seed": seed, "task": env.task, **stats}
     meta = {
         "task": env.task,
         "instruction": env.instruction,
@@ -109,17 +110,22 @@ class SourceSpec:
     perturb_prob: float = 0.5
     checkpoint: str | None = None
     temperature: float = 1.0
+    simulator_url: str | None = None  # verified-policy: the simulator service with a judge
+    candidates: int = 4
+    max_attempts: int = 3
 
     def build(self) -> ActionSource:
         return make_source(self.kind, noise_std=self.noise_std, perturb_prob=self.perturb_prob,
-                           checkpoint=self.checkpoint, temperature=self.temperature)
+                           checkpoint=self.checkpoint, temperature=self.temperature,
+                           simulator_url=self.simulator_url, candidates=self.candidates,
+                           max_attempts=self.max_attempts)
 
 
 def _worker(spec: SourceSpec, env_kwargs: dict[str, Any], jobs: list[tuple[str, int]],
             store: tuple[str, int] | None, wid: int, out_q: mp.Queue) -> None:
     from wmpo.envs import make_env
 
-    if spec.kind == "policy":
+    if spec.kind in ("policy", "verified-policy"):
         import torch
 
         torch.set_num_threads(1)  # one core per worker process

@@ -18,7 +18,7 @@ import numpy as np
 
 from wmpo.errors import ConfigError
 
-SOURCE_KINDS = ("expert", "noisy", "random-walk", "perturbed", "policy")
+SOURCE_KINDS = ("expert", "noisy", "random-walk", "perturbed", "policy", "verified-policy")
 
 
 class ActionSource(Protocol):
@@ -133,8 +133,57 @@ class PolicySource:
                 "temperature": self.temperature}
 
 
+class VerifiedPolicySource(PolicySource):
+    """The policy with verify-before-execute: at every chunk, N candidates are sampled, imagined by
+    the simulator service at ``simulator_url`` and scored by its judge; the best is executed if the
+    judge passes it, else N more are sampled, up to ``max_attempts`` (``wmpo_client.verify``).
+    ``episode_stats`` reports the decisions' latency and outcome for the evaluation."""
+
+    def __init__(self, checkpoint: str, temperature: float, simulator_url: str, candidates: int = 4,
+                 max_attempts: int = 3) -> None:
+        super().__init__(checkpoint, temperature)
+        from wmpo_client import connect
+
+        self.simulator_url = simulator_url
+        self.candidates = candidates
+        self.max_attempts = max_attempts
+        self.client = connect(simulator_url, timeout=120.0)
+
+    def reset(self, rng: np.random.Generator) -> None:
+        super().reset(rng)
+        self._seed = int(rng.integers(0, 2**31 - 1))
+        self._decisions: list[Any] = []
+
+    def _propose(self, instruction: str) -> Any:
+        def propose(frame: np.ndarray, n: int) -> np.ndarray:
+            frames = np.repeat(frame[None], n, axis=0)
+            return self.policy.act(frames, [instruction] * n, self.temperature, self._gen)
+        return propose
+
+    def act(self, env: Any, frame: np.ndarray) -> np.ndarray:
+        if not self._queue:
+            from wmpo_client.verify import verify_before_execute
+
+            d = verify_before_execute(self.client, self._propose(env.instruction), frame, env.instruction,
+                                      self.candidates, self.max_attempts, self._seed + 7 * len(self._decisions))
+            self._decisions.append(d)
+            self._queue = list(d.chunk)
+        return self._queue.pop(0)
+
+    def episode_stats(self) -> dict[str, Any]:
+        ds = self._decisions
+        return {"decisions": len(ds), "decision_seconds": [round(d.seconds, 4) for d in ds],
+                "executed_unverified": sum(d.verdict == "fallback" for d in ds),
+                "imagine_calls": sum(d.attempts for d in ds)}
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "kind": "verified-policy", "candidates": self.candidates,
+                "max_attempts": self.max_attempts}
+
+
 def make_source(kind: str, *, noise_std: float = 0.5, perturb_prob: float = 0.5,
-                checkpoint: str | None = None, temperature: float = 1.0) -> ActionSource:
+                checkpoint: str | None = None, temperature: float = 1.0, simulator_url: str | None = None,
+                candidates: int = 4, max_attempts: int = 3) -> ActionSource:
     if kind == "expert":
         return ExpertSource(0.0)
     if kind == "noisy":
@@ -151,4 +200,10 @@ def make_source(kind: str, *, noise_std: float = 0.5, perturb_prob: float = 0.5,
         if not checkpoint:
             raise ConfigError("the policy source needs --checkpoint")
         return PolicySource(checkpoint, temperature)
+    if kind == "verified-policy":
+        if not checkpoint or not simulator_url:
+            raise ConfigError("the verified-policy source needs --checkpoint and a simulator URL")
+        if candidates < 1 or max_attempts < 1:
+            raise ConfigError(f"--candidates and --max-attempts must be >= 1, got {candidates}, {max_attempts}")
+        return VerifiedPolicySource(checkpoint, temperature, simulator_url, candidates, max_attempts)
     raise ConfigError(f"unknown source {kind!r}; valid sources: {', '.join(SOURCE_KINDS)}")

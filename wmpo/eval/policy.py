@@ -59,7 +59,8 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     n = len(results)
     k = sum(r["success"] for r in results)
     lo, hi = wilson_interval(k, n)
-    return {
+    extra = {"verification": verification_summary(results)} if any("decisions" in r for r in results) else {}
+    return {**extra,
         "source": asdict(cfg.source),
         "seeds": [seeds.start, seeds.stop - 1],
         "max_steps": cfg.max_steps,
@@ -67,6 +68,21 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
         "overall": {"episodes": n, "successes": k, "success_rate": k / n, "ci95": [round(lo, 4), round(hi, 4)]},
         "seconds": round(elapsed, 1),
         "episodes_detail": sorted(results, key=lambda r: (r["task"], r["seed"])),
+    }
+
+
+def verification_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Verify-before-execute episodes: decision latency and how often no candidate passed."""
+    import numpy as np
+
+    secs = np.asarray([t for r in results for t in r.get("decision_seconds", [])])
+    decisions = sum(r.get("decisions", 0) for r in results)
+    return {
+        "decisions": decisions,
+        "decision_seconds_p50": round(float(np.median(secs)), 4) if secs.size else None,
+        "decision_seconds_p90": round(float(np.quantile(secs, 0.9)), 4) if secs.size else None,
+        "imagine_calls_per_decision": sum(r.get("imagine_calls", 0) for r in results) / max(decisions, 1),
+        "executed_unverified_fraction": sum(r.get("executed_unverified", 0) for r in results) / max(decisions, 1),
     }
 
 

@@ -25,6 +25,7 @@ class Verdict:
     clip_scores: list[float]  # one per stride-1 window over the resampled video
     best_clip: int
     done_clip: int | None  # first clip at or above the threshold
+    done_frame: int | None  # index in the input video of the last frame of the done clip
     threshold: float
     frames_used: list[int] = field(default_factory=list)  # input frame indices the clips were cut from
 
@@ -96,6 +97,9 @@ class SuccessJudge:
         for v in range(len(videos)):
             scores = probs[owners_np == v]
             success, best = decide(scores, thr)
+            done = first_passing_clip(scores, thr)
+            pad = max(L - len(used[v]), 0)  # short videos were front-padded
+            done_frame = used[v][done + L - 1 - pad] if done is not None else None
             verdicts.append(Verdict(success, float(scores[best]), [round(float(p), 4) for p in scores], best,
-                                    first_passing_clip(scores, thr), thr, used[v]))
+                                    done, done_frame, thr, used[v]))
         return verdicts

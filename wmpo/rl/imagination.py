@@ -1,0 +1,193 @@
+"""Imagined rollouts for GRPO, through the simulator and judge services (never their models).
+
+One *group* = G rollouts forked from one real start frame (``create_group``: they share the
+encoded start and differ in noise and actions). All groups of a batch advance in lockstep:
+the policy picks the next chunk for every member of every group in one forward pass (at the
+sampling temperature, storing the chunk's log-prob: the "old" log-prob of the GRPO ratio),
+then every group is stepped at once from a thread pool so the simulator's step-level
+batching sees them together. After the horizon, each member's video (start frame + imagined
+frames) is judged; the first clip the judge passes marks the chunk where the task was done,
+and later chunks are masked out of the loss (the episode ended there).
+
+Dual-noise verification (RAW-Dream): a member judged a success is replayed by the simulator
+under fresh noise and judged again; ``wmpo.judge.rewards.dual_noise_group`` turns the two
+verdicts into rewards, flags and a discard decision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wmpo.judge.rewards import dual_noise_group
+from wmpo.models.policy import Policy, chunk_log_prob
+
+
+@dataclass
+class VideoVerdict:
+    success: bool
+    score: float
+    done_frame: int | None  # index (in the judged video) of the frame where success shows
+
+
+class RolloutJudge(Protocol):
+    def judge_videos(self, videos: list[np.ndarray], instructions: list[str],
+                     frame_stride: int) -> list[VideoVerdict]: ...
+
+
+@dataclass
+class StartState:
+    frame: np.ndarray  # (H, W, 3) uint8, a real first frame
+    instruction: str
+    task: str
+    seed: int  # the MetaWorld layout seed it came from
+
+
+@dataclass
+class ImaginedGroup:
+    start: StartState
+    observations: np.ndarray  # (G, C, H, W, 3): the frame the policy saw before chunk c
+    tokens: np.ndarray  # (G, C, K, D) int64
+    old_logp: np.ndarray  # (G, C) log-prob of each chunk under the sampling policy
+    videos: np.ndarray  # (G, 1 + C * F, H, W, 3): start frame + imagined frames
+    chunk_mask: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (G, C) chunks inside the episode
+    success: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (G,) judge verdicts
+    rewards: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (G,) after verification
+    flagged: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (G,) dual-noise flags
+    discard: bool = False
+    session_ids: list[str] = field(default_factory=list)
+
+
+def temperature_log_prob(policy: Policy, images: torch.Tensor, text: torch.Tensor, tokens: torch.Tensor,
+                         temperature: float) -> torch.Tensor:
+    """Log-prob (B,) of token chunks under the policy at ``temperature``: the distribution the chunks
+    were sampled from, so old and new log-probs of the ratio refer to the same thing."""
+    return chunk_log_prob(policy(images, text) / temperature, tokens)
+
+
+@torch.no_grad()
+def sample_chunks(policy: Policy, frames: np.ndarray, instructions: list[str], temperature: float,
+                  gen: torch.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(actions (B, K, D) float32, tokens (B, K, D), log-probs (B,)) for frames (B, H, W, 3)."""
+    images = torch.from_numpy(np.ascontiguousarray(frames))
+    text = policy.embed(instructions)
+    logits = policy(images, text) / temperature
+    probs = F.softmax(logits, dim=-1).flatten(0, 2)
+    tokens = torch.multinomial(probs, 1, generator=gen).view(logits.shape[:-1])
+    logp = chunk_log_prob(logits, tokens)
+    actions = policy.tokenizer.decode(tokens).clamp(-1, 1)
+    return actions.numpy().astype(np.float32), tokens.numpy(), logp.numpy()
+
+
+def imagine_groups(sim: Any, judge: RolloutJudge, policy: Policy, starts: list[StartState], group_size: int,
+                   chunks: int, temperature: float, seed: int, frame_stride: int,
+                   verify: bool = True, pool: ThreadPoolExecutor | None = None,
+                   timing: dict[str, float] | None = None) -> list[ImaginedGroup]:
+    """Imagine, judge and verify one group per start state (see the module docstring). Seconds spent
+    imagining and judging (with verification) are added to ``timing``."""
+    timing = timing if timing is not None else {}
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    pool = pool or ThreadPoolExecutor(max(1, len(starts)))
+    created = list(pool.map(lambda s: sim.create_group(s[1].frame, group_size, s[1].instruction,
+                                                      seed=seed * 1000 + s[0], max_chunks=chunks),
+                            enumerate(starts)))
+    B, G = len(starts), group_size
+    obs = np.stack([np.repeat(s.frame[None], G, 0) for s in starts])  # (B, G, H, W, 3)
+    instr = [s.instruction for s in starts for _ in range(G)]
+    all_obs, all_tok, all_logp, all_frames = [], [], [], []
+    try:
+        for _ in range(chunks):
+            actions, tokens, logp = sample_chunks(policy, obs.reshape(B * G, *obs.shape[2:]), instr,
+                                                  temperature, gen)
+            all_obs.append(obs)
+            all_tok.append(tokens.reshape(B, G, *tokens.shape[1:]))
+            all_logp.append(logp.reshape(B, G))
+            acts = actions.reshape(B, G, *actions.shape[1:])
+            outcomes = list(pool.map(sim.step_group, [c.group_id for c in created], list(acts)))
+            frames = np.stack([np.stack([r.frames for r in o.results]) for o in outcomes])  # (B, G, F, H, W, 3)
+            all_frames.append(frames)
+            obs = frames[:, :, -1]
+    except BaseException:
+        for c in created:
+            _close(sim, c.group_id)
+        raise
+    groups = []
+    for b, s in enumerate(starts):
+        video = np.concatenate([np.repeat(s.frame[None, None], G, 0)] + [f[b] for f in all_frames], axis=1)
+        groups.append(ImaginedGroup(
+            start=s, observations=np.stack([o[b] for o in all_obs], 1), tokens=np.stack([t[b] for t in all_tok], 1),
+            old_logp=np.stack([lp[b] for lp in all_logp], 1), videos=video,
+            session_ids=created[b].session_ids))
+    frames_per_chunk = all_frames[0].shape[2]
+    t1 = time.perf_counter()
+    timing["imagine_s"] = timing.get("imagine_s", 0.0) + t1 - t0
+    _judge_and_verify(sim, judge, groups, frames_per_chunk, frame_stride, seed, verify, pool)
+    timing["judge_s"] = timing.get("judge_s", 0.0) + time.perf_counter() - t1
+    timing["imagined_frames"] = timing.get("imagined_frames", 0.0) + sum(
+        g.videos.shape[0] * (g.videos.shape[1] - 1) for g in groups)
+    for c in created:
+        _close(sim, c.group_id)
+    return groups
+
+
+def _close(sim: Any, group_id: str | None) -> None:
+    with contextlib.suppress(Exception):  # best effort: sessions also expire after their idle TTL
+        sim.close_group(group_id)
+
+
+def done_chunk(done_frame: int | None, frames_per_chunk: int, chunks: int) -> int:
+    """Number of chunks inside the episode: all of them, or up to the chunk that produced the frame
+    where the judge saw success (frame 0 is the start frame; chunk c makes frames c*F+1..(c+1)*F)."""
+    if done_frame is None:
+        return chunks
+    return int(min(max((done_frame + frames_per_chunk - 1) // frames_per_chunk, 1), chunks))
+
+
+def _judge_and_verify(sim: Any, judge: RolloutJudge, groups: list[ImaginedGroup], frames_per_chunk: int,
+                      frame_stride: int, seed: int, verify: bool, pool: ThreadPoolExecutor) -> None:
+    videos = [v for g in groups for v in g.videos]
+    instr = [g.start.instruction for g in groups for _ in g.videos]
+    verdicts = judge.judge_videos(videos, instr, frame_stride)
+    G = len(groups[0].videos)
+    chunks = groups[0].tokens.shape[1]
+    for i, g in enumerate(groups):
+        vs = verdicts[i * G:(i + 1) * G]
+        g.success = np.asarray([v.success for v in vs])
+        g.chunk_mask = np.zeros((G, chunks), bool)
+        for m, v in enumerate(vs):
+            g.chunk_mask[m, : done_chunk(v.done_frame if v.success else None, frames_per_chunk, chunks)] = True
+    # Dual-noise verification: replay every judged success under fresh noise, judge it again.
+    todo = [(i, m) for i, g in enumerate(groups) for m in np.flatnonzero(g.success)] if verify else []
+    replays = list(pool.map(lambda im: sim.replay(groups[im[0]].session_ids[im[1]], seed=seed * 7919 + 31 * im[0]
+                                                  + int(im[1])), todo))
+    replay_ok = {im: True for im in todo}
+    if todo:
+        rv = judge.judge_videos(
+            [np.concatenate([groups[i].start.frame[None], r.frames]) for (i, _), r in zip(todo, replays, strict=True)],
+            [groups[i].start.instruction for i, _ in todo], frame_stride)
+        replay_ok = {im: v.success for im, v in zip(todo, rv, strict=True)}
+    for i, g in enumerate(groups):
+        replay = np.asarray([replay_ok.get((i, m), True) for m in range(G)])
+        v = dual_noise_group(g.success.astype(float), g.success, replay if verify else g.success)
+        g.rewards, g.flagged, g.discard = v.rewards, v.flagged, v.discard
+
+
+class ClassifierRolloutJudge:
+    """A ``RolloutJudge`` over an in-process ``SuccessJudge`` (tests and single-process tools; the
+    trainer job uses the judge service's client)."""
+
+    def __init__(self, judge: Any) -> None:
+        self.judge = judge
+
+    def judge_videos(self, videos: list[np.ndarray], instructions: list[str],
+                     frame_stride: int) -> list[VideoVerdict]:
+        verdicts = self.judge.judge_many(videos, instructions, [frame_stride] * len(videos))
+        return [VideoVerdict(v.success, v.score, v.done_frame) for v in verdicts]

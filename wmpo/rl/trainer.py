@@ -1,0 +1,230 @@
+"""A GRPO job in imagination (WMPO Algorithm 1): the loop, its checkpoints and its resume.
+
+Each step: sample real start frames (MetaWorld resets on training seeds), imagine a group of G
+rollouts per start through the simulator service with the current policy, judge and verify
+them through the judge, keep informative groups (dynamic sampling: all-equal groups are
+dropped and more are imagined, up to ``max_sampling_rounds``), compute group advantages, and
+run ``epochs`` of mini-batch clipped-surrogate updates over the chunks (``wmpo.rl.grpo``).
+
+Durability: after every step the policy and the full training state (optimizer, RNG, step,
+metrics so far) are written atomically to ``out/``; a job started again with the same
+``out`` resumes from the last completed step and, given the same seeds and the same services,
+makes the same updates as an uninterrupted run (imagination is seeded per step).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wmpo.data.episodes import atomic_write_json
+from wmpo.errors import ConfigError
+from wmpo.models.policy import Policy
+from wmpo.rl.grpo import clipped_surrogate, group_advantages, is_informative
+from wmpo.rl.imagination import (
+    ImaginedGroup,
+    RolloutJudge,
+    StartState,
+    imagine_groups,
+    temperature_log_prob,
+)
+from wmpo.train.common import JsonlLog, load_train_state, save_train_state
+from wmpo.utils.checkpoint import environment_info, save_checkpoint
+
+START_SEED_BASE = 200_000  # training start layouts; evaluation seeds start at 1,000,000
+
+
+@dataclass
+class GRPOConfig:
+    policy: str  # starting policy checkpoint
+    out: str
+    tasks: list[str] = field(default_factory=lambda: ["button-press-topdown-v3"])
+    steps: int = 10
+    groups_per_step: int = 8  # informative groups wanted per update
+    group_size: int = 8  # G
+    chunks: int = 12  # horizon in action chunks
+    temperature: float = 1.6
+    lr: float = 1e-5
+    epochs: int = 2
+    minibatch: int = 64  # chunks per gradient step
+    max_sampling_rounds: int = 3  # imagination rounds per step while filling the batch
+    verify: bool = True  # dual-noise verification of judged successes
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        checks = {
+            "steps": self.steps >= 1, "groups_per_step": self.groups_per_step >= 1,
+            "group_size": 2 <= self.group_size <= 64, "chunks": 1 <= self.chunks <= 64,
+            "temperature": self.temperature > 0, "lr": 0 < self.lr < 1, "epochs": self.epochs >= 1,
+            "minibatch": self.minibatch >= 1, "max_sampling_rounds": self.max_sampling_rounds >= 1,
+            "tasks": len(self.tasks) >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"invalid GRPO config field(s) {', '.join(bad)}: steps, groups_per_step, epochs, "
+                              "minibatch, max_sampling_rounds >= 1; group_size in [2, 64]; chunks in [1, 64]; "
+                              "temperature > 0; lr in (0, 1); at least one task")
+
+
+def start_states(tasks: list[str], n: int, rng: np.random.Generator, envs: dict[str, Any]) -> list[StartState]:
+    """n real first frames, tasks round-robin, layouts from training seeds."""
+    from wmpo.envs import make_env
+
+    out = []
+    for i in range(n):
+        task = tasks[i % len(tasks)]
+        if task not in envs:
+            envs[task] = make_env(task)
+        seed = int(START_SEED_BASE + rng.integers(0, 100_000))
+        frame, _ = envs[task].reset(seed=seed)
+        out.append(StartState(frame, envs[task].instruction, task, seed))
+    return out
+
+
+def policy_kl(policy: Policy, reference: Policy, frames: torch.Tensor, text: torch.Tensor) -> float:
+    """Mean per-token KL(reference || policy) on given observations: a diagnostic only (GRPO here has
+    no KL term)."""
+    with torch.no_grad():
+        lp = torch.log_softmax(policy(frames, text), -1)
+        lq = torch.log_softmax(reference(frames, text), -1)
+        return float((lq.exp() * (lq - lp)).sum(-1).mean())
+
+
+def _samples(groups: list[ImaginedGroup]) -> dict[str, Any]:
+    obs, tok, old, adv, instr = [], [], [], [], []
+    for g in groups:
+        a = group_advantages(g.rewards)
+        m, c = np.nonzero(g.chunk_mask)
+        obs.append(g.observations[m, c])
+        tok.append(g.tokens[m, c])
+        old.append(g.old_logp[m, c])
+        adv.append(a[m])
+        instr += [g.start.instruction] * len(m)
+    return {"obs": torch.from_numpy(np.concatenate(obs)), "tokens": torch.from_numpy(np.concatenate(tok)),
+            "old_logp": torch.from_numpy(np.concatenate(old)).float(),
+            "adv": torch.from_numpy(np.concatenate(adv)).float(), "instr": instr}
+
+
+def update(policy: Policy, opt: torch.optim.Optimizer, batch: dict[str, Any], cfg: GRPOConfig,
+           gen: torch.Generator) -> dict[str, float]:
+    """``epochs`` passes of shuffled mini-batch clipped-surrogate updates. Dropout stays off (eval
+    mode) so the new log-probs are those of the policy the ratio refers to."""
+    policy.eval()
+    n = len(batch["adv"])
+    text = policy.embed(batch["instr"])
+    stats: list[dict[str, float]] = []
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n, cfg.minibatch):
+            idx = perm[i:i + cfg.minibatch]
+            new = temperature_log_prob(policy, batch["obs"][idx], text[idx], batch["tokens"][idx], cfg.temperature)
+            loss, st = clipped_surrogate(new, batch["old_logp"][idx], batch["adv"][idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            opt.step()
+            stats.append({"loss": loss.item(), **st})
+    return {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
+
+
+def train_grpo(cfg: GRPOConfig, sim: Any, judge: RolloutJudge, frame_stride: int,
+               progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) a GRPO job; returns its summary. ``sim`` is a simulator client, ``judge`` a
+    ``RolloutJudge`` (a judge-service client adapter)."""
+    cfg.validate()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    policy, manifest = Policy.from_checkpoint(cfg.policy)
+    reference, _ = Policy.from_checkpoint(cfg.policy)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict[str, Any]] = []
+    start = 0
+    state_path = out / "train_state.pt"
+    if (st := load_train_state(state_path)) is not None:
+        policy.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        gen.set_state(st["gen"])
+        start, history = st["step"], st["history"]
+    log = JsonlLog(out / "train_log.jsonl")
+    envs: dict[str, Any] = {}
+    pool = ThreadPoolExecutor(max(4, cfg.groups_per_step))
+    bar = tqdm(range(start, cfg.steps), desc="GRPO in imagination", initial=start, total=cfg.steps,
+               disable=not progress)
+    for step in bar:
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([cfg.seed, step])  # imagination of step s depends only on (seed, s)
+        timing: dict[str, float] = {}
+        kept: list[ImaginedGroup] = []
+        seen: list[ImaginedGroup] = []
+        for rnd in range(cfg.max_sampling_rounds):
+            need = cfg.groups_per_step - len(kept)
+            starts = start_states(cfg.tasks, need if rnd else cfg.groups_per_step, rng, envs)
+            groups = imagine_groups(sim, judge, policy, starts, cfg.group_size, cfg.chunks, cfg.temperature,
+                                    seed=cfg.seed * 100_003 + step * 101 + rnd, frame_stride=frame_stride,
+                                    verify=cfg.verify, pool=pool, timing=timing)
+            seen += groups
+            kept += [g for g in groups if not g.discard and is_informative(g.rewards)]
+            if len(kept) >= cfg.groups_per_step:
+                break
+        t1 = time.perf_counter()
+        metrics: dict[str, Any] = {
+            "step": step + 1,
+            "imagined_success": float(np.mean([g.success.mean() for g in seen])),
+            "reward": float(np.mean([g.rewards.mean() for g in seen])),
+            "groups_imagined": len(seen), "groups_kept": len(kept),
+            "groups_discarded": sum(g.discard for g in seen),
+            "dnv_flags": int(sum(g.flagged.sum() for g in seen)),
+            "dnv_judged_successes": int(sum(g.success.sum() for g in seen)),
+            "per_task_success": {t: float(np.mean([g.success.mean() for g in seen if g.start.task == t]))
+                                 for t in sorted({g.start.task for g in seen})},
+        }
+        if kept:
+            batch = _samples(kept)
+            metrics.update(update(policy, opt, batch, cfg, gen))
+            metrics["chunks_trained"] = len(batch["adv"])
+            sub = torch.arange(0, len(batch["adv"]), max(1, len(batch["adv"]) // 256))
+            metrics["kl_to_start"] = policy_kl(policy, reference, batch["obs"][sub],
+                                               policy.embed([batch["instr"][i] for i in sub.tolist()]))
+        t2 = time.perf_counter()
+        metrics["seconds"] = {"imagine": round(timing.get("imagine_s", 0.0), 2),
+                              "judge": round(timing.get("judge_s", 0.0), 2),
+                              "update": round(t2 - t1, 2), "step": round(t2 - t0, 2)}
+        metrics["imagined_frames_per_s"] = round(timing.get("imagined_frames", 0.0) / max(timing.get("imagine_s", 1e-9), 1e-9), 1)
+        history.append(metrics)
+        log.write(**metrics)
+        bar.set_postfix(success=f"{metrics['imagined_success']:.2f}", kept=len(kept))
+        _save_policy(policy, out / "policy", cfg, manifest, history)
+        save_train_state(state_path, model=policy.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
+                         step=step + 1, history=history)
+    bar.close()
+    pool.shutdown()
+    summary = {"config": asdict(cfg), "steps": len(history), "history": history, "policy": str(out / "policy")}
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _save_policy(policy: Policy, directory: Path, cfg: GRPOConfig, start_manifest: dict[str, Any],
+                 history: list[dict[str, Any]]) -> None:
+    manifest = {
+        "kind": "policy",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "training": {"method": "grpo-in-imagination", **asdict(cfg), "steps_done": len(history),
+                     "start_policy_sha256": start_manifest.get("weights_sha256", "")},
+        "grpo_history": history,
+        "environment": environment_info(),
+    }
+    save_checkpoint(directory, policy.state_dict(), policy.checkpoint_config(), manifest)
+
+
+def load_summary(out: str) -> dict[str, Any]:
+    return json.loads((Path(out) / "summary.json").read_text())
