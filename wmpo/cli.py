@@ -121,6 +121,24 @@ def cmd_train_judge(a: argparse.Namespace) -> None:
     print(json.dumps(train_success_classifier(cfg), indent=2))
 
 
+def cmd_train_grpo(a: argparse.Namespace) -> None:
+    from wmpo.rl.job import GRPOJobConfig, run_grpo_job
+
+    cfg = GRPOJobConfig(
+        policy=a.policy, out=a.out, tasks=_tasks(a.tasks), steps=a.steps, groups_per_step=a.groups,
+        group_size=a.group_size, chunks=a.chunks, temperature=a.temperature, lr=a.lr, epochs=a.epochs,
+        minibatch=a.minibatch, verify=not a.no_verify, seed=a.seed, simulator_url=a.simulator_url,
+        judge_url=a.judge_url, world_model=a.world_model, judge=a.judge, eval_episodes=a.eval_episodes,
+        eval_workers=a.workers)
+    print(json.dumps(run_grpo_job(cfg), indent=2))
+
+
+def cmd_imagine_dataset(a: argparse.Namespace) -> None:
+    from wmpo.eval.judge import write_imagined_dataset
+
+    print(json.dumps(write_imagined_dataset(a.world_model, a.data, a.out, a.seed), indent=2))
+
+
 def cmd_eval_judge(a: argparse.Namespace) -> None:
     from wmpo.eval.judge import JudgeEvalConfig, evaluate_judge, format_report
 
@@ -200,6 +218,44 @@ def cmd_serve_simulator(a: argparse.Namespace) -> None:
         serve(settings, model, worker=a.worker)
 
 
+def cmd_serve_judge(a: argparse.Namespace) -> None:
+    from wmpo.errors import ConfigError
+
+    try:
+        from services.common.settings import SettingsError, load_settings
+        from services.judge.server import check_can_judge, load_classifier, serve
+        from services.judge.settings import JudgeSettings
+    except ImportError as e:
+        raise ConfigError(f"the judge service needs the service dependencies ({e.name} is "
+                          "missing): pip install -e .") from None
+    overrides = {k: v for k, v in {"checkpoint": a.checkpoint, "host": a.host, "port": a.port,
+                                   "grpc_port": a.grpc_port, "redis_url": a.redis_url,
+                                   "vlm_url": a.vlm_url, "vlm_model": a.vlm_model}.items()
+                 if v is not None}
+    if a.checkpoint is None and "WMPO_CHECKPOINT" not in os.environ:
+        overrides["checkpoint"] = str(BUNDLED_JUDGE)  # wherever the command is run from
+    if a.dev:
+        overrides["dev_mode"] = True
+    try:
+        settings = load_settings(JudgeSettings, **overrides)
+    except SettingsError as e:
+        raise ConfigError(str(e)) from None
+    if a.worker and not settings.redis_url:
+        raise ConfigError("--worker consumes judge work from Redis: set WMPO_REDIS_URL or pass "
+                          "--redis-url redis://HOST:6379/0")
+    classifier = load_classifier(settings.checkpoint)  # fail fast, before binding ports
+    check_can_judge(classifier, settings)
+    kinds = ", ".join(k for k, on in (("classifier", classifier), ("vlm", settings.vlm_url)) if on)
+    if a.worker:
+        print(f"judge queue worker: probes and metrics on {settings.host}:{settings.port}, "
+              f"judges: {kinds}", file=sys.stderr)
+    else:
+        print(f"judge: HTTP on {settings.host}:{settings.port}, gRPC on {settings.host}:"
+              f"{settings.grpc_port}, judges: {kinds}", file=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn has already shut down gracefully
+        serve(settings, classifier, worker=a.worker)
+
+
 def cmd_demo(a: argparse.Namespace) -> None:
     from wmpo.demo import run_demo
 
@@ -229,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS)
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("imagine-dataset", help="the world model's replays of a real dataset's episodes, "
+                       "labelled with the real outcomes (judge training and evaluation data)")
+    p.add_argument("--data", required=True, help="real episode dataset")
+    p.add_argument("--out", required=True)
+    p.add_argument("--world-model", default=str(BUNDLED_WORLD_MODEL))
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_imagine_dataset)
 
     tr = sub.add_parser("train", help="train a model").add_subparsers(dest="what", required=True)
     p = tr.add_parser("policy", help="supervised base policy from demonstrations")
@@ -282,6 +346,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-model", default=str(BUNDLED_WORLD_MODEL), help="its autoencoder makes reconstructions")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train_judge)
+
+    p = tr.add_parser("grpo", help="GRPO in imagination through the simulator and judge services "
+                      "(resumes from <out>/train_state.pt)")
+    p.add_argument("--policy", default=str(BUNDLED_POLICY), help="starting policy checkpoint")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tasks", default="button-press-topdown-v3")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--groups", type=int, default=8, help="informative groups per update")
+    p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--chunks", type=int, default=12, help="imagined horizon in chunks of 8 actions")
+    p.add_argument("--temperature", type=float, default=1.6)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--minibatch", type=int, default=64)
+    p.add_argument("--no-verify", action="store_true", help="skip dual-noise verification")
+    p.add_argument("--simulator-url", default=None, help="simulator service (default: embedded stack)")
+    p.add_argument("--judge-url", default=None, help="judge service (default: embedded stack)")
+    p.add_argument("--world-model", default=str(BUNDLED_WORLD_MODEL), help="for the embedded stack")
+    p.add_argument("--judge", default=str(BUNDLED_JUDGE), help="classifier for the embedded stack")
+    p.add_argument("--eval-episodes", type=int, default=0,
+                   help="real-simulator episodes per task on held-out seeds, before and after (0: skip)")
+    p.add_argument("--workers", type=int, default=2, help="processes for the real-simulator evaluation")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_grpo)
 
     ev = sub.add_parser("eval", help="evaluate in the real simulator").add_subparsers(dest="what", required=True)
     p = ev.add_parser("policy", help="success rate per task on held-out seeds, with 95%% Wilson intervals")
@@ -344,6 +432,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a pure queue worker: consume imagine work from Redis, serve only "
                    "health/readiness/metrics over HTTP (needs a Redis URL)")
     p.set_defaults(func=cmd_serve_simulator)
+    p = sv.add_parser("judge", help="rewards for rollouts: success classifier, VLM judge, "
+                      "dual-noise verification",
+                      description="Settings come from WMPO_* environment variables (API keys: "
+                      "WMPO_API_KEYS; VLM token: WMPO_VLM_API_KEY); these flags override them.")
+    p.add_argument("--checkpoint", default=None,
+                   help="success-classifier checkpoint (default: WMPO_CHECKPOINT, else the bundled "
+                   "checkpoints/judge; '' for a VLM-only judge)")
+    p.add_argument("--host", default=None, help="interface to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default: 8001)")
+    p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default: 50052)")
+    p.add_argument("--dev", action="store_true",
+                   help="development mode: allow running without API keys (loopback only)")
+    p.add_argument("--vlm-url", default=None,
+                   help="OpenAI-compatible endpoint of the VLM judge, e.g. http://vllm:8000/v1 "
+                   "(default: WMPO_VLM_URL; unset: kind=vlm is refused)")
+    p.add_argument("--vlm-model", default=None, help="model name sent to the VLM endpoint")
+    p.add_argument("--redis-url", default=None,
+                   help="queue mode: share judge work with other replicas through Redis Streams "
+                   "(default: WMPO_REDIS_URL; unset: in-process queue)")
+    p.add_argument("--worker", action="store_true",
+                   help="a pure queue worker: consume judge work from Redis, serve only "
+                   "health/readiness/metrics over HTTP (needs a Redis URL)")
+    p.set_defaults(func=cmd_serve_judge)
 
     p = sub.add_parser("demo", help="the main job on the embedded default (bundled checkpoints)")
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per task")

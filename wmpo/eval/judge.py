@@ -8,8 +8,10 @@ the number measures what the trainer will get (world-model errors and judge erro
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,7 +58,8 @@ def judge_dataset(judge: SuccessJudge, dataset: EpisodeDataset, batch_episodes: 
     bar = tqdm(total=len(dataset), desc="judge real episodes", disable=not progress)
     for i in range(0, len(dataset), batch_episodes):
         eps = [dataset.episode(j) for j in range(i, min(i + batch_episodes, len(dataset)))]
-        verdicts = judge.judge_many([e.frames for e in eps], [e.meta["instruction"] for e in eps])
+        verdicts = judge.judge_many([e.frames for e in eps], [e.meta["instruction"] for e in eps],
+                                    [e.meta.get("frame_stride", 1) for e in eps])
         scores += [v.score for v in verdicts]
         labels += [e.succeeded for e in eps]
         tasks += [e.meta["task"] for e in eps]
@@ -89,6 +92,36 @@ def imagine_dataset(world_model: Any, dataset: EpisodeDataset, seed: int = 0, ba
         bar.update(len(eps))
     bar.close()
     return videos
+
+
+def write_imagined_dataset(world_model_dir: str, data: str, out: str, seed: int = 0,
+                           progress: bool = True) -> dict[str, Any]:
+    """An episode dataset of the world model's replays of ``data``'s episodes (same start frame, same
+    actions), at the world model's frame stride, each labelled with the *real* outcome: its last frame
+    carries the real episode's success flag. The judge can be trained and evaluated on it
+    (``frame_stride`` in each episode's metadata tells the judge the spacing)."""
+    from wmpo.data.episodes import Episode, ShardWriter, append_manifest, init_dataset
+    from wmpo.sampling.world_model import TorchWorldModel
+
+    wm = TorchWorldModel.load(world_model_dir)
+    src = EpisodeDataset.load(data)
+    info = json.loads((Path(data) / "meta" / "info.json").read_text())
+    init_dataset(out, info["image_size"], info["camera"], fps=info.get("fps", 80))
+    videos = imagine_dataset(wm, src, seed, progress=progress)
+    writer = ShardWriter(out, 16, prefix="imagined-")
+    for i, video in enumerate(videos):
+        real = src.episode(i)
+        success = np.zeros(len(video), bool)
+        success[-1] = real.succeeded
+        meta = {**real.meta, "source": {"kind": "imagined", "world_model": wm.provenance().get("world_model_sha256"),
+                                        "from": data, "seed": seed + i},
+                "frame_stride": wm.frame_stride}
+        writer.add(Episode(video, np.zeros((len(video) - 1, 4), np.float32), success, meta))
+    writer.flush()
+    summary = {"episodes": len(videos), "successes": int(sum(m["succeeded"] for m in src.episodes))}
+    append_manifest(out, {**summary, "source": "imagined", "world_model": world_model_dir, "from": data,
+                          "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return summary
 
 
 @dataclass

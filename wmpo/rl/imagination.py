@@ -38,8 +38,8 @@ class VideoVerdict:
 
 
 class RolloutJudge(Protocol):
-    def judge_videos(self, videos: list[np.ndarray], instructions: list[str],
-                     frame_stride: int) -> list[VideoVerdict]: ...
+    def judge_videos(self, videos: list[np.ndarray], instructions: list[str], frame_stride: int,
+                     session_ids: list[str] | None = None) -> list[VideoVerdict]: ...
 
 
 @dataclass
@@ -87,8 +87,7 @@ def sample_chunks(policy: Policy, frames: np.ndarray, instructions: list[str], t
 
 
 def imagine_groups(sim: Any, judge: RolloutJudge, policy: Policy, starts: list[StartState], group_size: int,
-                   chunks: int, temperature: float, seed: int, frame_stride: int,
-                   verify: bool = True, pool: ThreadPoolExecutor | None = None,
+                   chunks: int, temperature: float, seed: int, verify: bool = True, pool: ThreadPoolExecutor | None = None,
                    timing: dict[str, float] | None = None) -> list[ImaginedGroup]:
     """Imagine, judge and verify one group per start state (see the module docstring). Seconds spent
     imagining and judging (with verification) are added to ``timing``."""
@@ -96,9 +95,8 @@ def imagine_groups(sim: Any, judge: RolloutJudge, policy: Policy, starts: list[S
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     pool = pool or ThreadPoolExecutor(max(1, len(starts)))
-    created = list(pool.map(lambda s: sim.create_group(s[1].frame, group_size, s[1].instruction,
-                                                      seed=seed * 1000 + s[0], max_chunks=chunks),
-                            enumerate(starts)))
+    created = list(pool.map(lambda s: sim.create_group(s[1], group_size, seed=seed * 1000 + s[0],
+                                                      max_chunks=chunks), enumerate(starts)))
     B, G = len(starts), group_size
     obs = np.stack([np.repeat(s.frame[None], G, 0) for s in starts])  # (B, G, H, W, 3)
     instr = [s.instruction for s in starts for _ in range(G)]
@@ -127,6 +125,7 @@ def imagine_groups(sim: Any, judge: RolloutJudge, policy: Policy, starts: list[S
             old_logp=np.stack([lp[b] for lp in all_logp], 1), videos=video,
             session_ids=created[b].session_ids))
     frames_per_chunk = all_frames[0].shape[2]
+    frame_stride = all_tok[0].shape[2] // frames_per_chunk  # env steps per imagined frame
     t1 = time.perf_counter()
     timing["imagine_s"] = timing.get("imagine_s", 0.0) + t1 - t0
     _judge_and_verify(sim, judge, groups, frames_per_chunk, frame_stride, seed, verify, pool)
@@ -155,7 +154,7 @@ def _judge_and_verify(sim: Any, judge: RolloutJudge, groups: list[ImaginedGroup]
                       frame_stride: int, seed: int, verify: bool, pool: ThreadPoolExecutor) -> None:
     videos = [v for g in groups for v in g.videos]
     instr = [g.start.instruction for g in groups for _ in g.videos]
-    verdicts = judge.judge_videos(videos, instr, frame_stride)
+    verdicts = judge.judge_videos(videos, instr, frame_stride, [sid for g in groups for sid in g.session_ids])
     G = len(groups[0].videos)
     chunks = groups[0].tokens.shape[1]
     for i, g in enumerate(groups):
@@ -172,7 +171,7 @@ def _judge_and_verify(sim: Any, judge: RolloutJudge, groups: list[ImaginedGroup]
     if todo:
         rv = judge.judge_videos(
             [np.concatenate([groups[i].start.frame[None], r.frames]) for (i, _), r in zip(todo, replays, strict=True)],
-            [groups[i].start.instruction for i, _ in todo], frame_stride)
+            [groups[i].start.instruction for i, _ in todo], frame_stride)  # replays: no session of their own
         replay_ok = {im: v.success for im, v in zip(todo, rv, strict=True)}
     for i, g in enumerate(groups):
         replay = np.asarray([replay_ok.get((i, m), True) for m in range(G)])
@@ -187,7 +186,43 @@ class ClassifierRolloutJudge:
     def __init__(self, judge: Any) -> None:
         self.judge = judge
 
-    def judge_videos(self, videos: list[np.ndarray], instructions: list[str],
-                     frame_stride: int) -> list[VideoVerdict]:
+    def judge_videos(self, videos: list[np.ndarray], instructions: list[str], frame_stride: int,
+                     session_ids: list[str] | None = None) -> list[VideoVerdict]:
         verdicts = self.judge.judge_many(videos, instructions, [frame_stride] * len(videos))
         return [VideoVerdict(v.success, v.score, v.done_frame) for v in verdicts]
+
+
+class ServiceRolloutJudge:
+    """A ``RolloutJudge`` over the judge service's client: one request per video, sent concurrently so
+    the service batches them into one classifier pass."""
+
+    def __init__(self, client: Any, workers: int = 16) -> None:
+        self.client = client
+        self.pool = ThreadPoolExecutor(workers)
+
+    def judge_videos(self, videos: list[np.ndarray], instructions: list[str], frame_stride: int,
+                     session_ids: list[str] | None = None) -> list[VideoVerdict]:
+        results = list(self.pool.map(lambda vi: self.client.judge(vi[0], vi[1], frame_stride=frame_stride),
+                                     zip(videos, instructions, strict=True)))
+        return [VideoVerdict(r.verdict.success, r.verdict.score, r.verdict.done_frame) for r in results]
+
+
+class ServiceGroupSimulator:
+    """The simulator service's client as the trainer's group simulator (start states in, the
+    client's create/step/replay/close calls out)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def create_group(self, start: StartState, group_size: int, seed: int | None = None,
+                     max_chunks: int = 0) -> Any:
+        return self.client.create_group(start.frame, group_size, start.instruction, seed=seed, max_chunks=max_chunks)
+
+    def step_group(self, group_id: str, actions: np.ndarray) -> Any:
+        return self.client.step_group(group_id, actions)
+
+    def replay(self, session_id: str, seed: int | None = None) -> Any:
+        return self.client.replay(session_id, seed=seed)
+
+    def close_group(self, group_id: str) -> Any:
+        return self.client.close_group(group_id)

@@ -136,8 +136,7 @@ def update(policy: Policy, opt: torch.optim.Optimizer, batch: dict[str, Any], cf
     return {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
 
 
-def train_grpo(cfg: GRPOConfig, sim: Any, judge: RolloutJudge, frame_stride: int,
-               progress: bool = True) -> dict[str, Any]:
+def train_grpo(cfg: GRPOConfig, sim: Any, judge: RolloutJudge, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) a GRPO job; returns its summary. ``sim`` is a simulator client, ``judge`` a
     ``RolloutJudge`` (a judge-service client adapter)."""
     cfg.validate()
@@ -170,8 +169,7 @@ def train_grpo(cfg: GRPOConfig, sim: Any, judge: RolloutJudge, frame_stride: int
             need = cfg.groups_per_step - len(kept)
             starts = start_states(cfg.tasks, need if rnd else cfg.groups_per_step, rng, envs)
             groups = imagine_groups(sim, judge, policy, starts, cfg.group_size, cfg.chunks, cfg.temperature,
-                                    seed=cfg.seed * 100_003 + step * 101 + rnd, frame_stride=frame_stride,
-                                    verify=cfg.verify, pool=pool, timing=timing)
+                                    seed=cfg.seed * 100_003 + step * 101 + rnd, verify=cfg.verify, pool=pool, timing=timing)
             seen += groups
             kept += [g for g in groups if not g.discard and is_informative(g.rewards)]
             if len(kept) >= cfg.groups_per_step:

@@ -91,7 +91,11 @@ def build_clip_index(paths: list[str], clip_length: int, stride: int, margin: in
         for m in ds.episodes:
             if m["instruction"] not in instructions:
                 instructions.append(m["instruction"])
-            rows = offset + m["start"] + subsample_indices(m["length"] + 1, stride)
+            step, rem = divmod(stride, m.get("frame_stride", 1))  # imagined episodes are already strided
+            if rem or step < 1:
+                raise ConfigError(f"episode frame stride {m.get('frame_stride')} does not divide the "
+                                  f"classifier's {stride} ({p})")
+            rows = offset + m["start"] + subsample_indices(m["length"] + 1, step)
             if len(rows) < clip_length:  # a very short episode: front-pad with its first frame
                 rows = np.concatenate([np.full(clip_length - len(rows), rows[0]), rows])
             p_starts, n_starts = training_clips(len(rows), m["succeeded"], clip_length, margin)

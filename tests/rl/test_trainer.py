@@ -1,0 +1,76 @@
+"""The GRPO job on the real simulator (the online baseline's code path): it updates the policy from
+informative groups, masks chunks after success, and a resumed job equals an uninterrupted one."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wmpo.rl.imagination import StartState, imagine_groups
+from wmpo.rl.real import RealGroupSimulator, RealSuccessJudge
+from wmpo.rl.trainer import GRPOConfig, train_grpo
+from wmpo.utils.checkpoint import load_checkpoint
+
+POLICY = str(Path(__file__).resolve().parents[2] / "checkpoints" / "policy-base")
+TASK = "button-press-topdown-v3"
+
+
+def cfg(out, steps):
+    return GRPOConfig(policy=POLICY, out=str(out), tasks=[TASK], steps=steps, groups_per_step=1, group_size=4,
+                      chunks=10, temperature=1.0, lr=1e-4, epochs=1, minibatch=16, max_sampling_rounds=2,
+                      verify=False, seed=3)
+
+
+def run(out, steps):
+    sim = RealGroupSimulator()
+    return train_grpo(cfg(out, steps), sim, RealSuccessJudge(sim), progress=False), sim
+
+
+def test_real_groups_are_judged_by_the_true_success_flag_and_masked_after_it():
+    from wmpo.envs import make_env
+    from wmpo.models.policy import Policy
+
+    env = make_env(TASK)
+    frame, _ = env.reset(seed=200_001)
+    start = StartState(frame, env.instruction, TASK, 200_001)
+    sim = RealGroupSimulator()
+    policy, _ = Policy.from_checkpoint(POLICY)
+    (g,) = imagine_groups(sim, RealSuccessJudge(sim), policy, [start], group_size=4, chunks=10,
+                          temperature=1.0, seed=0, verify=False)
+    assert g.videos.shape[:2] == (4, 1 + 10 * 4) and g.tokens.shape[:2] == (4, 10)
+    assert sim.real_episodes == 4 and not sim.members  # envs closed after judging
+    assert g.success.any(), "the base policy should press the button in some of 4 tries"
+    for m in range(4):
+        if g.success[m]:
+            assert g.rewards[m] == 1.0 and 1 <= g.chunk_mask[m].sum() <= 10
+            # after the success the env stops: the frames of masked-out chunks do not change
+            last = g.chunk_mask[m].sum()
+            assert np.array_equal(g.videos[m, last * 4], g.videos[m, -1])
+        else:
+            assert g.rewards[m] == 0.0 and g.chunk_mask[m].all()
+
+
+def test_job_updates_the_policy_and_resumes_to_the_same_weights(tmp_path):
+    full, _ = run(tmp_path / "full", 2)
+    assert all(h["groups_kept"] >= 1 for h in full["history"]), full["history"]
+    assert all("clip_fraction" in h and h["chunks_trained"] > 0 for h in full["history"])
+    start = load_checkpoint(POLICY)[0]
+    after = load_checkpoint(tmp_path / "full" / "policy")[0]
+    assert any(not torch.equal(start[k], after[k]) for k in start)
+
+    run(tmp_path / "resumed", 1)  # a job stopped after its first step...
+    assert (tmp_path / "resumed" / "train_state.pt").exists()
+    resumed, _ = run(tmp_path / "resumed", 2)  # ...and started again
+    assert [h["step"] for h in resumed["history"]] == [1, 2]
+    again = load_checkpoint(tmp_path / "resumed" / "policy")[0]
+    assert all(torch.equal(after[k], again[k]) for k in after)
+
+
+def test_bad_configs_are_refused(tmp_path):
+    from wmpo.errors import ConfigError
+
+    bad = cfg(tmp_path, 1)
+    bad.group_size = 1
+    with pytest.raises(ConfigError, match="group_size"):
+        bad.validate()

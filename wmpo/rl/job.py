@@ -1,0 +1,97 @@
+"""A GRPO job end to end: connect to the services, evaluate, train in imagination, evaluate.
+
+The trainer reaches the world model and the judge only through their clients. With no URLs it
+starts the embedded stack (both services in this process, on loopback ports) from the given
+checkpoints, so the same job runs on a laptop or against a cluster. Before and after training
+the policy is evaluated in the real simulator on held-out seeds (greedy), so every job reports
+what counts: real success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from wmpo.data.collect import SourceSpec
+from wmpo.data.episodes import atomic_write_json
+from wmpo.errors import ConfigError
+from wmpo.eval.policy import EvalConfig, evaluate, format_table
+from wmpo.rl.imagination import ServiceGroupSimulator, ServiceRolloutJudge
+from wmpo.rl.trainer import GRPOConfig, train_grpo
+
+
+@dataclass
+class GRPOJobConfig(GRPOConfig):
+    simulator_url: str | None = None
+    judge_url: str | None = None
+    world_model: str | None = None  # embedded stack only
+    judge: str | None = None  # embedded stack only
+    eval_episodes: int = 0  # per task, before and after; 0 skips
+    eval_workers: int = 2
+    tasks: list[str] = field(default_factory=lambda: ["button-press-topdown-v3"])
+
+    def validate(self) -> None:
+        super().validate()
+        if (self.simulator_url is None) != (self.judge_url is None):
+            raise ConfigError("give both --simulator-url and --judge-url, or neither (embedded stack)")
+        if self.simulator_url is None and not (self.world_model and self.judge):
+            raise ConfigError("the embedded stack needs a world-model and a judge checkpoint")
+        if self.eval_episodes < 0:
+            raise ConfigError("--eval-episodes must be >= 0")
+
+    def grpo(self) -> GRPOConfig:
+        names = {f.name for f in fields(GRPOConfig)}
+        return GRPOConfig(**{k: v for k, v in asdict(self).items() if k in names})
+
+
+@contextlib.contextmanager
+def service_clients(cfg: GRPOJobConfig) -> Iterator[tuple[Any, Any]]:
+    """(simulator client, judge client) for the configured URLs or an embedded stack."""
+    from wmpo_client import SimulatorClient
+    from wmpo_client.judge_http import JudgeClient
+
+    with contextlib.ExitStack() as stack:
+        if cfg.simulator_url is None:
+            from services.embedded import embedded_stack
+
+            emb = stack.enter_context(embedded_stack(cfg.world_model, cfg.judge))
+            sim_url, judge_url = emb.http_url, emb.judge_http_url
+        else:
+            sim_url, judge_url = cfg.simulator_url, cfg.judge_url
+        sim = stack.enter_context(SimulatorClient(sim_url, timeout=300.0))
+        judge = stack.enter_context(JudgeClient(judge_url, timeout=300.0))
+        yield sim, judge
+
+
+def _evaluate(policy: str, cfg: GRPOJobConfig, title: str) -> dict[str, Any]:
+    report = evaluate(EvalConfig(tasks=cfg.tasks, source=SourceSpec("policy", checkpoint=policy, temperature=0.0),
+                                 episodes=cfg.eval_episodes, workers=cfg.eval_workers))
+    print(format_table(report, title))
+    return {k: v for k, v in report.items() if k != "episodes_detail"}
+
+
+def run_grpo_job(cfg: GRPOJobConfig) -> dict[str, Any]:
+    cfg.validate()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"config": asdict(cfg)}
+    if cfg.eval_episodes:
+        before = out / "eval_before.json"
+        if before.exists():  # a resumed job does not evaluate the start policy again
+            import json
+
+            result["before"] = json.loads(before.read_text())
+        else:
+            result["before"] = _evaluate(cfg.policy, cfg, "before GRPO (real MetaWorld, held-out seeds, greedy)")
+            atomic_write_json(before, result["before"])
+    with service_clients(cfg) as (sim, judge_client):
+        summary = train_grpo(cfg.grpo(), ServiceGroupSimulator(sim), ServiceRolloutJudge(judge_client))
+    result["training"] = {"steps": summary["steps"], "last": summary["history"][-1] if summary["history"] else None}
+    if cfg.eval_episodes:
+        result["after"] = _evaluate(summary["policy"], cfg, "after GRPO (real MetaWorld, held-out seeds, greedy)")
+        atomic_write_json(out / "eval_after.json", result["after"])
+    atomic_write_json(out / "job.json", result)
+    return result
