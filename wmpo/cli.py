@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from wmpo.errors import WmpoError
+from wmpo.errors import ConfigError, WmpoError
 
 BUNDLED_POLICY = Path(__file__).resolve().parent.parent / "checkpoints" / "policy-base"
 BUNDLED_WORLD_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "world-model"
@@ -161,15 +161,31 @@ def cmd_eval_policy(a: argparse.Namespace) -> None:
     from wmpo.data.collect import SourceSpec
     from wmpo.eval.policy import EvalConfig, evaluate, format_table
 
-    if a.expert:
-        spec = SourceSpec("expert")
-    else:
-        spec = SourceSpec("policy", checkpoint=a.checkpoint, temperature=a.temperature)
-        spec.build()  # fail fast on a bad checkpoint, before starting workers
-    cfg = EvalConfig(tasks=_tasks(a.tasks), source=spec, episodes=a.episodes, seed_offset=a.seed_offset,
-                     workers=a.workers, max_steps=a.max_steps)
-    report = evaluate(cfg)
-    print(format_table(report, "expert" if a.expert else f"policy {a.checkpoint}"))
+    if a.temperature is None:
+        a.temperature = 1.0 if a.verify else 0.0
+    elif a.verify and a.temperature <= 0:
+        raise ConfigError("--verify samples several candidates per chunk: --temperature must be > 0")
+    with contextlib.ExitStack() as stack:
+        if a.expert:
+            spec = SourceSpec("expert")
+        elif a.verify:
+            url = a.simulator_url
+            if url is None:  # the embedded stack: simulator + judge in this process
+                from services.embedded import embedded_stack
+
+                url = stack.enter_context(embedded_stack(a.world_model, a.judge)).http_url
+            spec = SourceSpec("verified-policy", checkpoint=a.checkpoint, temperature=a.temperature,
+                              simulator_url=url, candidates=a.candidates, max_attempts=a.max_attempts)
+        else:
+            spec = SourceSpec("policy", checkpoint=a.checkpoint, temperature=a.temperature)
+            spec.build()  # fail fast on a bad checkpoint, before starting workers
+        cfg = EvalConfig(tasks=_tasks(a.tasks), source=spec, episodes=a.episodes, seed_offset=a.seed_offset,
+                         workers=a.workers, max_steps=a.max_steps)
+        report = evaluate(cfg)
+    title = "expert" if a.expert else f"policy {a.checkpoint}" + (" + verify before execute" if a.verify else "")
+    print(format_table(report, title))
+    if "verification" in report:
+        print("verify before execute:", json.dumps(report["verification"]))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(report, indent=2))
@@ -178,7 +194,7 @@ def cmd_eval_policy(a: argparse.Namespace) -> None:
         from wmpo.utils.checkpoint import record_evaluation
 
         summary = {k: v for k, v in report.items() if k != "episodes_detail"}
-        record_evaluation(a.checkpoint, "real_sim", summary)
+        record_evaluation(a.checkpoint, "real_sim_verified" if a.verify else "real_sim", summary)
         print(f"recorded the result in {a.checkpoint}/manifest.json")
 
 
@@ -380,10 +396,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=100, help="episodes per task")
     p.add_argument("--seed-offset", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="0 = greedy decoding (default; with --verify: 1.0, candidates must differ)")
     p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS)
     p.add_argument("--json", default=None, help="write the full report here")
     p.add_argument("--record", action="store_true", help="also record the result in the checkpoint's manifest")
+    p.add_argument("--verify", action="store_true",
+                   help="verify before execute: imagine N sampled candidates per chunk, execute the judge's best")
+    p.add_argument("--candidates", type=int, default=4, help="--verify: candidates per decision")
+    p.add_argument("--max-attempts", type=int, default=3, help="--verify: imagine calls per decision before "
+                   "executing the best seen anyway")
+    p.add_argument("--simulator-url", default=None, help="--verify: simulator service with a judge "
+                   "(default: an embedded stack from --world-model and --judge)")
+    p.add_argument("--world-model", default=str(BUNDLED_WORLD_MODEL))
+    p.add_argument("--judge", default=str(BUNDLED_JUDGE))
     p.set_defaults(func=cmd_eval_policy)
 
     p = ev.add_parser("world-model", help="action following and fidelity against the real simulator")

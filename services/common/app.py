@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 
-from services.common.auth import ApiKeyAuth, api_key_dependency
+from services.common.auth import ApiKeyAuth, api_key_dependency, request_authenticator
 from services.common.errors import error_responses, install_error_handlers
 from services.common.health import HEALTH_PATHS, ReadinessCheck, health_router
 from services.common.limits import BodySizeLimitMiddleware
@@ -46,7 +46,7 @@ def create_app(
         responses=error_responses(401, 413, 500),
         **fastapi_kwargs,
     )
-    install_error_handlers(app)
+    install_error_handlers(app, request_authenticator(auth, public_paths))
     # The last added is the outermost: request id first (it covers every log
     # line and error body), then metrics (they see every status, 413 too),
     # then the body limit.

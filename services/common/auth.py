@@ -107,6 +107,24 @@ def api_key_dependency(
     return require_api_key
 
 
+def request_authenticator(
+    auth: ApiKeyAuth, exempt_paths: Collection[str] = HEALTH_PATHS
+) -> Callable[[Request], None]:
+    """The same check as `api_key_dependency`, for code that runs outside dependency
+    resolution: raises Unauthenticated for a request without a valid key."""
+
+    def authenticate(request: Request) -> None:
+        route = request.scope.get("route")
+        if getattr(route, "path", request.url.path) in exempt_paths:
+            return
+        key = request.headers.get(API_KEY_HEADER) or key_from_authorization(
+            request.headers.get("authorization")
+        )
+        auth.check(key)
+
+    return authenticate
+
+
 # ------------------------------------------------------------------- gRPC
 
 

@@ -65,6 +65,25 @@ class NotFound(ServiceError):
     code = "NOT_FOUND"
 
 
+class FailedPrecondition(ServiceError):
+    """The request is well formed but this deployment cannot serve it (e.g. a judge kind
+    with no model or endpoint configured); retrying will not help until the config changes."""
+
+    http_status = 400
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    code = "FAILED_PRECONDITION"
+
+
+class Conflict(ServiceError):
+    """The request assumes a state of a resource that is not its current one (e.g. a
+    session step naming another step count than the session's): HTTP 409, and gRPC's
+    FAILED_PRECONDITION. Re-read the resource before trying again."""
+
+    http_status = 409
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    code = "FAILED_PRECONDITION"
+
+
 class PayloadTooLarge(ServiceError):
     http_status = 413
     # gRPC has no "too large"; RESOURCE_EXHAUSTED is what grpcio itself uses
@@ -106,6 +125,7 @@ _CODE_BY_HTTP_STATUS = {
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     406: "NOT_ACCEPTABLE",
+    409: "FAILED_PRECONDITION",
     413: "PAYLOAD_TOO_LARGE",
     415: "UNSUPPORTED_MEDIA_TYPE",
     422: "INVALID_ARGUMENT",
@@ -193,11 +213,41 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_json(500, Internal.code, internal_message(rid), rid)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Map every error an HTTP handler can raise to the one JSON error body."""
+def install_error_handlers(
+    app: FastAPI, authenticate: Callable[[Request], None] | None = None
+) -> None:
+    """Map every error an HTTP handler can raise to the one JSON error body.
+
+    `authenticate` (raising Unauthenticated) runs before a validation error is
+    reported: FastAPI decodes and validates the body before it resolves the
+    app's API-key dependency, and a caller without a valid key must get 401,
+    not a description of what the body should have been.
+    """
+
+    async def denied(request: Request) -> JSONResponse | None:
+        if authenticate is None:
+            return None
+        try:
+            authenticate(request)
+        except Unauthenticated as exc:
+            return await _on_service_error(request, exc)
+        return None
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        return await denied(request) or await _on_validation_error(request, exc)
+
+    async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:
+        # 400: a body FastAPI could not parse at all (e.g. not UTF-8), on a matched route.
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400 and "route" in request.scope:
+            refused = await denied(request)
+            if refused is not None:
+                return refused
+        return await _on_http_exception(request, exc)
+
     app.add_exception_handler(ServiceError, _on_service_error)
-    app.add_exception_handler(RequestValidationError, _on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_exception)
     # Exception: Starlette's outermost ServerErrorMiddleware calls it and
     # returns our body instead of its own (debug must stay off).
     app.add_exception_handler(Exception, _on_unexpected)

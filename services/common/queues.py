@@ -104,6 +104,7 @@ from wmpo_client.codec import from_json, to_json
 
 from services.common.errors import (
     ClientClosedRequest,
+    FailedPrecondition,
     Internal,
     InvalidArgument,
     NotFound,
@@ -127,6 +128,7 @@ _ERRORS: dict[str, type[ServiceError]] = {
     cls.code: cls
     for cls in (
         InvalidArgument,
+        FailedPrecondition,
         Unauthenticated,
         NotFound,
         PayloadTooLarge,

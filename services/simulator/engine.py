@@ -42,7 +42,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -58,6 +58,9 @@ from services.common.logging import request_id_var
 from services.common.metrics import ServiceMetrics
 from wmpo.sampling.rollout import Rollout
 from wmpo.sampling.world_model import WorldModel
+
+if TYPE_CHECKING:
+    from services.simulator.verify import Verification
 
 log = logging.getLogger("wmpo.simulator.engine")
 
@@ -306,6 +309,7 @@ class ImagineResult:
     seed: int
     provenance: dict[str, str]
     timing: dict[str, float]
+    verification: Verification | None = None  # the judge's answer (request asked to verify)
 
 
 class ImagineRun:

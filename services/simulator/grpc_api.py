@@ -26,6 +26,7 @@ from services.common.errors import InvalidArgument, grpc_error_boundary
 from services.common.logging import is_valid_request_id, request_id_var
 from services.common.metrics import ServiceMetrics
 from services.simulator.engine import (
+    ImagineResult,
     check_candidates,
     check_group_actions,
     check_session_actions,
@@ -34,6 +35,7 @@ from services.simulator.engine import (
 from services.simulator.runtime import VERSION, SimulatorRuntime
 from services.simulator.sessions import SessionInfo, StepOutcome
 from services.simulator.settings import SimulatorSettings
+from services.simulator.verify import Verification
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Outgoing tensors are bounded by the engine (max_response_bytes) and gRPC's send limit.
@@ -107,6 +109,10 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
         return int(msg.seed) if msg.HasField("seed") else None
 
     @staticmethod
+    def _verify_threshold(msg: Any) -> float | None:
+        return float(msg.verify_threshold) if msg.HasField("verify_threshold") else None
+
+    @staticmethod
     def _encoding(msg: Any) -> str:
         return "png" if msg.frame_encoding == tensor_pb2.FRAME_ENCODING_PNG else "raw"
 
@@ -147,20 +153,31 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
         frames = self._tensor(request, "start_frames", "uint8", check_start_frames)
         cands = self._tensor(request, "candidates", "float32", check_candidates)
         result = await self.runtime.imagine(
-            frames, cands, request.horizon_chunks, self._seed(request), request.request_id
+            frames,
+            cands,
+            request.horizon_chunks,
+            self._seed(request),
+            request.request_id,
+            instruction=request.instruction,
+            verify=request.verify,
+            verify_threshold=self._verify_threshold(request),
         )
         encoding = self._encoding(request)
+        v = result.verification
         return simulator_pb2.ImagineResponse(
             request_id=rid,
             candidates=[
                 simulator_pb2.CandidateResult(
-                    index=i, frames=self._out(f, f"candidate {i}", encoding)
+                    index=i,
+                    frames=self._out(f, f"candidate {i}", encoding),
+                    confidence=v.confidences[i] if v else None,
                 )
                 for i, f in enumerate(result.frames)
             ],
             seed=result.seed,
             provenance=result.provenance,
             timing=result.timing,
+            **_judged(v),
         )
 
     @_observed
@@ -171,11 +188,15 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
         rid = self._request_id(request.request_id)
         frames = self._tensor(request, "start_frames", "uint8", check_start_frames)
         cands = self._tensor(request, "candidates", "float32", check_candidates)
-        run = self.runtime.engine.open_imagine(
-            frames, cands, request.horizon_chunks, self._seed(request)
-        )
+        threshold = self._verify_threshold(request)
+        rt = self.runtime
+        rt.check_verify(request.verify, threshold, request.instruction)
+        run = rt.engine.open_imagine(frames, cands, request.horizon_chunks, self._seed(request))
         try:
+            kept: list[np.ndarray] = []  # the chunks, for the judge (verify only)
             async for chunk in run.chunks():
+                if request.verify:
+                    kept.append(chunk.frames)
                 yield simulator_pb2.ImagineStreamResponse(
                     frames=simulator_pb2.ImagineFrames(
                         request_id=rid,
@@ -184,15 +205,26 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
                     )
                 )
             provenance, timing = run.summary()
+            result = ImagineResult(np.empty(0, np.uint8), run.seed, provenance, timing)
+            if request.verify:
+                verification = await rt.verify(
+                    run.frame, np.concatenate(kept, axis=1), request.instruction, threshold
+                )
+                result = rt.verified(result, verification)
+            v = result.verification
             yield simulator_pb2.ImagineStreamResponse(
                 result=simulator_pb2.ImagineResponse(
                     request_id=rid,
                     candidates=[
-                        simulator_pb2.CandidateResult(index=i) for i in range(run.n_candidates)
+                        simulator_pb2.CandidateResult(
+                            index=i, confidence=v.confidences[i] if v else None
+                        )
+                        for i in range(run.n_candidates)
                     ],
                     seed=run.seed,
-                    provenance=provenance,
-                    timing=timing,
+                    provenance=result.provenance,
+                    timing=result.timing,
+                    **_judged(v),
                 )
             )
         finally:
@@ -229,13 +261,18 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
         rid = self._request_id(request.request_id)
         which, target = self._target(request)
         sessions = self.runtime.sessions
+        expected = (
+            int(request.expected_chunks_stepped)
+            if request.HasField("expected_chunks_stepped")
+            else None
+        )
         outcome: StepOutcome
         if which == "session_id":
             actions = self._tensor(request, "actions", "float32", _validated(check_session_actions))
-            outcome = await sessions.step_session(target, actions)
+            outcome = await sessions.step_session(target, actions, expected)
         else:
             actions = self._tensor(request, "actions", "float32", check_group_actions)
-            outcome = await sessions.step_group(target, actions)
+            outcome = await sessions.step_group(target, actions, expected)
         encoding = self._encoding(request)
         return simulator_pb2.StepSessionResponse(
             request_id=rid,
@@ -249,6 +286,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
                 for r in outcome.results
             ],
             timing=outcome.timing,
+            replayed=outcome.replayed,
         )
 
     @_observed
@@ -299,6 +337,19 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
             _Status.SERVING_STATUS_SERVING if state.ready else _Status.SERVING_STATUS_NOT_SERVING
         )
         return simulator_pb2.HealthResponse(status=status, version=VERSION, reason=state.reason)
+
+
+_VERDICTS = {
+    "execute": simulator_pb2.VERDICT_EXECUTE,
+    "replan": simulator_pb2.VERDICT_REPLAN,
+}
+
+
+def _judged(v: Verification | None) -> dict[str, Any]:
+    """The ImagineResponse fields the judge fills (none without verify)."""
+    if v is None:
+        return {}
+    return {"verdict": _VERDICTS[v.verdict], "best_candidate": v.best_candidate}
 
 
 def _validated(

@@ -3,8 +3,9 @@
 Routes (all need an API key; health and readiness come from `create_app`):
 
 - `POST /v1/imagine`: start frame + candidate action chunks -> imagined frames
-  per candidate, provenance, timing, and `confidence`/`verdict`/`best_candidate`
-  left null for the judge. It runs through the imagine work queue (in process,
+  per candidate, provenance, timing; with `verify` (and optionally
+  `verify_threshold`), the judge's `confidence` per candidate, `best_candidate`
+  and `verdict` (see `services.simulator.verify`), else null. It runs through the imagine work queue (in process,
   or Redis Streams shared by replicas; see `imagine_queue`): a `request_id`
   makes retries idempotent (the stored result comes back, nothing is recomputed);
   without a `seed`, the seed is derived from the request id;
@@ -16,7 +17,10 @@ Routes (all need an API key; health and readiness come from `create_app`):
 - sessions: `POST /v1/sessions`, `POST /v1/sessions/{id}/step`,
   `POST /v1/sessions/{id}/replay`, `GET /v1/sessions/{id}`,
   `DELETE /v1/sessions/{id}`, and the same for a forked group under
-  `/v1/groups/{id}` (step all members at once, read, close).
+  `/v1/groups/{id}` (step all members at once, read, close). A step that names
+  `expected_chunks_stepped` is idempotent: retried after a timeout, it returns the
+  stored result (`replayed: true`) instead of advancing the session twice; a count
+  that is neither the session's nor its last step's is a 409.
 
 Tensors use the JSON form of the wire codec (`wmpo_client.codec.TensorJSON`).
 Request models decode them and check dtype, shape and finiteness, so a bad
@@ -40,7 +44,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
 from starlette.types import Receive, Scope, Send
-from wmpo_client.codec import CodecError, DTypeName, TensorJSON
+from wmpo_client.codec import CodecError, DTypeName, TensorJSON, to_json
 
 from services.common.app import create_app
 from services.common.errors import (
@@ -55,6 +59,7 @@ from services.common.errors import (
 from services.common.logging import current_request_id
 from services.simulator.engine import (
     SEED_LIMIT,
+    ImagineResult,
     check_candidates,
     check_group_actions,
     check_session_actions,
@@ -81,6 +86,26 @@ Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT, description="Noise seed; absent
 Instruction = Annotated[
     str, Field(max_length=MAX_INSTRUCTION_CHARS, description="The task in natural language.")
 ]
+VerifyThreshold = Annotated[
+    float | None,
+    Field(
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="With verify: the success score the best candidate needs for verdict "
+        "'execute'; null: the judge's own threshold.",
+    ),
+]
+ExpectedChunks = Annotated[
+    int | None,
+    Field(
+        ge=0,
+        lt=2**31,
+        description="The session's chunks_stepped before this step (the last response's; 0 "
+        "after create). Makes the step idempotent: a retry of the last step returns its stored "
+        "result (replayed: true) without advancing; any other count is a 409. Absent: no check.",
+    ),
+]
 
 
 def _decode(
@@ -101,10 +126,31 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Working request examples for the OpenAPI page ("Try it out") and schema-driven tests: a
+# flat gray 64x64 start frame (the bundled model's size) as PNG, and zero actions.
+_FRAME_EXAMPLE = to_json(np.full((64, 64, 3), 128, np.uint8), "start_frames", "png")
+
+
+def _zeros(*shape: int) -> dict[str, Any]:
+    return to_json(np.zeros(shape, np.float32), "actions")
+
+
+def _examples(*bodies: dict[str, Any]) -> ConfigDict:
+    return ConfigDict(extra="forbid", json_schema_extra={"examples": list(bodies)})
+
+
 # ------------------------------------------------------------------ requests
 
 
 class ImagineBody(_Body):
+    model_config = _examples(
+        {
+            "start_frames": _FRAME_EXAMPLE,
+            "instruction": "press the button from the top",
+            "candidates": _zeros(2, 8, 4),
+            "seed": 0,
+        }
+    )
     start_frames: TensorJSON = Field(
         description="uint8 (H, W, 3) or (1, H, W, 3): the current camera frame (raw or PNG)."
     )
@@ -117,6 +163,12 @@ class ImagineBody(_Body):
     seed: Seed | None = None
     request_id: RequestId = ""
     frame_encoding: FrameEncoding = "raw"
+    verify: bool = Field(
+        False,
+        description="Ask the judge about every candidate (needs an instruction and a judge, "
+        "WMPO_JUDGE_URL): fills confidence, best_candidate and verdict.",
+    )
+    verify_threshold: VerifyThreshold = None
 
     _frames: np.ndarray = PrivateAttr()
     _candidates: np.ndarray = PrivateAttr()
@@ -129,6 +181,10 @@ class ImagineBody(_Body):
 
 
 class CreateSessionBody(_Body):
+    model_config = _examples(
+        {"start_frames": _FRAME_EXAMPLE, "instruction": "close the drawer", "seed": 0},
+        {"start_frames": _FRAME_EXAMPLE, "seed": 0, "group_size": 4, "max_chunks": 16},
+    )
     start_frames: TensorJSON = Field(description="uint8 (H, W, 3) or (1, H, W, 3).")
     instruction: Instruction = ""
     seed: Seed | None = None
@@ -146,7 +202,9 @@ class CreateSessionBody(_Body):
 
 
 class StepSessionBody(_Body):
+    model_config = _examples({"actions": _zeros(8, 4), "expected_chunks_stepped": 0})
     actions: TensorJSON = Field(description="float32 (K, 4) for one chunk or (C, K, 4).")
+    expected_chunks_stepped: ExpectedChunks = None
     request_id: RequestId = ""
     frame_encoding: FrameEncoding = "raw"
 
@@ -159,7 +217,9 @@ class StepSessionBody(_Body):
 
 
 class StepGroupBody(_Body):
+    model_config = _examples({"actions": _zeros(4, 8, 4), "expected_chunks_stepped": 0})
     actions: TensorJSON = Field(description="float32 (G, K, 4) or (G, C, K, 4), row g: member g.")
+    expected_chunks_stepped: ExpectedChunks = None
     request_id: RequestId = ""
     frame_encoding: FrameEncoding = "raw"
 
@@ -190,7 +250,9 @@ class CandidateOut(BaseModel):
     frames: TensorJSON | None = Field(
         description="uint8 (T, H, W, 3); null in the stream's result line."
     )
-    confidence: float | None = Field(None, description="Judge: success probability (null: none).")
+    confidence: float | None = Field(
+        None, description="Judge (verify): success probability in [0, 1] (null: not verified)."
+    )
 
 
 class ImagineOut(BaseModel):
@@ -199,8 +261,14 @@ class ImagineOut(BaseModel):
     seed: int
     provenance: dict[str, str]
     timing: dict[str, float] = Field(description="Seconds: queue, encode, denoise, total.")
-    verdict: Literal["execute", "replan"] | None = Field(None, description="Judge (null: none).")
-    best_candidate: int | None = Field(None, description="Judge (null: none).")
+    verdict: Literal["execute", "replan"] | None = Field(
+        None,
+        description="Judge (verify): execute if the best candidate reaches the threshold, else "
+        "replan (null: not verified).",
+    )
+    best_candidate: int | None = Field(
+        None, description="Judge (verify): the candidate of highest confidence (null: none)."
+    )
 
 
 class ImagineFramesEvent(BaseModel):
@@ -255,6 +323,9 @@ class StepOut(BaseModel):
     request_id: str
     results: list[StepResultOut]
     timing: dict[str, float]
+    replayed: bool = Field(
+        False, description="True: the stored result of a step already done; nothing advanced."
+    )
 
 
 class ReplayOut(BaseModel):
@@ -361,33 +432,69 @@ def _error_line(exc: BaseException, request_id: str) -> str:
 _ERRORS = error_responses(400, 404, 422, 429, 503)
 
 
+def _links(value: dict[str, str], *operations: str) -> dict[str, Any]:
+    """OpenAPI links: where an id in a response (or request) can be used next."""
+    return {op[0].upper() + op[1:]: {"operationId": op, "parameters": value} for op in operations}
+
+
+_FIRST_SESSION = {"session_id": "$response.body#/sessions/0/session_id"}
+_SESSION_PATH = {"session_id": "$request.path.session_id"}
+_GROUP_PATH = {"group_id": "$request.path.group_id"}
+# A created session (the first of a group) can be stepped, replayed, read and closed; a
+# created group (group_id is null for a single session) stepped, read and closed.
+_CREATED_LINKS = {
+    **_links(_FIRST_SESSION, "stepSession", "replaySession", "getSession", "closeSession"),
+    **_links({"group_id": "$response.body#/group_id"}, "stepGroup", "getGroup", "closeGroup"),
+}
+
+
 def simulator_router() -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["simulator"], responses=_ERRORS)
 
-    @router.post("/imagine", response_model=ImagineOut, summary="Imagine candidate futures")
+    @router.post(
+        "/imagine",
+        response_model=ImagineOut,
+        summary="Imagine candidate futures",
+        operation_id="imagine",
+    )
     async def imagine(body: ImagineBody, request: Request) -> ImagineOut:
         rt = _runtime(request)
         rid = _request_id(body.request_id)
         result = await _until_disconnect(
             request,
             rt.imagine(
-                body._frames, body._candidates, body.horizon_chunks, body.seed, body.request_id
+                body._frames,
+                body._candidates,
+                body.horizon_chunks,
+                body.seed,
+                body.request_id,
+                instruction=body.instruction,
+                verify=body.verify,
+                verify_threshold=body.verify_threshold,
             ),
         )
+        v = result.verification
         return ImagineOut(
             request_id=rid,
             candidates=[
-                CandidateOut(index=i, frames=_tensor(f, f"candidate {i}", body.frame_encoding))
+                CandidateOut(
+                    index=i,
+                    frames=_tensor(f, f"candidate {i}", body.frame_encoding),
+                    confidence=v.confidences[i] if v else None,
+                )
                 for i, f in enumerate(result.frames)
             ],
             seed=result.seed,
             provenance=result.provenance,
             timing=_round(result.timing),
+            verdict=v.verdict if v else None,
+            best_candidate=v.best_candidate if v else None,
         )
 
     @router.post(
         "/imagine/stream",
         summary="Imagine, streaming frames chunk by chunk (NDJSON)",
+        operation_id="imagineStream",
         response_class=StreamingResponse,
         responses={
             200: {
@@ -401,11 +508,15 @@ def simulator_router() -> APIRouter:
         rt = _runtime(request)
         rid = _request_id(body.request_id)
         # Validation and admission happen here, so they are real 4xx responses.
+        rt.check_verify(body.verify, body.verify_threshold, body.instruction)
         run = rt.engine.open_imagine(body._frames, body._candidates, body.horizon_chunks, body.seed)
 
         async def lines() -> AsyncIterator[str]:
             try:
+                kept: list[np.ndarray] = []  # the chunks, for the judge (verify only)
                 async for chunk in run.chunks():
+                    if body.verify:
+                        kept.append(chunk.frames)
                     event = ImagineFramesEvent(
                         request_id=rid,
                         chunk_index=chunk.chunk_index,
@@ -413,15 +524,28 @@ def simulator_router() -> APIRouter:
                     )
                     yield event.model_dump_json() + "\n"
                 provenance, timing = run.summary()
+                result = ImagineResult(np.empty(0, np.uint8), run.seed, provenance, timing)
+                if body.verify:
+                    frames = np.concatenate(kept, axis=1)  # (N, T, H, W, 3)
+                    verification = await rt.verify(
+                        run.frame, frames, body.instruction, body.verify_threshold
+                    )
+                    result = rt.verified(result, verification)
+                v = result.verification
                 yield (
                     ImagineResultEvent(
                         request_id=rid,
                         candidates=[
-                            CandidateOut(index=i, frames=None) for i in range(run.n_candidates)
+                            CandidateOut(
+                                index=i, frames=None, confidence=v.confidences[i] if v else None
+                            )
+                            for i in range(run.n_candidates)
                         ],
                         seed=run.seed,
-                        provenance=provenance,
-                        timing=_round(timing),
+                        provenance=result.provenance,
+                        timing=_round(result.timing),
+                        verdict=v.verdict if v else None,
+                        best_candidate=v.best_candidate if v else None,
                     ).model_dump_json()
                     + "\n"
                 )
@@ -433,7 +557,13 @@ def simulator_router() -> APIRouter:
         return _ClosingStream(lines(), run.close)
 
     # -------------------------------------------------------------- sessions
-    @router.post("/sessions", response_model=CreateSessionOut, summary="Open a session or group")
+    @router.post(
+        "/sessions",
+        response_model=CreateSessionOut,
+        summary="Open a session or group",
+        operation_id="createSession",
+        responses={200: {"links": _CREATED_LINKS}},
+    )
     async def create_session(body: CreateSessionBody, request: Request) -> CreateSessionOut:
         rt = _runtime(request)
         res = await _until_disconnect(
@@ -466,13 +596,24 @@ def simulator_router() -> APIRouter:
                 for r in outcome.results
             ],
             timing=_round(outcome.timing),
+            replayed=outcome.replayed,
         )
 
-    @router.post("/sessions/{session_id}/step", response_model=StepOut, summary="Step a session")
+    @router.post(
+        "/sessions/{session_id}/step",
+        response_model=StepOut,
+        summary="Step a session",
+        operation_id="stepSession",
+        responses={
+            200: {"links": _links(_SESSION_PATH, "getSession", "replaySession")},
+            **error_responses(409),
+        },
+    )
     async def step_session(session_id: str, body: StepSessionBody, request: Request) -> StepOut:
         rt = _runtime(request)
         outcome = await _until_disconnect(
-            request, rt.sessions.step_session(session_id, body._actions)
+            request,
+            rt.sessions.step_session(session_id, body._actions, body.expected_chunks_stepped),
         )
         return _step_out(outcome, _request_id(body.request_id), body.frame_encoding)
 
@@ -480,6 +621,7 @@ def simulator_router() -> APIRouter:
         "/sessions/{session_id}/replay",
         response_model=ReplayOut,
         summary="Replay a session's recorded actions under fresh noise",
+        operation_id="replaySession",
     )
     async def replay_session(
         session_id: str,
@@ -498,28 +640,57 @@ def simulator_router() -> APIRouter:
             timing=_round(res.timing),
         )
 
-    @router.get("/sessions/{session_id}", response_model=SessionInfoOut, summary="Session state")
+    @router.get(
+        "/sessions/{session_id}",
+        response_model=SessionInfoOut,
+        summary="Session state",
+        operation_id="getSession",
+    )
     async def get_session(session_id: str, request: Request) -> SessionInfoOut:
         return _info(_runtime(request).sessions.get(session_id))
 
-    @router.delete("/sessions/{session_id}", response_model=ClosedOut, summary="Close a session")
+    @router.delete(
+        "/sessions/{session_id}",
+        response_model=ClosedOut,
+        summary="Close a session",
+        operation_id="closeSession",
+    )
     async def close_session(session_id: str, request: Request) -> ClosedOut:
         return ClosedOut(closed_session_ids=_runtime(request).sessions.close(session_id))
 
     # ---------------------------------------------------------------- groups
-    @router.post("/groups/{group_id}/step", response_model=StepOut, summary="Step a whole group")
+    @router.post(
+        "/groups/{group_id}/step",
+        response_model=StepOut,
+        summary="Step a whole group",
+        operation_id="stepGroup",
+        responses={200: {"links": _links(_GROUP_PATH, "getGroup")}, **error_responses(409)},
+    )
     async def step_group(group_id: str, body: StepGroupBody, request: Request) -> StepOut:
         rt = _runtime(request)
-        outcome = await _until_disconnect(request, rt.sessions.step_group(group_id, body._actions))
+        outcome = await _until_disconnect(
+            request,
+            rt.sessions.step_group(group_id, body._actions, body.expected_chunks_stepped),
+        )
         return _step_out(outcome, _request_id(body.request_id), body.frame_encoding)
 
-    @router.get("/groups/{group_id}", response_model=SessionsOut, summary="Group state")
+    @router.get(
+        "/groups/{group_id}",
+        response_model=SessionsOut,
+        summary="Group state",
+        operation_id="getGroup",
+    )
     async def get_group(group_id: str, request: Request) -> SessionsOut:
         return SessionsOut(
             sessions=[_info(s) for s in _runtime(request).sessions.get_group(group_id)]
         )
 
-    @router.delete("/groups/{group_id}", response_model=ClosedOut, summary="Close a group")
+    @router.delete(
+        "/groups/{group_id}",
+        response_model=ClosedOut,
+        summary="Close a group",
+        operation_id="closeGroup",
+    )
     async def close_group(group_id: str, request: Request) -> ClosedOut:
         return ClosedOut(closed_session_ids=_runtime(request).sessions.close_group(group_id))
 

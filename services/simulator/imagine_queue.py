@@ -14,6 +14,10 @@ against its own model and admits the work into its engine; in queue mode it
 waits for engine capacity instead of refusing (the queue is the buffer), while
 in process a full engine is the caller's 429, as before.
 
+Verify before execute (`verify`) is not part of the payload: the accepting
+replica asks the judge after the queue's result (`SimulatorRuntime.imagine`),
+so workers need no judge and a stored result is judged again on a retry.
+
 What stays replica-local, and why:
 - sessions, groups and replay: their rollout state (latents, KV caches, RNG
   state) lives in the memory of the replica that opened them and is not worth

@@ -8,17 +8,25 @@ default, Redis Streams with WMPO_REDIS_URL. In queue mode a replica both
 enqueues and consumes unless WMPO_QUEUE_WORKER=false (an API-only replica);
 `wmpo serve simulator --worker` runs a replica that only consumes. Sessions
 are always local to the replica.
+
+Verify before execute (`verify`, see `services.simulator.verify`) runs here, in
+the replica that accepted the request, after the queue's result: the queued
+payload stays frames-only (a worker needs no judge), and a retried request
+id gets its stored frames judged again (the classifier is deterministic, so
+the same verdict).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
 
 import numpy as np
 
+from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.health import Readiness
 from services.common.metrics import ServiceMetrics
 from services.common.queues import WorkQueue, make_queue
@@ -36,6 +44,12 @@ from services.simulator.imagine_queue import (
 )
 from services.simulator.sessions import SessionConfig, SessionManager
 from services.simulator.settings import SimulatorSettings
+from services.simulator.verify import (
+    NO_JUDGE,
+    ImagineJudge,
+    Verification,
+    check_verify_threshold,
+)
 from wmpo.sampling.world_model import WorldModel
 
 SERVICE = "simulator"
@@ -70,10 +84,16 @@ class SimulatorRuntime:
         )
         self._worker: asyncio.Task[None] | None = None
         self._worker_stop = asyncio.Event()
+        key = settings.judge_api_key.get_secret_value() if settings.judge_api_key else None
+        self.judge: ImagineJudge | None = (
+            ImagineJudge(settings.judge_url, key) if settings.judge_url else None
+        )
 
     async def start(self) -> None:
         # The queue first: an unreachable Redis fails startup before the model runs.
         await self.imagine_queue.start()
+        if self.judge is not None:
+            self.judge.start()
         await self.engine.start()
         await self.sessions.start()
         if self.consume:
@@ -106,6 +126,8 @@ class SimulatorRuntime:
         await self.sessions.stop()
         await self.engine.stop()
         await self.imagine_queue.close()
+        if self.judge is not None:
+            await self.judge.close()
 
     async def imagine(
         self,
@@ -114,12 +136,18 @@ class SimulatorRuntime:
         horizon_chunks: int = 0,
         seed: int | None = None,
         request_id: str = "",
+        *,
+        instruction: str = "",
+        verify: bool = False,
+        verify_threshold: float | None = None,
     ) -> ImagineResult:
         """Validate here, run through the imagine queue; `request_id` makes retries idempotent.
 
         Without a request id the request gets a fresh one (no idempotency);
-        without a seed, the seed is derived from the request id.
+        without a seed, the seed is derived from the request id. `verify`: the
+        judge scores every candidate (`result.verification`, see `verified`).
         """
+        self.check_verify(verify, verify_threshold, instruction)
         key = request_id or f"anon-{uuid.uuid4().hex}"
         if seed is None:
             seed = seed_for_request(key)
@@ -128,7 +156,54 @@ class SimulatorRuntime:
         )
         started = time.perf_counter()
         out = await self.imagine_queue.submit(key, imagine_payload(frame, cands, seed))
-        return imagine_result(out, time.perf_counter() - started)
+        result = imagine_result(out, time.perf_counter() - started)
+        if not verify:
+            return result
+        verification = await self.verify(frame, result.frames, instruction, verify_threshold)
+        return self.verified(result, verification)
+
+    # ------------------------------------------------------------ verify
+    def check_verify(self, verify: bool, threshold: float | None, instruction: str) -> None:
+        """Refuse, before any work, a verify request this deployment or request cannot serve."""
+        if not verify:
+            if threshold is not None:
+                raise InvalidArgument("verify_threshold applies only with verify=true")
+            return
+        if self.judge is None:
+            raise FailedPrecondition(NO_JUDGE)
+        if not instruction.strip():
+            raise InvalidArgument(
+                "verify needs the instruction: the task the judge scores the candidates against"
+            )
+        check_verify_threshold(threshold)
+
+    async def verify(
+        self,
+        start_frame: np.ndarray,
+        frames: np.ndarray,
+        instruction: str,
+        threshold: float | None = None,
+    ) -> Verification:
+        """The judge's answer on frames (N, T, H, W, 3) imagined from start_frame (1, H, W, 3)."""
+        if self.judge is None:
+            raise FailedPrecondition(NO_JUDGE)
+        frame = self.engine.check_frame(start_frame)
+        return await self.judge.verify(
+            frame, frames, instruction, self.engine.frame_stride, threshold
+        )
+
+    @staticmethod
+    def verified(result: ImagineResult, verification: Verification) -> ImagineResult:
+        """`result` with the judge's answer: provenance merged, its time in timing."""
+        timing = dict(result.timing)
+        timing["judge"] = verification.seconds
+        timing["total"] = timing.get("total", 0.0) + verification.seconds
+        return dataclasses.replace(
+            result,
+            provenance={**result.provenance, **verification.provenance},
+            timing=timing,
+            verification=verification,
+        )
 
     def readiness(self) -> Readiness:
         if not self.engine.running:

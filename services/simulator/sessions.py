@@ -23,6 +23,17 @@ which over-counts slightly), a chunk budget per session (`truncated`), and
 expiry after an idle TTL, by a periodic sweep and on access. A session that is
 being stepped never expires mid-step. `reward` and `done` stay None until a
 judge is configured.
+
+Idempotent steps: a step may name `expected_chunks_stepped`, the session's
+`chunks_stepped` before it (what the previous response said; 0 after create).
+If the session is there, it steps. If the session has already done exactly that
+step with the same actions (a retry after a timeout or a lost connection), the
+stored result of that step comes back and nothing advances: each session keeps
+the result of its last step that named a count (only the last one). Any other
+count is a `Conflict` (409 / FAILED_PRECONDITION) that says where the session
+is. Such a step also runs to completion when its caller goes away, so that the
+retry finds its result instead of a session advanced with the frames lost.
+A group step names the count of every member (they step together).
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
+from services.common.errors import Conflict, InvalidArgument, NotFound, ResourceExhausted
 from services.common.metrics import ServiceMetrics
 from services.simulator.engine import (
     SEED_LIMIT,
@@ -129,6 +140,14 @@ class _Start:
 
 
 @dataclass(eq=False)
+class _LastStep:
+    """The result of a session's last step that named `expected_chunks_stepped`."""
+
+    before: int  # chunks_stepped before the step
+    result: StepResult  # frames are this session's own copy
+
+
+@dataclass(eq=False)
 class Session:
     session_id: str
     group_id: str | None
@@ -142,6 +161,7 @@ class Session:
     last_active_at: float
     actions: list[np.ndarray] = field(default_factory=list)  # recorded chunks, (K, 4) each
     actions_nbytes: int = 0
+    last_step: _LastStep | None = None
     closed: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -160,6 +180,20 @@ class Session:
             + _GENERATOR_BYTES
             + self.actions_nbytes
             + self.start.frame.nbytes // self.start.members
+            + (self.last_step.result.frames.nbytes if self.last_step is not None else 0)
+        )
+
+    def is_repeat_of_last_step(self, before: int, chunks: np.ndarray) -> bool:
+        """Whether `chunks` (C, K, 4) from `before` is the step this session did last."""
+        last = self.last_step
+        return (
+            last is not None
+            and last.before == before
+            and self.chunks_stepped == before + len(chunks)
+            and all(
+                np.array_equal(done, again)
+                for done, again in zip(self.actions[before:], chunks, strict=True)
+            )
         )
 
     def info(self, ttl_s: float) -> SessionInfo:
@@ -201,6 +235,7 @@ class StepResult:
 class StepOutcome:
     results: list[StepResult]
     timing: dict[str, float]
+    replayed: bool = False  # the stored result of a step already done (nothing advanced)
 
 
 @dataclass
@@ -236,6 +271,7 @@ class SessionManager:
         self._gone: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._creating = 0  # slots held by creations still encoding
         self._sweeper: asyncio.Task[None] | None = None
+        self._detached: set[asyncio.Task[StepOutcome]] = set()  # idempotent steps in flight
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -248,6 +284,10 @@ class SessionManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        detached = list(self._detached)
+        for task in detached:  # idempotent steps still running: the engine is about to stop
+            task.cancel()
+        await asyncio.gather(*detached, return_exceptions=True)
         for sid in list(self._sessions):
             self._remove(sid, "closed at shutdown")
         self._update_gauges()
@@ -452,12 +492,27 @@ class SessionManager:
         )
 
     # ------------------------------------------------------------ step
-    async def step_session(self, session_id: str, actions: np.ndarray) -> StepOutcome:
-        """Advance one session by (K, 4) or (C, K, 4) actions."""
-        session = self._lookup(session_id)
-        return await self._step([session], check_session_actions(actions))
+    async def step_session(
+        self,
+        session_id: str,
+        actions: np.ndarray,
+        expected_chunks_stepped: int | None = None,
+    ) -> StepOutcome:
+        """Advance one session by (K, 4) or (C, K, 4) actions.
 
-    async def step_group(self, group_id: str, actions: np.ndarray) -> StepOutcome:
+        `expected_chunks_stepped`: the session's chunks_stepped before this step; makes
+        the step idempotent (see the module docstring).
+        """
+        session = self._lookup(session_id)
+        acts = check_session_actions(actions)
+        return await self._step([session], acts, expected_chunks_stepped)
+
+    async def step_group(
+        self,
+        group_id: str,
+        actions: np.ndarray,
+        expected_chunks_stepped: int | None = None,
+    ) -> StepOutcome:
         """Advance every open member of a group by (G, K, 4) or (G, C, K, 4) actions."""
         members = self._members(group_id)
         acts = check_group_actions(actions)
@@ -466,15 +521,86 @@ class SessionManager:
                 f"actions: group {_show(group_id)} has {len(members)} open sessions, "
                 f"got {acts.shape[0]} rows"
             )
-        return await self._step(members, acts)
+        return await self._step(members, acts, expected_chunks_stepped)
 
-    async def _step(self, sessions: list[Session], acts: np.ndarray) -> StepOutcome:
+    async def _step(
+        self, sessions: list[Session], acts: np.ndarray, expected: int | None
+    ) -> StepOutcome:
         """acts (B, C, K, 4), row b for sessions[b]."""
-        started = time.perf_counter()
         b, c, k, _ = acts.shape
         self.engine.check_chunk_length(k)
         self.engine.check_output(b, c, k)
-        self._check_memory(acts.nbytes)
+        if expected is None:
+            self._check_memory(acts.nbytes)
+            return await self._run_step(sessions, acts, None)
+        if not 0 <= expected < 2**31:
+            raise InvalidArgument(f"expected_chunks_stepped must be in [0, 2**31), got {expected}")
+        # The step's stored frames count as well.
+        frames = b * c * (k // self.engine.frame_stride) * self.engine.image_size**2 * 3
+        self._check_memory(acts.nbytes + frames)
+        # Detached from the caller: a step whose caller went away (a client timeout)
+        # still finishes and stores its result, so the retry gets it.
+        task = asyncio.create_task(self._run_step(sessions, acts, expected))
+        self._detached.add(task)
+        task.add_done_callback(self._detached_done)
+        return await asyncio.shield(task)
+
+    def _detached_done(self, task: asyncio.Task[StepOutcome]) -> None:
+        self._detached.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: its caller may be gone; the error went to it if not
+
+    def _stored_outcome(
+        self, sessions: list[Session], acts: np.ndarray, expected: int, started: float
+    ) -> StepOutcome | None:
+        """None: the sessions are at `expected`, step them. The stored outcome: this is a
+        repeat of the step they all did last. Otherwise a Conflict saying where they are."""
+        if all(s.chunks_stepped == expected for s in sessions):
+            return None
+        if all(s.is_repeat_of_last_step(expected, a) for s, a in zip(sessions, acts, strict=True)):
+            results = [s.last_step.result for s in sessions if s.last_step is not None]
+            timing = {"queue": 0.0, "denoise": 0.0, "total": time.perf_counter() - started}
+            return StepOutcome(results, timing, replayed=True)
+        for s, a in zip(sessions, acts, strict=True):
+            if s.chunks_stepped == expected or s.is_repeat_of_last_step(expected, a):
+                continue
+            n, last = s.chunks_stepped, s.last_step
+            where = f"session {_show(s.session_id)} has stepped {n} chunks"
+            if n < expected:
+                raise Conflict(
+                    f"{where}, fewer than expected_chunks_stepped={expected}; "
+                    f"send expected_chunks_stepped={n} to step it"
+                )
+            if last is not None and last.before == expected and n == expected + len(a):
+                raise Conflict(
+                    f"{where}: the step from {expected} chunks was already done with "
+                    "other actions; a retry must resend the same actions"
+                )
+            if last is not None and last.before == expected:
+                raise Conflict(
+                    f"{where}: the step from {expected} chunks advanced it by "
+                    f"{n - expected} chunks, this request has {len(a)}; a retry must resend "
+                    "the same actions"
+                )
+            kept = (
+                f"only its last step (from {last.before} chunks) can be repeated"
+                if last is not None
+                else "no step that named expected_chunks_stepped is kept for it"
+            )
+            raise Conflict(
+                f"{where}, not expected_chunks_stepped={expected}, and {kept}; "
+                f"send expected_chunks_stepped={n} to step it"
+            )
+        raise Conflict(  # members disagree: some are at `expected`, some already past it
+            f"the sessions of this group are at different steps "
+            f"({[s.chunks_stepped for s in sessions]} chunks); step them one by one"
+        )
+
+    async def _run_step(
+        self, sessions: list[Session], acts: np.ndarray, expected: int | None
+    ) -> StepOutcome:
+        started = time.perf_counter()
+        b, c, _, _ = acts.shape
         async with contextlib.AsyncExitStack() as stack:
             # Always in group order, so two steps of one group cannot deadlock.
             for s in sessions:
@@ -482,6 +608,14 @@ class SessionManager:
             for s in sessions:
                 if s.closed:
                     raise self._not_found("session", s.session_id)
+            if expected is not None:
+                stored = self._stored_outcome(sessions, acts, expected, started)
+                if stored is not None:
+                    now = self.clock()
+                    for s in sessions:
+                        s.last_active_at = now
+                    return stored
+            for s in sessions:
                 if s.chunks_stepped + c > s.max_chunks:
                     raise InvalidArgument(
                         f"session {_show(s.session_id)} has stepped {s.chunks_stepped} of its "
@@ -490,6 +624,7 @@ class SessionManager:
                     )
             for s in sessions:
                 s.last_active_at = self.clock()
+                s.last_step = None  # superseded, whatever happens below
             frames: list[np.ndarray] = []
             queue_s = model_s = 0.0
             with self.engine.admit(b):
@@ -508,19 +643,20 @@ class SessionManager:
                     frames.append(res.frames)  # (B, F, H, W, 3)
                     queue_s += res.queue_s
                     model_s += res.model_s
+            per_session = np.concatenate(frames, axis=1)  # (B, C*F, H, W, 3)
+            results = []
             now = self.clock()
-            for s in sessions:
+            for i, s in enumerate(sessions):
                 s.last_active_at = now
-        per_session = np.concatenate(frames, axis=1)  # (B, C*F, H, W, 3)
-        results = [
-            StepResult(
-                session_id=s.session_id,
-                frames=per_session[i],
-                truncated=s.chunks_stepped >= s.max_chunks,
-                chunks_stepped=s.chunks_stepped,
-            )
-            for i, s in enumerate(sessions)
-        ]
+                result = StepResult(
+                    session_id=s.session_id,
+                    frames=np.array(per_session[i]),  # its own copy: it may be kept
+                    truncated=s.chunks_stepped >= s.max_chunks,
+                    chunks_stepped=s.chunks_stepped,
+                )
+                if expected is not None:
+                    s.last_step = _LastStep(before=expected, result=result)
+                results.append(result)
         self._update_gauges()
         timing = {"queue": queue_s, "denoise": model_s, "total": time.perf_counter() - started}
         return StepOutcome(results, timing)

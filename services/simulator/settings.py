@@ -6,7 +6,7 @@ come from `ServiceSettings`; the fields here only make sense for a simulator.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 
 from services.common.settings import ServiceSettings
 
@@ -47,3 +47,23 @@ class SimulatorSettings(ServiceSettings):
     grpc_grace_s: float = Field(
         5.0, ge=0, description="Time in-flight gRPC calls get to finish on shutdown."
     )
+    judge_url: str | None = Field(
+        None,
+        description="The judge service (http(s)://host:port) that /v1/imagine asks when a "
+        "request sets verify; unset: verify is refused (FAILED_PRECONDITION).",
+    )
+    judge_api_key: SecretStr | None = Field(
+        None, description="API key the simulator sends to the judge service."
+    )
+
+    @field_validator("judge_url", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("judge_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL such as http://judge:8001, got {value!r}")
+        return value

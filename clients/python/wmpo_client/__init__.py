@@ -6,6 +6,9 @@ trainers on other machines can talk to the services with a small footprint.
 - `wmpo_client.http`: `SimulatorClient`, `AsyncSimulatorClient` (HTTP, httpx);
 - `wmpo_client.grpc`: `GrpcSimulatorClient`, `AsyncGrpcSimulatorClient` (gRPC);
 - `wmpo_client.gym`: `SimulatorEnv`, `SimulatorVectorEnv` (needs `wmpo-client[gym]`);
+- `wmpo_client.judge_http`: `JudgeClient`, `AsyncJudgeClient` (the judge service, HTTP);
+- `wmpo_client.judge_grpc`: `GrpcJudgeClient`, `AsyncGrpcJudgeClient` (the judge, gRPC);
+  results in `wmpo_client.judge_results`;
 - `wmpo_client.results`: what the clients return; `wmpo_client.errors`: `SimulatorError`;
 - `wmpo_client.codec`: numpy arrays <-> wire tensors; `wmpo-client`: the CLI;
 - `connect(url)`: the sync client for an http(s):// or grpc:// URL.
@@ -29,13 +32,18 @@ _EXPORTS = {
     "SimulatorEnv": "wmpo_client.gym",
     "SimulatorVectorEnv": "wmpo_client.gym",
     "SimulatorError": "wmpo_client.errors",
+    "JudgeClient": "wmpo_client.judge_http",
+    "AsyncJudgeClient": "wmpo_client.judge_http",
+    "GrpcJudgeClient": "wmpo_client.judge_grpc",
+    "AsyncGrpcJudgeClient": "wmpo_client.judge_grpc",
 }
 __all__ = sorted(_EXPORTS)
 
 
 def connect(url: str, api_key: str | None = None, **kwargs: Any) -> Any:
     """A sync client for `url`: `SimulatorClient` for http(s)://host:port,
-    `GrpcSimulatorClient` for grpc://host:port; kwargs go to its constructor."""
+    `GrpcSimulatorClient` for grpc://host:port; kwargs go to its constructor
+    (both take e.g. `timeout=120.0`, seconds per call)."""
     if url.startswith("grpc://"):
         from wmpo_client.grpc import GrpcSimulatorClient
 

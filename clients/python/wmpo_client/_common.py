@@ -96,6 +96,15 @@ def action_array(actions: Any, name: str = "actions") -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
+def check_expected_chunks(value: int) -> int:
+    """`expected_chunks_stepped` as sent: a non-negative int32 (bool is not an int here)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"expected_chunks_stepped must be an int, got {type(value).__name__}")
+    if not 0 <= int(value) < 2**31:
+        raise ValueError(f"expected_chunks_stepped must be in [0, 2**31), got {value}")
+    return int(value)
+
+
 def check_request_id(request_id: str | None) -> str:
     """'' for none; the server validates the charset and length."""
     return request_id or ""

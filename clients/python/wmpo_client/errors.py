@@ -1,8 +1,8 @@
 """The one exception every client raises for a failed call: `SimulatorError`.
 
 HTTP and gRPC failures carry the same `code` strings (the service's error
-model: INVALID_ARGUMENT, UNAUTHENTICATED, NOT_FOUND, PAYLOAD_TOO_LARGE,
-RESOURCE_EXHAUSTED, UNAVAILABLE, CANCELLED, INTERNAL, ...), so code that
+model: INVALID_ARGUMENT, UNAUTHENTICATED, NOT_FOUND, FAILED_PRECONDITION,
+PAYLOAD_TOO_LARGE, RESOURCE_EXHAUSTED, UNAVAILABLE, CANCELLED, INTERNAL, ...), so code that
 handles errors does not depend on the transport. Failures that never reached
 the service (connection refused, deadline passed) use the gRPC names
 UNAVAILABLE and DEADLINE_EXCEEDED with neither status set.
@@ -18,6 +18,7 @@ CODE_BY_HTTP_STATUS: dict[int, str] = {
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     408: "DEADLINE_EXCEEDED",
+    409: "FAILED_PRECONDITION",
     413: "PAYLOAD_TOO_LARGE",
     422: "INVALID_ARGUMENT",
     429: "RESOURCE_EXHAUSTED",

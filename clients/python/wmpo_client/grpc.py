@@ -14,7 +14,8 @@ Retries: the same policy as HTTP (see `wmpo_client._common`) on
 RESOURCE_EXHAUSTED (the service is busy) and UNAVAILABLE (not running, or
 no connection), but never on grpcio's own "message larger than max", which
 shares RESOURCE_EXHAUSTED and would fail again. A stream is retried only
-before its first message.
+before its first message. A step that names `expected_chunks_stepped` is
+idempotent on the service, so it is also retried on DEADLINE_EXCEEDED.
 
 Example:
     with GrpcSimulatorClient("127.0.0.1:50051", api_key="...") as sim:
@@ -42,6 +43,7 @@ from wmpo_client._common import (
     FrameEncoding,
     RetryPolicy,
     action_array,
+    check_expected_chunks,
     check_request_id,
     frame_array,
 )
@@ -87,9 +89,13 @@ def error_from_rpc(exc: grpc.RpcError) -> SimulatorError:
     return SimulatorError(name, details or name.lower(), request_id, grpc_status=name)
 
 
-def _retryable(exc: grpc.RpcError) -> bool:
+def _retryable(exc: grpc.RpcError, idempotent: bool = False) -> bool:
     code = exc.code() if hasattr(exc, "code") else None
-    if not isinstance(code, grpc.StatusCode) or code.name not in RETRY_CODES:
+    if not isinstance(code, grpc.StatusCode):
+        return False
+    if idempotent and code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return True  # the service returns the stored result of a step already done
+    if code.name not in RETRY_CODES:
         return False
     # grpcio's size-limit errors are RESOURCE_EXHAUSTED too; re-sending cannot help.
     return "larger than max" not in (exc.details() or "")
@@ -162,6 +168,7 @@ class _Parser:
 
     def step(self, resp: pb.StepSessionResponse) -> StepOutcome:
         return StepOutcome(
+            replayed=resp.replayed,
             request_id=resp.request_id,
             results=[
                 StepResult(
@@ -274,6 +281,8 @@ class _GrpcBase:
         horizon: int,
         seed: int | None,
         request_id: str,
+        verify: bool = False,
+        verify_threshold: float | None = None,
     ) -> pb.ImagineRequest:
         return pb.ImagineRequest(
             start_frames=self._frame(frame),
@@ -283,6 +292,8 @@ class _GrpcBase:
             seed=seed,
             request_id=request_id,
             frame_encoding=_ENCODINGS[self.frame_encoding],
+            verify=verify,
+            verify_threshold=None if verify_threshold is None else float(verify_threshold),
         )
 
     def _create_request(
@@ -305,13 +316,23 @@ class _GrpcBase:
         )
 
     def _step_request(
-        self, target: dict[str, str], actions: Any, request_id: str
+        self,
+        target: dict[str, str],
+        actions: Any,
+        request_id: str,
+        expected_chunks_stepped: int | None,
     ) -> pb.StepSessionRequest:
+        expected = (
+            None
+            if expected_chunks_stepped is None
+            else check_expected_chunks(expected_chunks_stepped)
+        )
         return pb.StepSessionRequest(
             **target,
             actions=self._actions(actions),
             request_id=request_id,
             frame_encoding=_ENCODINGS[self.frame_encoding],
+            expected_chunks_stepped=expected,
         )
 
     def _replay_request(
@@ -386,14 +407,16 @@ class GrpcSimulatorClient(_GrpcBase):
         """Close the channel."""
         self._channel.close()
 
-    def _unary(self, rpc: Callable[..., T], request: Any, request_id: str = "") -> T:
+    def _unary(
+        self, rpc: Callable[..., T], request: Any, request_id: str = "", idempotent: bool = False
+    ) -> T:
         metadata = self._metadata(request_id)
         attempt = 0
         while True:
             try:
                 return rpc(request, metadata=metadata, timeout=self.timeout)
             except grpc.RpcError as exc:
-                if attempt < self.retry.retries and _retryable(exc):
+                if attempt < self.retry.retries and _retryable(exc, idempotent):
                     time.sleep(self.retry.delay(attempt))
                     attempt += 1
                     continue
@@ -407,10 +430,15 @@ class GrpcSimulatorClient(_GrpcBase):
         horizon: int = 0,
         seed: int | None = None,
         request_id: str | None = None,
+        *,
+        verify: bool = False,
+        verify_threshold: float | None = None,
     ) -> ImagineResult:
         """See `wmpo_client.http.SimulatorClient.imagine`."""
         rid = check_request_id(request_id)
-        request = self._imagine_request(frame, instruction, candidates, horizon, seed, rid)
+        request = self._imagine_request(
+            frame, instruction, candidates, horizon, seed, rid, verify, verify_threshold
+        )
         return self._parse.imagine(self._unary(self._stub.Imagine, request, rid))
 
     def imagine_stream(
@@ -421,12 +449,17 @@ class GrpcSimulatorClient(_GrpcBase):
         horizon: int = 0,
         seed: int | None = None,
         request_id: str | None = None,
+        *,
+        verify: bool = False,
+        verify_threshold: float | None = None,
     ) -> Iterator[ImagineEvent]:
         """Yields an `ImagineChunk` per chunk as generated, then the full `ImagineResult`.
         The call starts when iteration does; breaking out of the loop cancels it (and the
         server's remaining work)."""
         rid = check_request_id(request_id)
-        request = self._imagine_request(frame, instruction, candidates, horizon, seed, rid)
+        request = self._imagine_request(
+            frame, instruction, candidates, horizon, seed, rid, verify, verify_threshold
+        )
         attempt = 0
         while True:
             call = self._stub.ImagineStream(
@@ -475,20 +508,32 @@ class GrpcSimulatorClient(_GrpcBase):
         return self._parse.create(self._unary(self._stub.CreateSession, request, rid), rid)
 
     def step(
-        self, session_id: str, actions: np.ndarray, request_id: str | None = None
+        self,
+        session_id: str,
+        actions: np.ndarray,
+        request_id: str | None = None,
+        expected_chunks_stepped: int | None = None,
     ) -> StepOutcome:
         """See `wmpo_client.http.SimulatorClient.step`."""
         rid = check_request_id(request_id)
-        request = self._step_request({"session_id": session_id}, actions, rid)
-        return self._parse.step(self._unary(self._stub.StepSession, request, rid))
+        request = self._step_request(
+            {"session_id": session_id}, actions, rid, expected_chunks_stepped
+        )
+        idempotent = expected_chunks_stepped is not None
+        return self._parse.step(self._unary(self._stub.StepSession, request, rid, idempotent))
 
     def step_group(
-        self, group_id: str, actions: np.ndarray, request_id: str | None = None
+        self,
+        group_id: str,
+        actions: np.ndarray,
+        request_id: str | None = None,
+        expected_chunks_stepped: int | None = None,
     ) -> StepOutcome:
         """See `wmpo_client.http.SimulatorClient.step_group`."""
         rid = check_request_id(request_id)
-        request = self._step_request({"group_id": group_id}, actions, rid)
-        return self._parse.step(self._unary(self._stub.StepSession, request, rid))
+        request = self._step_request({"group_id": group_id}, actions, rid, expected_chunks_stepped)
+        idempotent = expected_chunks_stepped is not None
+        return self._parse.step(self._unary(self._stub.StepSession, request, rid, idempotent))
 
     def replay(
         self, session_id: str, seed: int | None = None, request_id: str | None = None
@@ -588,14 +633,16 @@ class AsyncGrpcSimulatorClient(_GrpcBase):
             self._channel = None
             self._stub_ = None
 
-    async def _unary(self, rpc: Callable[..., Any], request: Any, request_id: str = "") -> Any:
+    async def _unary(
+        self, rpc: Callable[..., Any], request: Any, request_id: str = "", idempotent: bool = False
+    ) -> Any:
         metadata = self._metadata(request_id)
         attempt = 0
         while True:
             try:
                 return await rpc(request, metadata=metadata, timeout=self.timeout)
             except grpc.RpcError as exc:
-                if attempt < self.retry.retries and _retryable(exc):
+                if attempt < self.retry.retries and _retryable(exc, idempotent):
                     await asyncio.sleep(self.retry.delay(attempt))
                     attempt += 1
                     continue
@@ -609,10 +656,15 @@ class AsyncGrpcSimulatorClient(_GrpcBase):
         horizon: int = 0,
         seed: int | None = None,
         request_id: str | None = None,
+        *,
+        verify: bool = False,
+        verify_threshold: float | None = None,
     ) -> ImagineResult:
         """See `wmpo_client.http.SimulatorClient.imagine`."""
         rid = check_request_id(request_id)
-        request = self._imagine_request(frame, instruction, candidates, horizon, seed, rid)
+        request = self._imagine_request(
+            frame, instruction, candidates, horizon, seed, rid, verify, verify_threshold
+        )
         return self._parse.imagine(await self._unary(self._stub.Imagine, request, rid))
 
     async def imagine_stream(
@@ -623,11 +675,16 @@ class AsyncGrpcSimulatorClient(_GrpcBase):
         horizon: int = 0,
         seed: int | None = None,
         request_id: str | None = None,
+        *,
+        verify: bool = False,
+        verify_threshold: float | None = None,
     ) -> AsyncIterator[ImagineEvent]:
         """See `GrpcSimulatorClient.imagine_stream`; use `async for` (and
         `contextlib.aclosing(...)` to cancel at once when stopping early)."""
         rid = check_request_id(request_id)
-        request = self._imagine_request(frame, instruction, candidates, horizon, seed, rid)
+        request = self._imagine_request(
+            frame, instruction, candidates, horizon, seed, rid, verify, verify_threshold
+        )
         attempt = 0
         while True:
             call = self._stub.ImagineStream(
@@ -676,20 +733,32 @@ class AsyncGrpcSimulatorClient(_GrpcBase):
         return self._parse.create(await self._unary(self._stub.CreateSession, request, rid), rid)
 
     async def step(
-        self, session_id: str, actions: np.ndarray, request_id: str | None = None
+        self,
+        session_id: str,
+        actions: np.ndarray,
+        request_id: str | None = None,
+        expected_chunks_stepped: int | None = None,
     ) -> StepOutcome:
         """See `wmpo_client.http.SimulatorClient.step`."""
         rid = check_request_id(request_id)
-        request = self._step_request({"session_id": session_id}, actions, rid)
-        return self._parse.step(await self._unary(self._stub.StepSession, request, rid))
+        request = self._step_request(
+            {"session_id": session_id}, actions, rid, expected_chunks_stepped
+        )
+        idempotent = expected_chunks_stepped is not None
+        return self._parse.step(await self._unary(self._stub.StepSession, request, rid, idempotent))
 
     async def step_group(
-        self, group_id: str, actions: np.ndarray, request_id: str | None = None
+        self,
+        group_id: str,
+        actions: np.ndarray,
+        request_id: str | None = None,
+        expected_chunks_stepped: int | None = None,
     ) -> StepOutcome:
         """See `wmpo_client.http.SimulatorClient.step_group`."""
         rid = check_request_id(request_id)
-        request = self._step_request({"group_id": group_id}, actions, rid)
-        return self._parse.step(await self._unary(self._stub.StepSession, request, rid))
+        request = self._step_request({"group_id": group_id}, actions, rid, expected_chunks_stepped)
+        idempotent = expected_chunks_stepped is not None
+        return self._parse.step(await self._unary(self._stub.StepSession, request, rid, idempotent))
 
     async def replay(
         self, session_id: str, seed: int | None = None, request_id: str | None = None

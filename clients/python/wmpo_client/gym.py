@@ -8,6 +8,9 @@ frame, `step(chunk)` advances it by one action chunk.
 - reward / terminated: the service's `reward` / `done`, which the judge
   service fills; until one is configured they are None, read as 0.0 / False;
 - truncated: after `max_chunks` chunks (the session's budget on the server);
+- steps are idempotent: the env sends the session's chunk count with every step
+  (`expected_chunks_stepped`), so a step the client retries after a timeout or a
+  lost connection returns the step's stored result instead of advancing twice;
 - `reset(seed=...)` seeds the env's generator, which draws the server-side
   noise seed, so the same reset seed gives the same rollout for the same
   actions. The start frame is given at construction or per reset as
@@ -81,11 +84,19 @@ class SyncSimulator(Protocol):
     ) -> CreateSessionResult: ...
 
     def step(
-        self, session_id: str, actions: np.ndarray, request_id: str | None = None
+        self,
+        session_id: str,
+        actions: np.ndarray,
+        request_id: str | None = None,
+        expected_chunks_stepped: int | None = None,
     ) -> StepOutcome: ...
 
     def step_group(
-        self, group_id: str, actions: np.ndarray, request_id: str | None = None
+        self,
+        group_id: str,
+        actions: np.ndarray,
+        request_id: str | None = None,
+        expected_chunks_stepped: int | None = None,
     ) -> StepOutcome: ...
 
     def close_session(self, session_id: str) -> list[str]: ...
@@ -220,6 +231,7 @@ class SimulatorEnv(_Remote, gym.Env[np.ndarray, np.ndarray]):
         )
         self.render_mode = render_mode
         self.session_id: str | None = None
+        self.chunks_stepped = 0  # the session's, as the server last reported it
         self._last: np.ndarray | None = None
 
     def reset(
@@ -237,6 +249,7 @@ class SimulatorEnv(_Remote, gym.Env[np.ndarray, np.ndarray]):
             frame, instruction, seed=server_seed, max_chunks=self.max_chunks
         )
         self.session_id = created.session_id
+        self.chunks_stepped = 0
         obs = self._observation(created, shape)
         self._last = obs
         return obs.copy(), {"seed": server_seed}
@@ -248,7 +261,10 @@ class SimulatorEnv(_Remote, gym.Env[np.ndarray, np.ndarray]):
         chunk = np.asarray(action, dtype=np.float32)
         if chunk.shape != self.action_space.shape:
             raise ValueError(f"action must have shape {self.action_space.shape}, got {chunk.shape}")
-        result = self.client.step(self.session_id, chunk).result
+        result = self.client.step(
+            self.session_id, chunk, expected_chunks_stepped=self.chunks_stepped
+        ).result
+        self.chunks_stepped = result.chunks_stepped
         obs = np.array(result.frames[-1])
         self._last = obs
         truncated = result.truncated or result.chunks_stepped >= self.max_chunks
@@ -306,6 +322,7 @@ class SimulatorVectorEnv(_Remote, VectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.group_id: str | None = None
         self.session_ids: list[str] = []
+        self.chunks_stepped = 0  # every member's (they step together)
         self._ended = np.zeros(num_envs, dtype=bool)
 
     def reset(
@@ -331,6 +348,7 @@ class SimulatorVectorEnv(_Remote, VectorEnv):
         )
         self.group_id = created.group_id
         self.session_ids = created.session_ids
+        self.chunks_stepped = 0
         obs = self._observation(created, shape)
         self._ended[:] = False
         return np.stack([obs] * self.num_envs), {"seed": server_seed}
@@ -346,11 +364,17 @@ class SimulatorVectorEnv(_Remote, VectorEnv):
             raise ValueError(
                 f"actions must have shape {self.action_space.shape}, got {chunks.shape}"
             )
+        expected = self.chunks_stepped
         if self.group_id is None:  # a group of one is a plain session
-            outcome = self.client.step(self.session_ids[0], chunks[0])
+            outcome = self.client.step(
+                self.session_ids[0], chunks[0], expected_chunks_stepped=expected
+            )
         else:
-            outcome = self.client.step_group(self.group_id, chunks)
+            outcome = self.client.step_group(
+                self.group_id, chunks, expected_chunks_stepped=expected
+            )
         results = outcome.results
+        self.chunks_stepped = results[0].chunks_stepped
         obs = np.stack([r.frames[-1] for r in results])
         rewards = np.array([_reward(r) for r in results], dtype=np.float64)
         terminated = self._ended | np.array([_terminated(r) for r in results])

@@ -11,7 +11,9 @@ jittered exponential backoff that honours `Retry-After`. Both are safe
 without idempotency keys: the connection retries re-send a request that never
 arrived, and the service answers 429/503 only when it refuses work before
 starting it. Timeouts and connections lost mid-request are not retried: the
-work may have been done.
+work may have been done; except for a session or group step that names
+`expected_chunks_stepped`, which the service makes idempotent (a repeat returns
+the stored result of the step instead of advancing twice), so it is retried too.
 
 Example:
     with SimulatorClient("http://127.0.0.1:8000", api_key="...") as sim:
@@ -41,6 +43,7 @@ from wmpo_client._common import (
     FrameEncoding,
     RetryPolicy,
     action_array,
+    check_expected_chunks,
     check_request_id,
     frame_array,
     parse_retry_after,
@@ -154,6 +157,7 @@ def _create_result(data: dict[str, Any], max_bytes: int) -> CreateSessionResult:
 
 def _step_outcome(data: dict[str, Any], max_bytes: int) -> StepOutcome:
     return StepOutcome(
+        replayed=bool(data.get("replayed", False)),
         request_id=data["request_id"],
         results=[
             StepResult(
@@ -240,6 +244,7 @@ class _Call:
     path: str
     body: dict[str, Any] | None
     request_id: str
+    idempotent: bool = False  # safe to re-send after a timeout or a lost connection
 
 
 class _HttpBase:
@@ -279,6 +284,8 @@ class _HttpBase:
         horizon: int,
         seed: int | None,
         request_id: str | None,
+        verify: bool = False,
+        verify_threshold: float | None = None,
     ) -> _Call:
         rid = check_request_id(request_id)
         body: dict[str, Any] = {
@@ -291,6 +298,10 @@ class _HttpBase:
         }
         if seed is not None:
             body["seed"] = seed
+        if verify:
+            body["verify"] = True
+        if verify_threshold is not None:
+            body["verify_threshold"] = float(verify_threshold)
         return _Call("POST", path, body, rid)
 
     def _create_call(
@@ -315,14 +326,24 @@ class _HttpBase:
             body["seed"] = seed
         return _Call("POST", "/v1/sessions", body, rid)
 
-    def _step_call(self, kind: str, target: str, actions: Any, request_id: str | None) -> _Call:
+    def _step_call(
+        self,
+        kind: str,
+        target: str,
+        actions: Any,
+        request_id: str | None,
+        expected_chunks_stepped: int | None,
+    ) -> _Call:
         rid = check_request_id(request_id)
-        body = {
+        body: dict[str, Any] = {
             "actions": to_json(action_array(actions), "actions"),
             "request_id": rid,
             "frame_encoding": self.frame_encoding,
         }
-        return _Call("POST", f"/v1/{kind}/{_segment(target)}/step", body, rid)
+        if expected_chunks_stepped is not None:
+            body["expected_chunks_stepped"] = check_expected_chunks(expected_chunks_stepped)
+        idempotent = expected_chunks_stepped is not None
+        return _Call("POST", f"/v1/{kind}/{_segment(target)}/step", body, rid, idempotent)
 
     def _replay_call(self, session_id: str, seed: int | None, request_id: str | None) -> _Call:
         rid = check_request_id(request_id)
@@ -416,6 +437,12 @@ class SimulatorClient(_HttpBase):
         while True:
             try:
                 response = self._http.send(request, stream=True)
+            except httpx.TransportError as exc:
+                if call.idempotent and attempt < self.retry.retries:
+                    time.sleep(self.retry.delay(attempt))
+                    attempt += 1
+                    continue
+                raise _transport_error(exc, self.base_url) from exc
             except httpx.HTTPError as exc:
                 raise _transport_error(exc, self.base_url) from exc
             if response.status_code in RETRY_HTTP_STATUSES and attempt < self.retry.retries:
@@ -427,6 +454,13 @@ class SimulatorClient(_HttpBase):
             try:
                 if not stream or not response.is_success:
                     response.read()
+            except httpx.TransportError as exc:
+                response.close()
+                if call.idempotent and attempt < self.retry.retries:
+                    time.sleep(self.retry.delay(attempt))
+                    attempt += 1
+                    continue
+                raise _transport_error(exc, self.base_url) from exc
             except httpx.HTTPError as exc:
                 response.close()
                 raise _transport_error(exc, self.base_url) from exc
@@ -448,6 +482,9 @@ class SimulatorClient(_HttpBase):
         horizon: int = 0,
         seed: int | None = None,
         request_id: str | None = None,
+        *,
+        verify: bool = False,
+        verify_threshold: float | None = None,
     ) -> ImagineResult:
         """Imagine the future of N candidate action sequences from one frame.
 
@@ -458,9 +495,23 @@ class SimulatorClient(_HttpBase):
             horizon: chunks to imagine, 1..C; 0 for all.
             seed: noise seed; None lets the server draw one (reported in the result).
             request_id: an id of yours for logs and error reports.
+            verify: verify before execute: the service's judge scores every candidate
+                against `instruction` and fills `candidates[i].confidence`,
+                `best_candidate` and `verdict` ("execute" or "replan"); needs a judge
+                configured on the service (FAILED_PRECONDITION otherwise).
+            verify_threshold: with `verify`, the score in [0, 1] the best candidate needs
+                for "execute"; None: the judge's own threshold.
         """
         call = self._imagine_call(
-            "/v1/imagine", frame, instruction, candidates, horizon, seed, request_id
+            "/v1/imagine",
+            frame,
+            instruction,
+            candidates,
+            horizon,
+            seed,
+            request_id,
+            verify,
+            verify_threshold,
         )
         return self._json(call, lambda d: _imagine_result(d, self.max_response_bytes))
 
@@ -472,13 +523,24 @@ class SimulatorClient(_HttpBase):
         horizon: int = 0,
         seed: int | None = None,
         request_id: str | None = None,
+        *,
+        verify: bool = False,
+        verify_threshold: float | None = None,
     ) -> Iterator[ImagineEvent]:
         """Like `imagine`, yielding an `ImagineChunk` per chunk as soon as the server has it,
         then the `ImagineResult` (with every frame assembled). The request is sent when
         iteration starts. Breaking out of the loop closes the response, which cancels the
         rest of the work on the server."""
         call = self._imagine_call(
-            "/v1/imagine/stream", frame, instruction, candidates, horizon, seed, request_id
+            "/v1/imagine/stream",
+            frame,
+            instruction,
+            candidates,
+            horizon,
+            seed,
+            request_id,
+            verify,
+            verify_threshold,
         )
         response = self._send(call, stream=True)
         assembler = _StreamAssembler(self.max_response_bytes)
@@ -520,17 +582,35 @@ class SimulatorClient(_HttpBase):
         return self._json(call, lambda d: _create_result(d, self.max_response_bytes))
 
     def step(
-        self, session_id: str, actions: np.ndarray, request_id: str | None = None
+        self,
+        session_id: str,
+        actions: np.ndarray,
+        request_id: str | None = None,
+        expected_chunks_stepped: int | None = None,
     ) -> StepOutcome:
-        """Advance a session by float32 (K, 4) actions (one chunk) or (C, K, 4)."""
-        call = self._step_call("sessions", session_id, actions, request_id)
+        """Advance a session by float32 (K, 4) actions (one chunk) or (C, K, 4).
+
+        `expected_chunks_stepped`: the session's chunks_stepped before this step (the last
+        result's `chunks_stepped`, 0 after create). The step is then idempotent: if it was
+        already done (a retry), the stored result comes back (`outcome.replayed`) and the
+        session does not advance again, so it is retried after timeouts and lost
+        connections too; any other count raises SimulatorError FAILED_PRECONDITION.
+        """
+        call = self._step_call("sessions", session_id, actions, request_id, expected_chunks_stepped)
         return self._json(call, lambda d: _step_outcome(d, self.max_response_bytes))
 
     def step_group(
-        self, group_id: str, actions: np.ndarray, request_id: str | None = None
+        self,
+        group_id: str,
+        actions: np.ndarray,
+        request_id: str | None = None,
+        expected_chunks_stepped: int | None = None,
     ) -> StepOutcome:
-        """Advance every member of a group by (G, K, 4) or (G, C, K, 4) actions, row g for g."""
-        call = self._step_call("groups", group_id, actions, request_id)
+        """Advance every member of a group by (G, K, 4) or (G, C, K, 4) actions, row g for g.
+
+        `expected_chunks_stepped`: every member's chunks_stepped before this step (see `step`).
+        """
+        call = self._step_call("groups", group_id, actions, request_id, expected_chunks_stepped)
         return self._json(call, lambda d: _step_outcome(d, self.max_response_bytes))
 
     def replay(
@@ -627,6 +707,12 @@ class AsyncSimulatorClient(_HttpBase):
         while True:
             try:
                 response = await self._http.send(request, stream=True)
+            except httpx.TransportError as exc:
+                if call.idempotent and attempt < self.retry.retries:
+                    await asyncio.sleep(self.retry.delay(attempt))
+                    attempt += 1
+                    continue
+                raise _transport_error(exc, self.base_url) from exc
             except httpx.HTTPError as exc:
                 raise _transport_error(exc, self.base_url) from exc
             if response.status_code in RETRY_HTTP_STATUSES and attempt < self.retry.retries:
@@ -638,6 +724,13 @@ class AsyncSimulatorClient(_HttpBase):
             try:
                 if not stream or not response.is_success:
                     await response.aread()
+            except httpx.TransportError as exc:
+                await response.aclose()
+                if call.idempotent and attempt < self.retry.retries:
+                    await asyncio.sleep(self.retry.delay(attempt))
+                    attempt += 1
+                    continue
+                raise _transport_error(exc, self.base_url) from exc
             except httpx.HTTPError as exc:
                 await response.aclose()
                 raise _transport_error(exc, self.base_url) from exc
@@ -658,10 +751,21 @@ class AsyncSimulatorClient(_HttpBase):
         horizon: int = 0,
         seed: int | None = None,
         request_id: str | None = None,
+        *,
+        verify: bool = False,
+        verify_threshold: float | None = None,
     ) -> ImagineResult:
         """See `SimulatorClient.imagine`."""
         call = self._imagine_call(
-            "/v1/imagine", frame, instruction, candidates, horizon, seed, request_id
+            "/v1/imagine",
+            frame,
+            instruction,
+            candidates,
+            horizon,
+            seed,
+            request_id,
+            verify,
+            verify_threshold,
         )
         return await self._json(call, lambda d: _imagine_result(d, self.max_response_bytes))
 
@@ -673,12 +777,23 @@ class AsyncSimulatorClient(_HttpBase):
         horizon: int = 0,
         seed: int | None = None,
         request_id: str | None = None,
+        *,
+        verify: bool = False,
+        verify_threshold: float | None = None,
     ) -> AsyncIterator[ImagineEvent]:
         """See `SimulatorClient.imagine_stream`; use `async for`. To stop early and free the
         server's work at once, wrap it in `contextlib.aclosing(...)` (an abandoned async
         generator is only closed when it is garbage-collected)."""
         call = self._imagine_call(
-            "/v1/imagine/stream", frame, instruction, candidates, horizon, seed, request_id
+            "/v1/imagine/stream",
+            frame,
+            instruction,
+            candidates,
+            horizon,
+            seed,
+            request_id,
+            verify,
+            verify_threshold,
         )
         response = await self._send(call, stream=True)
         assembler = _StreamAssembler(self.max_response_bytes)
@@ -719,17 +834,25 @@ class AsyncSimulatorClient(_HttpBase):
         return await self._json(call, lambda d: _create_result(d, self.max_response_bytes))
 
     async def step(
-        self, session_id: str, actions: np.ndarray, request_id: str | None = None
+        self,
+        session_id: str,
+        actions: np.ndarray,
+        request_id: str | None = None,
+        expected_chunks_stepped: int | None = None,
     ) -> StepOutcome:
         """See `SimulatorClient.step`."""
-        call = self._step_call("sessions", session_id, actions, request_id)
+        call = self._step_call("sessions", session_id, actions, request_id, expected_chunks_stepped)
         return await self._json(call, lambda d: _step_outcome(d, self.max_response_bytes))
 
     async def step_group(
-        self, group_id: str, actions: np.ndarray, request_id: str | None = None
+        self,
+        group_id: str,
+        actions: np.ndarray,
+        request_id: str | None = None,
+        expected_chunks_stepped: int | None = None,
     ) -> StepOutcome:
         """See `SimulatorClient.step_group`."""
-        call = self._step_call("groups", group_id, actions, request_id)
+        call = self._step_call("groups", group_id, actions, request_id, expected_chunks_stepped)
         return await self._json(call, lambda d: _step_outcome(d, self.max_response_bytes))
 
     async def replay(

@@ -2,8 +2,8 @@
 
 The HTTP and gRPC clients return the same types, so code written against one
 runs against the other. Frames are uint8 (..., H, W, 3); fields the judge
-service fills (confidence, verdict, best_candidate, reward, done) are None
-until a judge is configured.
+service fills are None unless asked for: confidence, verdict and
+best_candidate by `imagine(..., verify=True)`; reward and done.
 """
 
 from __future__ import annotations
@@ -117,6 +117,7 @@ class StepOutcome:
     request_id: str
     results: list[StepResult]
     timing: dict[str, float] = field(default_factory=dict)
+    replayed: bool = False  # the stored result of a step already done; nothing advanced
 
     @property
     def result(self) -> StepResult:

@@ -35,10 +35,16 @@ class Decision:
 
 
 def verify_before_execute(client: Any, propose: Propose, frame: np.ndarray, instruction: str,
-                          candidates: int = 4, max_attempts: int = 3, seed: int | None = None) -> Decision:
-    """Choose the chunk to execute from ``frame``; see the module docstring."""
+                          candidates: int = 4, max_attempts: int = 3, seed: int | None = None,
+                          threshold: float | None = None) -> Decision:
+    """Choose the chunk to execute from ``frame``; see the module docstring.
+
+    ``threshold``: the judge score in [0, 1] the best candidate needs to be executed
+    (``verify_threshold``); None: the judge's own threshold.
+    """
     if candidates < 1 or max_attempts < 1:
         raise ValueError("candidates and max_attempts must be >= 1")
+    options: dict[str, Any] = {} if threshold is None else {"verify_threshold": threshold}
     t0 = time.perf_counter()
     best_chunk, best_conf = None, -1.0
     history: list[list[float]] = []
@@ -47,7 +53,8 @@ def verify_before_execute(client: Any, propose: Propose, frame: np.ndarray, inst
         if chunks.ndim != 3 or chunks.shape[0] != candidates or chunks.shape[-1] != 4:
             raise ValueError(f"propose must return ({candidates}, K, 4) chunks, got {chunks.shape}")
         result: ImagineResult = client.imagine(
-            frame, instruction, chunks, seed=None if seed is None else seed + attempt - 1, verify=True)
+            frame, instruction, chunks, seed=None if seed is None else seed + attempt - 1, verify=True,
+            **options)
         if result.best_candidate is None or result.verdict is None:
             raise RuntimeError("the simulator returned no verdict: is a judge configured for /v1/imagine?")
         confs = [c.confidence if c.confidence is not None else 0.0 for c in result.candidates]

@@ -247,3 +247,30 @@ def test_health_methods_are_exempt_by_name() -> None:
     assert is_health_method("/grpc.health.v1.Health/Check")
     assert not is_health_method("/wmpo.v1.Simulator/GetSession")
     assert not is_health_method("/wmpo.v1.Simulator/HealthCheckBypass")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",  # FastAPI's JSON decoding error (422 with a key)
+        b'{"x": "not an int"}',  # body validation (422 with a key)
+        b"\x80\x81",  # not even UTF-8: FastAPI's own 400 (400 with a key)
+    ],
+)
+def test_a_bad_body_without_a_key_is_401_not_a_description_of_the_body(
+    client: TestClient, content: bytes
+) -> None:
+    """FastAPI validates the body before it runs the app's auth dependency; the error
+    handlers check the key first, so a caller without one learns nothing about the API."""
+    headers = {"content-type": "application/json"}
+    resp = client.post("/echo", content=content, headers=headers)
+    assert resp.status_code == 401
+    assert resp.json()["error"]["code"] == "UNAUTHENTICATED"
+    wrong = client.post("/echo", content=content, headers={**headers, "x-api-key": "nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["message"] == INVALID_KEY
+    keyed = client.post("/echo", content=content, headers={**headers, "x-api-key": KEY_A})
+    assert keyed.status_code in (400, 422)
+    bearer = client.post(
+        "/echo", content=content, headers={**headers, "authorization": f"Bearer {KEY_B}"}
+    )
+    assert bearer.status_code == keyed.status_code

@@ -192,3 +192,32 @@ def test_errors_map_to_status_codes(world_model) -> None:
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit of 1" in err.details()
 
     with_server(world_model, scenario, max_sessions=1)
+
+
+def test_a_retried_step_is_idempotent_over_grpc(world_model) -> None:
+    async def scenario(stub: Stub) -> None:
+        created = await stub.CreateSession(
+            pb.CreateSessionRequest(start_frames=to_proto(frames()[0]), seed=4), metadata=AUTH
+        )
+        sid = created.sessions[0].session_id
+        request = pb.StepSessionRequest(
+            session_id=sid, actions=to_proto(actions(8, seed=1)), expected_chunks_stepped=0
+        )
+        first = await stub.StepSession(request, metadata=AUTH, timeout=10)
+        retry = await stub.StepSession(request, metadata=AUTH, timeout=10)
+        assert (first.replayed, retry.replayed) == (False, True)
+        assert np.array_equal(
+            from_proto(first.results[0].frames), from_proto(retry.results[0].frames)
+        )
+        info = await stub.GetSession(pb.GetSessionRequest(session_id=sid), metadata=AUTH)
+        assert info.sessions[0].chunks_stepped == 1
+
+        request.expected_chunks_stepped = 3
+        err = await rpc_error(stub.StepSession(request, metadata=AUTH))
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "has stepped 1 chunks, fewer than expected_chunks_stepped=3" in err.details()
+        request.expected_chunks_stepped = -2
+        err = await rpc_error(stub.StepSession(request, metadata=AUTH))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    with_server(world_model, scenario)

@@ -375,3 +375,69 @@ def test_stream_failure_after_start_is_reported_in_band(world_model) -> None:
         assert events[1]["error"]["code"] == "INTERNAL"
         assert "secret" not in resp.text and "Traceback" not in resp.text
         assert c.app.state.runtime.engine.admitted_rows == 0  # type: ignore[attr-defined]
+
+
+def test_a_retried_step_is_idempotent(client: TestClient) -> None:
+    created = client.post(
+        "/v1/sessions", json={"start_frames": to_json(frames()[0]), "seed": 2}, headers=AUTH
+    ).json()
+    sid = created["sessions"][0]["session_id"]
+    body = {"actions": to_json(actions(8, seed=3)), "expected_chunks_stepped": 0}
+    first = client.post(f"/v1/sessions/{sid}/step", json=body, headers=AUTH)
+    assert first.status_code == 200 and first.json()["replayed"] is False
+    retry = client.post(f"/v1/sessions/{sid}/step", json=body, headers=AUTH)  # same request
+    assert retry.status_code == 200 and retry.json()["replayed"] is True
+    a, b = (from_json(r.json()["results"][0]["frames"]) for r in (first, retry))
+    assert a.shape == (4, 64, 64, 3) and np.array_equal(a, b)
+    assert retry.json()["results"][0]["chunks_stepped"] == 1
+    assert client.get(f"/v1/sessions/{sid}", headers=AUTH).json()["chunks_stepped"] == 1
+
+    wrong = client.post(
+        f"/v1/sessions/{sid}/step", json=body | {"expected_chunks_stepped": 5}, headers=AUTH
+    )
+    assert wrong.status_code == 409
+    err = wrong.json()["error"]
+    assert err["code"] == "FAILED_PRECONDITION"
+    assert "has stepped 1 chunks, fewer than expected_chunks_stepped=5" in err["message"]
+    negative = client.post(
+        f"/v1/sessions/{sid}/step", json=body | {"expected_chunks_stepped": -1}, headers=AUTH
+    )
+    assert negative.status_code == 422 and "expected_chunks_stepped" in error(negative)
+
+    # A group step names the count of every member.
+    group = client.post(
+        "/v1/sessions",
+        json={"start_frames": to_json(frames()[0]), "seed": 2, "group_size": 2},
+        headers=AUTH,
+    ).json()
+    gbody = {"actions": to_json(actions(2, 8, seed=4)), "expected_chunks_stepped": 0}
+    g1 = client.post(f"/v1/groups/{group['group_id']}/step", json=gbody, headers=AUTH).json()
+    g2 = client.post(f"/v1/groups/{group['group_id']}/step", json=gbody, headers=AUTH).json()
+    assert (g1["replayed"], g2["replayed"]) == (False, True)
+    for r1, r2 in zip(g1["results"], g2["results"], strict=True):
+        assert np.array_equal(from_json(r1["frames"]), from_json(r2["frames"]))
+    infos = client.get(f"/v1/groups/{group['group_id']}", headers=AUTH).json()["sessions"]
+    assert [i["chunks_stepped"] for i in infos] == [1, 1]
+    for gone in (sid, group["group_id"]):
+        kind = "groups" if gone.startswith("g-") else "sessions"
+        assert client.delete(f"/v1/{kind}/{gone}", headers=AUTH).status_code == 200
+    step_doc = client.get("/openapi.json").json()["paths"]["/v1/sessions/{session_id}/step"]
+    assert "409" in step_doc["post"]["responses"]
+
+
+def test_the_documented_request_examples_work(client: TestClient) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+
+    def example(name: str, i: int = 0) -> dict:
+        return schemas[name]["examples"][i]
+
+    assert client.post("/v1/imagine", json=example("ImagineBody"), headers=AUTH).status_code == 200
+    single = client.post("/v1/sessions", json=example("CreateSessionBody"), headers=AUTH).json()
+    group = client.post("/v1/sessions", json=example("CreateSessionBody", 1), headers=AUTH).json()
+    sid, gid = single["sessions"][0]["session_id"], group["group_id"]
+    step = client.post(f"/v1/sessions/{sid}/step", json=example("StepSessionBody"), headers=AUTH)
+    assert step.status_code == 200, step.text
+    gstep = client.post(f"/v1/groups/{gid}/step", json=example("StepGroupBody"), headers=AUTH)
+    assert gstep.status_code == 200, gstep.text
+    client.delete(f"/v1/sessions/{sid}", headers=AUTH)
+    client.delete(f"/v1/groups/{gid}", headers=AUTH)

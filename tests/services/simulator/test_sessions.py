@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
+from services.common.errors import Conflict, InvalidArgument, NotFound, ResourceExhausted
 from services.simulator.engine import EngineConfig, SimulatorEngine, member_seed
 from services.simulator.sessions import SessionConfig, SessionManager
 from tests.services.simulator.conftest import CountingModel, actions, frames
@@ -231,6 +231,131 @@ def test_cancelled_step_keeps_the_record_consistent(world_model) -> None:
             assert engine.admitted_rows == 0
         finally:
             model.gate.set()
+            await engine.stop()
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------ idempotent steps
+
+
+def test_a_repeated_step_returns_the_stored_result_and_does_not_advance(world_model) -> None:
+    acts = actions(3, 8, seed=4)
+
+    async def scenario(m: SessionManager, model: CountingModel) -> None:
+        sid = (await m.create(frames(), seed=3)).sessions[0].session_id
+        first = await m.step_session(sid, acts[0], expected_chunks_stepped=0)
+        assert not first.replayed and first.results[0].chunks_stepped == 1
+        calls = len(model.calls)
+        held = m.get(sid).memory_bytes
+
+        again = await m.step_session(sid, acts[0].copy(), expected_chunks_stepped=0)  # a retry
+        assert again.replayed
+        assert np.array_equal(again.results[0].frames, first.results[0].frames)
+        assert again.results[0].chunks_stepped == 1
+        assert len(model.calls) == calls  # no model call
+        assert m.get(sid).chunks_stepped == 1 and m.get(sid).memory_bytes == held
+        assert np.array_equal((await m.replay(sid, seed=3)).frames, first.results[0].frames)
+
+        # The next step goes on from there; the one before it can no longer be repeated.
+        second = await m.step_session(sid, acts[1:3], expected_chunks_stepped=1)
+        assert not second.replayed and second.results[0].chunks_stepped == 3
+        repeat = await m.step_session(sid, acts[1:3], expected_chunks_stepped=1)
+        assert repeat.replayed and np.array_equal(
+            repeat.results[0].frames, second.results[0].frames
+        )
+        with pytest.raises(Conflict, match=r"only its last step \(from 1 chunks\)"):
+            await m.step_session(sid, acts[0], expected_chunks_stepped=0)
+        assert m.get(sid).chunks_stepped == 3
+
+    with_manager(world_model, scenario)
+
+
+def test_a_wrong_step_count_is_a_conflict_that_says_where_the_session_is(world_model) -> None:
+    acts = actions(2, 8, seed=5)
+
+    async def scenario(m: SessionManager, model: CountingModel) -> None:
+        sid = (await m.create(frames(), seed=3)).sessions[0].session_id
+        with pytest.raises(Conflict, match=r"stepped 0 chunks, fewer than .*=2; send .*=0"):
+            await m.step_session(sid, acts[0], expected_chunks_stepped=2)
+        await m.step_session(sid, acts[0], expected_chunks_stepped=0)
+        with pytest.raises(Conflict, match="already done with other actions"):
+            await m.step_session(sid, acts[1], expected_chunks_stepped=0)
+        with pytest.raises(Conflict, match="advanced it by 1 chunks, this request has 2"):
+            await m.step_session(sid, acts, expected_chunks_stepped=0)
+        with pytest.raises(InvalidArgument, match=r"expected_chunks_stepped must be in \[0"):
+            await m.step_session(sid, acts[0], expected_chunks_stepped=-1)
+        assert m.get(sid).chunks_stepped == 1
+
+        # A step without a count supersedes the kept result: nothing left to repeat.
+        await m.step_session(sid, acts[1])
+        assert m._sessions[sid].last_step is None
+        with pytest.raises(Conflict, match="no step that named expected_chunks_stepped"):
+            await m.step_session(sid, acts[1], expected_chunks_stepped=1)
+        assert m.get(sid).chunks_stepped == 2
+
+    with_manager(world_model, scenario)
+
+
+def test_a_repeated_group_step_returns_every_members_stored_result(world_model) -> None:
+    async def scenario(m: SessionManager, model: CountingModel) -> None:
+        created = await m.create(frames(), seed=5, group_size=3)
+        gid = created.group_id
+        acts = actions(3, 8, seed=1)
+        first = await m.step_group(gid, acts, expected_chunks_stepped=0)
+        calls = len(model.calls)
+        again = await m.step_group(gid, acts, expected_chunks_stepped=0)
+        assert again.replayed and len(model.calls) == calls
+        for a, b in zip(first.results, again.results, strict=True):
+            assert a.session_id == b.session_id and np.array_equal(a.frames, b.frames)
+        assert [i.chunks_stepped for i in m.get_group(gid)] == [1, 1, 1]
+
+        # One member stepped on its own: the group is no longer at one step.
+        member = created.sessions[1].session_id
+        await m.step_session(member, acts[1], expected_chunks_stepped=1)
+        with pytest.raises(Conflict, match=r"at different steps \(\[1, 2, 1\] chunks\)"):
+            await m.step_group(gid, acts, expected_chunks_stepped=1)  # member 1's repeats
+        other = actions(3, 8, seed=9)
+        with pytest.raises(Conflict, match=rf"'{member}' has stepped 2 chunks: .* other actions"):
+            await m.step_group(gid, other, expected_chunks_stepped=1)
+        assert [i.chunks_stepped for i in m.get_group(gid)] == [1, 2, 1]
+
+    with_manager(world_model, scenario)
+
+
+def test_a_step_whose_caller_went_away_finishes_and_its_retry_gets_the_frames(
+    world_model,
+) -> None:
+    """The network-timeout case: the trainer gives up while the model runs, then retries."""
+
+    async def main() -> None:
+        model = CountingModel(world_model, gated=True)
+        engine = SimulatorEngine(model, EngineConfig(max_batch_size=1, max_wait_ms=0))
+        m = SessionManager(engine, SessionConfig(), clock=FakeClock())
+        await engine.start()
+        try:
+            model.gate.set()
+            sid = (await m.create(frames(), seed=7)).sessions[0].session_id
+            model.gate.clear()
+            acts = actions(2, 8, seed=2)  # two chunks: the second is still queued at cancel
+            gone = asyncio.create_task(m.step_session(sid, acts, expected_chunks_stepped=0))
+            await asyncio.to_thread(model.entered.wait, 5)
+            gone.cancel()  # the caller's timeout
+            with pytest.raises(asyncio.CancelledError):
+                await gone
+            retry = asyncio.create_task(m.step_session(sid, acts, expected_chunks_stepped=0))
+            await asyncio.sleep(0.05)
+            assert not retry.done()  # waits for the step in flight instead of stepping again
+            model.gate.set()
+            out = await retry
+            assert out.replayed and out.results[0].chunks_stepped == 2
+            assert model.calls == [1, 1]  # both chunks ran once, nothing twice
+            assert m.get(sid).chunks_stepped == 2
+            same_seed = await m.replay(sid, seed=7)  # what the lost response carried
+            assert np.array_equal(out.results[0].frames, same_seed.frames)
+        finally:
+            model.gate.set()
+            await m.stop()
             await engine.stop()
 
     asyncio.run(main())

@@ -20,7 +20,7 @@ VERDICT_EXECUTE: Verdict
 VERDICT_REPLAN: Verdict
 
 class ImagineRequest(_message.Message):
-    __slots__ = ("start_frames", "instruction", "candidates", "horizon_chunks", "seed", "request_id", "frame_encoding")
+    __slots__ = ("start_frames", "instruction", "candidates", "horizon_chunks", "seed", "request_id", "frame_encoding", "verify", "verify_threshold")
     START_FRAMES_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,8 @@ class ImagineRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FRAME_ENCODING_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     start_frames: _tensor_pb2.Tensor
     instruction: str
     candidates: _tensor_pb2.Tensor
@@ -35,7 +37,9 @@ class ImagineRequest(_message.Message):
     seed: int
     request_id: str
     frame_encoding: _tensor_pb2.FrameEncoding
-    def __init__(self, start_frames: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., instruction: _Optional[str] = ..., candidates: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., horizon_chunks: _Optional[int] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ..., frame_encoding: _Optional[_Union[_tensor_pb2.FrameEncoding, str]] = ...) -> None: ...
+    verify: bool
+    verify_threshold: float
+    def __init__(self, start_frames: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., instruction: _Optional[str] = ..., candidates: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., horizon_chunks: _Optional[int] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ..., frame_encoding: _Optional[_Union[_tensor_pb2.FrameEncoding, str]] = ..., verify: _Optional[bool] = ..., verify_threshold: _Optional[float] = ...) -> None: ...
 
 class CandidateResult(_message.Message):
     __slots__ = ("index", "frames", "confidence")
@@ -170,18 +174,20 @@ class CreateSessionResponse(_message.Message):
     def __init__(self, group_id: _Optional[str] = ..., sessions: _Optional[_Iterable[_Union[SessionInfo, _Mapping]]] = ..., observation: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., provenance: _Optional[_Mapping[str, str]] = ..., timing: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class StepSessionRequest(_message.Message):
-    __slots__ = ("session_id", "group_id", "actions", "request_id", "frame_encoding")
+    __slots__ = ("session_id", "group_id", "actions", "request_id", "frame_encoding", "expected_chunks_stepped")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FRAME_ENCODING_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_CHUNKS_STEPPED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     group_id: str
     actions: _tensor_pb2.Tensor
     request_id: str
     frame_encoding: _tensor_pb2.FrameEncoding
-    def __init__(self, session_id: _Optional[str] = ..., group_id: _Optional[str] = ..., actions: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., frame_encoding: _Optional[_Union[_tensor_pb2.FrameEncoding, str]] = ...) -> None: ...
+    expected_chunks_stepped: int
+    def __init__(self, session_id: _Optional[str] = ..., group_id: _Optional[str] = ..., actions: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., frame_encoding: _Optional[_Union[_tensor_pb2.FrameEncoding, str]] = ..., expected_chunks_stepped: _Optional[int] = ...) -> None: ...
 
 class StepResult(_message.Message):
     __slots__ = ("session_id", "frames", "reward", "done", "truncated", "chunks_stepped")
@@ -200,7 +206,7 @@ class StepResult(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., frames: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., reward: _Optional[float] = ..., done: _Optional[bool] = ..., truncated: _Optional[bool] = ..., chunks_stepped: _Optional[int] = ...) -> None: ...
 
 class StepSessionResponse(_message.Message):
-    __slots__ = ("request_id", "results", "timing")
+    __slots__ = ("request_id", "results", "timing", "replayed")
     class TimingEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -211,10 +217,12 @@ class StepSessionResponse(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     results: _containers.RepeatedCompositeFieldContainer[StepResult]
     timing: _containers.ScalarMap[str, float]
-    def __init__(self, request_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[StepResult, _Mapping]]] = ..., timing: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    replayed: bool
+    def __init__(self, request_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[StepResult, _Mapping]]] = ..., timing: _Optional[_Mapping[str, float]] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class ReplaySessionRequest(_message.Message):
     __slots__ = ("session_id", "seed", "request_id", "frame_encoding")

@@ -1,0 +1,437 @@
+"""HTTP clients for the judge service: `JudgeClient` (sync) and `AsyncJudgeClient`.
+
+Both speak the judge's JSON API (`POST /v1/judge`, `POST /v1/judge/group`,
+`GET /readyz`) with httpx and return the dataclasses of
+`wmpo_client.judge_results`. Every failure is a `SimulatorError` (the client
+package's one error type) carrying the server's code, message and request id.
+
+Request bodies, the retry policy and parsing are written once (`_JudgeHttpBase`,
+an exchange run by `wmpo_client._driver`); the two classes only differ in how
+they send and sleep. Retries follow `wmpo_client._common`: failed connections
+by httpx's transport, 429 and 503 (the judge refused before starting work) with
+capped, jittered exponential backoff that honours `Retry-After`. Judging is
+idempotent by request id, so passing `request_id` also makes a retry after a
+lost connection safe.
+
+Example:
+    with JudgeClient("http://127.0.0.1:8001", api_key="...") as judge:
+        result = judge.judge(frames, "press the button from the top", frame_stride=2)
+        result.success, result.verdict.clip_reward
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+
+from wmpo_client._common import (
+    API_KEY_HEADER,
+    DEFAULT_TIMEOUT_S,
+    REQUEST_ID_HEADER,
+    RETRY_HTTP_STATUSES,
+    FrameEncoding,
+    RetryPolicy,
+    check_request_id,
+    parse_retry_after,
+)
+from wmpo_client._driver import Exchange, run_async, run_sync
+from wmpo_client.codec import to_json
+from wmpo_client.errors import SimulatorError
+from wmpo_client.http import error_from_response
+from wmpo_client.judge_results import (
+    GroupJudgement,
+    JudgeResult,
+    check_kind,
+    check_reward,
+    group_from_json,
+    replay_items,
+    result_from_json,
+    video_array,
+)
+from wmpo_client.results import HealthStatus
+
+__all__ = ["AsyncJudgeClient", "JudgeClient"]
+
+T = TypeVar("T")
+DEFAULT_URL = "http://127.0.0.1:8001"
+_READINESS_PATH = "/readyz"
+
+
+@dataclass(frozen=True)
+class _Call:
+    path: str
+    body: dict[str, Any]
+    request_id: str
+
+
+def _transport_error(exc: httpx.HTTPError, url: str) -> SimulatorError:
+    if isinstance(exc, httpx.TimeoutException):
+        return SimulatorError(
+            "DEADLINE_EXCEEDED", f"no answer from the judge at {url} in time ({exc!r})"
+        )
+    return SimulatorError("UNAVAILABLE", f"cannot reach the judge at {url} ({exc!r})")
+
+
+def _health(response: httpx.Response) -> HealthStatus:
+    if response.status_code not in (200, 503):
+        raise error_from_response(response)
+    try:
+        data = response.json()
+    except ValueError:
+        data = {}
+    reason = str(data.get("reason", "")) if isinstance(data, dict) else ""
+    return HealthStatus(ready=response.status_code == 200, reason=reason)
+
+
+class _JudgeHttpBase:
+    """Configuration, request bodies and the exchange shared by the sync and async clients."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        timeout: float,
+        connect_timeout: float,
+        retries: int,
+        backoff: float,
+        max_backoff: float,
+        frame_encoding: FrameEncoding,
+    ) -> None:
+        if frame_encoding not in ("raw", "png"):
+            raise ValueError(f"frame_encoding must be 'raw' or 'png', got {frame_encoding!r}")
+        self.base_url = base_url.rstrip("/")
+        self.retry = RetryPolicy(retries, backoff, max_backoff)
+        self.frame_encoding: FrameEncoding = frame_encoding
+        self._timeout = httpx.Timeout(timeout, connect=min(connect_timeout, timeout))
+        self._headers = {API_KEY_HEADER: api_key} if api_key else {}
+
+    # ---------------------------------------------------------- bodies
+    def _video(self, video: Any, name: str) -> dict[str, Any]:
+        return to_json(video_array(video, name), name, self.frame_encoding)
+
+    def _options(
+        self,
+        kind: str | None,
+        frame_stride: int,
+        threshold: float | None,
+        clip_temperature: float | None,
+        request_id: str,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "frame_stride": frame_stride,
+            "kind": check_kind(kind),
+            "threshold": threshold,
+            "clip_temperature": clip_temperature,
+            "request_id": request_id,
+        }
+        return {k: v for k, v in body.items() if v is not None}
+
+    def _judge_call(
+        self,
+        frames: Any,
+        instruction: str,
+        kind: str | None,
+        frame_stride: int,
+        threshold: float | None,
+        clip_temperature: float | None,
+        request_id: str | None,
+    ) -> _Call:
+        rid = check_request_id(request_id)
+        body = {
+            "frames": self._video(frames, "frames"),
+            "instruction": instruction,
+            **self._options(kind, frame_stride, threshold, clip_temperature, rid),
+        }
+        return _Call("/v1/judge", body, rid)
+
+    def _group_call(
+        self,
+        videos: Sequence[Any],
+        instruction: str,
+        replays: Mapping[int, Any] | None,
+        kind: str | None,
+        reward: str,
+        frame_stride: int,
+        threshold: float | None,
+        clip_temperature: float | None,
+        max_flags: int | None,
+        request_id: str | None,
+    ) -> _Call:
+        rid = check_request_id(request_id)
+        body: dict[str, Any] = {
+            "videos": [self._video(v, f"video {i}") for i, v in enumerate(videos)],
+            "replays": [
+                {"index": i, "frames": to_json(v, f"replay {i}", self.frame_encoding)}
+                for i, v in replay_items(replays)
+            ],
+            "instruction": instruction,
+            "reward": check_reward(reward),
+            **self._options(kind, frame_stride, threshold, clip_temperature, rid),
+        }
+        if max_flags is not None:
+            body["max_flags"] = max_flags
+        return _Call("/v1/judge/group", body, rid)
+
+    # ---------------------------------------------------------- exchange
+    def _request(self, http: httpx.Client | httpx.AsyncClient, call: _Call) -> httpx.Request:
+        headers = {REQUEST_ID_HEADER: call.request_id} if call.request_id else {}
+        return http.build_request("POST", call.path, json=call.body, headers=headers)
+
+    def _exchange(self, parse: Callable[[dict[str, Any]], T]) -> Exchange[T]:
+        """Send; retry 429/503 with backoff; map failures; parse the JSON body."""
+        attempt = 0
+        while True:
+            try:
+                response: httpx.Response = yield None
+            except httpx.HTTPError as exc:
+                raise _transport_error(exc, self.base_url) from exc
+            if response.status_code in RETRY_HTTP_STATUSES and attempt < self.retry.retries:
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+                yield self.retry.delay(attempt, retry_after)
+                attempt += 1
+                continue
+            if not response.is_success:
+                raise error_from_response(response)
+            return parse(response.json())
+
+
+class JudgeClient(_JudgeHttpBase):
+    """Synchronous HTTP client of the judge service (thread-safe, like httpx.Client).
+
+    Args:
+        base_url: the service, e.g. "http://127.0.0.1:8001".
+        api_key: sent as `x-api-key` (every route but health needs one).
+        timeout: seconds for each read/write of a call.
+        connect_timeout: seconds to establish a connection.
+        retries: extra attempts on 429/503 and on failed connections (0: none).
+        backoff, max_backoff: first wait and cap, in seconds, between retries.
+        frame_encoding: "png" sends frames as PNG (smaller, more CPU), "raw" as bytes.
+        transport: an httpx transport instead of the default one (e.g. for tests).
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        connect_timeout: float = 5.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+        max_backoff: float = 8.0,
+        frame_encoding: FrameEncoding = "raw",
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            api_key,
+            timeout,
+            connect_timeout,
+            retries,
+            backoff,
+            max_backoff,
+            frame_encoding,
+        )
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers=self._headers,
+            timeout=self._timeout,
+            transport=transport or httpx.HTTPTransport(retries=retries),
+        )
+
+    def __enter__(self) -> JudgeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def _run(self, call: _Call, parse: Callable[[dict[str, Any]], T]) -> T:
+        request = self._request(self._http, call)
+        return run_sync(self._exchange(parse), lambda: self._http.send(request))
+
+    def judge(
+        self,
+        frames: np.ndarray,
+        instruction: str,
+        *,
+        kind: str | None = None,
+        frame_stride: int = 1,
+        threshold: float | None = None,
+        clip_temperature: float | None = None,
+        request_id: str | None = None,
+    ) -> JudgeResult:
+        """Judge one video.
+
+        Args:
+            frames: uint8 (T, H, W, 3) in time order (the classifier's size, 64x64 bundled).
+            instruction: the task in natural language.
+            kind: "classifier" or "vlm"; None: the service's default (the classifier).
+            frame_stride: env steps between frames (1: real env frames; 2: imagined ones).
+            threshold: classifier decision threshold; None: the checkpoint's.
+            clip_temperature: temperature of the clip reward's time weights; None: 0.25.
+            request_id: an id of yours; a retry with the same id gets the first result.
+        """
+        call = self._judge_call(
+            frames, instruction, kind, frame_stride, threshold, clip_temperature, request_id
+        )
+        return self._run(call, result_from_json)
+
+    def judge_group(
+        self,
+        videos: Sequence[np.ndarray],
+        instruction: str,
+        *,
+        replays: Mapping[int, np.ndarray] | None = None,
+        kind: str | None = None,
+        reward: str = "success",
+        frame_stride: int = 1,
+        threshold: float | None = None,
+        clip_temperature: float | None = None,
+        max_flags: int | None = None,
+        request_id: str | None = None,
+    ) -> GroupJudgement:
+        """Judge G rollouts from one start and reward them, with dual-noise verification.
+
+        Args:
+            videos: G uint8 (T_i, H, W, 3) videos.
+            replays: {rollout index: the same rollout replayed under fresh noise}; every
+                rollout judged a success needs one for the group to be `verified`
+                (`needs_replay` lists the missing ones).
+            reward: "success" (1/0), "clip" (temporally weighted clip reward) or "score".
+            max_flags: more flagged rollouts than this discard the group (None: 2).
+            Other arguments as in `judge`.
+        """
+        call = self._group_call(
+            videos,
+            instruction,
+            replays,
+            kind,
+            reward,
+            frame_stride,
+            threshold,
+            clip_temperature,
+            max_flags,
+            request_id,
+        )
+        return self._run(call, group_from_json)
+
+    def health(self) -> HealthStatus:
+        """Readiness (no API key needed, no retries: "not ready" is an answer)."""
+        try:
+            response = self._http.get(_READINESS_PATH)
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc, self.base_url) from exc
+        return _health(response)
+
+
+class AsyncJudgeClient(_JudgeHttpBase):
+    """Asynchronous HTTP client of the judge; same arguments and methods as `JudgeClient`.
+
+    Use `async with AsyncJudgeClient(...) as judge:` or `await judge.aclose()`.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        connect_timeout: float = 5.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+        max_backoff: float = 8.0,
+        frame_encoding: FrameEncoding = "raw",
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            api_key,
+            timeout,
+            connect_timeout,
+            retries,
+            backoff,
+            max_backoff,
+            frame_encoding,
+        )
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=self._headers,
+            timeout=self._timeout,
+            transport=transport or httpx.AsyncHTTPTransport(retries=retries),
+        )
+
+    async def __aenter__(self) -> AsyncJudgeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def _run(self, call: _Call, parse: Callable[[dict[str, Any]], T]) -> T:
+        request = self._request(self._http, call)
+        return await run_async(self._exchange(parse), lambda: self._http.send(request))
+
+    async def judge(
+        self,
+        frames: np.ndarray,
+        instruction: str,
+        *,
+        kind: str | None = None,
+        frame_stride: int = 1,
+        threshold: float | None = None,
+        clip_temperature: float | None = None,
+        request_id: str | None = None,
+    ) -> JudgeResult:
+        """See `JudgeClient.judge`."""
+        call = self._judge_call(
+            frames, instruction, kind, frame_stride, threshold, clip_temperature, request_id
+        )
+        return await self._run(call, result_from_json)
+
+    async def judge_group(
+        self,
+        videos: Sequence[np.ndarray],
+        instruction: str,
+        *,
+        replays: Mapping[int, np.ndarray] | None = None,
+        kind: str | None = None,
+        reward: str = "success",
+        frame_stride: int = 1,
+        threshold: float | None = None,
+        clip_temperature: float | None = None,
+        max_flags: int | None = None,
+        request_id: str | None = None,
+    ) -> GroupJudgement:
+        """See `JudgeClient.judge_group`."""
+        call = self._group_call(
+            videos,
+            instruction,
+            replays,
+            kind,
+            reward,
+            frame_stride,
+            threshold,
+            clip_temperature,
+            max_flags,
+            request_id,
+        )
+        return await self._run(call, group_from_json)
+
+    async def health(self) -> HealthStatus:
+        """See `JudgeClient.health`."""
+        try:
+            response = await self._http.get(_READINESS_PATH)
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc, self.base_url) from exc
+        return _health(response)

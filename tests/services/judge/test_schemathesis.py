@@ -1,0 +1,202 @@
+"""Property-based tests of the judge's HTTP API from its own OpenAPI schema (schemathesis).
+
+The app is the real one (`create_judge_app` over a `JudgeRuntime`) with the tiny classifier
+trained for these tests, an API key configured, driven in process through schemathesis' ASGI
+transport (its lifespan starts the engine and the judge queue). Every operation gets
+generated requests, valid and invalid, with the key and without it, and no response may be
+a 5xx (the `not_a_server_error` check). Random base64 almost never matches its shape, so
+`flatmap_body` makes about two thirds of the bodies carry well-formed videos (and edge cases
+the service must refuse cleanly: T=0, wrong size, RGBA, float frames, 3-D arrays), so the
+engine and the classifier are reached, not only request decoding.
+
+Bounded (SCHEMATHESIS_MAX_EXAMPLES per operation, default 25) to stay well under a minute.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import io
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.python import asgi
+
+from services.judge.http_api import create_judge_app
+from services.judge.runtime import JudgeRuntime
+from tests.services.judge.conftest import KEY
+from tests.services.judge.conftest import settings as judge_settings
+
+AUTH = {"x-api-key": KEY}
+EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "25"))
+PUBLIC = {"/healthz", "/readyz"}
+FRAME = 64
+STATUSES: dict[tuple[str, str], collections.Counter[int]] = collections.defaultdict(
+    collections.Counter
+)
+RUNTIMES: dict[int, JudgeRuntime] = {}  # the runtime under test, for the last test
+
+_SETTINGS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,  # the same cases on every run (CI)
+    suppress_health_check=list(HealthCheck),
+)
+
+
+# ------------------------------------------------------------------ bodies
+
+
+def _raw(array: np.ndarray) -> dict[str, Any]:
+    data = base64.b64encode(np.ascontiguousarray(array).tobytes()).decode()
+    return {"dtype": array.dtype.name, "shape": list(array.shape), "data": data}
+
+
+def _png(array: np.ndarray) -> dict[str, Any]:
+    blobs = []
+    for frame in array:
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="PNG", compress_level=1)
+        blobs.append(base64.b64encode(buf.getvalue()).decode())
+    return {"dtype": "uint8", "shape": list(array.shape), "png": blobs}
+
+
+_EDGES = [
+    (0, FRAME, FRAME, 3),
+    (3, 32, 32, 3),
+    (3, FRAME, FRAME, 4),
+    (FRAME, FRAME, 3),
+    (2, 1, 1, 3),
+]
+
+
+@st.composite
+def videos(draw: st.DrawFn) -> dict[str, Any]:
+    """A video: valid four times out of five, else an edge the service must refuse."""
+    if draw(st.integers(0, 4)):
+        shape: tuple[int, ...] = (draw(st.integers(1, 12)), FRAME, FRAME, 3)
+    else:
+        shape = draw(st.sampled_from(_EDGES))
+    array = np.random.default_rng(draw(st.integers(0, 2**32 - 1))).integers(
+        0, 256, shape, dtype=np.uint8
+    )
+    if len(shape) == 4 and shape[-1] == 3 and array.size and draw(st.booleans()):
+        return _png(array)
+    if draw(st.integers(0, 9)) == 0:
+        return _raw(array.astype(np.float32))
+    return _raw(array)
+
+
+def flatmap_body(context: Any, body: Any) -> st.SearchStrategy[Any]:
+    """A third of the bodies keep what schemathesis generated; the rest get real videos
+    and mostly a stride and kind this deployment serves."""
+    if not isinstance(body, dict) or not ({"frames", "videos"} & set(body)):
+        return st.just(body)
+    # Mostly options this deployment serves (random ones are nearly always 4xx; the bodies
+    # kept as generated fuzz them). No request id: reusing one for another body is a 400.
+    fields: dict[str, st.SearchStrategy[Any]] = {
+        "frame_stride": st.sampled_from([1, 2, 2, 2, 3]),
+        "kind": st.sampled_from([None, "classifier", "classifier", "classifier", "vlm"]),
+        "threshold": st.one_of(st.none(), st.floats(0.0, 1.0)),
+        "clip_temperature": st.one_of(st.none(), st.floats(0.01, 100.0)),
+        "request_id": st.just(""),
+    }
+    if "videos" in body:
+        fields["reward"] = st.sampled_from(["success", "score", "clip"])
+        fields["max_flags"] = st.integers(0, 3)
+    if "frames" in body:
+        fields["frames"] = videos()
+    if "videos" in body:  # replay indices beyond G are a clean 400
+        fields["videos"] = st.lists(videos(), min_size=2, max_size=3)
+        fields["replays"] = st.lists(
+            st.fixed_dictionaries({"index": st.integers(0, 2), "frames": videos()}), max_size=1
+        )
+    fixed = st.fixed_dictionaries(fields)
+    keep = st.integers(0, 2).map(lambda i: i == 0)
+    return keep.flatmap(
+        lambda k: st.just(body) if k else fixed.map(lambda tensors: {**body, **tensors})
+    )
+
+
+# ------------------------------------------------------------------ tests
+
+
+@pytest.fixture(scope="module")
+def api_schema(classifier) -> Iterator[Any]:
+    with pytest.MonkeyPatch.context() as mp:  # a developer's WMPO_* must not leak in
+        for name in list(os.environ):
+            if name.startswith("WMPO_"):
+                mp.delenv(name)
+        s = judge_settings(dev_mode=True, max_request_bytes=4 * 1024**2, max_wait_ms=2.0)
+    runtime = RUNTIMES[0] = JudgeRuntime(classifier, s)
+    app = create_judge_app(s, runtime)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)  # starts the lifespan
+    schema.hook(flatmap_body)
+    try:
+        yield schema
+    finally:
+        asgi.shutdown_lifespans()  # stops the runtime: engine and judge queue
+
+
+def fuzz(schema: Any, call: Callable[[Any], None]) -> None:
+    """`call(case)` for EXAMPLES generated cases per operation, valid and invalid ones mixed."""
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        strategy = st.one_of(
+            operation.as_strategy(GenerationMode.POSITIVE, hooks=schema.hooks),
+            operation.as_strategy(GenerationMode.NEGATIVE, hooks=schema.hooks),
+        )
+
+        @_SETTINGS
+        @given(case=strategy)
+        def run(case: Any) -> None:
+            call(case)
+
+        run()
+
+
+def _record(test: str, case: Any, status: int) -> None:
+    STATUSES[(test, f"{case.method.upper()} {case.path}")][status] += 1
+
+
+def test_no_server_error_with_a_key(api_schema: Any) -> None:
+    def call(case: Any) -> None:
+        response = case.call_and_validate(headers=AUTH, checks=[not_a_server_error])
+        _record("key", case, response.status_code)
+
+    fuzz(api_schema, call)
+
+
+def test_no_server_error_and_401_without_a_key(api_schema: Any) -> None:
+    def call(case: Any) -> None:
+        for name in [h for h in case.headers or {} if h.lower() in ("x-api-key", "authorization")]:
+            del case.headers[name]  # generated credentials are never valid ones
+        response = case.call_and_validate(checks=[not_a_server_error])
+        _record("no key", case, response.status_code)
+        if case.path not in PUBLIC:
+            assert response.status_code in (401, 413), (case.path, response.status_code)
+
+    fuzz(api_schema, call)
+
+
+def test_the_fuzzing_reached_the_classifier() -> None:
+    """The runs above did more than bounce off validation: real videos were judged."""
+    if not STATUSES:
+        pytest.skip("run with the tests above")
+    print("\nschemathesis statuses per operation:")
+    for (test, op), counter in sorted(STATUSES.items()):
+        print(f"  {test:6} {op:24} {dict(sorted(counter.items()))}")
+    assert all(code < 500 for c in STATUSES.values() for code in c)
+    keyed = {op: c for (test, op), c in STATUSES.items() if test == "key"}
+    judged = sum(keyed.get(op, {}).get(200, 0) for op in ("POST /v1/judge", "POST /v1/judge/group"))
+    stats = RUNTIMES[0].engine.stats
+    assert judged >= 3 and stats.jobs >= 3, (keyed, stats)
