@@ -7,6 +7,8 @@
    candidate action chunks from a real MetaWorld frame, ``POST /v1/imagine`` them through the
    light client, replay the same actions in MetaWorld, and write real vs imagined frames to a
    PNG a person can look at.
+4. Verify before execute: the base policy on one task, with and without the judge choosing
+   among imagined candidate chunks (embedded simulator + judge), success in the real simulator.
 """
 
 from __future__ import annotations
@@ -25,6 +27,25 @@ from wmpo.eval.policy import EvalConfig, evaluate, format_table
 
 BUNDLED_POLICY = Path(__file__).resolve().parent.parent / "checkpoints" / "policy-base"
 BUNDLED_WORLD_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "world-model"
+BUNDLED_JUDGE = Path(__file__).resolve().parent.parent / "checkpoints" / "judge"
+
+
+def verify_before_execute_demo(policy_dir: Path, world_model_dir: Path, judge_dir: Path, episodes: int,
+                               workers: int, task: str = "button-press-topdown-v3") -> dict:
+    """Success of the policy (temperature 1) on held-out seeds, without and with verify before execute."""
+    from services.embedded import embedded_stack
+
+    plain = evaluate(EvalConfig(tasks=[task], source=SourceSpec("policy", checkpoint=str(policy_dir),
+                                                                temperature=1.0),
+                                episodes=episodes, workers=workers), progress=False)
+    with embedded_stack(world_model_dir, judge_dir) as stack:
+        spec = SourceSpec("verified-policy", checkpoint=str(policy_dir), temperature=1.0,
+                          simulator_url=stack.http_url, candidates=4, max_attempts=2)
+        verified = evaluate(EvalConfig(tasks=[task], source=spec, episodes=episodes, workers=workers),
+                            progress=True)
+    return {"task": task, "episodes": episodes,
+            "without": plain["per_task"][task], "with": verified["per_task"][task],
+            "verification": verified.get("verification")}
 
 
 def save_strip(ds: EpisodeDataset, path: Path, frames_per_episode: int = 8) -> None:
@@ -101,7 +122,7 @@ def run_demo(episodes: int = 20, workers: int = 2, out: str = "outputs/demo",
         raise CheckpointError(f"bundled policy missing at {checkpoint}; check out the repository fully")
     tasks = list(POLICY_TASKS)
 
-    print(f"[1/3] collecting 1 scripted-expert episode per task in MetaWorld -> {out_dir / 'data'}")
+    print(f"[1/4] collecting 1 scripted-expert episode per task in MetaWorld -> {out_dir / 'data'}")
     shutil.rmtree(out_dir / "data", ignore_errors=True)
     summary = collect(CollectConfig(out=str(out_dir / "data"), tasks=tasks, source="expert",
                                     episodes=1, workers=workers))
@@ -110,12 +131,12 @@ def run_demo(episodes: int = 20, workers: int = 2, out: str = "outputs/demo",
     print(f"      {summary['frames']} frames at {summary['frames_per_second']} frames/s; "
           f"strip: {out_dir / 'expert_episodes.png'}")
 
-    print(f"[2/3] evaluating the bundled base policy on {episodes} held-out seeds per task")
+    print(f"[2/4] evaluating the bundled base policy on {episodes} held-out seeds per task")
     report = evaluate(EvalConfig(tasks=tasks, source=SourceSpec("policy", checkpoint=str(checkpoint),
                                                                  temperature=0.0),
                                  episodes=episodes, workers=workers))
     print(format_table(report, f"base policy ({checkpoint.name}); real MetaWorld, held-out seeds, greedy"))
-    print("[3/3] robot-team flow: candidate chunks from the policy -> POST /v1/imagine (embedded service)")
+    print("[3/4] robot-team flow: candidate chunks from the policy -> POST /v1/imagine (embedded service)")
     if (world_model / "model.safetensors").exists():
         imagine = imagine_vs_real(out_dir, checkpoint, world_model)
         print(f"      PSNR imagined vs real per candidate: {imagine['psnr_imagined']} dB "
@@ -125,7 +146,20 @@ def run_demo(episodes: int = 20, workers: int = 2, out: str = "outputs/demo",
     else:
         imagine = {"skipped": f"no world model at {world_model}"}
         print(f"      skipped: {imagine['skipped']}")
+    vbe_episodes = max(1, episodes // 2)
+    print(f"[4/4] verify before execute on {vbe_episodes} held-out seeds: 4 candidate chunks per decision, "
+          "imagined by the simulator, the judge's best executed")
+    if (world_model / "model.safetensors").exists() and (BUNDLED_JUDGE / "model.safetensors").exists():
+        vbe = verify_before_execute_demo(checkpoint, world_model, BUNDLED_JUDGE, vbe_episodes, workers)
+        w, v = vbe["without"], vbe["with"]
+        print(f"      {vbe['task']}: {w['success_rate']:.0%} without, {v['success_rate']:.0%} with verification "
+              f"({vbe_episodes} episodes each; too few for a verdict: see README for 100-episode results); "
+              f"decision latency p50 {vbe['verification']['decision_seconds_p50']} s")
+    else:
+        vbe = {"skipped": "no bundled world model or judge"}
+        print(f"      skipped: {vbe['skipped']}")
     (out_dir / "report.json").write_text(json.dumps(
-        {"collection": summary, "base_policy": report, "imagine": imagine}, indent=2, default=str))
+        {"collection": summary, "base_policy": report, "imagine": imagine, "verify_before_execute": vbe},
+        indent=2, default=str))
     print(f"wrote {out_dir / 'report.json'}")
     return report
