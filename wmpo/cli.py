@@ -142,6 +142,16 @@ def cmd_imagine_dataset(a: argparse.Namespace) -> None:
 def cmd_eval_judge(a: argparse.Namespace) -> None:
     from wmpo.eval.judge import JudgeEvalConfig, evaluate_judge, format_report
 
+    if a.dual_noise:
+        from wmpo.data.episodes import EpisodeDataset
+        from wmpo.eval.judge import dual_noise_report
+        from wmpo.judge.success import SuccessJudge
+
+        report = dual_noise_report(SuccessJudge.load(a.checkpoint), EpisodeDataset.load(a.dual_noise),
+                                   EpisodeDataset.load(a.data), a.world_model or str(BUNDLED_WORLD_MODEL),
+                                   seed=a.seed)
+        print(json.dumps(report, indent=2))
+        return
     cfg = JudgeEvalConfig(classifier=a.checkpoint, data=a.data, world_model=a.world_model or None,
                           seed=a.seed, limit=a.limit)
     report = evaluate_judge(cfg)
@@ -435,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     p.add_argument("--record", default=None, metavar="NAME", help="record the result in the manifest under NAME")
+    p.add_argument("--dual-noise", default=None, metavar="REAL_DATA",
+                   help="dual-noise verification report: --data is the imagined replay of REAL_DATA "
+                   "(wmpo imagine-dataset); judged successes are imagined again under noise --seed")
     p.set_defaults(func=cmd_eval_judge)
 
     sv = sub.add_parser("serve", help="run a service (HTTP + gRPC in one process)").add_subparsers(

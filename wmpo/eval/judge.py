@@ -124,6 +124,37 @@ def write_imagined_dataset(world_model_dir: str, data: str, out: str, seed: int 
     return summary
 
 
+def dual_noise_report(judge: SuccessJudge, real: EpisodeDataset, imagined: EpisodeDataset, world_model_dir: str,
+                      seed: int, progress: bool = True) -> dict[str, Any]:
+    """Dual-noise verification on imagined replays: every imagined episode the judge calls a success
+    is imagined again from the same start under the same actions with fresh noise (``seed``) and
+    judged again; disagreement flags it. Reports how many were flagged and how many of the flagged
+    were real failures (the hallucinations DNV exists to catch) or real successes (its false alarms)."""
+    from wmpo.sampling.world_model import TorchWorldModel
+
+    if len(real) != len(imagined):
+        raise ConfigError(f"the imagined dataset ({len(imagined)} episodes) must replay the real one ({len(real)})")
+    first = judge_dataset(judge, imagined)
+    positives = np.flatnonzero(first.scores >= judge.threshold)
+    sub = EpisodeDataset(real.root, real.columns, [real.episodes[i] for i in positives])
+    wm = TorchWorldModel.load(world_model_dir)
+    videos = imagine_dataset(wm, sub, seed, progress=progress)
+    again = [judge.judge_many([v], [m["instruction"]], [wm.frame_stride])[0].success
+             for v, m in zip(videos, sub.episodes, strict=True)]
+    flagged = np.asarray([not a for a in again], bool)
+    real_ok = np.asarray([m["succeeded"] for m in sub.episodes], bool)
+    return {
+        "imagined_episodes": len(imagined), "judged_successes": int(len(positives)),
+        "judged_successes_real_failures": int((~real_ok).sum()),
+        "flagged": int(flagged.sum()),
+        "flagged_real_failures": int((flagged & ~real_ok).sum()),
+        "flagged_real_successes": int((flagged & real_ok).sum()),
+        "precision_before": float(real_ok.mean()) if len(real_ok) else None,
+        "precision_after": float(real_ok[~flagged].mean()) if (~flagged).any() else None,
+        "seed": seed,
+    }
+
+
 @dataclass
 class JudgeEvalConfig:
     classifier: str

@@ -58,7 +58,7 @@ class SuccessClassifierConfig:
 
 PRESETS: dict[str, SuccessClassifierConfig] = {
     "tiny": SuccessClassifierConfig(channels=(8, 8, 16, 16), frame_dim=16, hidden=32),  # tests
-    "small": SuccessClassifierConfig(),  # bundled, about 0.5M parameters
+    "small": SuccessClassifierConfig(),  # bundled, 0.7M parameters
     "base": SuccessClassifierConfig(channels=(64, 128, 256, 256), frame_dim=256, hidden=1024),
 }
 
