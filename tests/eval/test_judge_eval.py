@@ -1,0 +1,57 @@
+"""Imagined judge datasets and the dual-noise report, on real MetaWorld episodes and the bundled world model."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wmpo.data.collect import CollectConfig, collect
+from wmpo.data.episodes import EpisodeDataset
+from wmpo.eval.judge import (
+    choose_threshold,
+    dual_noise_report,
+    precision_recall_f1,
+    write_imagined_dataset,
+)
+from wmpo.judge.success import SuccessJudge
+
+ROOT = Path(__file__).resolve().parents[2] / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def imagined(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imagined")
+    collect(CollectConfig(out=str(root / "real"), tasks=["button-press-topdown-v3"], source="expert", episodes=2,
+                          workers=1), progress=False)
+    write_imagined_dataset(str(ROOT / "world-model"), str(root / "real"), str(root / "imagined"), progress=False)
+    return EpisodeDataset.load(root / "real"), EpisodeDataset.load(root / "imagined")
+
+
+def test_imagined_episodes_replay_the_real_ones_with_their_real_outcome(imagined):
+    real, im = imagined
+    assert len(im) == len(real) == 2
+    for i in range(2):
+        r, m = real.episode(i), im.episode(i)
+        assert m.meta["frame_stride"] == 2 and m.meta["source"]["kind"] == "imagined"
+        assert m.frames.shape[0] == r.length // 2 + 1
+        assert np.array_equal(m.frames[0], r.frames[0])  # the real start frame
+        assert m.success[-1] == r.succeeded and not m.success[:-1].any()
+
+
+def test_dual_noise_report_counts_flags_against_real_outcomes(imagined):
+    real, im = imagined
+    judge = SuccessJudge.load(str(ROOT / "judge"))
+    judge.threshold = 0.0  # every imagined episode is a judged success, so every one is replayed
+    r = dual_noise_report(judge, real, im, str(ROOT / "world-model"), seed=5, progress=False)
+    assert r["judged_successes"] == 2 and r["flagged"] == 0  # threshold 0: the replay passes too
+    judge.threshold = 1.0
+    assert dual_noise_report(judge, real, im, str(ROOT / "world-model"), seed=5, progress=False)["judged_successes"] == 0
+
+
+def test_threshold_and_f1_by_hand():
+    scores = np.array([0.1, 0.4, 0.6, 0.9])
+    labels = np.array([False, False, True, True])
+    t = choose_threshold(scores, labels)
+    assert 0.4 < t <= 0.6
+    m = precision_recall_f1(scores >= 0.5, np.array([False, True, True, True]))
+    assert m["precision"] == 1.0 and m["recall"] == pytest.approx(2 / 3) and m["f1"] == pytest.approx(0.8)
