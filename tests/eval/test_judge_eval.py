@@ -30,8 +30,10 @@ def imagined(tmp_path_factory):
 def test_imagined_episodes_replay_the_real_ones_with_their_real_outcome(imagined):
     real, im = imagined
     assert len(im) == len(real) == 2
+    by_seed = {m["seed"]: i for i, m in enumerate(real.episodes)}
     for i in range(2):
-        r, m = real.episode(i), im.episode(i)
+        m = im.episode(i)
+        r = real.episode(by_seed[m.meta["seed"]])
         assert m.meta["frame_stride"] == 2 and m.meta["source"]["kind"] == "imagined"
         assert m.frames.shape[0] == r.length // 2 + 1
         assert np.array_equal(m.frames[0], r.frames[0])  # the real start frame

@@ -136,7 +136,12 @@ def dual_noise_report(judge: SuccessJudge, real: EpisodeDataset, imagined: Episo
         raise ConfigError(f"the imagined dataset ({len(imagined)} episodes) must replay the real one ({len(real)})")
     first = judge_dataset(judge, imagined)
     positives = np.flatnonzero(first.scores >= judge.threshold)
-    sub = EpisodeDataset(real.root, real.columns, [real.episodes[i] for i in positives])
+    by_key = {(m["task"], m["seed"]): m for m in real.episodes}  # shard order differs between the two
+    try:
+        sub = EpisodeDataset(real.root, real.columns,
+                             [by_key[(imagined.episodes[i]["task"], imagined.episodes[i]["seed"])] for i in positives])
+    except KeyError as e:
+        raise ConfigError(f"imagined episode {e} has no real episode in {real.root}") from None
     wm = TorchWorldModel.load(world_model_dir)
     videos = imagine_dataset(wm, sub, seed, progress=progress)
     again = [judge.judge_many([v], [m["instruction"]], [wm.frame_stride])[0].success
