@@ -10,9 +10,6 @@ queued rows from the engine. Streamed chunk tensors are raw (PNG is at most 4-D)
 
 from __future__ import annotations
 
-import functools
-import inspect
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -23,6 +20,7 @@ from wmpo_client.proto import simulator_pb2, simulator_pb2_grpc, tensor_pb2
 
 from services.common.auth import ApiKeyAuth, AsyncApiKeyInterceptor
 from services.common.errors import InvalidArgument, grpc_error_boundary
+from services.common.grpc_util import bind_address, observed
 from services.common.logging import is_valid_request_id, request_id_var
 from services.common.metrics import ServiceMetrics
 from services.simulator.engine import (
@@ -41,39 +39,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Outgoing tensors are bounded by the engine (max_response_bytes) and gRPC's send limit.
 _OUTPUT_MAX_BYTES = 2**62
 _Status = simulator_pb2.HealthResponse
-
-
-def _observed(method: F) -> F:
-    """Record latency by RPC name and final status code (outside the error boundary)."""
-    name = method.__name__
-
-    def record(self: SimulatorServicer, context: grpc.aio.ServicerContext, start: float) -> None:
-        code = context.code() or grpc.StatusCode.OK
-        label = code.name if isinstance(code, grpc.StatusCode) else str(code)
-        self.metrics.observe_request("grpc", name, label, time.perf_counter() - start)
-
-    if inspect.isasyncgenfunction(method):
-
-        @functools.wraps(method)
-        async def stream(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            start = time.perf_counter()
-            try:
-                async for item in method(self, request, context):
-                    yield item
-            finally:
-                record(self, context, start)
-
-        return stream  # type: ignore[return-value]
-
-    @functools.wraps(method)
-    async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        start = time.perf_counter()
-        try:
-            return await method(self, request, context)
-        finally:
-            record(self, context, start)
-
-    return unary  # type: ignore[return-value]
 
 
 class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
@@ -144,7 +109,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
         return which, getattr(msg, which)
 
     # ------------------------------------------------------------ imagine
-    @_observed
+    @observed
     @grpc_error_boundary
     async def Imagine(
         self, request: simulator_pb2.ImagineRequest, context: grpc.aio.ServicerContext
@@ -180,7 +145,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
             **_judged(v),
         )
 
-    @_observed
+    @observed
     @grpc_error_boundary
     async def ImagineStream(
         self, request: simulator_pb2.ImagineRequest, context: grpc.aio.ServicerContext
@@ -231,7 +196,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
             run.close()
 
     # ------------------------------------------------------------ sessions
-    @_observed
+    @observed
     @grpc_error_boundary
     async def CreateSession(
         self, request: simulator_pb2.CreateSessionRequest, context: grpc.aio.ServicerContext
@@ -253,7 +218,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
             timing=res.timing,
         )
 
-    @_observed
+    @observed
     @grpc_error_boundary
     async def StepSession(
         self, request: simulator_pb2.StepSessionRequest, context: grpc.aio.ServicerContext
@@ -289,7 +254,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
             replayed=outcome.replayed,
         )
 
-    @_observed
+    @observed
     @grpc_error_boundary
     async def ReplaySession(
         self, request: simulator_pb2.ReplaySessionRequest, context: grpc.aio.ServicerContext
@@ -307,7 +272,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
             timing=res.timing,
         )
 
-    @_observed
+    @observed
     @grpc_error_boundary
     async def GetSession(
         self, request: simulator_pb2.GetSessionRequest, context: grpc.aio.ServicerContext
@@ -317,7 +282,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
         infos = [sessions.get(target)] if which == "session_id" else sessions.get_group(target)
         return simulator_pb2.GetSessionResponse(sessions=[self._info(i) for i in infos])
 
-    @_observed
+    @observed
     @grpc_error_boundary
     async def CloseSession(
         self, request: simulator_pb2.CloseSessionRequest, context: grpc.aio.ServicerContext
@@ -364,10 +329,6 @@ def _validated(
     return run
 
 
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def create_grpc_server(
     runtime: SimulatorRuntime, settings: SimulatorSettings
 ) -> tuple[grpc.aio.Server, int]:
@@ -384,7 +345,7 @@ def create_grpc_server(
     simulator_pb2_grpc.add_SimulatorServicer_to_server(
         SimulatorServicer(runtime, settings.max_request_bytes), server
     )
-    port = server.add_insecure_port(_address(settings.host, settings.grpc_port))
+    port = server.add_insecure_port(bind_address(settings.host, settings.grpc_port))
     if port == 0:
-        raise RuntimeError(f"could not bind gRPC to {_address(settings.host, settings.grpc_port)}")
+        raise RuntimeError(f"could not bind gRPC to {bind_address(settings.host, settings.grpc_port)}")
     return server, port

@@ -32,9 +32,8 @@ not text-conditioned. A client that disconnects cancels its work (499).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -48,7 +47,6 @@ from wmpo_client.codec import CodecError, DTypeName, TensorJSON, to_json
 
 from services.common.app import create_app
 from services.common.errors import (
-    ClientClosedRequest,
     ErrorDetail,
     InvalidArgument,
     ServiceError,
@@ -56,6 +54,7 @@ from services.common.errors import (
     error_responses,
     internal_message,
 )
+from services.common.http_util import until_disconnect
 from services.common.logging import current_request_id
 from services.simulator.engine import (
     SEED_LIMIT,
@@ -371,37 +370,6 @@ def _round(timing: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 6) for k, v in timing.items()}
 
 
-async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it if the client disconnects first.
-
-    Starlette cancels only streaming responses on disconnect; for a plain
-    request the body has been read, so the next ASGI message is the disconnect.
-    Cancelling drops the request's queued rows from the engine.
-    """
-    task = asyncio.ensure_future(work)
-    disconnected = False
-
-    async def watch() -> None:
-        nonlocal disconnected
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        disconnected = True
-        task.cancel()
-
-    watcher = asyncio.create_task(watch())
-    try:
-        return await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if disconnected and not (current and current.cancelling()):
-            # Not a server shutdown: end the request normally (499) rather than
-            # letting CancelledError escape into the server as a crash.
-            raise ClientClosedRequest("the client closed the connection") from None
-        raise
-    finally:
-        watcher.cancel()
-
-
 class _ClosingStream(StreamingResponse):
     """Runs `on_close` however the response ends: a generator that never started
     (client gone before the first byte) would not run its own `finally`."""
@@ -460,7 +428,7 @@ def simulator_router() -> APIRouter:
     async def imagine(body: ImagineBody, request: Request) -> ImagineOut:
         rt = _runtime(request)
         rid = _request_id(body.request_id)
-        result = await _until_disconnect(
+        result = await until_disconnect(
             request,
             rt.imagine(
                 body._frames,
@@ -566,7 +534,7 @@ def simulator_router() -> APIRouter:
     )
     async def create_session(body: CreateSessionBody, request: Request) -> CreateSessionOut:
         rt = _runtime(request)
-        res = await _until_disconnect(
+        res = await until_disconnect(
             request,
             rt.sessions.create(
                 body._frames, body.instruction, body.seed, body.group_size, body.max_chunks
@@ -611,7 +579,7 @@ def simulator_router() -> APIRouter:
     )
     async def step_session(session_id: str, body: StepSessionBody, request: Request) -> StepOut:
         rt = _runtime(request)
-        outcome = await _until_disconnect(
+        outcome = await until_disconnect(
             request,
             rt.sessions.step_session(session_id, body._actions, body.expected_chunks_stepped),
         )
@@ -630,7 +598,7 @@ def simulator_router() -> APIRouter:
     ) -> ReplayOut:
         rt = _runtime(request)
         body = body or ReplayBody()
-        res = await _until_disconnect(request, rt.sessions.replay(session_id, body.seed))
+        res = await until_disconnect(request, rt.sessions.replay(session_id, body.seed))
         return ReplayOut(
             request_id=_request_id(body.request_id),
             session_id=res.session_id,
@@ -668,7 +636,7 @@ def simulator_router() -> APIRouter:
     )
     async def step_group(group_id: str, body: StepGroupBody, request: Request) -> StepOut:
         rt = _runtime(request)
-        outcome = await _until_disconnect(
+        outcome = await until_disconnect(
             request,
             rt.sessions.step_group(group_id, body._actions, body.expected_chunks_stepped),
         )
