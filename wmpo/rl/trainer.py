@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -136,9 +137,17 @@ def update(policy: Policy, opt: torch.optim.Optimizer, batch: dict[str, Any], cf
     return {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
 
 
-def train_grpo(cfg: GRPOConfig, sim: Any, judge: RolloutJudge, progress: bool = True) -> dict[str, Any]:
+class Cancelled(Exception):
+    """``should_stop`` asked the job to stop; its last completed step is checkpointed."""
+
+
+def train_grpo(cfg: GRPOConfig, sim: Any, judge: RolloutJudge, progress: bool = True,
+               on_step: Callable[[dict[str, Any]], None] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Run (or resume) a GRPO job; returns its summary. ``sim`` is a simulator client, ``judge`` a
-    ``RolloutJudge`` (a judge-service client adapter)."""
+    ``RolloutJudge`` (a judge-service client adapter). ``on_step(metrics)`` is called after each
+    step's checkpoint is written; ``should_stop()`` is polled before each step and raises
+    ``Cancelled`` (the job resumes from its last checkpoint if started again)."""
     cfg.validate()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,6 +169,10 @@ def train_grpo(cfg: GRPOConfig, sim: Any, judge: RolloutJudge, progress: bool = 
     bar = tqdm(range(start, cfg.steps), desc="GRPO in imagination", initial=start, total=cfg.steps,
                disable=not progress)
     for step in bar:
+        if should_stop is not None and should_stop():
+            bar.close()
+            pool.shutdown()
+            raise Cancelled(f"stopped before step {step + 1} of {cfg.steps}")
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, step])  # imagination of step s depends only on (seed, s)
         timing: dict[str, float] = {}
@@ -204,6 +217,8 @@ def train_grpo(cfg: GRPOConfig, sim: Any, judge: RolloutJudge, progress: bool = 
         _save_policy(policy, out / "policy", cfg, manifest, history)
         save_train_state(state_path, model=policy.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
                          step=step + 1, history=history)
+        if on_step is not None:
+            on_step(metrics)
     bar.close()
     pool.shutdown()
     summary = {"config": asdict(cfg), "steps": len(history), "history": history, "policy": str(out / "policy")}
