@@ -129,8 +129,20 @@ def cmd_train_grpo(a: argparse.Namespace) -> None:
         group_size=a.group_size, chunks=a.chunks, temperature=a.temperature, lr=a.lr, epochs=a.epochs,
         minibatch=a.minibatch, verify=not a.no_verify, seed=a.seed, simulator_url=a.simulator_url,
         judge_url=a.judge_url, world_model=a.world_model, judge=a.judge, eval_episodes=a.eval_episodes,
-        eval_workers=a.workers)
+        eval_workers=a.workers, environment=a.environment, real_budget=a.real_budget)
     print(json.dumps(run_grpo_job(cfg), indent=2))
+
+
+def cmd_train_lifelong(a: argparse.Namespace) -> None:
+    from wmpo.rl.lifelong import LifelongConfig, run_lifelong
+
+    cfg = LifelongConfig(
+        out=a.out, tasks=_tasks(a.tasks), policy=a.policy, world_model=a.world_model, judge=a.judge,
+        rounds=a.rounds, real_rollouts=a.real_rollouts, wm_steps=a.wm_steps, judge_steps=a.judge_steps,
+        grpo_steps=a.steps, groups=a.groups, group_size=a.group_size, chunks=a.chunks, lr=a.lr,
+        eval_episodes=a.eval_episodes, workers=a.workers, seed=a.seed)
+    result = run_lifelong(cfg)
+    print(json.dumps({"real_rollouts_total": result["real_rollouts_total"], "final": result["final"]}, indent=2))
 
 
 def cmd_imagine_dataset(a: argparse.Namespace) -> None:
@@ -394,8 +406,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-episodes", type=int, default=0,
                    help="real-simulator episodes per task on held-out seeds, before and after (0: skip)")
     p.add_argument("--workers", type=int, default=2, help="processes for the real-simulator evaluation")
+    p.add_argument("--environment", choices=["imagination", "real"], default="imagination",
+                   help="real: online GRPO in MetaWorld with its true success flag (the baseline)")
+    p.add_argument("--real-budget", type=int, default=0,
+                   help="with --environment real: real episodes to spend (sets the steps)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train_grpo)
+
+    p = tr.add_parser("lifelong", help="WMPO's real-data loop: collect P real rollouts of the policy, "
+                      "fine-tune the world model and the judge on them, GRPO in imagination, evaluate; "
+                      "repeat (resumes from <out>/lifelong.json)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tasks", default="button-press-topdown-v3,drawer-close-v3,door-open-v3")
+    p.add_argument("--policy", default=str(BUNDLED_POLICY), help="starting policy checkpoint")
+    p.add_argument("--world-model", default=str(BUNDLED_WORLD_MODEL), help="starting world model")
+    p.add_argument("--judge", default=str(BUNDLED_JUDGE), help="starting success classifier")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--real-rollouts", type=int, default=128, help="P: real rollouts of the policy per round")
+    p.add_argument("--wm-steps", type=int, default=400, help="world-model fine-tuning steps (0: skip)")
+    p.add_argument("--judge-steps", type=int, default=300, help="judge fine-tuning steps (0: skip)")
+    p.add_argument("--steps", type=int, default=10, help="GRPO steps in imagination per round")
+    p.add_argument("--groups", type=int, default=8)
+    p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--chunks", type=int, default=12)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--eval-episodes", type=int, default=100, help="held-out episodes per task after each round")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_lifelong)
 
     ev = sub.add_parser("eval", help="evaluate in the real simulator").add_subparsers(dest="what", required=True)
     p = ev.add_parser("policy", help="success rate per task on held-out seeds, with 95%% Wilson intervals")

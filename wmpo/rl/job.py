@@ -10,7 +10,7 @@ what counts: real success.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,22 @@ class GRPOJobConfig(GRPOConfig):
     eval_episodes: int = 0  # per task, before and after; 0 skips
     eval_workers: int = 2
     tasks: list[str] = field(default_factory=lambda: ["button-press-topdown-v3"])
+    # "imagination" (the services) or "real": online GRPO in MetaWorld with its true success flag,
+    # the papers' baseline; ``real_budget`` > 0 caps its real episodes (steps follow from it).
+    environment: str = "imagination"
+    real_budget: int = 0
 
     def validate(self) -> None:
         super().validate()
+        if self.environment not in ("imagination", "real"):
+            raise ConfigError(f"--environment must be 'imagination' or 'real', got {self.environment!r}")
+        if self.real_budget < 0 or (self.real_budget and self.environment != "real"):
+            raise ConfigError("--real-budget must be >= 0 and only applies to --environment real")
+        if self.real_budget and self.real_budget < self.groups_per_step * self.group_size:
+            raise ConfigError(f"--real-budget {self.real_budget} is less than one step's episodes "
+                              f"({self.groups_per_step} groups x {self.group_size})")
+        if self.environment == "real":
+            return
         if (self.simulator_url is None) != (self.judge_url is None):
             raise ConfigError("give both --simulator-url and --judge-url, or neither (embedded stack)")
         if self.simulator_url is None and not (self.world_model and self.judge):
@@ -73,7 +86,11 @@ def _evaluate(policy: str, cfg: GRPOJobConfig, title: str) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k != "episodes_detail"}
 
 
-def run_grpo_job(cfg: GRPOJobConfig) -> dict[str, Any]:
+def run_grpo_job(cfg: GRPOJobConfig, progress: bool = True,
+                 on_step: Callable[[dict[str, Any]], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Evaluate (optional), train in imagination, evaluate; resumes from ``cfg.out``. ``on_step`` and
+    ``should_stop`` are passed to ``train_grpo`` (a stop raises ``wmpo.rl.trainer.Cancelled``)."""
     cfg.validate()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,8 +104,22 @@ def run_grpo_job(cfg: GRPOJobConfig) -> dict[str, Any]:
         else:
             result["before"] = _evaluate(cfg.policy, cfg, "before GRPO (real MetaWorld, held-out seeds, greedy)")
             atomic_write_json(before, result["before"])
-    with service_clients(cfg) as (sim, judge_client):
-        summary = train_grpo(cfg.grpo(), ServiceGroupSimulator(sim), ServiceRolloutJudge(judge_client))
+    if cfg.environment == "real":
+        from wmpo.rl.real import RealGroupSimulator, RealSuccessJudge
+
+        grpo = cfg.grpo()
+        if cfg.real_budget:  # every episode run counts, informative or not: one sampling round per step
+            grpo.steps = cfg.real_budget // (cfg.groups_per_step * cfg.group_size)
+            grpo.max_sampling_rounds = 1
+        real_sim = RealGroupSimulator()
+        summary = train_grpo(grpo, real_sim, RealSuccessJudge(real_sim), progress=progress, on_step=on_step,
+                             should_stop=should_stop)
+        # the real episodes spent, from the history so a resumed job counts its earlier steps too
+        result["real_episodes"] = sum(h["groups_imagined"] for h in summary["history"]) * cfg.group_size
+    else:
+        with service_clients(cfg) as (sim, judge_client):
+            summary = train_grpo(cfg.grpo(), ServiceGroupSimulator(sim), ServiceRolloutJudge(judge_client),
+                                 progress=progress, on_step=on_step, should_stop=should_stop)
     result["training"] = {"steps": summary["steps"], "last": summary["history"][-1] if summary["history"] else None}
     if cfg.eval_episodes:
         result["after"] = _evaluate(summary["policy"], cfg, "after GRPO (real MetaWorld, held-out seeds, greedy)")

@@ -53,6 +53,7 @@ class JudgeTrainConfig:
     seed: int = 0
     log_every: int = 50
     save_every: int = 500
+    init: str | None = None  # fine-tune: start from this classifier's weights (its preset wins)
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
@@ -149,12 +150,16 @@ def augment(clips: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tens
 def train_success_classifier(cfg: JudgeTrainConfig, progress: bool = True) -> dict[str, Any]:
     cfg.validate()
     torch.manual_seed(cfg.seed)
-    mcfg = PRESETS[cfg.preset]
+    init = SuccessClassifier.from_checkpoint(cfg.init)[0] if cfg.init else None
+    mcfg = init.config if init is not None else PRESETS[cfg.preset]
     index = build_clip_index(cfg.data, mcfg.clip_length, mcfg.frame_stride, cfg.margin)
     used = np.unique(np.concatenate([index.positives.ravel(), index.negatives.ravel()]))
     recon = (reconstruct_frames(cfg.world_model, index.frames, used, cfg.recon_noise, cfg.seed)
              if cfg.recon_prob > 0 else None)
     model = SuccessClassifier(mcfg)
+    if init is not None:  # everything but the instruction table, which is rebuilt for this data
+        weights = {k: v for k, v in init.state_dict().items() if k != "instruction_table"}
+        model.load_state_dict(weights, strict=False)
     model.set_instructions(index.instructions, embed_instructions(index.instructions))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

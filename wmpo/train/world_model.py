@@ -50,6 +50,7 @@ class WorldModelTrainConfig:
     log_every: int = 50
     eval_every: int = 500
     save_every: int = 500
+    init: str | None = None  # fine-tune: start from this world model's DiT (its preset wins)
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
@@ -76,9 +77,17 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
     ae, ae_sha = load_autoencoder(cfg.autoencoder)
     for p in ae.parameters():
         p.requires_grad_(False)
-    dit_cfg = VideoDiTConfig(**{**asdict(PRESETS[cfg.preset]),
-                                "latent_channels": ae.config.latent_channels,
-                                "latent_size": ae.config.latent_size})
+    init_sha = ""
+    if cfg.init:  # fine-tuning (WMPO's policy behaviour alignment): the DiT's shape is the init's
+        init_wm = TorchWorldModel.load(cfg.init)
+        if init_wm.ae.config != ae.config:
+            raise ConfigError(f"--init {cfg.init} was trained with another autoencoder than {cfg.autoencoder}")
+        dit_cfg = init_wm.dit.config
+        init_sha = init_wm.hashes.get("world_model_sha256", "")
+    else:
+        dit_cfg = VideoDiTConfig(**{**asdict(PRESETS[cfg.preset]),
+                                    "latent_channels": ae.config.latent_channels,
+                                    "latent_size": ae.config.latent_size})
     t_enc = time.time()
     data = LatentEpisodes.encode(cfg.data, ae, dit_cfg.frame_stride, min_frames=cfg.window + 1)
     if len(data) < 2:
@@ -92,6 +101,9 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     dit = VideoDiT(dit_cfg)
+    if cfg.init:
+        dit.load_state_dict(init_wm.dit.state_dict())
+        del init_wm
     ema = copy.deepcopy(dit).eval()
     opt = torch.optim.AdamW(dit.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -122,6 +134,7 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
             "data": {"datasets": cfg.data, "episodes": len(data), "latent_frames": len(data.latents),
                      "tasks": sorted(set(data.tasks)), "val_episodes": val_eps.tolist()},
             "autoencoder_sha256": ae_sha,
+            "init_world_model_sha256": init_sha or None,
             "environment": environment_info(),
         }
         return TorchWorldModel(ae, ema, SamplerConfig()).save(out, manifest)

@@ -1,0 +1,228 @@
+"""WMPO's real-data loop: policy behaviour alignment and lifelong learning.
+
+One round, for the current policy:
+
+1. **collect** P real rollouts of the policy in MetaWorld (training seeds, sampling temperature
+   ``rollout_temperature``), split into a training part and a validation part (both count
+   towards P: the real-rollout budget is everything the loop ever ran in the real simulator);
+2. **align the world model**: fine-tune it on those rollouts (successes and failures alike, so
+   it can imagine how *this* policy fails), starting from the current world model;
+3. **align the judge**: the new world model replays the rollouts' actions (``imagine-dataset``,
+   labelled with the real outcomes), and the success classifier is fine-tuned on the real and
+   imagined clips, its threshold chosen again on the validation part;
+4. **GRPO in imagination** with the new world model and judge (the embedded stack: the trainer
+   still reaches them only through their service clients);
+5. **evaluate** the new policy in the real simulator on held-out seeds (never counted in P).
+
+The next round starts from this round's policy, world model and judge. Every stage writes its
+artifact under ``out/round-<r>/`` and records itself in ``out/lifelong.json`` (configuration,
+paths, checkpoint hashes, metrics, seconds), so a stopped loop started again skips what is done
+and resumes the stage it was in (collection, training and GRPO all resume).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from wmpo.data.episodes import atomic_write_json
+from wmpo.errors import ConfigError
+
+BUNDLED = Path(__file__).resolve().parents[2] / "checkpoints"
+REAL_SEED_BASE = 300_000  # seeds of the loop's real rollouts (round r uses 300,000 + 10,000 r ...)
+
+
+@dataclass
+class LifelongConfig:
+    out: str
+    tasks: list[str]
+    policy: str = str(BUNDLED / "policy-base")
+    world_model: str = str(BUNDLED / "world-model")
+    judge: str = str(BUNDLED / "judge")
+    rounds: int = 1
+    real_rollouts: int = 128  # P per round, over all tasks
+    val_fraction: float = 0.25  # of P, to choose the judge's threshold
+    rollout_temperature: float = 1.0
+    wm_steps: int = 400
+    wm_lr: float = 1e-4
+    judge_steps: int = 300
+    judge_lr: float = 3e-4
+    grpo_steps: int = 10
+    groups: int = 8
+    group_size: int = 8
+    chunks: int = 12
+    temperature: float = 1.6
+    lr: float = 5e-5
+    epochs: int = 2
+    minibatch: int = 64
+    verify: bool = True
+    eval_episodes: int = 100  # per task, held-out seeds, after every round (0: skip)
+    workers: int = 2
+    seed: int = 0
+
+    def validate(self) -> None:
+        from wmpo.envs.tasks import check_task
+
+        if not self.tasks:
+            raise ConfigError("give at least one task")
+        for t in self.tasks:
+            check_task(t)  # ConfigError naming the task and how to list the valid ones
+        n_val = self.val_episodes_per_task()
+        if self.rounds < 1 or self.real_rollouts < 2 * len(self.tasks) or n_val < 1:
+            raise ConfigError(f"--rounds must be >= 1 and --real-rollouts large enough for a training and a "
+                              f"validation episode per task ({2 * len(self.tasks)} for {len(self.tasks)} tasks, "
+                              f"got {self.real_rollouts})")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        for name in ("wm_steps", "judge_steps", "grpo_steps", "eval_episodes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
+        for path in (self.policy, self.world_model, self.judge):
+            if not (Path(path) / "config.json").exists():
+                raise ConfigError(f"no checkpoint at {path}")
+
+    def episodes_per_task(self) -> int:
+        return self.real_rollouts // len(self.tasks)
+
+    def val_episodes_per_task(self) -> int:
+        per_task = self.episodes_per_task()
+        return min(max(1, round(per_task * self.val_fraction)), per_task - 1)
+
+
+class Ledger:
+    """``out/lifelong.json``: which stages of which rounds are done, with their records."""
+
+    def __init__(self, out: Path, cfg: LifelongConfig) -> None:
+        self.path = out / "lifelong.json"
+        self.data: dict[str, Any] = (json.loads(self.path.read_text()) if self.path.exists()
+                                     else {"config": asdict(cfg), "rounds": []})
+
+    def stage(self, r: int, name: str) -> dict[str, Any] | None:
+        rounds = self.data["rounds"]
+        return rounds[r].get(name) if r < len(rounds) else None
+
+    def record(self, r: int, name: str, value: dict[str, Any]) -> None:
+        while len(self.data["rounds"]) <= r:
+            self.data["rounds"].append({})
+        self.data["rounds"][r][name] = value
+        atomic_write_json(self.path, self.data)
+
+
+def _sha(directory: str) -> str:
+    return json.loads((Path(directory) / "manifest.json").read_text()).get("weights_sha256", "")[:12]
+
+
+def _collect(cfg: LifelongConfig, r: int, rd: Path, policy: str) -> dict[str, Any]:
+    from wmpo.data.collect import CollectConfig, collect
+
+    seed0 = REAL_SEED_BASE + 10_000 * r
+    n_val = cfg.val_episodes_per_task()
+    res: dict[str, Any] = {}
+    for part, n, s in (("real-train", cfg.episodes_per_task() - n_val, seed0), ("real-val", n_val, seed0 + 5_000)):
+        summary = collect(CollectConfig(out=str(rd / part), tasks=cfg.tasks, source="policy", episodes=n,
+                                        seed_start=s, workers=cfg.workers, checkpoint=policy,
+                                        temperature=cfg.rollout_temperature))
+        res[part] = {"path": str(rd / part), "episodes_per_task": n, "seed_start": s, "per_task": summary["per_task"]}
+    res["real_rollouts"] = cfg.episodes_per_task() * len(cfg.tasks)
+    res["policy_sha256"] = _sha(policy)
+    return res
+
+
+def _align_world_model(cfg: LifelongConfig, r: int, rd: Path, world_model: str, real: dict[str, Any]) -> dict[str, Any]:
+    from wmpo.train.world_model import WorldModelTrainConfig, train_world_model
+
+    every = max(cfg.wm_steps // 4, 1)
+    res = train_world_model(WorldModelTrainConfig(
+        data=[real["real-train"]["path"], real["real-val"]["path"]], autoencoder=world_model, init=world_model,
+        out=str(rd / "world-model"), steps=cfg.wm_steps, lr=cfg.wm_lr, warmup=min(50, cfg.wm_steps),
+        seed=cfg.seed + r, save_every=every, eval_every=every))
+    return {"path": str(rd / "world-model"), "init_sha256": _sha(world_model), **res}
+
+
+def _align_judge(cfg: LifelongConfig, r: int, rd: Path, world_model: str, judge: str,
+                 real: dict[str, Any]) -> dict[str, Any]:
+    from wmpo.eval.judge import write_imagined_dataset
+    from wmpo.train.success_classifier import JudgeTrainConfig, train_success_classifier
+
+    imagined = {}
+    for part in ("real-train", "real-val"):
+        dst = rd / part.replace("real-", "imagined-")
+        if not (dst / "meta" / "done").exists():
+            shutil.rmtree(dst, ignore_errors=True)  # a half-written replay set is redone
+            write_imagined_dataset(world_model, real[part]["path"], str(dst), seed=cfg.seed + 17 * r)
+            (dst / "meta" / "done").write_text("")
+        imagined[part] = str(dst)
+    res = train_success_classifier(JudgeTrainConfig(
+        data=[real["real-train"]["path"], imagined["real-train"]],
+        val_data=[real["real-val"]["path"], imagined["real-val"]], out=str(rd / "judge"), init=judge,
+        steps=cfg.judge_steps, lr=cfg.judge_lr, warmup=min(30, cfg.judge_steps), world_model=world_model,
+        seed=cfg.seed + r, save_every=max(cfg.judge_steps // 3, 1)))
+    return {"path": str(rd / "judge"), "init_sha256": _sha(judge), "imagined": imagined, **res}
+
+
+def _grpo(cfg: LifelongConfig, r: int, rd: Path, policy: str, world_model: str, judge: str) -> dict[str, Any]:
+    from wmpo.rl.job import GRPOJobConfig, run_grpo_job
+
+    job = run_grpo_job(GRPOJobConfig(
+        policy=policy, out=str(rd / "grpo"), tasks=cfg.tasks, steps=cfg.grpo_steps, groups_per_step=cfg.groups,
+        group_size=cfg.group_size, chunks=cfg.chunks, temperature=cfg.temperature, lr=cfg.lr, epochs=cfg.epochs,
+        minibatch=cfg.minibatch, verify=cfg.verify, seed=cfg.seed + r, world_model=world_model, judge=judge))
+    return {"policy": str(rd / "grpo" / "policy"), "world_model_sha256": _sha(world_model),
+            "judge_sha256": _sha(judge), "start_policy_sha256": _sha(policy), "last": job["training"]["last"]}
+
+
+def _evaluate(cfg: LifelongConfig, r: int, policy: str) -> dict[str, Any]:
+    from wmpo.data.collect import SourceSpec
+    from wmpo.eval.policy import EvalConfig, evaluate, format_table
+
+    report = evaluate(EvalConfig(tasks=cfg.tasks, source=SourceSpec("policy", checkpoint=policy, temperature=0.0),
+                                 episodes=cfg.eval_episodes, workers=cfg.workers))
+    print(format_table(report, f"round {r}: after (real MetaWorld, held-out seeds, greedy)"))
+    return {"policy_sha256": _sha(policy), **{k: v for k, v in report.items() if k != "episodes_detail"}}
+
+
+def run_lifelong(cfg: LifelongConfig) -> dict[str, Any]:
+    """Run (or resume) the loop; returns the ledger (see the module docstring)."""
+    cfg.validate()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(out, cfg)
+
+    def stage(r: int, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        if (done := ledger.stage(r, name)) is not None:
+            print(f"round {r}: {name} already done", flush=True)
+            return done
+        print(f"round {r}: {name} ...", flush=True)
+        t0 = time.time()
+        rec = {**fn(), "seconds": round(time.time() - t0, 1)}
+        ledger.record(r, name, rec)
+        return rec
+
+    policy, world_model, judge = cfg.policy, cfg.world_model, cfg.judge
+    for r in range(cfg.rounds):
+        rd = out / f"round-{r}"
+        real = stage(r, "collect", partial(_collect, cfg, r, rd, policy))
+        if cfg.wm_steps:
+            world_model = stage(r, "world_model", partial(_align_world_model, cfg, r, rd, world_model, real))["path"]
+        if cfg.judge_steps:
+            judge = stage(r, "judge", partial(_align_judge, cfg, r, rd, world_model, judge, real))["path"]
+        if cfg.grpo_steps:
+            policy = stage(r, "grpo", partial(_grpo, cfg, r, rd, policy, world_model, judge))["policy"]
+        if cfg.eval_episodes:
+            stage(r, "eval", partial(_evaluate, cfg, r, policy))
+    ledger.data["real_rollouts_total"] = sum(x["collect"]["real_rollouts"] for x in ledger.data["rounds"])
+    ledger.data["final"] = {"policy": policy, "world_model": world_model, "judge": judge}
+    atomic_write_json(ledger.path, ledger.data)
+    return ledger.data
+
+
+def online_budget_steps(real_rollouts: int, groups: int, group_size: int) -> int:
+    """GRPO steps the online baseline can afford: each step runs groups x G real episodes."""
+    return max(1, math.floor(real_rollouts / (groups * group_size)))
