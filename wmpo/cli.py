@@ -294,6 +294,37 @@ def cmd_serve_judge(a: argparse.Namespace) -> None:
         serve(settings, classifier, worker=a.worker)
 
 
+def cmd_serve_trainer(a: argparse.Namespace) -> None:
+    from wmpo.errors import ConfigError
+
+    try:
+        from services.common.settings import SettingsError, load_settings
+        from services.trainer.server import serve
+        from services.trainer.settings import TrainerSettings
+    except ImportError as e:
+        raise ConfigError(f"the trainer service needs the service dependencies ({e.name} is "
+                          "missing): pip install -e .") from None
+    overrides = {k: v for k, v in {"host": a.host, "port": a.port, "grpc_port": a.grpc_port,
+                                   "redis_url": a.redis_url, "trainer_dir": a.dir,
+                                   "simulator_url": a.simulator_url, "judge_url": a.judge_url}.items()
+                 if v is not None}
+    # The per-job embedded stack's checkpoints, wherever the command is run from.
+    for name, path in (("embedded_world_model", BUNDLED_WORLD_MODEL), ("embedded_judge", BUNDLED_JUDGE)):
+        if f"WMPO_{name.upper()}" not in os.environ:
+            overrides[name] = str(path)
+    if a.dev:
+        overrides["dev_mode"] = True
+    try:
+        settings = load_settings(TrainerSettings, **overrides)
+    except SettingsError as e:
+        raise ConfigError(str(e)) from None
+    where = settings.simulator_url or "an embedded stack per job"
+    print(f"trainer: HTTP on {settings.host}:{settings.port}, gRPC on {settings.host}:{settings.grpc_port}, "
+          f"jobs in {settings.trainer_dir}, imagination: {where}", file=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn has already shut down gracefully
+        serve(settings)
+
+
 def cmd_demo(a: argparse.Namespace) -> None:
     from wmpo.demo import run_demo
 
@@ -532,6 +563,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a pure queue worker: consume judge work from Redis, serve only "
                    "health/readiness/metrics over HTTP (needs a Redis URL)")
     p.set_defaults(func=cmd_serve_judge)
+    p = sv.add_parser("trainer", help="GRPO jobs in imagination: submit, stream progress, cancel, "
+                      "download checkpoints",
+                      description="Settings come from WMPO_* environment variables (API keys: "
+                      "WMPO_API_KEYS; keys for the simulator/judge: WMPO_SIMULATOR_API_KEY, "
+                      "WMPO_JUDGE_API_KEY); these flags override them.")
+    p.add_argument("--host", default=None, help="interface to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default: 8002)")
+    p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default: 50053)")
+    p.add_argument("--dev", action="store_true",
+                   help="development mode: allow running without API keys (loopback only)")
+    p.add_argument("--dir", default=None,
+                   help="data directory: job records and checkpoints (default: WMPO_TRAINER_DIR, "
+                   "else runs/trainer)")
+    p.add_argument("--simulator-url", default=None,
+                   help="simulator replica(s), comma-separated, for jobs that name none "
+                   "(unset: an embedded stack per job)")
+    p.add_argument("--judge-url", default=None, help="judge service for jobs that name none")
+    p.add_argument("--redis-url", default=None,
+                   help="durable jobs shared by replicas: records and the job queue in Redis "
+                   "(default: WMPO_REDIS_URL; unset: records on disk, one replica)")
+    p.set_defaults(func=cmd_serve_trainer)
 
     p = sub.add_parser("demo", help="the main job on the embedded default (bundled checkpoints)")
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per task")

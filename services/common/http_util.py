@@ -2,18 +2,24 @@
 
 `until_disconnect` is the simulator's `_until_disconnect`
 (services/simulator/http_api.py) made reusable: the judge uses this one; the
-simulator can switch to it.
+simulator can switch to it. `error_line` is the in-band error of an NDJSON
+stream (the trainer's progress stream; the simulator's imagine stream has its
+own copy, `_error_line`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import Awaitable
 from typing import TypeVar
 
 from fastapi import Request
 
-from services.common.errors import ClientClosedRequest
+from services.common.errors import ClientClosedRequest, ServiceError, internal_message
+
+log = logging.getLogger("wmpo.http")
 
 T = TypeVar("T")
 
@@ -46,3 +52,16 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         raise
     finally:
         watcher.cancel()
+
+
+def error_line(exc: BaseException, request_id: str | None, what: str = "stream") -> str:
+    """`{"event": "error", "error": {code, message, request_id}}` + newline: once a streaming
+    response has sent its status line, a failure can only be reported in-band. Unexpected
+    errors are logged and reported generically, like a 500."""
+    if isinstance(exc, ServiceError):
+        code, message = exc.code, exc.message
+    else:
+        log.error("%s failed", what, exc_info=exc, extra={"request_id": request_id})
+        code, message = "INTERNAL", internal_message(request_id)
+    error = {"code": code, "message": message, "request_id": request_id}
+    return json.dumps({"event": "error", "error": error}) + "\n"

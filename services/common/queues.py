@@ -443,6 +443,13 @@ class WorkQueue(abc.ABC):
         """The result for `request_id`: stored, joined in flight, or computed by a worker."""
 
     @abc.abstractmethod
+    async def enqueue(self, request_id: str, payload: Payload) -> str:
+        """Put work on the queue without waiting for its result (long jobs whose progress is
+        recorded elsewhere, e.g. training jobs). Same idempotency as `submit`: an id already
+        queued, running or answered is not enqueued again. Returns "queued", "inflight" or
+        "result"."""
+
+    @abc.abstractmethod
     async def serve(self, handler: Handler, *, stop: asyncio.Event | None = None) -> None:
         """Consume and run work until `stop` is set (then finish what was taken) or cancelled
         (then what was taken stays pending for another worker)."""
@@ -565,6 +572,33 @@ class InProcessQueue(WorkQueue):
         finally:
             job.waiters -= 1
         return _unpack(request_id, record, digest)
+
+    async def enqueue(self, request_id: str, payload: Payload) -> str:
+        _check_request_id(request_id)
+        digest = payload_digest(payload)
+        record = self._stored(request_id)
+        if record is not None:
+            if record.get("digest") != digest:
+                raise _reused_id(request_id)
+            return "result"
+        job = self._jobs.get(request_id)
+        if job is not None:
+            if job.digest != digest:
+                raise _reused_id(request_id)
+            return "inflight"
+        if len(self._jobs) >= self.config.max_length:
+            raise ResourceExhausted(
+                f"queue {self.config.name} is full ({len(self._jobs)} requests, limit "
+                f"{self.config.max_length}); retry later"
+            )
+        task = asyncio.create_task(self._run(request_id, payload, digest))
+        # Nobody awaits it: retrieve a failure (no worker, closing) so it is not reported
+        # as never retrieved; its record, if any, is stored as usual.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._jobs[request_id] = _Job(digest, task)
+        self.stats.enqueued += 1
+        self._set_depth(len(self._jobs))
+        return "queued"
 
     async def _run(self, request_id: str, payload: Payload, digest: str) -> Payload:
         try:
@@ -926,6 +960,39 @@ class RedisWorkQueue(WorkQueue):
             waiter.count -= 1
             if waiter.count == 0:
                 self._waiters.pop(request_id, None)
+
+    async def enqueue(self, request_id: str, payload: Payload) -> str:
+        from redis.exceptions import RedisError
+
+        _check_request_id(request_id)
+        digest = payload_digest(payload)
+        text = encode_payload(payload, self.config.max_payload_bytes)
+        try:
+            state, value = await self._enqueue_script(
+                keys=[self.result_key(request_id), self.inflight_key(request_id), self.stream_key],
+                args=[
+                    request_id,
+                    digest,
+                    text,
+                    _ms(self.config.inflight_ttl_s),
+                    self.config.max_length,
+                ],
+            )
+        except RedisError as exc:
+            raise self._unreachable(exc) from None
+        self._problem = None
+        if state == "full":
+            raise ResourceExhausted(
+                f"queue {self.config.name} is full ({self.config.max_length} requests "
+                "queued or running); retry later"
+            )
+        if state == "inflight" and value != digest:
+            raise _reused_id(request_id)
+        if state == "result" and self._decode_record(value).get("digest") != digest:
+            raise _reused_id(request_id)
+        if state == "queued":
+            self.stats.enqueued += 1
+        return str(state)
 
     def _decode_record(self, text: str) -> Payload:
         try:

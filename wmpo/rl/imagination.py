@@ -16,8 +16,13 @@ verdicts into rewards, flags and a discard decision.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
+import logging
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,6 +33,8 @@ import torch.nn.functional as F
 
 from wmpo.judge.rewards import dual_noise_group
 from wmpo.models.policy import Policy, chunk_log_prob
+
+log = logging.getLogger("wmpo.rl.imagination")
 
 
 @dataclass
@@ -207,22 +214,189 @@ class ServiceRolloutJudge:
         return [VideoVerdict(r.verdict.success, r.verdict.score, r.verdict.done_frame) for r in results]
 
 
+class NoSimulatorReplica(RuntimeError):
+    """Every simulator replica failed (or was marked down) on every attempt at a call."""
+
+
+def is_replica_failure(exc: BaseException) -> bool:
+    """A client error that says the replica (not the request) is the problem: unreachable, timed
+    out, a 5xx, or NOT_FOUND for a session or group (sessions live in one replica's memory, so a
+    restarted replica no longer knows them). Duck-typed on ``wmpo_client.SimulatorError``."""
+    code = getattr(exc, "code", None)
+    status = getattr(exc, "http_status", None) or 0
+    return code in _REPLICA_FAILURES or status >= 500
+
+
+_REPLICA_FAILURES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "NOT_FOUND"})
+
+
+@dataclass
+class _Group:
+    start: StartState
+    size: int
+    seed: int | None
+    max_chunks: int
+    actions: list[np.ndarray] = field(default_factory=list)  # (G, C_i, K, D) per step call, in order
+    replica: int | None = None  # where it lives now; None: to be (re)created
+    real: Any = None  # the replica's CreateSessionResult
+
+
+@dataclass(frozen=True)
+class FailoverGroup:
+    """What ``create_group`` returns: ids of this simulator's, stable across replica failovers."""
+
+    group_id: str
+    session_ids: list[str]
+
+
 class ServiceGroupSimulator:
-    """The simulator service's client as the trainer's group simulator (start states in, the
-    client's create/step/replay/close calls out)."""
+    """The simulator service's client(s) as the trainer's group simulator, with replica failover.
 
-    def __init__(self, client: Any) -> None:
-        self.client = client
+    ``clients``: one simulator client, or one per replica (``GRPOJobConfig.simulator_url`` may list
+    several, comma-separated). Each group is created on the least loaded replica that is not marked
+    down. Group and session ids handed out are this object's own, mapped to the replica's.
 
+    Failover: when a call fails because of the replica (``is_replica_failure``: unreachable, 5xx,
+    timeout, or its sessions are gone), a failed replica is marked down for ``down_s`` and the group
+    is re-imagined from its start on another replica (the same one if it is the only one) with the
+    same seed, then re-stepped with every action chunk it was given so far in one call, and the
+    failed call is made again. Imagination is seeded per group and depends only on (start, seed,
+    actions), so the redo reproduces the lost rollout (up to float rounding when the batch
+    composition differs: CPU matmuls are not batch-invariant) and no step is lost. A replay of a
+    member whose replica died is rebuilt on another replica from a one-member session stepped with
+    that member's actions (a replay depends only on the start, the actions and the replay seed).
+    A call gives up with ``NoSimulatorReplica`` after ``attempts`` tries (default: two per replica,
+    at least 3), waiting with backoff while every replica is down.
+    """
+
+    def __init__(self, clients: Any, *, names: list[str] | None = None, down_s: float = 30.0,
+                 attempts: int | None = None, backoff_s: float = 0.5) -> None:
+        self.clients = list(clients) if isinstance(clients, list | tuple) else [clients]
+        if not self.clients:
+            raise ValueError("ServiceGroupSimulator needs at least one simulator client")
+        self.names = names or [str(getattr(c, "base_url", f"replica {i}")) for i, c in enumerate(self.clients)]
+        self.down_s = down_s
+        self.attempts = attempts or max(3, 2 * len(self.clients))
+        self.backoff_s = backoff_s
+        self.failovers = 0  # calls redone on another replica (or the same one, recreated)
+        self._down_until = [0.0] * len(self.clients)
+        self._groups: dict[str, _Group] = {}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ placement
+    def _pick(self, avoid: int | None) -> int:
+        """The least loaded replica that is up (not ``avoid`` if another is up); if all are down,
+        the one that comes back first."""
+        with self._lock:
+            now = time.monotonic()
+            up = [i for i in range(len(self.clients)) if self._down_until[i] <= now]
+            if not up:
+                return min(range(len(self.clients)), key=lambda i: self._down_until[i])
+            if len(up) > 1 and avoid in up:
+                up.remove(avoid)
+            load = collections.Counter(g.replica for g in self._groups.values())
+            return min(up, key=lambda i: (load[i], i))
+
+    def _mark_down(self, replica: int, exc: BaseException) -> None:
+        if getattr(exc, "code", None) == "NOT_FOUND":
+            return  # alive, only its sessions are gone (a restart): it may host the redo
+        with self._lock:
+            self._down_until[replica] = time.monotonic() + self.down_s
+
+    def _place(self, g: _Group, avoid: int | None) -> None:
+        """(Re)create ``g`` on a replica and bring it to the chunk it had reached."""
+        r = self._pick(avoid)
+        client = self.clients[r]
+        g.replica, g.real = r, None
+        real = client.create_group(g.start.frame, g.size, g.start.instruction, seed=g.seed, max_chunks=g.max_chunks)
+        g.real = real
+        if g.actions:
+            _step(client, real, np.concatenate(g.actions, axis=1))
+
+    def _with_failover(self, g: _Group, what: str, call: Callable[[Any, Any], Any]) -> Any:
+        errors: dict[str, str] = {}
+        for attempt in range(self.attempts):
+            r = g.replica
+            try:
+                if g.real is None:
+                    self._place(g, avoid=r)
+                    r = g.replica
+                return call(self.clients[g.replica], g.real)
+            except Exception as exc:
+                if not is_replica_failure(exc):
+                    raise
+                failed = g.replica if g.replica is not None else r
+                if failed is not None:
+                    self._mark_down(failed, exc)
+                    errors[self.names[failed]] = str(exc)[:300]
+                log.warning("simulator replica %s failed during %s (%s); re-imagining the group from "
+                            "its start (attempt %d of %d)", self.names[failed] if failed is not None else "?",
+                            what, exc, attempt + 1, self.attempts)
+                self.failovers += 1
+                g.real = None
+                if all(t > time.monotonic() for t in self._down_until):
+                    time.sleep(min(self.backoff_s * 2 ** attempt, 5.0))
+        raise NoSimulatorReplica(
+            f"no simulator replica could {what} after {self.attempts} attempts: "
+            + "; ".join(f"{name}: {err}" for name, err in errors.items()))
+
+    # ------------------------------------------------------------ the group simulator
     def create_group(self, start: StartState, group_size: int, seed: int | None = None,
-                     max_chunks: int = 0) -> Any:
-        return self.client.create_group(start.frame, group_size, start.instruction, seed=seed, max_chunks=max_chunks)
+                     max_chunks: int = 0) -> FailoverGroup:
+        g = _Group(start, group_size, seed, max_chunks)
+        self._with_failover(g, "create a group", lambda client, real: real)
+        gid = f"g{next(self._ids)}"
+        with self._lock:
+            self._groups[gid] = g
+        return FailoverGroup(gid, [f"{gid}/{m}" for m in range(group_size)])
 
     def step_group(self, group_id: str, actions: np.ndarray) -> Any:
-        return self.client.step_group(group_id, actions)
+        g = self._groups[group_id]
+        actions = np.asarray(actions)
+        out = self._with_failover(g, "step a group", lambda client, real: _step(client, real, actions))
+        g.actions.append(actions if actions.ndim == 4 else actions[:, None])
+        return out
 
     def replay(self, session_id: str, seed: int | None = None) -> Any:
-        return self.client.replay(session_id, seed=seed)
+        gid, m = session_id.rsplit("/", 1)
+        g, member = self._groups[gid], int(m)
+        if g.real is not None:
+            try:
+                return self.clients[g.replica].replay(g.real.session_ids[member], seed=seed)
+            except Exception as exc:
+                if not is_replica_failure(exc):
+                    raise
+                self._mark_down(g.replica, exc)
+                log.warning("simulator replica %s failed during a replay (%s); rebuilding the member "
+                            "elsewhere", self.names[g.replica], exc)
+                self.failovers += 1
+        # A one-member group with this member's actions, on whichever replica is up.
+        solo = _Group(g.start, 1, g.seed, g.max_chunks, [a[member:member + 1] for a in g.actions])
+        try:
+            return self._with_failover(solo, "replay a session",
+                                       lambda client, real: client.replay(real.session_ids[0], seed=seed))
+        finally:
+            if solo.real is not None:
+                _close_quietly(self.clients[solo.replica], solo.real)
 
-    def close_group(self, group_id: str) -> Any:
-        return self.client.close_group(group_id)
+    def close_group(self, group_id: str) -> None:
+        with self._lock:
+            g = self._groups.pop(group_id, None)
+        if g is not None and g.real is not None:
+            _close_quietly(self.clients[g.replica], g.real)
+
+
+def _step(client: Any, real: Any, actions: np.ndarray) -> Any:
+    """Step a created group (G, ..., K, D), or a one-member creation, which has no group id."""
+    if real.group_id is None:
+        return client.step(real.session_ids[0], actions[0])
+    return client.step_group(real.group_id, actions)
+
+
+def _close_quietly(client: Any, real: Any) -> None:
+    with contextlib.suppress(Exception):  # best effort: sessions also expire after their idle TTL
+        if real.group_id is None:
+            client.close_session(real.session_ids[0])
+        else:
+            client.close_group(real.group_id)

@@ -61,8 +61,11 @@ class GRPOJobConfig(GRPOConfig):
 
 
 @contextlib.contextmanager
-def service_clients(cfg: GRPOJobConfig) -> Iterator[tuple[Any, Any]]:
-    """(simulator client, judge client) for the configured URLs or an embedded stack."""
+def service_clients(cfg: GRPOJobConfig, simulator_api_key: str | None = None,
+                    judge_api_key: str | None = None) -> Iterator[tuple[list[Any], Any]]:
+    """([simulator client per replica], judge client) for the configured URLs or an embedded stack.
+    ``simulator_url`` may list several replicas, comma-separated (``ServiceGroupSimulator`` fails
+    over between them)."""
     from wmpo_client import SimulatorClient
     from wmpo_client.judge_http import JudgeClient
 
@@ -74,9 +77,10 @@ def service_clients(cfg: GRPOJobConfig) -> Iterator[tuple[Any, Any]]:
             sim_url, judge_url = emb.http_url, emb.judge_http_url
         else:
             sim_url, judge_url = cfg.simulator_url, cfg.judge_url
-        sim = stack.enter_context(SimulatorClient(sim_url, timeout=300.0))
-        judge = stack.enter_context(JudgeClient(judge_url, timeout=300.0))
-        yield sim, judge
+        sims = [stack.enter_context(SimulatorClient(url.strip(), simulator_api_key, timeout=300.0))
+                for url in sim_url.split(",") if url.strip()]
+        judge = stack.enter_context(JudgeClient(judge_url, judge_api_key, timeout=300.0))
+        yield sims, judge
 
 
 def _evaluate(policy: str, cfg: GRPOJobConfig, title: str) -> dict[str, Any]:
@@ -88,9 +92,11 @@ def _evaluate(policy: str, cfg: GRPOJobConfig, title: str) -> dict[str, Any]:
 
 def run_grpo_job(cfg: GRPOJobConfig, progress: bool = True,
                  on_step: Callable[[dict[str, Any]], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+                 should_stop: Callable[[], bool] | None = None, *, simulator_api_key: str | None = None,
+                 judge_api_key: str | None = None) -> dict[str, Any]:
     """Evaluate (optional), train in imagination, evaluate; resumes from ``cfg.out``. ``on_step`` and
-    ``should_stop`` are passed to ``train_grpo`` (a stop raises ``wmpo.rl.trainer.Cancelled``)."""
+    ``should_stop`` are passed to ``train_grpo`` (a stop raises ``wmpo.rl.trainer.Cancelled``); the
+    API keys are sent to the simulator and judge services."""
     cfg.validate()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +123,7 @@ def run_grpo_job(cfg: GRPOJobConfig, progress: bool = True,
         # the real episodes spent, from the history so a resumed job counts its earlier steps too
         result["real_episodes"] = sum(h["groups_imagined"] for h in summary["history"]) * cfg.group_size
     else:
-        with service_clients(cfg) as (sim, judge_client):
+        with service_clients(cfg, simulator_api_key, judge_api_key) as (sim, judge_client):
             summary = train_grpo(cfg.grpo(), ServiceGroupSimulator(sim), ServiceRolloutJudge(judge_client),
                                  progress=progress, on_step=on_step, should_stop=should_stop)
     result["training"] = {"steps": summary["steps"], "last": summary["history"][-1] if summary["history"] else None}

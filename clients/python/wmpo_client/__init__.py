@@ -9,6 +9,9 @@ trainers on other machines can talk to the services with a small footprint.
 - `wmpo_client.judge_http`: `JudgeClient`, `AsyncJudgeClient` (the judge service, HTTP);
 - `wmpo_client.judge_grpc`: `GrpcJudgeClient`, `AsyncGrpcJudgeClient` (the judge, gRPC);
   results in `wmpo_client.judge_results`;
+- `wmpo_client.trainer_http`: `TrainerClient`; `wmpo_client.trainer_grpc`:
+  `GrpcTrainerClient` (GRPO jobs: submit, stream, cancel, checkpoints); results
+  in `wmpo_client.trainer_results`;
 - `wmpo_client.results`: what the clients return; `wmpo_client.errors`: `SimulatorError`;
 - `wmpo_client.codec`: numpy arrays <-> wire tensors; `wmpo-client`: the CLI;
 - `connect(url)`: the sync client for an http(s):// or grpc:// URL.
@@ -36,6 +39,8 @@ _EXPORTS = {
     "AsyncJudgeClient": "wmpo_client.judge_http",
     "GrpcJudgeClient": "wmpo_client.judge_grpc",
     "AsyncGrpcJudgeClient": "wmpo_client.judge_grpc",
+    "TrainerClient": "wmpo_client.trainer_http",
+    "GrpcTrainerClient": "wmpo_client.trainer_grpc",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,0 +1,557 @@
+"""The object both transports share: job records, the job queue and the worker that runs jobs.
+
+Built once per process (in the app lifespan, see `server`); HTTP and gRPC
+handlers only decode, call the runtime and map results and errors. Validation
+lives here (`JobSpec`, `resolve_job`), so both transports refuse the same jobs
+with the same messages.
+
+A submitted job is a record (`store`) plus a message on the job queue
+(`services.common.queues`, request id = job id, so a resubmission is not queued
+twice). The worker takes one message at a time and runs the job with the core
+library's `run_grpo_job` in a thread (torch releases the GIL; the event loop
+keeps serving, renewing the message's lease and streaming progress).
+`on_step` writes each step's metrics to the record; `should_stop`, polled
+before each step, reads the record's cancel flag (set by any replica) and this
+replica's shutdown flag.
+
+Durability. `train_grpo` checkpoints the policy and its full training state to
+the job's `out` after every step and resumes from there, so a job restarted
+anywhere with the same `out` continues from its last completed step and makes
+the same updates as an uninterrupted run.
+
+- Redis (`WMPO_REDIS_URL`): records in Redis, the queue a Redis Stream with a
+  consumer group. A replica that dies mid-job stops renewing the message's
+  lease; after `WMPO_QUEUE_MIN_IDLE_S` another replica claims it (XAUTOCLAIM)
+  and resumes the job from the shared data directory. A graceful shutdown
+  stops the job at its next step boundary and hands the message back at once
+  (claimable after `WMPO_QUEUE_RETRY_DELAY_S`). Takeovers after a death count
+  as restarts; past `WMPO_JOB_MAX_RESTARTS` the job fails (a crash loop) instead
+  of being dead-lettered, so its record always says what happened.
+- No Redis: records are JSON files in the data directory; at startup every job
+  not finished is queued again and resumes from its checkpoint.
+
+One job at a time per replica: the Redis consumer reads one message at a
+time, and an asyncio lock serializes the in-process queue's jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from prometheus_client import Counter, Gauge
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from services.common.errors import Conflict, InvalidArgument, NotFound, Unavailable
+from services.common.health import Readiness
+from services.common.metrics import ServiceMetrics
+from services.common.queues import InProcessQueue, QueueConfig, RedisWorkQueue, WorkQueue
+from services.trainer.settings import TrainerSettings, check_simulator_urls
+from services.trainer.store import FINAL_STATES, STATES, JobRecord, make_store
+from wmpo.errors import ConfigError, UnknownTaskError
+from wmpo.rl.job import GRPOJobConfig
+
+SERVICE = "trainer"
+VERSION = "0.1.0"
+JOB_QUEUE = "trainer.jobs"
+# What a policy checkpoint directory holds; the only names a download may ask for.
+CHECKPOINT_FILES = ("model.safetensors", "config.json", "manifest.json")
+# The queue never dead-letters a job: restarts are counted in the record instead.
+_DELIVERIES = 1_000_000
+
+log = logging.getLogger("wmpo.trainer.runtime")
+T = TypeVar("T")
+
+JOBS_FINISHED = Counter(
+    "wmpo_trainer_jobs_finished_total", "Jobs that ended, by final state.", ["service", "state"]
+)
+RUNNING_JOBS = Gauge("wmpo_trainer_running_jobs", "Jobs running on this replica.", ["service"])
+STEPS_DONE = Counter("wmpo_trainer_steps_total", "GRPO steps completed.", ["service"])
+
+
+# ------------------------------------------------------------------ job specs
+
+
+def _default(name: str) -> Any:
+    """The core config's default, so the API's defaults cannot drift from the CLI's."""
+    f = GRPOJobConfig.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+JobId = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="Client-chosen job id (1 to 64 of [A-Za-z0-9._-], not starting with . - _): "
+        "submitting the same id again returns that job instead of starting another.",
+    ),
+]
+
+
+class JobSpec(BaseModel):
+    """A GRPO job as a client submits it: `GRPOJobConfig` without `out` (the service's choice)
+    and without the embedded-stack checkpoints (the service's settings)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    job_id: JobId | None = None
+    policy: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="Starting policy checkpoint: a directory on the trainer's filesystem with "
+        "model.safetensors and config.json (e.g. checkpoints/policy-base).",
+    )
+    tasks: list[str] = Field(
+        default_factory=lambda: list(_default("tasks")),
+        min_length=1,
+        max_length=50,
+        description="MetaWorld v3 task names (start frames come from their resets).",
+    )
+    steps: int = Field(_default("steps"), ge=1, le=1_000_000, description="GRPO updates.")
+    groups_per_step: int = Field(
+        _default("groups_per_step"), ge=1, le=1024, description="Informative groups per update."
+    )
+    group_size: int = Field(_default("group_size"), ge=2, le=64, description="Rollouts per group (G).")
+    chunks: int = Field(_default("chunks"), ge=1, le=64, description="Horizon in action chunks.")
+    temperature: float = Field(_default("temperature"), gt=0, le=100, allow_inf_nan=False)
+    lr: float = Field(_default("lr"), gt=0, lt=1, allow_inf_nan=False)
+    epochs: int = Field(_default("epochs"), ge=1, le=1000)
+    minibatch: int = Field(_default("minibatch"), ge=1, le=1_000_000, description="Chunks per gradient step.")
+    max_sampling_rounds: int = Field(_default("max_sampling_rounds"), ge=1, le=100)
+    verify: bool = Field(_default("verify"), description="Dual-noise verification of judged successes.")
+    max_grad_norm: float = Field(_default("max_grad_norm"), gt=0, allow_inf_nan=False)
+    seed: int = Field(_default("seed"), ge=0, lt=2**31)
+    eval_episodes: int = Field(
+        _default("eval_episodes"),
+        ge=0,
+        le=10_000,
+        description="Real-MetaWorld evaluation episodes per task before and after (0: none).",
+    )
+    eval_workers: int = Field(_default("eval_workers"), ge=1, le=64)
+    simulator_url: str | list[str] | None = Field(
+        None,
+        description="Simulator replicas: one http(s) URL, several comma-separated, or a list; "
+        "null: the trainer's WMPO_SIMULATOR_URL (else an embedded stack).",
+    )
+    judge_url: str | None = Field(None, description="The judge service; null: the trainer's.")
+
+
+def parse_spec(spec: JobSpec | dict[str, Any]) -> JobSpec:
+    """A validated spec; a bad one is an InvalidArgument naming each bad field."""
+    if isinstance(spec, JobSpec):
+        return spec
+    try:
+        return JobSpec.model_validate(spec)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg']}" for err in exc.errors()[:10]
+        ]
+        raise InvalidArgument("invalid job: " + "; ".join(problems)) from None
+
+
+def _check_policy(path: str) -> str:
+    directory = Path(path).expanduser().resolve()
+    missing = [n for n in ("model.safetensors", "config.json") if not (directory / n).is_file()]
+    if missing:
+        raise InvalidArgument(
+            f"policy: no policy checkpoint at {path} (needs model.safetensors and config.json, "
+            f"missing {', '.join(missing)}); paths are on the trainer's filesystem"
+        )
+    manifest = directory / "manifest.json"
+    if manifest.is_file():
+        try:
+            kind = json.loads(manifest.read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        if kind not in (None, "policy"):
+            raise InvalidArgument(f"policy: {path} is a {kind} checkpoint, not a policy")
+    return str(directory)
+
+
+def resolve_job(spec: JobSpec, job_id: str, settings: TrainerSettings) -> GRPOJobConfig:
+    """The `GRPOJobConfig` the worker will run: spec + the service's out, URLs and checkpoints."""
+    from wmpo.envs.tasks import check_task
+
+    try:
+        tasks = list(dict.fromkeys(check_task(t) for t in spec.tasks))
+    except UnknownTaskError as exc:
+        raise InvalidArgument(f"tasks: {exc}") from None
+    sim_url: str | None
+    if spec.simulator_url is None:
+        sim_url = settings.simulator_url
+    else:
+        urls = spec.simulator_url if isinstance(spec.simulator_url, str) else ",".join(spec.simulator_url)
+        try:
+            sim_url = check_simulator_urls(urls)
+        except ValueError as exc:
+            raise InvalidArgument(f"simulator_url: {exc}") from None
+    judge_url = spec.judge_url or settings.judge_url
+    if judge_url is not None and not judge_url.startswith(("http://", "https://")):
+        raise InvalidArgument(f"judge_url: must be an http(s) URL such as http://judge:8001, got {judge_url!r}")
+    if (sim_url is None) != (judge_url is None):
+        missing = "judge_url" if judge_url is None else "simulator_url"
+        raise InvalidArgument(
+            f"{missing}: a job needs both simulator_url and judge_url (in the job, or the "
+            "trainer's WMPO_SIMULATOR_URL / WMPO_JUDGE_URL), or neither (an embedded stack)"
+        )
+    values = spec.model_dump(exclude={"job_id", "simulator_url", "judge_url"})
+    cfg = GRPOJobConfig(
+        **{**values, "tasks": tasks, "policy": _check_policy(spec.policy)},
+        out=str((Path(settings.trainer_dir) / "jobs" / job_id / "out").resolve()),
+        simulator_url=sim_url,
+        judge_url=judge_url,
+        world_model=None if sim_url else settings.embedded_world_model,
+        judge=None if sim_url else settings.embedded_judge,
+    )
+    try:
+        cfg.validate()
+    except ConfigError as exc:
+        raise InvalidArgument(str(exc)) from None
+    return cfg
+
+
+def spec_digest(spec: JobSpec) -> str:
+    text = json.dumps(spec.model_dump(exclude={"job_id"}), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe metrics (numpy scalars from the trainer become Python numbers)."""
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def checkpoint_history(out: str) -> list[dict[str, Any]]:
+    """Per-step metrics of the steps checkpointed in `out` (from the policy manifest, plain JSON;
+    it is written before the training state, so at most one step ahead of it: that step is
+    redone on resume and reported again)."""
+    try:
+        manifest = json.loads((Path(out) / "policy" / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return []
+    history = manifest.get("grpo_history") if isinstance(manifest, dict) else None
+    return [m for m in history if isinstance(m, dict) and "step" in m] if isinstance(history, list) else []
+
+
+def job_view(record: JobRecord) -> dict[str, Any]:
+    """The API's view of a record (both transports): the server's paths are left out."""
+    values = record.fields_dict()
+    values.pop("digest")
+    values["config"] = {k: v for k, v in record.config.items() if k != "out"}
+    values["metrics"] = record.history
+    values["last_metrics"] = record.history[-1] if record.history else None
+    return values
+
+
+
+# ------------------------------------------------------------------ runtime
+
+
+class TrainerRuntime:
+    def __init__(self, settings: TrainerSettings, *, consume: bool | None = None) -> None:
+        """`consume`: run jobs here (default: always without Redis; with Redis,
+        `settings.queue_worker`)."""
+        self.settings = settings
+        self.metrics = ServiceMetrics(SERVICE)
+        self.store = make_store(settings)
+        config = dataclasses.replace(
+            QueueConfig.from_settings(JOB_QUEUE, settings), concurrency=1, max_deliveries=_DELIVERIES
+        )
+        self.queue_mode = settings.redis_url is not None
+        self.queue: WorkQueue = (
+            RedisWorkQueue(config, self.metrics) if self.queue_mode else InProcessQueue(config, self.metrics)
+        )
+        self.consumer = config.consumer
+        self.consume = True if not self.queue_mode else (settings.queue_worker if consume is None else consume)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="wmpo-trainer-job")
+        self._stops: dict[str, threading.Event] = {}  # per running job: shutdown / lost lease
+        self._shutdown = threading.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._worker_stop = asyncio.Event()
+        self._one_job = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self.settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
+        # Records and queue first: an unreachable Redis fails startup with one clear error.
+        await self.store.start()
+        await self.queue.start()
+        if self.consume:
+            self._worker_stop = asyncio.Event()
+            self._worker = asyncio.create_task(
+                self.queue.serve(self._handle, stop=self._worker_stop), name="wmpo-trainer-worker"
+            )
+            self._worker.add_done_callback(self._worker_done)
+        if not self.queue_mode:
+            # The in-process queue died with the last process; its records did not.
+            for record in await self.store.list(None, 10**9):
+                if not record.final:
+                    log.info("resuming job %s (%s, step %d)", record.job_id, record.state, record.step)
+                    await self.queue.enqueue(record.job_id, {"job_id": record.job_id})
+
+    @staticmethod
+    def _worker_done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the trainer queue worker stopped", exc_info=task.exception())
+
+    async def stop(self) -> None:
+        """Stop running jobs at their next step boundary (their checkpoints stay), hand their
+        messages back, and close. A job that does not reach a step boundary within
+        WMPO_QUEUE_DRAIN_S is abandoned as if the process had died."""
+        self._shutdown.set()
+        for stop in list(self._stops.values()):
+            stop.set()
+        if self._worker is not None:
+            self._worker_stop.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._worker), self.settings.queue_drain_s)
+            except TimeoutError:
+                log.warning("a trainer job did not stop within %.0f s", self.settings.queue_drain_s)
+                self._worker.cancel()
+                await asyncio.gather(self._worker, return_exceptions=True)
+            except Exception:
+                pass  # logged by _worker_done
+            self._worker = None
+        await self.queue.close()
+        await self.store.close()
+        self._executor.shutdown(wait=False)
+
+    def readiness(self) -> Readiness:
+        problem = self.store.problem or self.queue.problem
+        if problem:
+            return Readiness(False, problem)
+        if self._worker is not None and self._worker.done():
+            return Readiness(False, "the trainer queue worker stopped")
+        return Readiness(True)
+
+    # ------------------------------------------------------------ API
+    async def submit(self, spec: JobSpec | dict[str, Any]) -> tuple[JobRecord, bool]:
+        """Validate and queue a job; (record, created). The same job_id with the same spec
+        returns the existing job; with another spec it is a Conflict."""
+        checked = parse_spec(spec)
+        job_id = checked.job_id or f"job-{uuid.uuid4().hex[:16]}"
+        cfg = resolve_job(checked, job_id, self.settings)
+        digest = spec_digest(checked)
+        record, created = await self.store.create(JobRecord(job_id, asdict(cfg), digest, cfg.steps))
+        if not created and record.digest != digest:
+            raise Conflict(
+                f"job id {job_id!r} was already used for a different job; use a new job_id "
+                "(ids make submits idempotent)"
+            )
+        if created or record.state == "queued":  # a lost enqueue is repaired by a resubmit
+            await self.queue.enqueue(job_id, {"job_id": job_id})
+        if created:
+            log.info("job %s queued: %d steps of %s", job_id, cfg.steps, ",".join(cfg.tasks))
+        return record, created
+
+    async def get(self, job_id: str, history: bool = True) -> JobRecord:
+        record = await self.store.get(job_id, history)
+        if record is None:
+            raise NotFound(f"no job {job_id!r}; list jobs with GET /v1/jobs")
+        return record
+
+    async def list(self, state: str | None = None, limit: int = 100) -> list[JobRecord]:
+        if state is not None and state not in STATES:
+            raise InvalidArgument(f"state: must be one of {', '.join(STATES)}, got {state!r}")
+        if not 1 <= limit <= self.settings.max_listed_jobs:
+            raise InvalidArgument(f"limit: must be in [1, {self.settings.max_listed_jobs}], got {limit}")
+        return await self.store.list(state, limit)
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """A queued job is cancelled now; a running one stops before its next step (its last
+        checkpoint stays). Cancelling a finished job changes nothing."""
+        record = await self.store.request_cancel(job_id)
+        if record is None:
+            raise NotFound(f"no job {job_id!r}; list jobs with GET /v1/jobs")
+        return record
+
+    async def watch(self, job_id: str, after_step: int = 0) -> AsyncIterator[tuple[str, Any]]:
+        """("step", metrics) for every step after `after_step`, ("state", record) when the state
+        changes, and last ("end", record) once the job has ended."""
+        await self.get(job_id, history=False)  # NotFound before the stream starts
+        sent, state = after_step, None
+        while True:
+            record = await self.get(job_id)
+            for metrics in record.history:
+                if int(metrics["step"]) > sent:
+                    sent = int(metrics["step"])
+                    yield "step", metrics
+            if record.final:
+                yield "end", record
+                return
+            if record.state != state:
+                state = record.state
+                yield "state", record
+            await asyncio.sleep(self.settings.stream_poll_s)
+
+    async def checkpoint_files(self, job_id: str) -> list[dict[str, Any]]:
+        """[{name, size, sha256}] of the job's current policy checkpoint."""
+        directory = await self._checkpoint_dir(job_id)
+        return await asyncio.to_thread(_describe_files, directory)
+
+    async def checkpoint_file(self, job_id: str, name: str) -> Path:
+        """The path of one checkpoint file (only CHECKPOINT_FILES names exist)."""
+        if name not in CHECKPOINT_FILES:
+            raise NotFound(f"no checkpoint file {name!r}; the files are {', '.join(CHECKPOINT_FILES)}")
+        path = await self._checkpoint_dir(job_id) / name
+        if not path.is_file():
+            raise NotFound(f"job {job_id!r} has no {name} yet")
+        return path
+
+    async def _checkpoint_dir(self, job_id: str) -> Path:
+        record = await self.get(job_id, history=False)
+        directory = Path(record.config["out"]) / "policy"
+        if not (directory / "model.safetensors").is_file():
+            raise NotFound(
+                f"job {job_id!r} has no checkpoint yet ({record.state}, step {record.step} of "
+                f"{record.steps}): the first is written when step 1 completes"
+            )
+        return directory
+
+    # ------------------------------------------------------------ worker
+    async def _handle(self, payload: dict[str, Any]) -> dict[str, Any]:
+        job_id = str(payload.get("job_id", ""))
+        async with self._one_job:
+            if self._shutdown.is_set():
+                return await self._interrupted(job_id)
+            return await self._run(job_id)
+
+    async def _finish(self, job_id: str, state: str, **values: Any) -> dict[str, Any]:
+        assert state in FINAL_STATES
+        await self.store.update(job_id, state=state, finished_at=time.time(), **values)
+        JOBS_FINISHED.labels(SERVICE, state).inc()
+        log.info("job %s %s", job_id, state)
+        return {"state": state}
+
+    async def _interrupted(self, job_id: str) -> dict[str, Any]:
+        """Shutdown: the job goes back to queued (a takeover that is not a restart)."""
+        await self.store.update(job_id, state="queued", worker=None)
+        if self.queue_mode:
+            # Not acknowledged: the message is redelivered (to another replica) after
+            # WMPO_QUEUE_RETRY_DELAY_S and the job resumes from its checkpoint there.
+            raise Unavailable(f"job {job_id} interrupted by a shutdown; it resumes elsewhere")
+        return {"state": "interrupted"}  # the next start queues it again (records on disk)
+
+    async def _run(self, job_id: str) -> dict[str, Any]:
+        record = await self.store.get(job_id, history=False)
+        if record is None:
+            log.error("queued job %s has no record; dropped", job_id)
+            return {"state": "missing"}
+        if record.final:
+            return {"state": record.state}  # cancelled while queued, or a duplicate delivery
+        if record.cancel_requested:
+            return await self._finish(job_id, "cancelled")
+        # Still "running" means the worker that had it died: a restart.
+        restarts = record.restarts + (record.state == "running")
+        if restarts > self.settings.job_max_restarts:
+            return await self._finish(
+                job_id,
+                "failed",
+                restarts=restarts,
+                error=f"the job's worker stopped {restarts} times before it finished "
+                f"(WMPO_JOB_MAX_RESTARTS={self.settings.job_max_restarts}); its last checkpoint "
+                f"(step {record.step}) is kept",
+            )
+        cfg = GRPOJobConfig(**{k: v for k, v in record.config.items() if k in _CONFIG_FIELDS})
+        history = checkpoint_history(cfg.out)
+        await self.store.set_history(job_id, history)
+        await self.store.update(
+            job_id,
+            state="running",
+            started_at=record.started_at or time.time(),
+            attempts=record.attempts + 1,
+            restarts=restarts,
+            worker=self.consumer,
+            resumed_from_step=len(history),
+        )
+        log.info("job %s running (attempt %d, from step %d)", job_id, record.attempts + 1, len(history))
+        stop = self._stops[job_id] = threading.Event()
+        RUNNING_JOBS.labels(SERVICE).inc()
+        try:
+            loop = asyncio.get_running_loop()
+            outcome, result = await loop.run_in_executor(self._executor, self._train, job_id, cfg, stop)
+        except asyncio.CancelledError:
+            stop.set()  # a hard stop or a lost lease: the thread stops at its next step boundary
+            raise
+        except Exception as exc:
+            log.error("job %s failed", job_id, exc_info=exc)
+            return await self._finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        finally:
+            RUNNING_JOBS.labels(SERVICE).dec()
+            self._stops.pop(job_id, None)
+        if outcome == "interrupted":
+            return await self._interrupted(job_id)
+        if outcome == "cancelled":
+            return await self._finish(job_id, "cancelled")
+        assert result is not None
+        return await self._finish(
+            job_id, "succeeded", eval_before=result.get("before"), eval_after=result.get("after")
+        )
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Run a store call on the event loop from the training thread."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _train(
+        self, job_id: str, cfg: GRPOJobConfig, stop: threading.Event
+    ) -> tuple[str, dict[str, Any] | None]:
+        """In the worker thread: ("succeeded", result), ("cancelled", None) or ("interrupted", None)."""
+        from wmpo.rl.job import run_grpo_job
+        from wmpo.rl.trainer import Cancelled
+
+        def cancel_requested() -> bool:
+            try:
+                return self._call(self.store.cancel_requested(job_id), 10)
+            except Exception as exc:  # records unreachable: keep training, checkpoints are local
+                log.warning("job %s: could not read its cancel flag (%s)", job_id, exc)
+                return False
+
+        def on_step(metrics: dict[str, Any]) -> None:
+            STEPS_DONE.labels(SERVICE).inc()
+            try:
+                self._call(self.store.put_step(job_id, _plain(metrics)), 30)
+            except Exception as exc:  # the next attempt re-reads the history from the checkpoint
+                log.warning("job %s: could not record step %s (%s)", job_id, metrics.get("step"), exc)
+
+        keys = (self.settings.simulator_api_key, self.settings.judge_api_key)
+        try:
+            result = run_grpo_job(
+                cfg,
+                progress=False,
+                on_step=on_step,
+                should_stop=lambda: stop.is_set() or cancel_requested(),
+                simulator_api_key=keys[0].get_secret_value() if keys[0] else None,
+                judge_api_key=keys[1].get_secret_value() if keys[1] else None,
+            )
+        except Cancelled:
+            return ("cancelled" if cancel_requested() else "interrupted"), None
+        return "succeeded", _plain(result)
+
+
+_CONFIG_FIELDS = {f.name for f in fields(GRPOJobConfig)}
+
+
+def _describe_files(directory: Path) -> list[dict[str, Any]]:
+    out = []
+    for name in CHECKPOINT_FILES:
+        path = directory / name
+        if path.is_file():
+            data = path.read_bytes()
+            out.append({"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    return out
