@@ -5,8 +5,9 @@ in one lifespan over one runtime) and, when a success-classifier checkpoint exis
 first (its own app, its own free ports, same process; the simulator's ``judge_url`` for
 ``/v1/imagine`` with ``verify``) in background threads on free 127.0.0.1
 ports, in development mode (no API key, loopback only), and yields their addresses. Clients
-talk to them over real sockets, exactly as they would to a deployed cluster. Later services
-(optimizer, trainer) join this stack.
+talk to them over real sockets, exactly as they would to a deployed cluster.
+``serve_trainer_in_thread`` serves the trainer the same way (its jobs reach the simulator and
+judge through their URLs); the optimizer will join this stack.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from services.judge.settings import JudgeSettings
 from services.simulator.runtime import SimulatorRuntime
 from services.simulator.server import build_app, load_world_model
 from services.simulator.settings import SimulatorSettings
+from services.trainer.runtime import TrainerRuntime
+from services.trainer.server import build_app as build_trainer_app
+from services.trainer.settings import TrainerSettings
 from wmpo.judge.success import SuccessJudge
 
 BUNDLED_JUDGE = Path(__file__).resolve().parent.parent / "checkpoints" / "judge"
@@ -111,6 +115,25 @@ def serve_judge_in_thread(
     app = build_judge_app(runtime, settings)
     with _serve_app(app, settings, "judge", start_timeout_s) as (http_url, grpc_target):
         yield EmbeddedJudge(http_url, grpc_target, runtime)
+
+
+@dataclass(frozen=True)
+class EmbeddedTrainer:
+    http_url: str  # http://127.0.0.1:PORT
+    grpc_target: str  # 127.0.0.1:PORT
+    runtime: TrainerRuntime
+
+
+@contextmanager
+def serve_trainer_in_thread(
+    settings: TrainerSettings, start_timeout_s: float = 60.0
+) -> Iterator[EmbeddedTrainer]:
+    """Serve the trainer (its jobs use ``settings``' simulator and judge, or an embedded stack
+    per job) until the block ends; on exit running jobs stop at their next step boundary."""
+    runtime = TrainerRuntime(settings)
+    app = build_trainer_app(runtime, settings)
+    with _serve_app(app, settings, "trainer", start_timeout_s) as (http_url, grpc_target):
+        yield EmbeddedTrainer(http_url, grpc_target, runtime)
 
 
 def _dev_settings(cls: type[Any], values: dict[str, Any]) -> Any:
