@@ -3,14 +3,20 @@
 `create_app` gives every service the same behaviour: API key required on every
 route except health, request-body size limit, request ids and JSON access
 logs, one JSON error body, Prometheus metrics, health and readiness probes.
-The service then only includes its own routers.
+The service then only includes its own routers. `runtime_lifespan` is the
+lifespan every service's app has: start the runtime (and the gRPC server), stop
+both however the app ends (the trainer uses it; the simulator and judge still
+spell it out in their `server` modules).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import Any
+import logging
+from collections.abc import AsyncIterator, Callable, Collection
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Protocol
 
+import grpc
 from fastapi import Depends, FastAPI
 
 from services.common.auth import ApiKeyAuth, api_key_dependency, request_authenticator
@@ -56,3 +62,41 @@ def create_app(
     app.include_router(health_router(readiness))
     app.include_router(metrics_router())
     return app
+
+
+log = logging.getLogger("wmpo.app")
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+class Startable(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def runtime_lifespan(
+    runtime: Startable,
+    grpc_server: Callable[[], tuple[grpc.aio.Server, int]] | None = None,
+    grpc_grace_s: float = 5.0,
+) -> Lifespan:
+    """A lifespan that starts `runtime`, then the server `grpc_server()` returns (its bound port
+    goes to `app.state.grpc_port`), and on shutdown stops the gRPC server (in-flight calls get
+    `grpc_grace_s`) and then the runtime, whatever happened in between."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        server = None
+        try:
+            if grpc_server is not None:
+                server, port = grpc_server()
+                await server.start()
+                app.state.grpc_port = port
+                log.info("gRPC listening on port %d", port)
+            yield
+        finally:
+            if server is not None:
+                await server.stop(grpc_grace_s)
+            await runtime.stop()
+
+    return lifespan

@@ -1,4 +1,4 @@
-"""gRPC pieces a service's servicer shares: latency metrics per RPC, bind addresses.
+"""gRPC pieces a service's servicer shares: latency metrics per RPC, bind addresses, health.
 
 `observed` is the simulator's `_observed` (services/simulator/grpc_api.py) made
 reusable: the judge uses this one; the simulator can switch to it.
@@ -13,6 +13,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
+from wmpo_client.proto import simulator_pb2
+
+from services.common.health import Readiness
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,3 +59,12 @@ def observed(method: F) -> F:
 def bind_address(host: str, port: int) -> str:
     """host:port for `add_insecure_port`, with IPv6 hosts bracketed."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def health_response(state: Readiness, version: str) -> simulator_pb2.HealthResponse:
+    """The Health RPC's answer (every service's proto reuses simulator.proto's message)."""
+    serving = simulator_pb2.HealthResponse.SERVING_STATUS_SERVING
+    not_serving = simulator_pb2.HealthResponse.SERVING_STATUS_NOT_SERVING
+    return simulator_pb2.HealthResponse(
+        status=serving if state.ready else not_serving, version=version, reason=state.reason
+    )

@@ -542,15 +542,7 @@ class InProcessQueue(WorkQueue):
                 raise _reused_id(request_id)
             self.stats.joined += 1
         else:
-            if len(self._jobs) >= self.config.max_length:
-                raise ResourceExhausted(
-                    f"queue {self.config.name} is full ({len(self._jobs)} requests, limit "
-                    f"{self.config.max_length}); retry later"
-                )
-            task = asyncio.create_task(self._run(request_id, payload, digest))
-            job = self._jobs[request_id] = _Job(digest, task)
-            self.stats.enqueued += 1
-            self._set_depth(len(self._jobs))
+            job = self._start(request_id, payload, digest)
         job.waiters += 1
         try:
             record = await asyncio.wait_for(asyncio.shield(job.task), timeout)
@@ -586,19 +578,23 @@ class InProcessQueue(WorkQueue):
             if job.digest != digest:
                 raise _reused_id(request_id)
             return "inflight"
+        job = self._start(request_id, payload, digest)
+        # Nobody awaits it: retrieve a failure (no worker, closing) so it is not reported
+        # as never retrieved; its record, if any, is stored as usual.
+        job.task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return "queued"
+
+    def _start(self, request_id: str, payload: Payload, digest: str) -> _Job:
         if len(self._jobs) >= self.config.max_length:
             raise ResourceExhausted(
                 f"queue {self.config.name} is full ({len(self._jobs)} requests, limit "
                 f"{self.config.max_length}); retry later"
             )
         task = asyncio.create_task(self._run(request_id, payload, digest))
-        # Nobody awaits it: retrieve a failure (no worker, closing) so it is not reported
-        # as never retrieved; its record, if any, is stored as usual.
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        self._jobs[request_id] = _Job(digest, task)
+        job = self._jobs[request_id] = _Job(digest, task)
         self.stats.enqueued += 1
         self._set_depth(len(self._jobs))
-        return "queued"
+        return job
 
     async def _run(self, request_id: str, payload: Payload, digest: str) -> Payload:
         try:
@@ -900,7 +896,6 @@ class RedisWorkQueue(WorkQueue):
     async def submit(
         self, request_id: str, payload: Payload, timeout: float | None = None
     ) -> Payload:
-        from redis.exceptions import RedisError
 
         _check_request_id(request_id)
         digest = payload_digest(payload)
@@ -915,36 +910,12 @@ class RedisWorkQueue(WorkQueue):
         try:
             while True:
                 waiter.event.clear()  # before the check: a notification after it is kept
-                try:
-                    state, value = await self._enqueue_script(
-                        keys=[
-                            self.result_key(request_id),
-                            self.inflight_key(request_id),
-                            self.stream_key,
-                        ],
-                        args=[
-                            request_id,
-                            digest,
-                            text,
-                            _ms(self.config.inflight_ttl_s),
-                            self.config.max_length,
-                        ],
-                    )
-                except RedisError as exc:
-                    raise self._unreachable(exc) from None
+                state, value = await self._enqueue_once(request_id, digest, text)
                 _raise_if_cancelled()
-                self._problem = None
                 if state == "result":
                     if first:
                         self.stats.stored_hits += 1
                     return _unpack(request_id, self._decode_record(value), digest)
-                if state == "full":
-                    raise ResourceExhausted(
-                        f"queue {self.config.name} is full ({self.config.max_length} requests "
-                        "queued or running); retry later"
-                    )
-                if state == "inflight" and value != digest:
-                    raise _reused_id(request_id)
                 if first:
                     if state == "queued":
                         self.stats.enqueued += 1
@@ -961,12 +932,11 @@ class RedisWorkQueue(WorkQueue):
             if waiter.count == 0:
                 self._waiters.pop(request_id, None)
 
-    async def enqueue(self, request_id: str, payload: Payload) -> str:
+    async def _enqueue_once(self, request_id: str, digest: str, text: str) -> tuple[str, str]:
+        """One run of the enqueue script: ("result", record), ("inflight", digest) or
+        ("queued", message id); a full queue or an id reused for another payload raises."""
         from redis.exceptions import RedisError
 
-        _check_request_id(request_id)
-        digest = payload_digest(payload)
-        text = encode_payload(payload, self.config.max_payload_bytes)
         try:
             state, value = await self._enqueue_script(
                 keys=[self.result_key(request_id), self.inflight_key(request_id), self.stream_key],
@@ -988,11 +958,18 @@ class RedisWorkQueue(WorkQueue):
             )
         if state == "inflight" and value != digest:
             raise _reused_id(request_id)
+        return str(state), str(value)
+
+    async def enqueue(self, request_id: str, payload: Payload) -> str:
+        _check_request_id(request_id)
+        digest = payload_digest(payload)
+        text = encode_payload(payload, self.config.max_payload_bytes)
+        state, value = await self._enqueue_once(request_id, digest, text)
         if state == "result" and self._decode_record(value).get("digest") != digest:
             raise _reused_id(request_id)
         if state == "queued":
             self.stats.enqueued += 1
-        return str(state)
+        return state
 
     def _decode_record(self, text: str) -> Payload:
         try:

@@ -20,14 +20,13 @@ from wmpo_client.trainer_grpc import STATE_NAMES, job_message, spec_dict, step_m
 
 from services.common.auth import ApiKeyAuth, AsyncApiKeyInterceptor
 from services.common.errors import InvalidArgument, grpc_error_boundary
-from services.common.grpc_util import bind_address, observed
+from services.common.grpc_util import bind_address, health_response, observed
 from services.common.metrics import ServiceMetrics
 from services.trainer.runtime import VERSION, TrainerRuntime, job_view
 from services.trainer.settings import TrainerSettings
 from services.trainer.store import JobRecord
 
 FILE_CHUNK_BYTES = 1024 * 1024
-_Status = simulator_pb2.HealthResponse
 
 
 def _job(record: JobRecord, metrics: bool = True) -> pb.Job:
@@ -115,11 +114,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     async def Health(
         self, request: simulator_pb2.HealthRequest, context: grpc.aio.ServicerContext
     ) -> simulator_pb2.HealthResponse:
-        state = self.runtime.readiness()
-        status = (
-            _Status.SERVING_STATUS_SERVING if state.ready else _Status.SERVING_STATUS_NOT_SERVING
-        )
-        return simulator_pb2.HealthResponse(status=status, version=VERSION, reason=state.reason)
+        return health_response(self.runtime.readiness(), VERSION)
 
 
 def create_grpc_server(

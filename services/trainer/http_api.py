@@ -23,15 +23,14 @@ that path, only one of simulator_url / judge_url) a 400 naming it.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from services.common.app import create_app
+from services.common.app import Lifespan, create_app, runtime_lifespan
 from services.common.errors import Unavailable, error_responses
 from services.common.http_util import error_line
 from services.common.logging import current_request_id
@@ -195,29 +194,18 @@ def _line(event: dict[str, Any]) -> str:
     return json.dumps(event, separators=(",", ":")) + "\n"
 
 
-Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
-
-
 def create_trainer_app(
     settings: TrainerSettings, runtime: TrainerRuntime, lifespan: Lifespan | None = None
 ) -> FastAPI:
     """The trainer's FastAPI app over `runtime` (the default lifespan starts and stops it;
     `server` passes one that also runs the gRPC server)."""
 
-    @asynccontextmanager
-    async def default_lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await runtime.start()
-        try:
-            yield
-        finally:
-            await runtime.stop()
-
     app = create_app(
         settings,
         service=SERVICE,
         version=VERSION,
         readiness=runtime.readiness,
-        lifespan=lifespan or default_lifespan,
+        lifespan=lifespan or runtime_lifespan(runtime),
     )
     app.state.runtime = runtime
     app.include_router(trainer_router())

@@ -10,11 +10,10 @@ a replica only serves the API (submits, streams, downloads) and runs no jobs.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.common.app import runtime_lifespan
 from services.common.logging import configure_logging
 from services.trainer.grpc_api import create_grpc_server
 from services.trainer.http_api import create_trainer_app
@@ -26,23 +25,8 @@ log = logging.getLogger("wmpo.trainer")
 
 def build_app(runtime: TrainerRuntime, settings: TrainerSettings, serve_grpc: bool = True) -> FastAPI:
     """The HTTP app; its lifespan also runs the gRPC server on settings.grpc_port."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await runtime.start()
-        grpc_server = None
-        try:
-            if serve_grpc:
-                grpc_server, port = create_grpc_server(runtime, settings)
-                await grpc_server.start()
-                app.state.grpc_port = port
-                log.info("gRPC listening on %s:%d", settings.host, port)
-            yield
-        finally:
-            if grpc_server is not None:
-                await grpc_server.stop(settings.grpc_grace_s)
-            await runtime.stop()
-
+    grpc_server = (lambda: create_grpc_server(runtime, settings)) if serve_grpc else None
+    lifespan = runtime_lifespan(runtime, grpc_server, settings.grpc_grace_s)
     return create_trainer_app(settings, runtime, lifespan=lifespan)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -36,13 +35,14 @@ from wmpo_client.results import HealthStatus
 from wmpo_client.trainer_results import (
     INT_KEYS,
     JOB_STATES,
+    SPEC_FIELDS,
     Checkpoint,
     CheckpointFile,
     JobEvent,
+    JobMethods,
     TrainerJob,
     job_from_json,
     job_spec,
-    save_checkpoint_files,
 )
 
 __all__ = ["GrpcTrainerClient"]
@@ -52,22 +52,8 @@ DEFAULT_TARGET = "127.0.0.1:50053"
 STATE_ENUM = {name: i + 1 for i, name in enumerate(JOB_STATES)}  # JOB_STATE_QUEUED = 1, ...
 STATE_NAMES = {v: k for k, v in STATE_ENUM.items()}
 _SECONDS = {"imagine_s": "imagine", "judge_s": "judge", "update_s": "update", "step_s": "step"}
-_SPEC_SCALARS = (
-    "steps",
-    "groups_per_step",
-    "group_size",
-    "chunks",
-    "temperature",
-    "lr",
-    "epochs",
-    "minibatch",
-    "max_sampling_rounds",
-    "verify",
-    "max_grad_norm",
-    "seed",
-    "eval_episodes",
-    "eval_workers",
-)
+# The spec's scalar fields: proto `optional`s, so an unset one takes the service's default.
+_SPEC_SCALARS = tuple(f for f in SPEC_FIELDS if f not in ("tasks", "simulator_url", "judge_url"))
 
 
 # ------------------------------------------------------------------ mapping
@@ -194,7 +180,7 @@ def _job(msg: pb.Job) -> TrainerJob:
 # ------------------------------------------------------------------- client
 
 
-class GrpcTrainerClient:
+class GrpcTrainerClient(JobMethods):
     """Synchronous gRPC client of the trainer service.
 
     Args:
@@ -284,13 +270,6 @@ class GrpcTrainerClient:
             elif kind in ("state", "end"):
                 yield JobEvent(kind, job_id, job=_job(getattr(msg, kind)))
 
-    def wait(self, job_id: str) -> TrainerJob:
-        """See `TrainerClient.wait`."""
-        for event in self.stream(job_id):
-            if event.kind == "end":
-                break
-        return self.get(job_id)
-
     # ---------------------------------------------------------- checkpoints
     def checkpoint(self, job_id: str) -> Checkpoint:
         resp = self._unary(self._stub.GetCheckpoint, pb.GetCheckpointRequest(job_id=job_id))
@@ -300,11 +279,6 @@ class GrpcTrainerClient:
     def download_file(self, job_id: str, name: str) -> bytes:
         request = pb.DownloadCheckpointFileRequest(job_id=job_id, name=name)
         return b"".join(c.data for c in self._stream(self._stub.DownloadCheckpointFile, request))
-
-    def download_checkpoint(self, job_id: str, dest: str | Path) -> list[Path]:
-        """See `TrainerClient.download_checkpoint`."""
-        checkpoint = self.checkpoint(job_id)
-        return save_checkpoint_files(dest, checkpoint, lambda name: self.download_file(job_id, name))
 
     def health(self) -> HealthStatus:
         """Readiness (no API key needed)."""

@@ -16,13 +16,14 @@ Example:
         for event in trainer.stream(job.job_id):
             print(event.kind, event.metrics or event.job.state)
         trainer.download_checkpoint(job.job_id, "runs/my-policy")
+
+`wait` and `download_checkpoint` come from `trainer_results.JobMethods`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -42,11 +43,11 @@ from wmpo_client.results import HealthStatus
 from wmpo_client.trainer_results import (
     Checkpoint,
     JobEvent,
+    JobMethods,
     TrainerJob,
     checkpoint_from_json,
     job_from_json,
     job_spec,
-    save_checkpoint_files,
 )
 
 __all__ = ["TrainerClient"]
@@ -86,7 +87,7 @@ def event_from_json(data: dict[str, Any]) -> JobEvent:
     raise SimulatorError("INTERNAL", f"unknown stream event {kind!r}")
 
 
-class TrainerClient:
+class TrainerClient(JobMethods):
     """Synchronous HTTP client of the trainer service (thread-safe, like httpx.Client).
 
     Args:
@@ -201,13 +202,6 @@ class TrainerClient:
         finally:
             response.close()
 
-    def wait(self, job_id: str) -> TrainerJob:
-        """Follow the stream until the job ends; the final job with every step's metrics."""
-        for event in self.stream(job_id):
-            if event.kind == "end":
-                break
-        return self.get(job_id)
-
     # ---------------------------------------------------------- checkpoints
     def checkpoint(self, job_id: str) -> Checkpoint:
         """The job's current policy checkpoint files (NOT_FOUND before its first step)."""
@@ -218,11 +212,6 @@ class TrainerClient:
         """One checkpoint file's raw bytes (model.safetensors, config.json, manifest.json)."""
         path = f"/v1/jobs/{_segment(job_id)}/checkpoint/{_segment(name)}"
         return self._call("GET", path, lambda r: r.content)
-
-    def download_checkpoint(self, job_id: str, dest: str | Path) -> list[Path]:
-        """Save the job's policy checkpoint into `dest` (loadable like any wmpo checkpoint)."""
-        checkpoint = self.checkpoint(job_id)
-        return save_checkpoint_files(dest, checkpoint, lambda name: self.download_file(job_id, name))
 
     def health(self) -> HealthStatus:
         """Readiness (no API key needed, no retries: "not ready" is an answer)."""

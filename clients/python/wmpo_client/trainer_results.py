@@ -15,7 +15,7 @@ import hashlib
 import os
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -170,3 +170,32 @@ def save_checkpoint_files(
         os.replace(tmp, directory / f.name)
         paths.append(directory / f.name)
     return paths
+
+
+class JobMethods:
+    """What both trainer clients build from their transport calls (`stream`, `get`,
+    `checkpoint`, `download_file`)."""
+
+    def stream(self, job_id: str, after_step: int = 0) -> Iterator[JobEvent]:
+        raise NotImplementedError
+
+    def get(self, job_id: str) -> TrainerJob:
+        raise NotImplementedError
+
+    def checkpoint(self, job_id: str) -> Checkpoint:
+        raise NotImplementedError
+
+    def download_file(self, job_id: str, name: str) -> bytes:
+        raise NotImplementedError
+
+    def wait(self, job_id: str) -> TrainerJob:
+        """Follow the stream until the job ends; the final job with every step's metrics."""
+        for event in self.stream(job_id):
+            if event.kind == "end":
+                break
+        return self.get(job_id)
+
+    def download_checkpoint(self, job_id: str, dest: str | Path) -> list[Path]:
+        """Save the job's policy checkpoint into `dest` (loadable like any wmpo checkpoint)."""
+        checkpoint = self.checkpoint(job_id)
+        return save_checkpoint_files(dest, checkpoint, lambda name: self.download_file(job_id, name))
