@@ -65,12 +65,14 @@ def test_bad_loop_configs_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_online_baseline_spends_exactly_its_real_budget(tmp_path):
-    cfg = GRPOJobConfig(policy=str(CKPT / "policy-base"), out=str(tmp_path), tasks=[TASK], steps=99,
-                        groups_per_step=1, group_size=4, chunks=3, temperature=1.0, epochs=1, minibatch=8,
-                        verify=False, environment="real", real_budget=8)
+    # two groups per step: the trainer steps them from a thread pool, and MuJoCo's EGL contexts
+    # must still be used on the thread that made them (RealGroupSimulator's one worker thread)
+    cfg = GRPOJobConfig(policy=str(CKPT / "policy-base"), out=str(tmp_path), tasks=[TASK, "drawer-close-v3"],
+                        steps=99, groups_per_step=2, group_size=2, chunks=3, temperature=1.0, epochs=1,
+                        minibatch=8, verify=False, environment="real", real_budget=8)
     result = run_grpo_job(cfg, progress=False)
     assert result["real_episodes"] == 8
-    assert result["training"]["steps"] == 2  # 8 episodes / (1 group x 4) = 2 steps, whatever --steps says
+    assert result["training"]["steps"] == 2  # 8 episodes / (2 groups x 2) = 2 steps, whatever --steps says
 
 
 def test_online_budget_must_cover_a_step(tmp_path):

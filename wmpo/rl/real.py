@@ -8,11 +8,16 @@ the environment (the papers' online-GRPO baseline, with the same real-rollout bu
 Frames are returned at the world model's stride so the policy sees the same kind of input.
 A member that succeeded stops moving (its env is done); later chunks are masked by the judge's
 ``done_frame``, as in imagination.
+
+The trainer calls a group simulator from a thread pool, but an offscreen MuJoCo renderer's EGL
+context can only be current in one thread: every env is created, stepped and closed on this
+simulator's one worker thread.
 """
 
 from __future__ import annotations
 
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,9 +57,19 @@ class RealGroupSimulator:
         self.members: dict[str, _Member] = {}
         self._ids = itertools.count()
         self.real_episodes = 0  # the real-rollout budget spent
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="real-sim")  # see the module docstring
 
     def create_group(self, start: StartState, group_size: int, seed: int | None = None,
                      max_chunks: int = 0) -> _Created:
+        return self._thread.submit(self._create_group, start, group_size).result()
+
+    def step_group(self, group_id: str, actions: np.ndarray) -> _Outcome:
+        return self._thread.submit(self._step_group, group_id, actions).result()
+
+    def close_group(self, group_id: str) -> list[str]:
+        return self._thread.submit(self._close_group, group_id).result()
+
+    def _create_group(self, start: StartState, group_size: int) -> _Created:
         from wmpo.envs import make_env
 
         gid = f"real-{next(self._ids)}"
@@ -69,7 +84,7 @@ class RealGroupSimulator:
         self.real_episodes += group_size
         return _Created(gid, ids)
 
-    def step_group(self, group_id: str, actions: np.ndarray) -> _Outcome:
+    def _step_group(self, group_id: str, actions: np.ndarray) -> _Outcome:
         results = []
         for sid, chunk in zip(self.groups[group_id], actions, strict=True):
             m = self.members[sid]
@@ -85,7 +100,7 @@ class RealGroupSimulator:
             results.append(_StepResult(np.stack(frames)))
         return _Outcome(results)
 
-    def close_group(self, group_id: str) -> list[str]:
+    def _close_group(self, group_id: str) -> list[str]:
         ids = self.groups.pop(group_id, [])
         for sid in ids:
             self.members.pop(sid).env.close()
