@@ -264,8 +264,14 @@ class TrainerRuntime:
         self.settings = settings
         self.metrics = ServiceMetrics(SERVICE)
         self.store = make_store(settings)
+        config = QueueConfig.from_settings(JOB_QUEUE, settings)
         config = dataclasses.replace(
-            QueueConfig.from_settings(JOB_QUEUE, settings), concurrency=1, max_deliveries=_DELIVERIES
+            config,
+            concurrency=1,
+            max_deliveries=_DELIVERIES,
+            # Look for handed-back or orphaned jobs often (one XAUTOCLAIM per second): a job
+            # handed back on shutdown is claimable after the retry delay, not min_idle_s / 2.
+            claim_interval_s=min(config.claim_every_s, max(1.0, settings.queue_retry_delay_s)),
         )
         self.queue_mode = settings.redis_url is not None
         self.queue: WorkQueue = (

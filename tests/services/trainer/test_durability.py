@@ -88,6 +88,32 @@ def test_a_killed_trainers_job_is_resumed_by_another_and_equals_an_uninterrupted
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
 
 
+def test_with_redis_a_gracefully_stopped_trainer_hands_its_job_to_another_at_once(
+    stack: Any, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    settings = TrainerSettings(
+        dev_mode=True,
+        port=0,
+        grpc_port=0,
+        trainer_dir=str(tmp_path / "shared"),
+        simulator_url=stack.http_url,
+        judge_url=stack.judge_http_url,
+        stream_poll_s=0.1,
+        torch_threads=1,
+        # A takeover after a death would wait 60 s; a handed-back job only the retry delay.
+        **redis_settings(redis_url, redis_prefix, queue_min_idle_s=60.0),
+    )
+    with serve_trainer_in_thread(settings) as first, TrainerClient(first.http_url, timeout=120) as http:
+        http.submit(POLICY, job_id="handed-over", **{**TINY, "steps": 4})
+        wait_for(lambda: http.get("handed-over").step >= 1, 120, "step 1")
+    with serve_trainer_in_thread(settings) as second, TrainerClient(second.http_url, timeout=120) as http:
+        stopped = http.get("handed-over")
+        assert stopped.state == "queued" and 1 <= stopped.step < 4
+        final = http.wait("handed-over")
+    assert final.state == "succeeded" and [m["step"] for m in final.metrics] == [1, 2, 3, 4]
+    assert (final.attempts, final.restarts, final.resumed_from_step) == (2, 0, stopped.step)
+
+
 def test_without_redis_a_stopped_trainers_job_resumes_when_it_starts_again(
     stack: Any, tmp_path: Path
 ) -> None:
