@@ -3,21 +3,24 @@
 With Redis, a trainer process killed mid-job (SIGKILL, no goodbye) leaves the job's
 message pending; another trainer claims it after WMPO_QUEUE_MIN_IDLE_S and resumes from
 the last checkpoint in the shared data directory, and the result equals an uninterrupted
-job's with the same seed. Without Redis, a trainer stopped mid-job puts the job back to
-queued and resumes it from its checkpoint when it starts again.
+job's with the same seed. A trainer stopped gracefully mid-job puts the job back to queued
+(not a restart): without Redis it resumes it from its checkpoint when it starts again, with
+Redis another replica takes it over at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from wmpo_client import TrainerClient
 
 from services.embedded import serve_trainer_in_thread
 from services.trainer.settings import TrainerSettings
-from services.trainer.store import JobRecord
+from services.trainer.store import JobRecord, make_store
 from tests.services.trainer.conftest import (
     POLICY,
     TINY,
@@ -88,35 +91,19 @@ def test_a_killed_trainers_job_is_resumed_by_another_and_equals_an_uninterrupted
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
 
 
-def test_with_redis_a_gracefully_stopped_trainer_hands_its_job_to_another_at_once(
-    stack: Any, redis_url: str, redis_prefix: str, tmp_path: Path
+@pytest.mark.parametrize("records", ["disk", "redis"])
+def test_a_stopped_trainers_job_resumes_from_its_checkpoint_without_counting_a_restart(
+    records: str, stack: Any, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    settings = TrainerSettings(
-        dev_mode=True,
-        port=0,
-        grpc_port=0,
-        trainer_dir=str(tmp_path / "shared"),
-        simulator_url=stack.http_url,
-        judge_url=stack.judge_http_url,
-        stream_poll_s=0.1,
-        torch_threads=1,
-        # A takeover after a death would wait 60 s; a handed-back job only the retry delay.
-        **redis_settings(redis_url, redis_prefix, queue_min_idle_s=60.0),
+    """Graceful: the job ends its step and goes back to queued. Without Redis the next start
+    of the trainer resumes it; with Redis it is handed over at once (claimable after the
+    retry delay, though a takeover after a death would wait min_idle_s = 60 s here)."""
+    redis = (
+        redis_settings(request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"),
+                       queue_min_idle_s=60.0)
+        if records == "redis"
+        else {}
     )
-    with serve_trainer_in_thread(settings) as first, TrainerClient(first.http_url, timeout=120) as http:
-        http.submit(POLICY, job_id="handed-over", **{**TINY, "steps": 4})
-        wait_for(lambda: http.get("handed-over").step >= 1, 120, "step 1")
-    with serve_trainer_in_thread(settings) as second, TrainerClient(second.http_url, timeout=120) as http:
-        stopped = http.get("handed-over")
-        assert stopped.state == "queued" and 1 <= stopped.step < 4
-        final = http.wait("handed-over")
-    assert final.state == "succeeded" and [m["step"] for m in final.metrics] == [1, 2, 3, 4]
-    assert (final.attempts, final.restarts, final.resumed_from_step) == (2, 0, stopped.step)
-
-
-def test_without_redis_a_stopped_trainers_job_resumes_when_it_starts_again(
-    stack: Any, tmp_path: Path
-) -> None:
     settings = TrainerSettings(
         dev_mode=True,
         port=0,
@@ -126,20 +113,30 @@ def test_without_redis_a_stopped_trainers_job_resumes_when_it_starts_again(
         judge_url=stack.judge_http_url,
         stream_poll_s=0.1,
         torch_threads=1,
+        **redis,
     )
     with serve_trainer_in_thread(settings) as first, TrainerClient(first.http_url, timeout=120) as http:
-        http.submit(POLICY, job_id="restarted", **{**TINY, "steps": 4})
-        wait_for(lambda: http.get("restarted").step >= 1, 120, "step 1")
-    # Stopped gracefully: the job ended its step, went back to queued, its record on disk.
-    stopped = JobRecord(**{k: v for k, v in _record(settings, "restarted").items()})
-    assert stopped.state == "queued" and 1 <= stopped.step < 4
+        http.submit(POLICY, job_id="stopped", **{**TINY, "steps": 4})
+        wait_for(lambda: http.get("stopped").step >= 1, 120, "step 1")
+    stopped = _record(settings, "stopped")
+    assert stopped.state == "queued" and 1 <= stopped.step < 4 and stopped.worker is None
     with serve_trainer_in_thread(settings) as second, TrainerClient(second.http_url, timeout=120) as http:
-        final = http.wait("restarted")
+        final = http.wait("stopped")
     assert final.state == "succeeded" and [m["step"] for m in final.metrics] == [1, 2, 3, 4]
     assert (final.attempts, final.restarts, final.resumed_from_step) == (2, 0, stopped.step)
 
 
-def _record(settings: TrainerSettings, job_id: str) -> dict[str, Any]:
-    import json
+def _record(settings: TrainerSettings, job_id: str) -> JobRecord:
+    """A job's record read straight from the store, while no trainer runs."""
 
-    return json.loads((Path(settings.trainer_dir) / "jobs" / job_id / "job.json").read_text())
+    async def read() -> JobRecord:
+        store = make_store(settings)
+        await store.start()
+        try:
+            record = await store.get(job_id)
+        finally:
+            await store.close()
+        assert record is not None
+        return record
+
+    return asyncio.run(read())
