@@ -21,7 +21,6 @@ field is written by the one worker that runs the job.
 from __future__ import annotations
 
 import abc
-import asyncio
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -310,10 +309,7 @@ class RedisJobStore(JobStore):
         await self._redis.hset(self.job_key(job_id), mapping={k: json.dumps(v) for k, v in values.items()})
 
     async def put_step(self, job_id: str, metrics: dict[str, Any]) -> None:
-        step = int(metrics["step"])
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.steps_key(job_id), str(step), json.dumps(metrics))
-            await pipe.execute()
+        await self._redis.hset(self.steps_key(job_id), str(int(metrics["step"])), json.dumps(metrics))
         steps = await self._redis.hkeys(self.steps_key(job_id))
         await self.update(job_id, step=max(int(s) for s in steps))
 
@@ -340,14 +336,3 @@ def make_store(settings: Any) -> JobStore:
         return RedisJobStore(settings.redis_url, settings.queue_prefix)
     return DiskJobStore(Path(settings.trainer_dir) / "jobs")
 
-
-async def wait_final(store: JobStore, job_id: str, timeout: float, poll_s: float = 0.2) -> JobRecord:
-    """The record once the job has ended (tests and tools)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        record = await store.get(job_id)
-        if record is not None and record.final:
-            return record
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} did not end within {timeout} s")
-        await asyncio.sleep(poll_s)
