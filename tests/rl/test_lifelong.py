@@ -69,7 +69,7 @@ def test_online_baseline_spends_exactly_its_real_budget(tmp_path):
     # must still be used on the thread that made them (RealGroupSimulator's one worker thread)
     cfg = GRPOJobConfig(policy=str(CKPT / "policy-base"), out=str(tmp_path), tasks=[TASK, "drawer-close-v3"],
                         steps=99, groups_per_step=2, group_size=2, chunks=3, temperature=1.0, epochs=1,
-                        minibatch=8, verify=False, environment="real", real_budget=8)
+                        minibatch=8, environment="real", real_budget=8)  # verify is ignored for real
     result = run_grpo_job(cfg, progress=False)
     assert result["real_episodes"] == 8
     assert result["training"]["steps"] == 2  # 8 episodes / (2 groups x 2) = 2 steps, whatever --steps says

@@ -114,6 +114,7 @@ def run_grpo_job(cfg: GRPOJobConfig, progress: bool = True,
         from wmpo.rl.real import RealGroupSimulator, RealSuccessJudge
 
         grpo = cfg.grpo()
+        grpo.verify = False  # the simulator's own success flag cannot hallucinate: nothing to verify
         if cfg.real_budget:  # every episode run counts, informative or not: one sampling round per step
             grpo.steps = cfg.real_budget // (cfg.groups_per_step * cfg.group_size)
             grpo.max_sampling_rounds = 1
