@@ -333,7 +333,8 @@ class ServiceGroupSimulator:
                 log.warning("simulator replica %s failed during %s (%s); re-imagining the group from "
                             "its start (attempt %d of %d)", self.names[failed] if failed is not None else "?",
                             what, exc, attempt + 1, self.attempts)
-                self.failovers += 1
+                with self._lock:
+                    self.failovers += 1
                 g.real = None
                 if all(t > time.monotonic() for t in self._down_until):
                     time.sleep(min(self.backoff_s * 2 ** attempt, 5.0))
@@ -370,7 +371,8 @@ class ServiceGroupSimulator:
                 self._mark_down(g.replica, exc)
                 log.warning("simulator replica %s failed during a replay (%s); rebuilding the member "
                             "elsewhere", self.names[g.replica], exc)
-                self.failovers += 1
+                with self._lock:
+                    self.failovers += 1
         # A one-member group with this member's actions, on whichever replica is up.
         solo = _Group(g.start, 1, g.seed, g.max_chunks, [a[member:member + 1] for a in g.actions])
         try:
