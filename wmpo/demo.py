@@ -9,6 +9,9 @@
    PNG a person can look at.
 4. Verify before execute: the base policy on one task, with and without the judge choosing
    among imagined candidate chunks (embedded simulator + judge), success in the real simulator.
+5. GRPO in imagination: a short job (a few steps) trains the base policy inside the world model
+   through the embedded simulator and judge services, then the new policy is evaluated in the
+   real simulator on the same held-out seeds as step 2 (the full recipe is in the README).
 """
 
 from __future__ import annotations
@@ -46,6 +49,26 @@ def verify_before_execute_demo(policy_dir: Path, world_model_dir: Path, judge_di
     return {"task": task, "episodes": episodes,
             "without": plain["per_task"][task], "with": verified["per_task"][task],
             "verification": verified.get("verification")}
+
+
+def grpo_demo(out_dir: Path, policy_dir: Path, world_model_dir: Path, judge_dir: Path, before: dict,
+              episodes: int, workers: int, task: str = "drawer-close-v3", steps: int = 2) -> dict:
+    """A short GRPO job in imagination on one task; success in MetaWorld before (from step 2, same
+    seeds) and after."""
+    from wmpo.rl.job import GRPOJobConfig, run_grpo_job
+
+    job_dir = out_dir / "grpo"
+    shutil.rmtree(job_dir, ignore_errors=True)
+    job = run_grpo_job(GRPOJobConfig(policy=str(policy_dir), out=str(job_dir), tasks=[task], steps=steps,
+                                     groups_per_step=2, group_size=8, chunks=10, lr=3e-5,
+                                     world_model=str(world_model_dir), judge=str(judge_dir), seed=0))
+    after = evaluate(EvalConfig(tasks=[task], source=SourceSpec("policy", checkpoint=str(job_dir / "policy"),
+                                                                temperature=0.0),
+                                episodes=episodes, workers=workers), progress=False)
+    history = [{k: h.get(k) for k in ("step", "imagined_success", "groups_kept", "dnv_flags", "kl_to_start",
+                                      "seconds")} for h in json.loads((job_dir / "summary.json").read_text())["history"]]
+    return {"task": task, "steps": job["training"]["steps"], "history": history, "episodes": episodes,
+            "before": before, "after": after["per_task"][task], "policy": str(job_dir / "policy")}
 
 
 def save_strip(ds: EpisodeDataset, path: Path, frames_per_episode: int = 8) -> None:
@@ -122,7 +145,7 @@ def run_demo(episodes: int = 20, workers: int = 2, out: str = "outputs/demo",
         raise CheckpointError(f"bundled policy missing at {checkpoint}; check out the repository fully")
     tasks = list(POLICY_TASKS)
 
-    print(f"[1/4] collecting 1 scripted-expert episode per task in MetaWorld -> {out_dir / 'data'}")
+    print(f"[1/5] collecting 1 scripted-expert episode per task in MetaWorld -> {out_dir / 'data'}")
     shutil.rmtree(out_dir / "data", ignore_errors=True)
     summary = collect(CollectConfig(out=str(out_dir / "data"), tasks=tasks, source="expert",
                                     episodes=1, workers=workers))
@@ -131,12 +154,12 @@ def run_demo(episodes: int = 20, workers: int = 2, out: str = "outputs/demo",
     print(f"      {summary['frames']} frames at {summary['frames_per_second']} frames/s; "
           f"strip: {out_dir / 'expert_episodes.png'}")
 
-    print(f"[2/4] evaluating the bundled base policy on {episodes} held-out seeds per task")
+    print(f"[2/5] evaluating the bundled base policy on {episodes} held-out seeds per task")
     report = evaluate(EvalConfig(tasks=tasks, source=SourceSpec("policy", checkpoint=str(checkpoint),
                                                                  temperature=0.0),
                                  episodes=episodes, workers=workers))
     print(format_table(report, f"base policy ({checkpoint.name}); real MetaWorld, held-out seeds, greedy"))
-    print("[3/4] robot-team flow: candidate chunks from the policy -> POST /v1/imagine (embedded service)")
+    print("[3/5] robot-team flow: candidate chunks from the policy -> POST /v1/imagine (embedded service)")
     if (world_model / "model.safetensors").exists():
         imagine = imagine_vs_real(out_dir, checkpoint, world_model)
         print(f"      PSNR imagined vs real per candidate: {imagine['psnr_imagined']} dB "
@@ -147,7 +170,7 @@ def run_demo(episodes: int = 20, workers: int = 2, out: str = "outputs/demo",
         imagine = {"skipped": f"no world model at {world_model}"}
         print(f"      skipped: {imagine['skipped']}")
     vbe_episodes = max(1, episodes // 2)
-    print(f"[4/4] verify before execute on {vbe_episodes} held-out seeds: 4 candidate chunks per decision, "
+    print(f"[4/5] verify before execute on {vbe_episodes} held-out seeds: 4 candidate chunks per decision, "
           "imagined by the simulator, the judge's best executed")
     if (world_model / "model.safetensors").exists() and (BUNDLED_JUDGE / "model.safetensors").exists():
         vbe = verify_before_execute_demo(checkpoint, world_model, BUNDLED_JUDGE, vbe_episodes, workers)
@@ -158,8 +181,25 @@ def run_demo(episodes: int = 20, workers: int = 2, out: str = "outputs/demo",
     else:
         vbe = {"skipped": "no bundled world model or judge"}
         print(f"      skipped: {vbe['skipped']}")
+    print("[5/5] GRPO in imagination: a 2-step job on drawer-close-v3 through the embedded simulator and judge, "
+          f"then the new policy on the same {episodes} held-out seeds as step 2")
+    if (world_model / "model.safetensors").exists() and (BUNDLED_JUDGE / "model.safetensors").exists():
+        task = "drawer-close-v3"
+        grpo = grpo_demo(out_dir, checkpoint, world_model, BUNDLED_JUDGE, report["per_task"][task], episodes,
+                         workers, task=task)
+        for h in grpo["history"]:
+            print(f"      step {h['step']}: success in imagination {h['imagined_success']:.2f}, "
+                  f"{h['groups_kept']} informative groups, {h['dnv_flags']} dual-noise flags, "
+                  f"KL to start {h['kl_to_start'] or 0:.4f}, {h['seconds']['step']} s")
+        b, a = grpo["before"], grpo["after"]
+        print(f"      {task} in MetaWorld, greedy: {b['success_rate']:.0%} before, {a['success_rate']:.0%} after "
+              f"({episodes} episodes each: a smoke run, not a result; README has the 100-episode table)")
+    else:
+        grpo = {"skipped": "no bundled world model or judge"}
+        print(f"      skipped: {grpo['skipped']}")
     (out_dir / "report.json").write_text(json.dumps(
-        {"collection": summary, "base_policy": report, "imagine": imagine, "verify_before_execute": vbe},
+        {"collection": summary, "base_policy": report, "imagine": imagine, "verify_before_execute": vbe,
+         "grpo": grpo},
         indent=2, default=str))
     print(f"wrote {out_dir / 'report.json'}")
     return report

@@ -140,6 +140,10 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
         return TorchWorldModel(ae, ema, SamplerConfig()).save(out, manifest)
 
     t0 = time.time()
+    init_val = None
+    if cfg.init:  # how well the starting model already fits the new data (alignment's baseline)
+        init_val = val_loss()
+        log.write(event="init", step=start, val_loss=init_val)
     dit.train()
     loss_ema = None
     bar = tqdm(range(start, cfg.steps), desc="train world model", initial=start, total=cfg.steps,
@@ -173,4 +177,5 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
     log.write(event="done", step=cfg.steps, val_loss=final_val)
     sha = save_world_model(cfg.steps, final=True)
     state_path.unlink(missing_ok=True)
-    return {"checkpoint": str(out), "sha256": sha, "val_loss": final_val, "seconds": round(time.time() - t0, 1)}
+    return {"checkpoint": str(out), "sha256": sha, "val_loss": final_val, "init_val_loss": init_val,
+            "seconds": round(time.time() - t0, 1)}
