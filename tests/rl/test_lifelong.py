@@ -35,6 +35,10 @@ def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path
     new, old = load_checkpoint(tmp_path / "round-0" / "world-model")[0], load_checkpoint(CKPT / "world-model")[0]
     dit_keys = [k for k in new if k.startswith("dit.")]
     assert dit_keys and any(not torch.equal(new[k], old[k]) for k in dit_keys)
+    # two small steps from the bundled weights stay next to them (a fresh init would be far away)
+    assert max((new[k].float() - old[k].float()).abs().max().item() for k in dit_keys) < 5e-3
+    wm = rnd["world_model"]
+    assert wm["init_val_loss"] == pytest.approx(wm["val_loss"], rel=0.2)
     # ... the judge from the bundled judge, on real and imagined replays of the same rollouts
     assert rnd["judge"]["init_sha256"] and len(rnd["judge"]["imagined"]) == 2
     # GRPO used the aligned models and wrote a policy
@@ -48,6 +52,11 @@ def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path
     again = run_lifelong(tiny(tmp_path))
     assert again["rounds"] == ledger["rounds"]
     assert (tmp_path / "round-0" / "world-model" / "model.safetensors").stat().st_mtime == mtime
+    # ... but not with another configuration, whose artifacts would mix with these
+    other = tiny(tmp_path)
+    other.real_rollouts = 6
+    with pytest.raises(ConfigError, match="real_rollouts"):
+        run_lifelong(other)
 
 
 def load_json_sha(directory: Path) -> str:
@@ -61,6 +70,13 @@ def test_bad_loop_configs_are_refused(tmp_path):
         LifelongConfig(out=str(tmp_path), tasks=["no-such-task"]).validate()
     with pytest.raises(ConfigError, match="no checkpoint"):
         LifelongConfig(out=str(tmp_path), tasks=[TASK], judge=str(tmp_path / "missing")).validate()
+    with pytest.raises(ConfigError, match="group_size"):  # GRPO fields are checked before any real rollout
+        LifelongConfig(out=str(tmp_path), tasks=[TASK], group_size=1).validate()
+    with pytest.raises(ConfigError, match="evaluation seeds"):
+        LifelongConfig(out=str(tmp_path), tasks=[TASK], rounds=80).validate()
+    (tmp_path / "round-0").mkdir()
+    with pytest.raises(ConfigError, match="no lifelong.json"):
+        run_lifelong(LifelongConfig(out=str(tmp_path), tasks=[TASK]))
 
 
 @pytest.mark.slow
@@ -71,12 +87,29 @@ def test_online_baseline_spends_exactly_its_real_budget(tmp_path):
                         steps=99, groups_per_step=2, group_size=2, chunks=3, temperature=1.0, epochs=1,
                         minibatch=8, environment="real", real_budget=8)  # verify is ignored for real
     result = run_grpo_job(cfg, progress=False)
-    assert result["real_episodes"] == 8
+    assert result["real_episodes"] == 8 == result["real_episodes_this_run"]
     assert result["training"]["steps"] == 2  # 8 episodes / (2 groups x 2) = 2 steps, whatever --steps says
 
 
-def test_online_budget_must_cover_a_step(tmp_path):
+def test_online_budget_must_be_whole_steps_and_fit_an_episode(tmp_path):
     cfg = GRPOJobConfig(policy=str(CKPT / "policy-base"), out=str(tmp_path), tasks=[TASK], groups_per_step=2,
-                        group_size=4, environment="real", real_budget=7)
-    with pytest.raises(ConfigError, match="real-budget"):
+                        group_size=4, environment="real", real_budget=12)
+    with pytest.raises(ConfigError, match="multiple of one step"):
         cfg.validate()
+    cfg.real_budget, cfg.chunks = 16, 21  # 168 steps > a real episode's 160
+    with pytest.raises(ConfigError, match="chunks"):
+        cfg.validate()
+
+
+def test_a_job_directory_is_not_resumed_by_another_kind_of_job(tmp_path):
+    from wmpo.rl.real import RealGroupSimulator, RealSuccessJudge
+    from wmpo.rl.trainer import GRPOConfig, train_grpo
+
+    cfg = GRPOConfig(policy=str(CKPT / "policy-base"), out=str(tmp_path), tasks=[TASK], steps=1, groups_per_step=1,
+                     group_size=2, chunks=1, epochs=1, minibatch=4, verify=False)
+    sim = RealGroupSimulator()
+    train_grpo(cfg, sim, RealSuccessJudge(sim), progress=False, method="online-grpo-real")
+    sim.close()
+    cfg.steps = 2
+    with pytest.raises(ConfigError, match="online-grpo-real"):
+        train_grpo(cfg, RealGroupSimulator(), None, progress=False)

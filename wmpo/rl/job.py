@@ -43,17 +43,23 @@ class GRPOJobConfig(GRPOConfig):
             raise ConfigError(f"--environment must be 'imagination' or 'real', got {self.environment!r}")
         if self.real_budget < 0 or (self.real_budget and self.environment != "real"):
             raise ConfigError("--real-budget must be >= 0 and only applies to --environment real")
-        if self.real_budget and self.real_budget < self.groups_per_step * self.group_size:
-            raise ConfigError(f"--real-budget {self.real_budget} is less than one step's episodes "
-                              f"({self.groups_per_step} groups x {self.group_size})")
+        per_step = self.groups_per_step * self.group_size
+        if self.real_budget and self.real_budget % per_step:
+            raise ConfigError(f"--real-budget {self.real_budget} must be a multiple of one step's real episodes "
+                              f"({self.groups_per_step} groups x {self.group_size} = {per_step})")
+        if self.eval_episodes < 0:
+            raise ConfigError("--eval-episodes must be >= 0")
         if self.environment == "real":
+            from wmpo.envs.metaworld_env import DEFAULT_MAX_STEPS
+
+            if self.chunks * 8 > DEFAULT_MAX_STEPS:
+                raise ConfigError(f"--chunks {self.chunks} runs past a real episode's {DEFAULT_MAX_STEPS} steps "
+                                  f"(at most {DEFAULT_MAX_STEPS // 8} chunks of 8)")
             return
         if (self.simulator_url is None) != (self.judge_url is None):
             raise ConfigError("give both --simulator-url and --judge-url, or neither (embedded stack)")
         if self.simulator_url is None and not (self.world_model and self.judge):
             raise ConfigError("the embedded stack needs a world-model and a judge checkpoint")
-        if self.eval_episodes < 0:
-            raise ConfigError("--eval-episodes must be >= 0")
 
     def grpo(self) -> GRPOConfig:
         names = {f.name for f in fields(GRPOConfig)}
@@ -119,10 +125,15 @@ def run_grpo_job(cfg: GRPOJobConfig, progress: bool = True,
             grpo.steps = cfg.real_budget // (cfg.groups_per_step * cfg.group_size)
             grpo.max_sampling_rounds = 1
         real_sim = RealGroupSimulator()
-        summary = train_grpo(grpo, real_sim, RealSuccessJudge(real_sim), progress=progress, on_step=on_step,
-                             should_stop=should_stop)
-        # the real episodes spent, from the history so a resumed job counts its earlier steps too
+        try:
+            summary = train_grpo(grpo, real_sim, RealSuccessJudge(real_sim), progress=progress, on_step=on_step,
+                                 should_stop=should_stop, method="online-grpo-real")
+        finally:
+            real_sim.close()
+        # the real episodes spent: from the history, so a resumed job counts its earlier steps too,
+        # and those this process actually ran in MetaWorld
         result["real_episodes"] = sum(h["groups_imagined"] for h in summary["history"]) * cfg.group_size
+        result["real_episodes_this_run"] = real_sim.real_episodes
     else:
         with service_clients(cfg, simulator_api_key, judge_api_key) as (sim, judge_client):
             summary = train_grpo(cfg.grpo(), ServiceGroupSimulator(sim), ServiceRolloutJudge(judge_client),

@@ -23,7 +23,6 @@ and resumes the stage it was in (collection, training and GRPO all resume).
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -32,11 +31,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from wmpo.data.collect import EVAL_SEED_BASE
 from wmpo.data.episodes import atomic_write_json
 from wmpo.errors import ConfigError
 
 BUNDLED = Path(__file__).resolve().parents[2] / "checkpoints"
-REAL_SEED_BASE = 300_000  # seeds of the loop's real rollouts (round r uses 300,000 + 10,000 r ...)
+REAL_SEED_BASE = 300_000  # layouts of the loop's real rollouts: round r trains on 300,000 + 10,000 r + i
+ROUND_SEED_STRIDE = 10_000
+VAL_SEED_OFFSET = 5_000  # ... and validates on 305,000 + 10,000 r + i
+# Changing any other field of a loop that has started would mix artifacts of two configurations.
+RESUMABLE_FIELDS = {"rounds", "workers", "eval_episodes"}
 
 
 @dataclass
@@ -74,19 +78,35 @@ class LifelongConfig:
             raise ConfigError("give at least one task")
         for t in self.tasks:
             check_task(t)  # ConfigError naming the task and how to list the valid ones
-        n_val = self.val_episodes_per_task()
-        if self.rounds < 1 or self.real_rollouts < 2 * len(self.tasks) or n_val < 1:
-            raise ConfigError(f"--rounds must be >= 1 and --real-rollouts large enough for a training and a "
-                              f"validation episode per task ({2 * len(self.tasks)} for {len(self.tasks)} tasks, "
-                              f"got {self.real_rollouts})")
+        if self.rounds < 1:
+            raise ConfigError(f"--rounds must be >= 1, got {self.rounds}")
+        if self.real_rollouts < 2 * len(self.tasks):
+            raise ConfigError(f"--real-rollouts must allow a training and a validation episode per task "
+                              f"(>= {2 * len(self.tasks)} for {len(self.tasks)} tasks), got {self.real_rollouts}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        if self.episodes_per_task() > VAL_SEED_OFFSET:
+            raise ConfigError(f"--real-rollouts per task must be <= {VAL_SEED_OFFSET} (seed ranges of the training and "
+                              f"validation parts would overlap), got {self.episodes_per_task()}")
+        last_seed = REAL_SEED_BASE + ROUND_SEED_STRIDE * (self.rounds - 1) + VAL_SEED_OFFSET + self.episodes_per_task()
+        if last_seed >= EVAL_SEED_BASE:
+            raise ConfigError(f"--rounds {self.rounds} would collect on evaluation seeds (>= {EVAL_SEED_BASE})")
         for name in ("wm_steps", "judge_steps", "grpo_steps", "eval_episodes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
         for path in (self.policy, self.world_model, self.judge):
             if not (Path(path) / "config.json").exists():
                 raise ConfigError(f"no checkpoint at {path}")
+        self.grpo_job(self.policy, self.out, self.world_model, self.judge, 0).validate()  # GRPO fields, up front
+
+    def grpo_job(self, policy: str, out: str, world_model: str, judge: str, r: int) -> Any:
+        from wmpo.rl.job import GRPOJobConfig
+
+        return GRPOJobConfig(
+            policy=policy, out=out, tasks=self.tasks, steps=max(self.grpo_steps, 1), groups_per_step=self.groups,
+            group_size=self.group_size, chunks=self.chunks, temperature=self.temperature, lr=self.lr,
+            epochs=self.epochs, minibatch=self.minibatch, verify=self.verify, seed=self.seed + r,
+            world_model=world_model, judge=judge)
 
     def episodes_per_task(self) -> int:
         return self.real_rollouts // len(self.tasks)
@@ -101,8 +121,21 @@ class Ledger:
 
     def __init__(self, out: Path, cfg: LifelongConfig) -> None:
         self.path = out / "lifelong.json"
-        self.data: dict[str, Any] = (json.loads(self.path.read_text()) if self.path.exists()
-                                     else {"config": asdict(cfg), "rounds": []})
+        if self.path.exists():
+            self.data: dict[str, Any] = json.loads(self.path.read_text())
+            now = asdict(cfg)
+            changed = sorted(k for k in now if k not in RESUMABLE_FIELDS and self.data["config"].get(k) != now[k])
+            if changed:
+                raise ConfigError(f"{out} holds a loop started with other {', '.join(changed)} "
+                                  f"(only {', '.join(sorted(RESUMABLE_FIELDS))} may change on resume): "
+                                  "choose another --out")
+            self.data["config"] = now
+        else:
+            stale = sorted(p.name for p in out.glob("round-*"))
+            if stale:
+                raise ConfigError(f"{out} has {', '.join(stale)} but no lifelong.json: not a loop this command "
+                                  "can resume; choose another --out")
+            self.data = {"config": asdict(cfg), "rounds": []}
 
     def stage(self, r: int, name: str) -> dict[str, Any] | None:
         rounds = self.data["rounds"]
@@ -121,16 +154,20 @@ def _sha(directory: str) -> str:
 
 def _collect(cfg: LifelongConfig, r: int, rd: Path, policy: str) -> dict[str, Any]:
     from wmpo.data.collect import CollectConfig, collect
+    from wmpo.data.episodes import EpisodeDataset
 
-    seed0 = REAL_SEED_BASE + 10_000 * r
+    seed0 = REAL_SEED_BASE + ROUND_SEED_STRIDE * r
     n_val = cfg.val_episodes_per_task()
-    res: dict[str, Any] = {}
-    for part, n, s in (("real-train", cfg.episodes_per_task() - n_val, seed0), ("real-val", n_val, seed0 + 5_000)):
-        summary = collect(CollectConfig(out=str(rd / part), tasks=cfg.tasks, source="policy", episodes=n,
-                                        seed_start=s, workers=cfg.workers, checkpoint=policy,
-                                        temperature=cfg.rollout_temperature))
-        res[part] = {"path": str(rd / part), "episodes_per_task": n, "seed_start": s, "per_task": summary["per_task"]}
-    res["real_rollouts"] = cfg.episodes_per_task() * len(cfg.tasks)
+    res: dict[str, Any] = {"real_rollouts": 0}
+    for part, n, s in (("real-train", cfg.episodes_per_task() - n_val, seed0),
+                       ("real-val", n_val, seed0 + VAL_SEED_OFFSET)):
+        collect(CollectConfig(out=str(rd / part), tasks=cfg.tasks, source="policy", episodes=n, seed_start=s,
+                              workers=cfg.workers, checkpoint=policy, temperature=cfg.rollout_temperature))
+        episodes = EpisodeDataset.load(rd / part).episodes  # counted from the data: right after a resume too
+        per_task = {t: {"episodes": sum(m["task"] == t for m in episodes),
+                        "successes": sum(m["task"] == t and bool(m["succeeded"]) for m in episodes)} for t in cfg.tasks}
+        res[part] = {"path": str(rd / part), "episodes_per_task": n, "seed_start": s, "per_task": per_task}
+        res["real_rollouts"] += len(episodes)
     res["policy_sha256"] = _sha(policy)
     return res
 
@@ -140,7 +177,9 @@ def _align_world_model(cfg: LifelongConfig, r: int, rd: Path, world_model: str, 
 
     every = max(cfg.wm_steps // 4, 1)
     res = train_world_model(WorldModelTrainConfig(
-        data=[real["real-train"]["path"], real["real-val"]["path"]], autoencoder=world_model, init=world_model,
+        # the training part only: the judge's threshold is chosen on imagined replays of the validation
+        # part, which must be episodes this world model has not seen
+        data=[real["real-train"]["path"]], autoencoder=world_model, init=world_model,
         out=str(rd / "world-model"), steps=cfg.wm_steps, lr=cfg.wm_lr, warmup=min(50, cfg.wm_steps),
         seed=cfg.seed + r, save_every=every, eval_every=every))
     return {"path": str(rd / "world-model"), "init_sha256": _sha(world_model), **res}
@@ -168,12 +207,9 @@ def _align_judge(cfg: LifelongConfig, r: int, rd: Path, world_model: str, judge:
 
 
 def _grpo(cfg: LifelongConfig, r: int, rd: Path, policy: str, world_model: str, judge: str) -> dict[str, Any]:
-    from wmpo.rl.job import GRPOJobConfig, run_grpo_job
+    from wmpo.rl.job import run_grpo_job
 
-    job = run_grpo_job(GRPOJobConfig(
-        policy=policy, out=str(rd / "grpo"), tasks=cfg.tasks, steps=cfg.grpo_steps, groups_per_step=cfg.groups,
-        group_size=cfg.group_size, chunks=cfg.chunks, temperature=cfg.temperature, lr=cfg.lr, epochs=cfg.epochs,
-        minibatch=cfg.minibatch, verify=cfg.verify, seed=cfg.seed + r, world_model=world_model, judge=judge))
+    job = run_grpo_job(cfg.grpo_job(policy, str(rd / "grpo"), world_model, judge, r))
     return {"policy": str(rd / "grpo" / "policy"), "world_model_sha256": _sha(world_model),
             "judge_sha256": _sha(judge), "start_policy_sha256": _sha(policy), "last": job["training"]["last"]}
 
@@ -222,7 +258,3 @@ def run_lifelong(cfg: LifelongConfig) -> dict[str, Any]:
     atomic_write_json(ledger.path, ledger.data)
     return ledger.data
 
-
-def online_budget_steps(real_rollouts: int, groups: int, group_size: int) -> int:
-    """GRPO steps the online baseline can afford: each step runs groups x G real episodes."""
-    return max(1, math.floor(real_rollouts / (groups * group_size)))

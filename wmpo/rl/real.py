@@ -69,18 +69,23 @@ class RealGroupSimulator:
     def close_group(self, group_id: str) -> list[str]:
         return self._thread.submit(self._close_group, group_id).result()
 
+    def close(self) -> None:
+        """Close every open env and stop the worker thread."""
+        for gid in list(self.groups):
+            self.close_group(gid)
+        self._thread.shutdown()
+
     def _create_group(self, start: StartState, group_size: int) -> _Created:
         from wmpo.envs import make_env
 
         gid = f"real-{next(self._ids)}"
-        ids = []
+        ids: list[str] = []
+        self.groups[gid] = ids  # registered first, so close() finds envs of a group that failed half-made
         for _ in range(group_size):
             env = make_env(start.task)
-            frame, _ = env.reset(seed=start.seed)
             sid = f"{gid}-{len(ids)}"
-            self.members[sid] = _Member(env, frame)
+            self.members[sid] = _Member(env, env.reset(seed=start.seed)[0])
             ids.append(sid)
-        self.groups[gid] = ids
         self.real_episodes += group_size
         return _Created(gid, ids)
 

@@ -143,7 +143,8 @@ class Cancelled(Exception):
 
 def train_grpo(cfg: GRPOConfig, sim: Any, judge: RolloutJudge, progress: bool = True,
                on_step: Callable[[dict[str, Any]], None] | None = None,
-               should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+               should_stop: Callable[[], bool] | None = None,
+               method: str = "grpo-in-imagination") -> dict[str, Any]:
     """Run (or resume) a GRPO job; returns its summary. ``sim`` is a simulator client, ``judge`` a
     ``RolloutJudge`` (a judge-service client adapter). ``on_step(metrics)`` is called after each
     step's checkpoint is written; ``should_stop()`` is polled before each step and raises
@@ -158,7 +159,12 @@ def train_grpo(cfg: GRPOConfig, sim: Any, judge: RolloutJudge, progress: bool = 
     history: list[dict[str, Any]] = []
     start = 0
     state_path = out / "train_state.pt"
+    start_sha = manifest.get("weights_sha256", "")
     if (st := load_train_state(state_path)) is not None:
+        if st.get("start_policy_sha256", start_sha) != start_sha or st.get("method", method) != method:
+            raise ConfigError(f"{out} holds a {st.get('method')} job that started from policy "
+                              f"{st.get('start_policy_sha256', '')[:12]}, not a {method} job from {cfg.policy} "
+                              f"({start_sha[:12]}): choose another --out to start a new job")
         policy.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         gen.set_state(st["gen"])
@@ -214,9 +220,9 @@ def train_grpo(cfg: GRPOConfig, sim: Any, judge: RolloutJudge, progress: bool = 
         history.append(metrics)
         log.write(**metrics)
         bar.set_postfix(success=f"{metrics['imagined_success']:.2f}", kept=len(kept))
-        _save_policy(policy, out / "policy", cfg, manifest, history)
+        _save_policy(policy, out / "policy", cfg, manifest, history, method)
         save_train_state(state_path, model=policy.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
-                         step=step + 1, history=history)
+                         step=step + 1, history=history, start_policy_sha256=start_sha, method=method)
         if on_step is not None:
             on_step(metrics)
     bar.close()
@@ -227,11 +233,11 @@ def train_grpo(cfg: GRPOConfig, sim: Any, judge: RolloutJudge, progress: bool = 
 
 
 def _save_policy(policy: Policy, directory: Path, cfg: GRPOConfig, start_manifest: dict[str, Any],
-                 history: list[dict[str, Any]]) -> None:
+                 history: list[dict[str, Any]], method: str) -> None:
     manifest = {
         "kind": "policy",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "training": {"method": "grpo-in-imagination", **asdict(cfg), "steps_done": len(history),
+        "training": {"method": method, **asdict(cfg), "steps_done": len(history),
                      "start_policy_sha256": start_manifest.get("weights_sha256", "")},
         "grpo_history": history,
         "environment": environment_info(),

@@ -14,6 +14,7 @@ trajectory level (sliding window, any clip passes) for the best F1.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from wmpo.data.episodes import EpisodeDataset
-from wmpo.errors import ConfigError
+from wmpo.errors import CheckpointError, ConfigError
 from wmpo.eval.judge import choose_threshold, judge_dataset, precision_recall_f1
 from wmpo.judge.clips import subsample_indices, training_clips
 from wmpo.judge.success import SuccessJudge
@@ -159,7 +160,10 @@ def train_success_classifier(cfg: JudgeTrainConfig, progress: bool = True) -> di
     model = SuccessClassifier(mcfg)
     if init is not None:  # everything but the instruction table, which is rebuilt for this data
         weights = {k: v for k, v in init.state_dict().items() if k != "instruction_table"}
-        model.load_state_dict(weights, strict=False)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if set(missing) != {"instruction_table"} or unexpected:
+            raise CheckpointError(f"--init {cfg.init} does not match the classifier: missing {missing}, "
+                                  f"unexpected {unexpected}")
     model.set_instructions(index.instructions, embed_instructions(index.instructions))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,6 +231,8 @@ def train_success_classifier(cfg: JudgeTrainConfig, progress: bool = True) -> di
                  "successes": index.successes, "positive_clips": len(index.positives),
                  "negative_clips": len(index.negatives), "instructions": index.instructions},
         "threshold": {"value": threshold, "chosen_on": "val_data, trajectory-level F1"},
+        "init_sha256": (json.loads((Path(cfg.init) / "manifest.json").read_text()).get("weights_sha256", "")[:12]
+                        if cfg.init else None),
         "metrics": {"val": val_metrics, "val_episodes": int(len(val_labels))},
         "environment": environment_info(),
     }

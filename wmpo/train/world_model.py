@@ -141,7 +141,7 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
 
     t0 = time.time()
     init_val = None
-    if cfg.init:  # how well the starting model already fits the new data (alignment's baseline)
+    if cfg.init and start == 0:  # how well the starting model already fits the new data (alignment's baseline)
         init_val = val_loss()
         log.write(event="init", step=start, val_loss=init_val)
     dit.train()
