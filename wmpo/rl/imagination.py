@@ -135,8 +135,9 @@ def imagine_groups(sim: Any, judge: RolloutJudge, policy: Policy, starts: list[S
     frame_stride = all_tok[0].shape[2] // frames_per_chunk  # env steps per imagined frame
     t1 = time.perf_counter()
     timing["imagine_s"] = timing.get("imagine_s", 0.0) + t1 - t0
-    _judge_and_verify(sim, judge, groups, frames_per_chunk, frame_stride, seed, verify, pool)
-    timing["judge_s"] = timing.get("judge_s", 0.0) + time.perf_counter() - t1
+    verify_s = _judge_and_verify(sim, judge, groups, frames_per_chunk, frame_stride, seed, verify, pool)
+    timing["judge_s"] = timing.get("judge_s", 0.0) + time.perf_counter() - t1 - verify_s
+    timing["verify_s"] = timing.get("verify_s", 0.0) + verify_s
     timing["imagined_frames"] = timing.get("imagined_frames", 0.0) + sum(
         g.videos.shape[0] * (g.videos.shape[1] - 1) for g in groups)
     for c in created:
@@ -158,7 +159,9 @@ def done_chunk(done_frame: int | None, frames_per_chunk: int, chunks: int) -> in
 
 
 def _judge_and_verify(sim: Any, judge: RolloutJudge, groups: list[ImaginedGroup], frames_per_chunk: int,
-                      frame_stride: int, seed: int, verify: bool, pool: ThreadPoolExecutor) -> None:
+                      frame_stride: int, seed: int, verify: bool, pool: ThreadPoolExecutor) -> float:
+    """Judge every member, replay and re-judge the judged successes; returns the seconds spent on
+    verification (replays and their verdicts)."""
     videos = [v for g in groups for v in g.videos]
     instr = [g.start.instruction for g in groups for _ in g.videos]
     verdicts = judge.judge_videos(videos, instr, frame_stride, [sid for g in groups for sid in g.session_ids])
@@ -172,6 +175,7 @@ def _judge_and_verify(sim: Any, judge: RolloutJudge, groups: list[ImaginedGroup]
             g.chunk_mask[m, : done_chunk(v.done_frame if v.success else None, frames_per_chunk, chunks)] = True
     # Dual-noise verification: replay every judged success under fresh noise, judge it again.
     todo = [(i, m) for i, g in enumerate(groups) for m in np.flatnonzero(g.success)] if verify else []
+    t0 = time.perf_counter()
     replays = list(pool.map(lambda im: sim.replay(groups[im[0]].session_ids[im[1]], seed=seed * 7919 + 31 * im[0]
                                                   + int(im[1])), todo))
     replay_ok = {im: True for im in todo}
@@ -180,10 +184,12 @@ def _judge_and_verify(sim: Any, judge: RolloutJudge, groups: list[ImaginedGroup]
             [np.concatenate([groups[i].start.frame[None], r.frames]) for (i, _), r in zip(todo, replays, strict=True)],
             [groups[i].start.instruction for i, _ in todo], frame_stride)  # replays: no session of their own
         replay_ok = {im: v.success for im, v in zip(todo, rv, strict=True)}
+    verify_s = time.perf_counter() - t0
     for i, g in enumerate(groups):
         replay = np.asarray([replay_ok.get((i, m), True) for m in range(G)])
         v = dual_noise_group(g.success.astype(float), g.success, replay if verify else g.success)
         g.rewards, g.flagged, g.discard = v.rewards, v.flagged, v.discard
+    return verify_s
 
 
 class ClassifierRolloutJudge:

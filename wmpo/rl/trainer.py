@@ -215,6 +215,7 @@ def train_grpo(cfg: GRPOConfig, sim: Any, judge: RolloutJudge, progress: bool = 
         t2 = time.perf_counter()
         metrics["seconds"] = {"imagine": round(timing.get("imagine_s", 0.0), 2),
                               "judge": round(timing.get("judge_s", 0.0), 2),
+                              "verify": round(timing.get("verify_s", 0.0), 2),
                               "update": round(t2 - t1, 2), "step": round(t2 - t0, 2)}
         metrics["imagined_frames_per_s"] = round(timing.get("imagined_frames", 0.0) / max(timing.get("imagine_s", 1e-9), 1e-9), 1)
         history.append(metrics)

@@ -51,7 +51,8 @@ T = TypeVar("T")
 DEFAULT_TARGET = "127.0.0.1:50053"
 STATE_ENUM = {name: i + 1 for i, name in enumerate(JOB_STATES)}  # JOB_STATE_QUEUED = 1, ...
 STATE_NAMES = {v: k for k, v in STATE_ENUM.items()}
-_SECONDS = {"imagine_s": "imagine", "judge_s": "judge", "update_s": "update", "step_s": "step"}
+_SECONDS = {"imagine_s": "imagine", "judge_s": "judge", "verify_s": "verify", "update_s": "update",
+            "step_s": "step"}
 # The spec's scalar fields: proto `optional`s, so an unset one takes the service's default.
 _SPEC_SCALARS = tuple(f for f in SPEC_FIELDS if f not in ("tasks", "simulator_url", "judge_url"))
 

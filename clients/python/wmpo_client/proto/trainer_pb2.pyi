@@ -83,7 +83,7 @@ class SubmitJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class StepMetrics(_message.Message):
-    __slots__ = ("step", "reward", "imagined_success", "dnv_flags", "groups_imagined", "groups_kept", "groups_discarded", "kl_to_start", "imagine_s", "judge_s", "update_s", "step_s", "imagined_frames_per_s", "all")
+    __slots__ = ("step", "reward", "imagined_success", "dnv_flags", "groups_imagined", "groups_kept", "groups_discarded", "kl_to_start", "imagine_s", "judge_s", "update_s", "step_s", "imagined_frames_per_s", "all", "verify_s")
     STEP_FIELD_NUMBER: _ClassVar[int]
     REWARD_FIELD_NUMBER: _ClassVar[int]
     IMAGINED_SUCCESS_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class StepMetrics(_message.Message):
     STEP_S_FIELD_NUMBER: _ClassVar[int]
     IMAGINED_FRAMES_PER_S_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_S_FIELD_NUMBER: _ClassVar[int]
     step: int
     reward: float
     imagined_success: float
@@ -112,7 +113,8 @@ class StepMetrics(_message.Message):
     step_s: float
     imagined_frames_per_s: float
     all: _struct_pb2.Struct
-    def __init__(self, step: _Optional[int] = ..., reward: _Optional[float] = ..., imagined_success: _Optional[float] = ..., dnv_flags: _Optional[int] = ..., groups_imagined: _Optional[int] = ..., groups_kept: _Optional[int] = ..., groups_discarded: _Optional[int] = ..., kl_to_start: _Optional[float] = ..., imagine_s: _Optional[float] = ..., judge_s: _Optional[float] = ..., update_s: _Optional[float] = ..., step_s: _Optional[float] = ..., imagined_frames_per_s: _Optional[float] = ..., all: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    verify_s: float
+    def __init__(self, step: _Optional[int] = ..., reward: _Optional[float] = ..., imagined_success: _Optional[float] = ..., dnv_flags: _Optional[int] = ..., groups_imagined: _Optional[int] = ..., groups_kept: _Optional[int] = ..., groups_discarded: _Optional[int] = ..., kl_to_start: _Optional[float] = ..., imagine_s: _Optional[float] = ..., judge_s: _Optional[float] = ..., update_s: _Optional[float] = ..., step_s: _Optional[float] = ..., imagined_frames_per_s: _Optional[float] = ..., all: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., verify_s: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "state", "step", "steps", "config", "created_at", "started_at", "finished_at", "error", "cancel_requested", "attempts", "restarts", "worker", "resumed_from_step", "metrics", "eval_before", "eval_after")
