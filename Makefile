@@ -44,11 +44,11 @@ format: setup
 proto: setup
 	./scripts/gen_proto.sh
 
-# The Dockerfile and the Helm chart, checked without Docker or a cluster: hadolint, helm
+# The image's Dockerfile and the Helm chart, checked without Docker or a cluster: hadolint, helm
 # lint (values.schema.json), helm template with default and all-features values, the
 # rendered manifests against Kubernetes' schemas, then the tests of their properties.
 deploy-check: setup
-	$(VENV)/bin/hadolint deploy/docker/Dockerfile.simulator
+	$(VENV)/bin/hadolint deploy/docker/Dockerfile
 	$(HELM) lint --strict $(CHART)
 	$(HELM) lint --strict $(CHART) -f $(CHART)/ci/all-features-values.yaml
 	mkdir -p outputs/deploy-check

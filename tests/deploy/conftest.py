@@ -1,5 +1,6 @@
-"""Fixtures for the deploy checks: the parsed simulator Dockerfile, the helm binary, a clean
-WMPO_* environment and a real Redis key prefix for the queue worker's probes.
+"""Fixtures for the deploy checks: the parsed Dockerfile of the image (one image for the
+simulator, judge and trainer), the helm binary, a clean WMPO_* environment and a real Redis
+key prefix for the probes of pods in queue mode.
 
 No Docker engine or Kubernetes cluster runs here: the Dockerfile is parsed with Docker's
 own parser (the `dockerfile` package wraps BuildKit's) and the chart is rendered by helm.
@@ -18,7 +19,7 @@ import dockerfile
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile.simulator"
+DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
 CHART = REPO / "deploy" / "helm" / "wmpo"
 ALL_FEATURES = CHART / "ci" / "all-features-values.yaml"
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -47,6 +48,30 @@ def entrypoint(instructions: tuple[dockerfile.Command, ...]) -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def image_cmd(instructions: tuple[dockerfile.Command, ...]) -> list[str]:
+    """The image's CMD (exec form): the default arguments after the ENTRYPOINT."""
+    found = [c for c in instructions if c.cmd == "CMD"]
+    assert len(found) == 1 and found[0].json, "one CMD in exec (JSON) form"
+    return list(found[0].value)
+
+
+def final_stage(instructions: tuple[dockerfile.Command, ...]) -> list[dockerfile.Command]:
+    starts = [i for i, c in enumerate(instructions) if c.cmd == "FROM"]
+    return list(instructions[starts[-1]:])
+
+
+@pytest.fixture(scope="session")
+def image_env(instructions: tuple[dockerfile.Command, ...]) -> dict[str, str]:
+    """The runtime stage's ENV, which a container starts with (a pod's env adds to it)."""
+    env: dict[str, str] = {}
+    for command in final_stage(instructions):
+        if command.cmd == "ENV":
+            pairs = command.value
+            env.update(zip(pairs[::2], pairs[1::2], strict=True))
+    return env
+
+
+@pytest.fixture(scope="session")
 def helm() -> str:
     """The helm binary `make setup` installs (scripts/install_helm.sh); missing is an error."""
     candidate = Path(sys.executable).parent / "helm"
@@ -71,7 +96,7 @@ def redis_prefix() -> Iterator[str]:
     try:
         client.ping()
     except redis.RedisError as exc:
-        pytest.fail(f"the queue worker's probes need Redis at {redact_url(REDIS_URL)} ({exc})", pytrace=False)
+        pytest.fail(f"the probes of pods in queue mode need Redis at {redact_url(REDIS_URL)} ({exc})", pytrace=False)
     prefix = f"wmpo-deploy-test-{uuid.uuid4().hex[:12]}"
     try:
         yield prefix

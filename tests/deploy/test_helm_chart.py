@@ -3,46 +3,88 @@
 helm lints and renders it with default values and with every optional feature on
 (ci/all-features-values.yaml); the standard resources are validated against the
 Kubernetes schemas kubernetes-validate ships; KEDA's ScaledObject and the ServiceMonitor,
-which it has no schema for, get checks of their own against the service's code. The pods'
-exact argv and environment are run through the real `wmpo` CLI, and their probes are sent
-to the real app built from the settings that produced.
+which it has no schema for, get checks of their own against the service's code. Every pod's
+(simulator API and workers, judge, trainer) exact argv and environment are run through the
+real `wmpo` CLI, its probes are sent to the real app built from the settings that produced,
+and the URLs and keys the services call each other with resolve to the chart's Services
+and are accepted by the settings of the pods behind them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
 import shutil
 import subprocess
 import tomllib
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
 import yaml
 from fastapi.testclient import TestClient
 
+import services.judge.server as judge_server
 import services.simulator.server as server
+import services.trainer.server as trainer_server
 from services.common.health import HEALTH_PATHS
 from services.common.metrics import METRICS_PATH
 from services.common.queues import QueueConfig, RedisWorkQueue
+from services.common.settings import ServiceSettings
+from services.judge.runtime import JudgeRuntime
+from services.judge.settings import JudgeSettings
 from services.simulator.imagine_queue import IMAGINE_QUEUE
 from services.simulator.runtime import SimulatorRuntime
 from services.simulator.settings import SimulatorSettings
+from services.trainer.runtime import TrainerRuntime
+from services.trainer.settings import TrainerSettings
 from tests.deploy.conftest import ALL_FEATURES, CHART, REDIS_URL, REPO
 from wmpo import cli
+from wmpo.judge.success import SuccessJudge
 from wmpo.sampling.world_model import WorldModel
 
-RELEASE = "wmpo"  # names: wmpo-simulator, wmpo-worker, wmpo-secrets, wmpo-settings
+# Names: wmpo-{simulator,worker,judge,trainer} (Deployments, Services), wmpo-secrets,
+# wmpo-{simulator,judge,trainer}-settings (ConfigMaps), wmpo-trainer-data (the PVC).
+RELEASE = "wmpo"
 CUSTOM_KINDS = {"ScaledObject", "ServiceMonitor"}  # CRDs: no schema in kubernetes-validate
-# Settings the chart sets itself (flags, Secret, per-role env), so `settings` must not.
-CHART_MANAGED = {"host", "port", "grpc_port", "api_keys", "dev_mode", "redis_url", "checkpoint",
-                 "queue_worker", "queue_consumer"}
-# Secrets never go through `settings` (a ConfigMap); the chart has no judge Secret yet.
-NOT_IN_SETTINGS = {"judge_api_key"}
+# Settings the chart sets itself in every pod (flags, the Secret, per-role env).
+COMMON_MANAGED = frozenset({"host", "port", "grpc_port", "api_keys", "dev_mode", "redis_url",
+                            "queue_worker", "queue_consumer"})
+
+
+@dataclass(frozen=True)
+class Service:
+    """A service the chart deploys: its settings class, where its values live and which of
+    its settings the chart owns (so its `settings` value must not take them)."""
+
+    settings_cls: type[ServiceSettings]
+    key: str | None  # its values: .Values.<key>; None: the top level (the simulator's)
+    managed: frozenset[str]  # set by the chart: flags, Secrets (keys), the data directory
+    unused: frozenset[str] = frozenset()  # never used by the chart's pods
+
+
+SERVICES = {
+    "simulator": Service(SimulatorSettings, None, COMMON_MANAGED | {"checkpoint", "judge_api_key"}),
+    "judge": Service(JudgeSettings, "judge", COMMON_MANAGED | {"checkpoint", "vlm_api_key"}),
+    # The chart always gives the trainer a simulator and a judge: no per-job embedded stack.
+    "trainer": Service(TrainerSettings, "trainer",
+                       COMMON_MANAGED | {"trainer_dir", "simulator_api_key", "judge_api_key"},
+                       frozenset({"embedded_world_model", "embedded_judge"})),
+}
+# Which service a Deployment's pods run (the workers are simulators).
+SERVICE_OF = {"simulator": "simulator", "worker": "simulator", "judge": "judge", "trainer": "trainer"}
+
+
+def role_values(values: dict[str, Any], service: str) -> dict[str, Any]:
+    """The values of one service from a values file ({} for the defaults)."""
+    key = SERVICES[service].key
+    return values if key is None else values.get(key, {})
 
 
 def helm_run(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -72,8 +114,14 @@ def secret_data(docs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
     }
 
 
+def existing_secret(name: str, key: str) -> str:
+    """What a test reads from a Secret the chart refers to but does not create."""
+    return f"existing-secret:{name}/{key}"
+
+
 def container_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
-    """The container's environment as the kubelet would build it from the rendered objects."""
+    """The container's environment as the kubelet would build it from the rendered objects
+    (a Secret the chart does not render reads as `existing_secret(name, key)`)."""
     configmaps = {c["metadata"]["name"]: c.get("data") or {} for c in kinds(docs, "ConfigMap")}
     secrets = secret_data(docs)
     env: dict[str, str] = {}
@@ -84,7 +132,10 @@ def container_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict
             env[var["name"]] = var["value"]
         else:
             ref = var["valueFrom"]["secretKeyRef"]
-            env[var["name"]] = secrets[ref["name"]][ref["key"]]
+            if ref["name"] in secrets:
+                env[var["name"]] = secrets[ref["name"]][ref["key"]]
+            else:
+                env[var["name"]] = existing_secret(ref["name"], ref["key"])
     return env
 
 
@@ -94,7 +145,12 @@ def the_container(deployment: dict[str, Any]) -> dict[str, Any]:
     return containers[0]
 
 
-LOAD_WORLD_MODEL = server.load_world_model  # the real one; `launch` patches the module's
+def component(deployment: dict[str, Any]) -> str:
+    return deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+
+
+LOAD_WORLD_MODEL = server.load_world_model  # the real ones; `launch` patches the modules'
+LOAD_CLASSIFIER = judge_server.load_classifier
 
 
 @cache
@@ -102,40 +158,77 @@ def bundled_model() -> WorldModel:
     return LOAD_WORLD_MODEL(cli.BUNDLED_WORLD_MODEL)
 
 
+@cache
+def bundled_judge() -> SuccessJudge:
+    return LOAD_CLASSIFIER(cli.BUNDLED_JUDGE)
+
+
+@dataclass
+class Pod:
+    """What `wmpo serve SERVICE` did with a pod's argv and environment, up to serving."""
+
+    service: str
+    settings: Any  # the service's settings class
+    worker: bool
+    checkpoint: str | None  # the checkpoint it loads (None: the trainer, a VLM-only judge)
+
+
 def launch(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str],
     env: dict[str, str],
-) -> tuple[SimulatorSettings, bool, str]:
-    """Run the container's argv through the real `wmpo` CLI with its environment, up to the
-    point where it would serve; returns (settings, worker?, checkpoint path it loads)."""
+) -> Pod:
+    """Run a container's argv through the real `wmpo` CLI with its environment, up to the
+    point where it would serve (model loading and serving are stubbed)."""
     captured: dict[str, Any] = {}
 
     def load_world_model(path: str) -> WorldModel:
         captured["checkpoint"] = str(path)
         return bundled_model()
 
-    def serve(settings: SimulatorSettings, model: WorldModel, worker: bool = False) -> None:
+    def load_classifier(path: str | None) -> SuccessJudge | None:
+        captured["checkpoint"] = path
+        return bundled_judge() if path else None
+
+    def serve(settings: ServiceSettings, *_model: Any, worker: bool = False) -> None:
         captured.update(settings=settings, worker=worker)
 
+    for module in (server, judge_server, trainer_server):
+        monkeypatch.setattr(module, "serve", serve)
     monkeypatch.setattr(server, "load_world_model", load_world_model)
-    monkeypatch.setattr(server, "serve", serve)
+    monkeypatch.setattr(judge_server, "load_classifier", load_classifier)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts.get(argv[0]) == "wmpo.cli:main", f"{argv[0]} is not the wmpo console script"
+    assert argv[1] == "serve", argv
     try:
         code = cli.main(argv[1:])
     except SystemExit:  # argparse refused the arguments
         pytest.fail(f"`{' '.join(argv)}` rejected by wmpo's parser: {capsys.readouterr().err}")
     assert code == 0, f"`{' '.join(argv)}` failed: {capsys.readouterr().err}"
-    return captured["settings"], captured["worker"], captured["checkpoint"]
+    return Pod(argv[2], captured["settings"], captured["worker"], captured.get("checkpoint"))
 
 
-def serve_simulator_flags(capsys: pytest.CaptureFixture[str]) -> set[str]:
-    """The options `wmpo serve simulator --help` lists."""
+@pytest.fixture
+def start(entrypoint: list[str], image_env: dict[str, str], monkeypatch, capsys):
+    """start(docs, deployment, **env): launch the Deployment's pod as the kubelet would: the
+    image's ENTRYPOINT with the container's args; the image's WMPO_* ENV, then the
+    container's env from the rendered ConfigMaps and Secrets (then `env`)."""
+
+    def start_pod(docs: list[dict[str, Any]], deployment: dict[str, Any], **env: str) -> Pod:
+        container = the_container(deployment)
+        base = {k: v for k, v in image_env.items() if k.startswith("WMPO_")}
+        return launch(monkeypatch, capsys, entrypoint + container["args"],
+                      base | container_env(docs, container) | env)
+
+    return start_pod
+
+
+def serve_flags(capsys: pytest.CaptureFixture[str], service: str) -> set[str]:
+    """The options `wmpo serve SERVICE --help` lists."""
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(["serve", "simulator", "--help"])
+        cli.build_parser().parse_args(["serve", service, "--help"])
     return set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", capsys.readouterr().out))
 
 
@@ -172,12 +265,13 @@ def test_helm_lint_passes(helm: str, values: list[str]) -> None:
 
 
 def test_rendered_resources(default_docs, all_docs) -> None:
-    base = {"ServiceAccount", "Secret", "ConfigMap", "Service", "Deployment", "PodDisruptionBudget"}
+    base = {"ServiceAccount", "Secret", "ConfigMap", "Service", "Deployment", "PodDisruptionBudget",
+            "PersistentVolumeClaim"}
     assert {d["kind"] for d in default_docs} == base
     assert {d["kind"] for d in all_docs} == base | {"HorizontalPodAutoscaler"} | CUSTOM_KINDS
-    assert [d["metadata"]["name"] for d in kinds(default_docs, "Deployment")] == ["wmpo-simulator"]
-    assert sorted(d["metadata"]["name"] for d in kinds(all_docs, "Deployment")) == [
-        "wmpo-simulator", "wmpo-worker"]
+    names = ["wmpo-judge", "wmpo-simulator", "wmpo-trainer"]
+    assert sorted(d["metadata"]["name"] for d in kinds(default_docs, "Deployment")) == names
+    assert sorted(d["metadata"]["name"] for d in kinds(all_docs, "Deployment")) == names + ["wmpo-worker"]
 
 
 def kube_versions() -> list[str]:
@@ -211,10 +305,22 @@ def test_schema_validation_is_not_vacuous(default_docs) -> None:
         (["settings.max_batch_size=0"], "max_batch_size"),
         (["settings.log_level=verbose"], "log_level"),
         (["settings.api_keys=abc"], "api_keys"),  # the chart's own settings are not values
+        (["settings.judge_api_key=abcdefghijklmnopq"], "judge_api_key"),  # a key in a ConfigMap
         (["apiKeys.keys[0]=short"], "apiKeys.keys"),  # the service wants >= 16 characters
         (["ports.http=70000"], "ports.http"),
         (["api.gpu=-1"], "api.gpu"),
         (["redis.url=http://cache:6379"], "redis.url"),
+        (["judge.replicaCount=-1"], "judge.replicaCount"),
+        (["judge.gpu=1"], "gpu"),  # neither the judge nor the trainer uses GPUs
+        (["judge.settings.vlm_samples=0"], "vlm_samples"),
+        (["judge.settings.vlm_url=vllm:8000"], "vlm_url"),
+        (["judge.settings.checkpoint=/models/judge"], "checkpoint"),  # judge.checkpoint.path
+        (["judge.ports.grpc=0"], "judge.ports.grpc"),
+        (["trainer.settings.trainer_dir=/data"], "trainer_dir"),  # the volume's mountPath
+        (["trainer.settings.simulator_url=sim:8000"], "simulator_url"),
+        (["trainer.settings.stream_poll_s=60"], "stream_poll_s"),
+        (["trainer.persistence.accessModes[0]=RWX"], "accessModes"),
+        (["trainer.resources.requests.cpu=lots"], "cpu"),
     ],
 )
 def test_bad_values_fail_lint(helm: str, args: list[str], message: str) -> None:
@@ -233,11 +339,19 @@ def test_bad_values_fail_lint(helm: str, args: list[str], message: str) -> None:
           "worker.terminationGracePeriodSeconds=30"], "queue_drain_s"),
         (["worker.keda.enabled=true", "redis.url=redis://r:6379/0"], "set worker.enabled"),
         (["checkpoint.volume.emptyDir.medium=Memory"], "not inside checkpoint.mountPath"),
+        (["judge.checkpoint.volume.emptyDir.medium=Memory"], "not inside judge.checkpoint.mountPath"),
+        (["judge.checkpoint.path="], "set judge.settings.vlm_url"),
         (["apiKeys.keys[0]=k-0123456789abcdef", "apiKeys.existingSecret=team"], "not both"),
+        (["apiKeys.serviceKeySecretKey=k"], "apiKeys.serviceKeySecretKey names an entry of"),
         (["redis.url=redis://r:6379/0", "redis.existingSecret=redis"], "not both"),
         (["worker.enabled=true", "redis.existingSecret=redis", "worker.keda.enabled=true"],
          "worker.keda.address"),
         (["redis.url=redis://r:6379/0", "api.consumeQueue=false"], "set worker.enabled"),
+        (["judge.enabled=false"], "the trainer's jobs need a judge"),
+        (["trainer.replicaCount=2"], "trainer.replicaCount > 1 needs Redis"),
+        (["trainer.replicaCount=2", "redis.url=redis://r:6379/0",
+          "trainer.persistence.accessModes[0]=ReadWriteOnce"], "needs ReadWriteMany"),
+        (["trainer.terminationGracePeriodSeconds=30"], "trainer.settings.queue_drain_s"),
     ],
 )
 def test_bad_combinations_fail_rendering(helm: str, args: list[str], message: str) -> None:
@@ -249,17 +363,20 @@ def test_bad_combinations_fail_rendering(helm: str, args: list[str], message: st
     assert message in out.stderr
 
 
-def test_settings_schema_mirrors_the_service_settings() -> None:
-    """`settings` takes exactly the service's own fields, with the service's bounds."""
-    import json
-
-    chart = json.loads((CHART / "values.schema.json").read_text())["properties"]["settings"]
-    service = SimulatorSettings.model_json_schema()["properties"]
-    assert set(chart["properties"]) == set(service) - CHART_MANAGED - NOT_IN_SETTINGS
+@pytest.mark.parametrize("name", SERVICES)
+def test_settings_schema_mirrors_the_service_settings(name: str) -> None:
+    """Each service's `settings` takes exactly its own fields but those the chart sets,
+    with the service's bounds."""
+    service = SERVICES[name]
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]
+    chart = (schema if service.key is None else schema[service.key]["properties"])["settings"]
+    fields = service.settings_cls.model_json_schema()["properties"]
+    assert set(chart["properties"]) == set(fields) - service.managed - service.unused
     assert chart["additionalProperties"] is False
-    for name, spec in chart["properties"].items():
+    for field, spec in chart["properties"].items():
         for keyword in ("type", "minimum", "maximum", "exclusiveMinimum", "pattern", "enum"):
-            assert spec.get(keyword) == service[name].get(keyword), (name, keyword)
+            assert spec.get(keyword) == fields[field].get(keyword), (field, keyword)
+        assert spec.get("description") == fields[field].get("description"), field
 
 
 # ------------------------------------------------------------------ the pods
@@ -269,72 +386,128 @@ def deployments(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return kinds(docs, "Deployment")
 
 
-def test_pods_start_with_real_cli_flags_and_valid_settings(
-    case, entrypoint: list[str], monkeypatch, capsys
-) -> None:
-    """ENTRYPOINT + args through `wmpo`'s parser, env from the rendered ConfigMap/Secret
-    through the service's settings (which refuse insecure or bad configurations)."""
+def test_pods_start_with_real_cli_flags_and_valid_settings(case, start, capsys) -> None:
+    """ENTRYPOINT + args through `wmpo`'s parser, env from the image and the rendered
+    ConfigMaps/Secrets through each service's settings (which refuse insecure or bad
+    configurations)."""
     docs, values = case
-    flags = serve_simulator_flags(capsys)
-    assert {"--port", "--grpc-port", "--checkpoint", "--worker"} <= flags
     for deployment in deployments(docs):
         container = the_container(deployment)
         assert "command" not in container, "the image's ENTRYPOINT must stay the command"
+        service = container["args"][0]
+        assert service == SERVICE_OF[component(deployment)]
         # Exact option names: argparse would also take an abbreviation such as --grpc.
-        assert {a for a in container["args"] if a.startswith("--")} <= flags
-        settings, worker, checkpoint = launch(
-            monkeypatch, capsys, entrypoint + container["args"], container_env(docs, container))
-        assert worker == deployment["metadata"]["name"].endswith("-worker")
+        assert {a for a in container["args"] if a.startswith("--")} <= serve_flags(capsys, service)
+        pod = start(docs, deployment)
+        settings = pod.settings
+        assert pod.service == service and isinstance(settings, SERVICES[service].settings_cls)
+        assert pod.worker == (component(deployment) == "worker")
         assert settings.host == "0.0.0.0" and settings.auth_enabled and not settings.dev_mode
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports["http"] == settings.port
-        if not worker:
+        if not pod.worker:
             assert ports["grpc"] == settings.grpc_port
-        for name, value in values.get("settings", {}).items():
+        role = role_values(values, service)
+        for name, value in role.get("settings", {}).items():
             assert getattr(settings, name) == value, name
-        if values:
+        if values:  # Redis: every service's queue (the trainer's job records and queue too)
             assert settings.redis_url == values["redis"]["url"]
-            assert settings.queue_worker == (worker or values["api"]["consumeQueue"])
-            assert checkpoint == values["checkpoint"]["path"]
+            assert settings.queue_worker == (service != "simulator" or pod.worker
+                                             or values["api"]["consumeQueue"])
+        if service == "trainer":
+            assert pod.checkpoint is None
+            (data,) = [m for m in container["volumeMounts"] if m["name"] == "data"]
+            assert settings.trainer_dir == data["mountPath"] and not data.get("readOnly")
+        elif "checkpoint" in role:
+            assert pod.checkpoint == role["checkpoint"]["path"]
+            if service == "judge":  # the VLM endpoint's token from its own Secret
+                vlm = role["vlmApiKey"]
+                assert settings.vlm_api_key.get_secret_value() == existing_secret(
+                    vlm["existingSecret"], vlm["existingSecretKey"])
         else:
             # The image's bundled checkpoint: COPY checkpoints /app/checkpoints.
-            assert checkpoint.startswith("/app/checkpoints/")
-            assert (REPO / "checkpoints" / checkpoint.removeprefix("/app/checkpoints/")).is_dir()
+            assert pod.checkpoint.startswith("/app/checkpoints/")
+            assert (REPO / "checkpoints" / pod.checkpoint.removeprefix("/app/checkpoints/")).is_dir()
         env = {e["name"] for e in container["env"]}
         assert "WMPO_API_KEYS" in env and ("WMPO_REDIS_URL" in env) == bool(values)
 
 
-def test_probes_hit_the_real_health_routes(
-    docs, entrypoint: list[str], monkeypatch, capsys, redis_prefix: str
-) -> None:
+def resolve(docs: list[dict[str, Any]], url: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The chart's Service a URL names (same namespace) and the one Deployment behind it,
+    whose container listens on the port the Service sends the URL's port to."""
+    parts = urlsplit(url)
+    service = named(docs, "Service", parts.hostname)
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == parts.port]
+    (deployment,) = [d for d in deployments(docs) if selects(service["spec"]["selector"], d)]
+    names = {p["name"] for p in the_container(deployment)["ports"]}
+    assert port["targetPort"] == "http" and "http" in names, (url, port)
+    return service, deployment
+
+
+# (caller, its URL setting, the key it sends with it, the service that must answer)
+CALLS = [
+    ("simulator", "judge_url", "judge_api_key", "judge"),  # /v1/imagine's verify
+    ("worker", "judge_url", "judge_api_key", "judge"),
+    ("trainer", "simulator_url", "simulator_api_key", "simulator"),
+    ("trainer", "judge_url", "judge_api_key", "judge"),
+]
+
+
+def test_services_call_each_other_with_accepted_keys(case, start) -> None:
+    """The URLs the simulator and the trainer get name the chart's Services of the right
+    Deployments, and the key each sends is one the called service's settings accept."""
+    docs, _ = case
+    pods = {component(d): start(docs, d) for d in deployments(docs)}
+    for caller, url_field, key_field, callee in CALLS:
+        if caller not in pods:
+            continue
+        settings = pods[caller].settings
+        _, deployment = resolve(docs, getattr(settings, url_field))
+        assert component(deployment) == callee, (caller, url_field)
+        key = getattr(settings, key_field)
+        accepted = {k.get_secret_value() for k in pods[callee].settings.api_keys}
+        assert key is not None and key.get_secret_value() in accepted, (caller, key_field)
+
+
+def build_app(pod: Pod, tmp_path: Path) -> Any:
+    """The real app `serve` would run for the pod's settings (gRPC on any free port)."""
+    settings = pod.settings.model_copy(update={"grpc_port": 0})
+    if pod.service == "judge":
+        return judge_server.build_app(JudgeRuntime(bundled_judge(), settings), settings)
+    if pod.service == "trainer":
+        # The data volume is a directory here; torch's threads stay the test process's own.
+        settings = settings.model_copy(update={"trainer_dir": str(tmp_path / "trainer"),
+                                               "torch_threads": 0})
+        return trainer_server.build_app(TrainerRuntime(settings), settings)
+    if pod.worker:
+        return server.build_worker_app(
+            SimulatorRuntime(bundled_model(), settings, consume=True), settings)
+    return server.build_app(SimulatorRuntime(bundled_model(), settings), settings)
+
+
+def test_probes_hit_the_real_health_routes(docs, start, redis_prefix: str, tmp_path: Path) -> None:
     """Each pod's probes, sent without an API key (as the kubelet does) to the app its own
-    settings build, answer 200; Redis is the local one for queue mode."""
-    secrets = secret_data(docs)
+    settings build, answer 200; Redis is the local one for queue mode. /metrics takes the
+    ServiceMonitor's key and the key the services send each other."""
+    secrets = secret_data(docs)["wmpo-secrets"]
     for deployment in deployments(docs):
         container = the_container(deployment)
-        env = container_env(docs, container)
-        if "WMPO_REDIS_URL" in env:
-            env |= {"WMPO_REDIS_URL": REDIS_URL, "WMPO_QUEUE_PREFIX": redis_prefix}
-        settings, worker, _ = launch(monkeypatch, capsys, entrypoint + container["args"], env)
-        settings = settings.model_copy(update={"grpc_port": 0})  # any free port here
-        if worker:
-            app = server.build_worker_app(
-                SimulatorRuntime(bundled_model(), settings, consume=True), settings)
-        else:
-            app = server.build_app(SimulatorRuntime(bundled_model(), settings), settings)
+        redis = {"WMPO_REDIS_URL": REDIS_URL, "WMPO_QUEUE_PREFIX": redis_prefix}
+        pod = start(docs, deployment, **(redis if container_env(docs, container).get(
+            "WMPO_REDIS_URL") else {}))
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        with TestClient(app) as client:
+        with TestClient(build_app(pod, tmp_path)) as client:
             for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
                 probe = container[kind]["httpGet"]
                 assert probe["path"] in HEALTH_PATHS
-                assert ports[probe["port"]] == settings.port
+                assert ports[probe["port"]] == pod.settings.port
                 response = client.get(probe["path"])
-                assert response.status_code == 200, (kind, response.text)
+                assert response.status_code == 200, (component(deployment), kind, response.text)
             # /metrics needs a key: the one the ServiceMonitor sends works.
             assert client.get(METRICS_PATH).status_code == 401
-            key = secrets["wmpo-secrets"]["metrics-api-key"]
-            metrics = client.get(METRICS_PATH, headers={"Authorization": f"Bearer {key}"})
-            assert metrics.status_code == 200 and "wmpo_" in metrics.text
+            for key in (secrets["metrics-api-key"], secrets["service-api-key"]):
+                metrics = client.get(METRICS_PATH, headers={"Authorization": f"Bearer {key}"})
+                assert metrics.status_code == 200 and "wmpo_" in metrics.text
 
 
 def test_gpu_limits(default_docs, all_docs) -> None:
@@ -342,9 +515,53 @@ def test_gpu_limits(default_docs, all_docs) -> None:
         assert "nvidia.com/gpu" not in str(the_container(deployment)["resources"])
     for deployment in deployments(all_docs):
         resources = the_container(deployment)["resources"]
+        if component(deployment) in ("judge", "trainer"):  # CPU only: no GPU code
+            assert "nvidia.com/gpu" not in str(resources)
+            continue
         assert resources["limits"]["nvidia.com/gpu"] == 1
         assert "nvidia.com/gpu" not in resources.get("requests", {})
         assert resources["requests"]["memory"] == "2Gi"  # the role's own resources stay
+
+
+def test_trainer_data_volume(helm: str, default_docs, all_docs) -> None:
+    """The trainer's data directory is a PVC of the chart's (ReadWriteMany: replicas share
+    it) or an existing claim. Without Redis one replica owns the records on it, so updates
+    stop the old pod first (Recreate); with Redis replicas hand jobs over (RollingUpdate)."""
+    values = yaml.safe_load(ALL_FEATURES.read_text())["trainer"]
+    for docs, strategy in ((default_docs, "Recreate"), (all_docs, "RollingUpdate")):
+        trainer = named(docs, "Deployment", "wmpo-trainer")
+        assert trainer["spec"]["strategy"]["type"] == strategy
+        (volume,) = [v for v in trainer["spec"]["template"]["spec"]["volumes"] if v["name"] == "data"]
+        claim = named(docs, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    spec = named(all_docs, "PersistentVolumeClaim", "wmpo-trainer-data")["spec"]
+    assert spec["storageClassName"] == values["persistence"]["storageClassName"]
+    assert spec["resources"]["requests"]["storage"] == values["persistence"]["size"]
+    assert "storageClassName" not in named(default_docs, "PersistentVolumeClaim",
+                                           "wmpo-trainer-data")["spec"]  # the cluster's default
+
+    docs = render(helm, "--set", "trainer.persistence.existingClaim=team-trainer-data")
+    assert kinds(docs, "PersistentVolumeClaim") == []
+    volumes = named(docs, "Deployment", "wmpo-trainer")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "team-trainer-data"}} in volumes
+
+
+def test_without_the_chart_judge(helm: str) -> None:
+    """judge.enabled=false: the simulator has no judge (verify refused) unless settings name
+    another one, which then gets the service key, as does the trainer's."""
+    docs = render(helm, "--set", "judge.enabled=false", "--set", "trainer.enabled=false")
+    assert [d["metadata"]["name"] for d in deployments(docs)] == ["wmpo-simulator"]
+    assert "WMPO_JUDGE_URL" not in (named(docs, "ConfigMap", "wmpo-simulator-settings")["data"] or {})
+    env = {e["name"] for e in the_container(deployments(docs)[0])["env"]}
+    assert "WMPO_JUDGE_API_KEY" not in env
+
+    other = "http://judge.models.svc:8001"
+    docs = render(helm, "--set", "judge.enabled=false", "--set", f"settings.judge_url={other}",
+                  "--set", f"trainer.settings.judge_url={other}")
+    for name in ("simulator", "trainer"):
+        assert named(docs, "ConfigMap", f"wmpo-{name}-settings")["data"]["WMPO_JUDGE_URL"] == other
+        env = {e["name"] for e in the_container(named(docs, "Deployment", f"wmpo-{name}"))["env"]}
+        assert "WMPO_JUDGE_API_KEY" in env
 
 
 # ------------------------------------------------------------------ API keys
@@ -356,7 +573,7 @@ def test_no_default_api_key(helm: str, default_docs) -> None:
     second = secret_data(render(helm))["wmpo-secrets"]
     assert first["api-keys"] != second["api-keys"]
     assert len(first["api-keys"]) >= 32 and "," not in first["api-keys"]
-    assert first["metrics-api-key"] == first["api-keys"]
+    assert first["metrics-api-key"] == first["service-api-key"] == first["api-keys"]
     assert first["api-keys"] not in (CHART / "values.yaml").read_text()
 
 
@@ -364,15 +581,33 @@ def test_given_keys_and_existing_secret(helm: str, all_docs) -> None:
     keys = yaml.safe_load(ALL_FEATURES.read_text())["apiKeys"]["keys"]
     data = secret_data(all_docs)["wmpo-secrets"]
     assert data["api-keys"] == ",".join(keys) and data["metrics-api-key"] == keys[0]
+    assert data["service-api-key"] == keys[0]
 
-    docs = render(helm, "--set", "apiKeys.existingSecret=team-keys",
-                  "--set", "apiKeys.existingSecretKey=keys", "--set", "serviceMonitor.enabled=true")
+    existing = ["--set", "apiKeys.existingSecret=team-keys", "--set", "apiKeys.existingSecretKey=keys"]
+    docs = render(helm, *existing, "--set", "serviceMonitor.enabled=true")
     assert kinds(docs, "Secret") == []  # nothing of the chart's own to hold
-    env = the_container(named(docs, "Deployment", "wmpo-simulator"))["env"]
-    ref = next(e for e in env if e["name"] == "WMPO_API_KEYS")["valueFrom"]["secretKeyRef"]
-    assert ref == {"name": "team-keys", "key": "keys"}
     auth = kinds(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0]["authorization"]
     assert auth["credentials"]["name"] == "team-keys"
+
+    def refs(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, str]]:
+        """(Deployment, variable) -> the Secret entry it reads, for the keys."""
+        return {(d["metadata"]["name"], e["name"]): e["valueFrom"]["secretKeyRef"]
+                for d in deployments(docs) for e in the_container(d)["env"]
+                if e["name"].endswith("API_KEYS") or e["name"].endswith("API_KEY")}
+
+    # One key in the Secret's entry: the services send each other that entry itself.
+    assert refs(docs) == {
+        **{(f"wmpo-{c}", "WMPO_API_KEYS"): {"name": "team-keys", "key": "keys"}
+           for c in ("simulator", "judge", "trainer")},
+        **{(d, v): {"name": "team-keys", "key": "keys"} for d, v in (
+            ("wmpo-simulator", "WMPO_JUDGE_API_KEY"), ("wmpo-trainer", "WMPO_SIMULATOR_API_KEY"),
+            ("wmpo-trainer", "WMPO_JUDGE_API_KEY"))},
+    }
+    # Several keys there: another entry of that Secret holds the one they send.
+    docs = render(helm, *existing, "--set", "apiKeys.serviceKeySecretKey=service-key")
+    for (_, variable), ref in refs(docs).items():
+        key = "keys" if variable == "WMPO_API_KEYS" else "service-key"
+        assert ref == {"name": "team-keys", "key": key}, variable
 
 
 # ------------------------------------------------------------------ routing and scaling
@@ -384,14 +619,19 @@ def selects(selector: dict[str, str], deployment: dict[str, Any]) -> bool:
 
 
 def test_services_and_budgets_select_the_right_pods(docs) -> None:
-    api = named(docs, "Deployment", "wmpo-simulator")
-    workers = [d for d in deployments(docs) if d is not api]
-    service = named(docs, "Service", "wmpo-simulator")
-    assert selects(service["spec"]["selector"], api)
-    assert not any(selects(service["spec"]["selector"], w) for w in workers)  # no API traffic
-    container_ports = {p["name"] for p in the_container(api)["ports"]}
-    assert {p["targetPort"] for p in service["spec"]["ports"]} == container_ports == {"http", "grpc"}
-    assert service["spec"]["sessionAffinity"] == "ClientIP"  # sessions are replica-local
+    """Each Service and budget selects exactly its own Deployment (the workers get no API
+    traffic); the API Services send HTTP and gRPC to the container's ports."""
+    for service in kinds(docs, "Service"):
+        matched = [d for d in deployments(docs) if selects(service["spec"]["selector"], d)]
+        assert [d["metadata"]["name"] for d in matched] == [service["metadata"]["name"]]
+        container_ports = {p["name"] for p in the_container(matched[0])["ports"]}
+        targets = {p["targetPort"] for p in service["spec"]["ports"]}
+        headless = service["spec"].get("clusterIP") == "None"  # the workers' /metrics only
+        assert targets == container_ports == ({"http"} if headless else {"http", "grpc"})
+    spec = named(docs, "Service", "wmpo-simulator")["spec"]
+    assert spec["sessionAffinity"] == "ClientIP"  # sessions are replica-local
+    for name in ("wmpo-judge", "wmpo-trainer"):  # stateless for their clients: any replica
+        assert "sessionAffinity" not in named(docs, "Service", name)["spec"]
     for budget in kinds(docs, "PodDisruptionBudget"):
         matched = [d for d in deployments(docs) if selects(budget["spec"]["selector"]["matchLabels"], d)]
         assert [d["metadata"]["name"] for d in matched] == [budget["metadata"]["name"]]
@@ -402,16 +642,17 @@ def test_autoscalers_own_the_replica_counts(default_docs, all_docs) -> None:
     hpa = kinds(all_docs, "HorizontalPodAutoscaler")[0]["spec"]
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
                                      "name": "wmpo-simulator"}
-    for deployment in deployments(all_docs):  # the HPA and KEDA set these, not helm
-        assert "replicas" not in deployment["spec"]
+    values = yaml.safe_load(ALL_FEATURES.read_text())
+    for deployment in deployments(all_docs):
+        if component(deployment) in ("simulator", "worker"):  # the HPA and KEDA set these
+            assert "replicas" not in deployment["spec"]
+        else:
+            assert deployment["spec"]["replicas"] == values[component(deployment)]["replicaCount"]
 
 
-def test_keda_scales_workers_on_the_real_stream(all_docs, entrypoint, monkeypatch, capsys) -> None:
+def test_keda_scales_workers_on_the_real_stream(all_docs, start) -> None:
     """The ScaledObject watches the stream and consumer group the workers actually use."""
-    worker = named(all_docs, "Deployment", "wmpo-worker")
-    container = the_container(worker)
-    settings, _, _ = launch(monkeypatch, capsys, entrypoint + container["args"],
-                            container_env(all_docs, container))
+    settings = start(all_docs, named(all_docs, "Deployment", "wmpo-worker")).settings
     config = QueueConfig.from_settings(IMAGINE_QUEUE, settings)
     queue = RedisWorkQueue(config)  # only for its key names; never connects
     asyncio.run(queue.close())
@@ -446,14 +687,15 @@ def test_keda_address_from_a_tls_url(helm: str) -> None:
         assert "pw" not in str(meta)  # the password never leaves the Secret
 
 
-def test_service_monitor_scrapes_both_roles(all_docs) -> None:
+def test_service_monitor_scrapes_every_component(all_docs) -> None:
     monitor = kinds(all_docs, "ServiceMonitor")[0]
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     selector = monitor["spec"]["selector"]["matchLabels"]
     services = [s for s in kinds(all_docs, "Service")
                 if all(s["metadata"]["labels"].get(k) == v for k, v in selector.items())]
-    assert sorted(s["metadata"]["name"] for s in services) == ["wmpo-simulator", "wmpo-worker"]
+    assert sorted(s["metadata"]["name"] for s in services) == [
+        "wmpo-judge", "wmpo-simulator", "wmpo-trainer", "wmpo-worker"]
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["path"] == METRICS_PATH
     for service in services:
@@ -475,3 +717,4 @@ def test_notes_render(helm: str, tmp_path: Path) -> None:
         assert out.returncode == 0, out.stderr
         notes = yaml.safe_load(out.stdout)["notes"]
         assert "port-forward svc/wmpo-simulator" in notes and "metrics-api-key" in notes
+        assert "wmpo-judge." in notes and "PVC wmpo-trainer-data" in notes

@@ -16,13 +16,28 @@
 {{- end }}
 {{- end }}
 
-{{/* The API Deployment/Service and the worker Deployment: <fullname>-<component>. */}}
+{{/*
+Resource names: <fullname>-<component>, the component one of simulator (the API), worker,
+judge, trainer. Call "wmpo.componentName" with (dict "root" $ "component" NAME).
+*/}}
+{{- define "wmpo.componentName" -}}
+{{- printf "%s-%s" (include "wmpo.fullname" .root) .component | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "wmpo.apiName" -}}
-{{- printf "%s-simulator" (include "wmpo.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- include "wmpo.componentName" (dict "root" . "component" "simulator") }}
 {{- end }}
 
 {{- define "wmpo.workerName" -}}
-{{- printf "%s-worker" (include "wmpo.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- include "wmpo.componentName" (dict "root" . "component" "worker") }}
+{{- end }}
+
+{{- define "wmpo.judgeName" -}}
+{{- include "wmpo.componentName" (dict "root" . "component" "judge") }}
+{{- end }}
+
+{{- define "wmpo.trainerName" -}}
+{{- include "wmpo.componentName" (dict "root" . "component" "trainer") }}
 {{- end }}
 
 {{- define "wmpo.labels" -}}
@@ -68,6 +83,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.apiKeys.existingSecret }}{{ .Values.apiKeys.existingSecretKey }}{{ else }}api-keys{{ end }}
 {{- end }}
 
+{{/* The Secret entry with the one key the services send each other (simulator -> judge,
+trainer -> simulator and judge): the chart's `service-api-key`, or in an existing Secret
+apiKeys.serviceKeySecretKey, else its API key entry itself (then a single key). */}}
+{{- define "wmpo.serviceKeySecretKey" -}}
+{{- if not .Values.apiKeys.existingSecret }}service-api-key
+{{- else }}{{ default .Values.apiKeys.existingSecretKey .Values.apiKeys.serviceKeySecretKey }}{{ end }}
+{{- end }}
+
 {{/* Queue mode: a Redis URL given inline or through an existing Secret. */}}
 {{- define "wmpo.redisEnabled" -}}
 {{- if or .Values.redis.url .Values.redis.existingSecret }}true{{ end }}
@@ -90,9 +113,40 @@ queue as "<queue_prefix>:{<queue name>}:requests"; the imagine queue is
 {{- printf "%s:{simulator.imagine}:requests" (default "wmpo" .Values.settings.queue_prefix) }}
 {{- end }}
 
+{{/* The in-cluster URL of a component's HTTP Service. Call with (dict "root" $ "component" NAME "port" PORT). */}}
+{{- define "wmpo.url" -}}
+{{- printf "http://%s:%v" (include "wmpo.componentName" .) .port }}
+{{- end }}
+
 {{/*
-Environment shared by every container: settings from the ConfigMap, secrets by
-reference. Call with (dict "root" $ "consumeQueue" BOOL).
+A service's settings as JSON, its ConfigMap's WMPO_* variables: the role's `settings` over
+the URLs of the chart's other services (a URL set in `settings` wins). Call with
+(dict "root" $ "component" simulator|judge|trainer).
+*/}}
+{{- define "wmpo.settings" -}}
+{{- $v := .root.Values }}
+{{- $urls := dict }}
+{{- if $v.judge.enabled }}
+{{- $_ := set $urls "judge_url" (include "wmpo.url" (dict "root" .root "component" "judge" "port" $v.judge.ports.http)) }}
+{{- end }}
+{{- if eq .component "simulator" }}
+{{- merge (deepCopy $v.settings) $urls | toJson }}
+{{- else if eq .component "judge" }}
+{{- $v.judge.settings | toJson }}
+{{- else }}
+{{- $_ := set $urls "simulator_url" (include "wmpo.url" (dict "root" .root "component" "simulator" "port" $v.ports.http)) }}
+{{- merge (deepCopy $v.trainer.settings) $urls | toJson }}
+{{- end }}
+{{- end }}
+
+{{- define "wmpo.settingsName" -}}
+{{- printf "%s-settings" (include "wmpo.componentName" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Environment of every container: settings from its ConfigMap (envFrom), secrets by
+reference. Call with (dict "root" $ "consumeQueue" BOOL "serviceKeyEnv" NAMES "extraEnv" LIST):
+serviceKeyEnv, the variables that get the service key (e.g. WMPO_JUDGE_API_KEY).
 */}}
 {{- define "wmpo.env" -}}
 - name: WMPO_API_KEYS
@@ -107,6 +161,16 @@ reference. Call with (dict "root" $ "consumeQueue" BOOL).
       name: {{ include "wmpo.redisSecretName" .root }}
       key: {{ include "wmpo.redisSecretKey" .root }}
 {{- end }}
+{{- range .serviceKeyEnv }}
+- name: {{ . }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "wmpo.apiKeysSecretName" $.root }}
+      key: {{ include "wmpo.serviceKeySecretKey" $.root }}
+{{- end }}
+{{- with .extraEnv }}
+{{ toYaml . }}
+{{- end }}
 - name: WMPO_QUEUE_WORKER
   value: {{ .consumeQueue | toString | quote }}
 - name: TMPDIR
@@ -115,14 +179,20 @@ reference. Call with (dict "root" $ "consumeQueue" BOOL).
   value: /tmp/.cache
 {{- end }}
 
-{{/* The container's arguments, appended to the image's `wmpo serve simulator --host 0.0.0.0`. */}}
+{{/* A container's args after the image's `wmpo serve`: the service, then its flags. */}}
 {{- define "wmpo.args" -}}
+- {{ .service }}
+- --host
+- "0.0.0.0"
 - --port
-- {{ .Values.ports.http | toString | quote }}
+- {{ .ports.http | toString | quote }}
+{{- if .ports.grpc }}
 - --grpc-port
-- {{ .Values.ports.grpc | toString | quote }}
-- --checkpoint
-- {{ .Values.checkpoint.path | quote }}
+- {{ .ports.grpc | toString | quote }}
+{{- end }}
+{{- range .extra }}
+- {{ . | toString | toYaml }}
+{{- end }}
 {{- end }}
 
 {{/* Probes on the real health routes (services/common/health.py). */}}
@@ -161,26 +231,6 @@ readinessProbe:
 {{- toYaml $resources }}
 {{- end }}
 
-{{/* Volumes and mounts: a writable /tmp (the root filesystem is read-only) and the checkpoint volume. */}}
-{{- define "wmpo.volumes" -}}
-- name: tmp
-  emptyDir: {}
-{{- with .Values.checkpoint.volume }}
-- name: checkpoint
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- end }}
-
-{{- define "wmpo.volumeMounts" -}}
-- name: tmp
-  mountPath: /tmp
-{{- if .Values.checkpoint.volume }}
-- name: checkpoint
-  mountPath: {{ .Values.checkpoint.mountPath }}
-  readOnly: true
-{{- end }}
-{{- end }}
-
 {{/* Fail early on combinations the schema cannot express. */}}
 {{- define "wmpo.validate" -}}
 {{- if and .Values.apiKeys.keys .Values.apiKeys.existingSecret }}
@@ -204,11 +254,50 @@ readinessProbe:
 {{- if and .Values.redis.url (not (regexMatch "^rediss?://" .Values.redis.url)) }}
 {{- fail "redis.url must start with redis:// or rediss://" }}
 {{- end }}
-{{- $drain := default 30 .Values.settings.queue_drain_s }}
-{{- if and .Values.worker.enabled (le (float64 .Values.worker.terminationGracePeriodSeconds) (float64 $drain)) }}
-{{- fail (printf "worker.terminationGracePeriodSeconds=%v must exceed settings.queue_drain_s=%v, or Kubernetes kills a draining worker" .Values.worker.terminationGracePeriodSeconds $drain) }}
+{{- if .Values.worker.enabled }}
+{{- include "wmpo.validateDrain" (dict "prefix" "worker" "role" .Values.worker "settings" .Values.settings) }}
 {{- end }}
-{{- if and .Values.checkpoint.volume (not (hasPrefix (printf "%s/" (trimSuffix "/" .Values.checkpoint.mountPath)) .Values.checkpoint.path)) }}
-{{- fail (printf "checkpoint.path=%s is not inside checkpoint.mountPath=%s, where checkpoint.volume is mounted" .Values.checkpoint.path .Values.checkpoint.mountPath) }}
+{{- include "wmpo.validateCheckpoint" (dict "checkpoint" .Values.checkpoint "prefix" "checkpoint") }}
+{{- if .Values.judge.enabled }}
+{{- include "wmpo.validateCheckpoint" (dict "checkpoint" .Values.judge.checkpoint "prefix" "judge.checkpoint") }}
+{{- if and (not .Values.judge.checkpoint.path) (not .Values.judge.settings.vlm_url) }}
+{{- fail "judge.checkpoint.path is empty (no classifier): set judge.settings.vlm_url for a VLM-only judge" }}
 {{- end }}
+{{- end }}
+{{- if and .Values.apiKeys.serviceKeySecretKey (not .Values.apiKeys.existingSecret) }}
+{{- fail "apiKeys.serviceKeySecretKey names an entry of apiKeys.existingSecret: the chart's own Secret has service-api-key" }}
+{{- end }}
+{{- if .Values.trainer.enabled }}
+{{- $trainer := .Values.trainer }}
+{{- if not (include "wmpo.settings" (dict "root" . "component" "trainer") | fromJson).judge_url }}
+{{- fail "the trainer's jobs need a judge: set judge.enabled or trainer.settings.judge_url" }}
+{{- end }}
+{{- if and (gt (int $trainer.replicaCount) 1) (not (include "wmpo.redisEnabled" .)) }}
+{{- fail "trainer.replicaCount > 1 needs Redis (set redis.url or redis.existingSecret): without it one trainer keeps the job records on its volume" }}
+{{- end }}
+{{- if and (gt (int $trainer.replicaCount) 1) (not $trainer.persistence.existingClaim) (not (has "ReadWriteMany" $trainer.persistence.accessModes)) }}
+{{- fail "trainer.replicaCount > 1: replicas share the data volume, so trainer.persistence.accessModes needs ReadWriteMany" }}
+{{- end }}
+{{- include "wmpo.validateDrain" (dict "prefix" "trainer" "role" $trainer "settings" $trainer.settings) }}
+{{- end }}
+{{- end }}
+
+{{/* checkpoint.path inside checkpoint.mountPath when a volume is mounted there. */}}
+{{- define "wmpo.validateCheckpoint" -}}
+{{- $c := .checkpoint }}
+{{- if and $c.volume (not (hasPrefix (printf "%s/" (trimSuffix "/" $c.mountPath)) $c.path)) }}
+{{- fail (printf "%s.path=%s is not inside %s.mountPath=%s, where %s.volume is mounted" .prefix $c.path .prefix $c.mountPath .prefix) }}
+{{- end }}
+{{- end }}
+
+{{/* A stopping pod gets longer than settings.queue_drain_s to finish what it has taken. */}}
+{{- define "wmpo.validateDrain" -}}
+{{- $drain := default 30 .settings.queue_drain_s }}
+{{- if le (float64 .role.terminationGracePeriodSeconds) (float64 $drain) }}
+{{- fail (printf "%s.terminationGracePeriodSeconds=%v must exceed %s=%v, or Kubernetes kills a draining %s" .prefix .role.terminationGracePeriodSeconds (ternary "settings.queue_drain_s" (printf "%s.settings.queue_drain_s" .prefix) (eq .prefix "worker")) $drain .prefix) }}
+{{- end }}
+{{- end }}
+
+{{- define "wmpo.trainerClaimName" -}}
+{{- default (printf "%s-data" (include "wmpo.trainerName" .)) .Values.trainer.persistence.existingClaim }}
 {{- end }}
