@@ -74,3 +74,28 @@ def test_bad_configs_are_refused(tmp_path):
     bad.group_size = 1
     with pytest.raises(ConfigError, match="group_size"):
         bad.validate()
+
+
+class FirstRoundAllFail(RealSuccessJudge):
+    """The real success flag, except that every rollout of the first sampling round is called a
+    failure: that round's group is uninformative, so dynamic sampling must imagine another."""
+
+    calls = 0
+
+    def judge_videos(self, videos, instructions, frame_stride, session_ids=None):
+        verdicts = super().judge_videos(videos, instructions, frame_stride, session_ids)
+        self.calls += 1
+        if self.calls == 1:
+            return [type(v)(False, 0.0, None) for v in verdicts]
+        return verdicts
+
+
+def test_dynamic_sampling_imagines_more_groups_until_the_batch_is_full(tmp_path):
+    c = cfg(tmp_path, 1)
+    c.chunks, c.max_sampling_rounds = 8, 6  # 64 steps: the button is pressed in some tries, not all
+    sim = RealGroupSimulator()
+    summary = train_grpo(c, sim, FirstRoundAllFail(sim), progress=False)
+    (h,) = summary["history"]
+    assert h["groups_imagined"] >= 2, h  # the all-failure first group was dropped and more were imagined
+    assert h["groups_kept"] == 1 and h["chunks_trained"] > 0, h
+    assert sim.real_episodes == 4 * h["groups_imagined"]
