@@ -87,7 +87,7 @@ def cmd_train_world_model(a: argparse.Namespace) -> None:
 
     cfg = WorldModelTrainConfig(data=a.data, autoencoder=a.autoencoder, out=a.out, preset=a.preset,
                                 steps=a.steps, batch_size=a.batch_size, lr=a.lr, window=a.window,
-                                seed=a.seed, save_every=a.save_every, eval_every=a.save_every)
+                                seed=a.seed, save_every=a.save_every, eval_every=a.save_every, init=a.init)
     print(json.dumps(train_world_model(cfg), indent=2))
 
 
@@ -117,7 +117,7 @@ def cmd_train_judge(a: argparse.Namespace) -> None:
 
     cfg = JudgeTrainConfig(data=a.data, val_data=a.val_data, out=a.out, preset=a.preset, steps=a.steps,
                            batch_size=a.batch_size, lr=a.lr, recon_prob=a.recon_prob,
-                           world_model=a.world_model if a.recon_prob > 0 else None, seed=a.seed)
+                           world_model=a.world_model if a.recon_prob > 0 else None, seed=a.seed, init=a.init)
     print(json.dumps(train_success_classifier(cfg), indent=2))
 
 
@@ -399,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--window", type=int, default=8, help="latent frames per training window after the anchor")
     p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--init", default=None, help="fine-tune this world model (its DiT shape wins over --preset)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train_world_model)
 
@@ -413,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recon-prob", type=float, default=0.3,
                    help="chance a training clip is replaced by autoencoder reconstructions (0 = off)")
     p.add_argument("--world-model", default=str(BUNDLED_WORLD_MODEL), help="its autoencoder makes reconstructions")
+    p.add_argument("--init", default=None, help="fine-tune this success classifier (its preset wins)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train_judge)
 
