@@ -131,8 +131,8 @@ def imagine_vs_real(out_dir: Path, policy_dir: Path, world_model_dir: Path, task
     return {
         "task": task,
         "png": str(path),
-        "psnr_imagined": (10 * np.log10(255**2 / err)).round(2).tolist(),
-        "psnr_copy_start_frame": (10 * np.log10(255**2 / copy_err)).round(2).tolist(),
+        "psnr_imagined": [round(float(x), 2) for x in 10 * np.log10(255**2 / err)],
+        "psnr_copy_start_frame": [round(float(x), 2) for x in 10 * np.log10(255**2 / copy_err)],
         "timing": result.timing,
         "provenance": result.provenance,
     }
