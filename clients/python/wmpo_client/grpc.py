@@ -101,6 +101,29 @@ def _retryable(exc: grpc.RpcError, idempotent: bool = False) -> bool:
     return "larger than max" not in (exc.details() or "")
 
 
+def open_channel(target: str, credentials: grpc.ChannelCredentials | None, options: Any) -> grpc.Channel:
+    """A TLS channel when ``credentials`` are given, else a plaintext one (every gRPC client here)."""
+    if credentials is not None:
+        return grpc.secure_channel(target, credentials, options)
+    return grpc.insecure_channel(target, options)
+
+
+def unary_with_retry(rpc: Callable[..., T], request: Any, metadata: Any, timeout: float | None,
+                     retry: RetryPolicy, idempotent: bool = False) -> T:
+    """One unary call, retried with backoff on transient codes (see ``_retryable``); a final
+    failure becomes the client's error type."""
+    attempt = 0
+    while True:
+        try:
+            return rpc(request, metadata=metadata, timeout=timeout)
+        except grpc.RpcError as exc:
+            if attempt < retry.retries and _retryable(exc, idempotent):
+                time.sleep(retry.delay(attempt))
+                attempt += 1
+                continue
+            raise error_from_rpc(exc) from exc
+
+
 def _strip_scheme(target: str) -> str:
     return target.removeprefix("grpc://")
 
@@ -390,11 +413,7 @@ class GrpcSimulatorClient(_GrpcBase):
             options,
         )
         self.target = _strip_scheme(target)
-        self._channel = (
-            grpc.secure_channel(self.target, credentials, self._options)
-            if credentials is not None
-            else grpc.insecure_channel(self.target, self._options)
-        )
+        self._channel = open_channel(self.target, credentials, self._options)
         self._stub = simulator_pb2_grpc.SimulatorStub(self._channel)
 
     def __enter__(self) -> GrpcSimulatorClient:
@@ -410,17 +429,7 @@ class GrpcSimulatorClient(_GrpcBase):
     def _unary(
         self, rpc: Callable[..., T], request: Any, request_id: str = "", idempotent: bool = False
     ) -> T:
-        metadata = self._metadata(request_id)
-        attempt = 0
-        while True:
-            try:
-                return rpc(request, metadata=metadata, timeout=self.timeout)
-            except grpc.RpcError as exc:
-                if attempt < self.retry.retries and _retryable(exc, idempotent):
-                    time.sleep(self.retry.delay(attempt))
-                    attempt += 1
-                    continue
-                raise error_from_rpc(exc) from exc
+        return unary_with_retry(rpc, request, self._metadata(request_id), self.timeout, self.retry, idempotent)
 
     def imagine(
         self,

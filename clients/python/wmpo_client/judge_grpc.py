@@ -34,7 +34,7 @@ from wmpo_client._common import (
 )
 from wmpo_client._driver import Exchange, run_async, run_sync
 from wmpo_client.codec import to_proto
-from wmpo_client.grpc import error_from_rpc
+from wmpo_client.grpc import error_from_rpc, open_channel
 from wmpo_client.judge_results import (
     GroupJudgement,
     JudgeResult,
@@ -296,11 +296,7 @@ class GrpcJudgeClient(_JudgeGrpcBase):
             max_receive_bytes,
             options,
         )
-        self._channel = (
-            grpc.secure_channel(self.target, credentials, self._options)
-            if credentials is not None
-            else grpc.insecure_channel(self.target, self._options)
-        )
+        self._channel = open_channel(self.target, credentials, self._options)
         self._stub = judge_pb2_grpc.JudgeStub(self._channel)
 
     def __enter__(self) -> GrpcJudgeClient:

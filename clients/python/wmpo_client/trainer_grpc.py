@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -28,7 +27,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from wmpo_client._common import API_KEY_HEADER, DEFAULT_TIMEOUT_S, RetryPolicy
-from wmpo_client.grpc import _retryable, error_from_rpc
+from wmpo_client.grpc import error_from_rpc, open_channel, unary_with_retry
 from wmpo_client.proto import simulator_pb2, trainer_pb2_grpc
 from wmpo_client.proto import trainer_pb2 as pb
 from wmpo_client.results import HealthStatus
@@ -210,11 +209,7 @@ class GrpcTrainerClient(JobMethods):
         self.retry = RetryPolicy(retries, backoff, max_backoff)
         self._metadata = ((API_KEY_HEADER, api_key),) if api_key else ()
         opts = list(options)
-        self._channel = (
-            grpc.secure_channel(self.target, credentials, opts)
-            if credentials is not None
-            else grpc.insecure_channel(self.target, opts)
-        )
+        self._channel = open_channel(self.target, credentials, opts)
         self._stub = trainer_pb2_grpc.TrainerStub(self._channel)
 
     def __enter__(self) -> GrpcTrainerClient:
@@ -228,16 +223,7 @@ class GrpcTrainerClient(JobMethods):
         self._channel.close()
 
     def _unary(self, rpc: Callable[..., T], request: Any) -> T:
-        attempt = 0
-        while True:
-            try:
-                return rpc(request, metadata=self._metadata, timeout=self.timeout)
-            except grpc.RpcError as exc:
-                if attempt < self.retry.retries and _retryable(exc):
-                    time.sleep(self.retry.delay(attempt))
-                    attempt += 1
-                    continue
-                raise error_from_rpc(exc) from exc
+        return unary_with_retry(rpc, request, self._metadata, self.timeout, self.retry)
 
     def _stream(self, rpc: Callable[..., Iterator[Any]], request: Any) -> Iterator[Any]:
         try:
