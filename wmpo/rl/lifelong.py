@@ -34,6 +34,7 @@ from typing import Any
 from wmpo.data.collect import EVAL_SEED_BASE
 from wmpo.data.episodes import atomic_write_json
 from wmpo.errors import ConfigError
+from wmpo.utils.checkpoint import checkpoint_sha
 
 BUNDLED = Path(__file__).resolve().parents[2] / "checkpoints"
 REAL_SEED_BASE = 300_000  # layouts of the loop's real rollouts: round r trains on 300,000 + 10,000 r + i
@@ -148,9 +149,6 @@ class Ledger:
         atomic_write_json(self.path, self.data)
 
 
-def _sha(directory: str) -> str:
-    return json.loads((Path(directory) / "manifest.json").read_text()).get("weights_sha256", "")[:12]
-
 
 def _collect(cfg: LifelongConfig, r: int, rd: Path, policy: str) -> dict[str, Any]:
     from wmpo.data.collect import CollectConfig, collect
@@ -168,7 +166,7 @@ def _collect(cfg: LifelongConfig, r: int, rd: Path, policy: str) -> dict[str, An
                         "successes": sum(m["task"] == t and bool(m["succeeded"]) for m in episodes)} for t in cfg.tasks}
         res[part] = {"path": str(rd / part), "episodes_per_task": n, "seed_start": s, "per_task": per_task}
         res["real_rollouts"] += len(episodes)
-    res["policy_sha256"] = _sha(policy)
+    res["policy_sha256"] = checkpoint_sha(policy)
     return res
 
 
@@ -182,7 +180,7 @@ def _align_world_model(cfg: LifelongConfig, r: int, rd: Path, world_model: str, 
         data=[real["real-train"]["path"]], autoencoder=world_model, init=world_model,
         out=str(rd / "world-model"), steps=cfg.wm_steps, lr=cfg.wm_lr, warmup=min(50, cfg.wm_steps),
         seed=cfg.seed + r, save_every=every, eval_every=every))
-    return {"path": str(rd / "world-model"), "init_sha256": _sha(world_model), **res}
+    return {"path": str(rd / "world-model"), "init_sha256": checkpoint_sha(world_model), **res}
 
 
 def _align_judge(cfg: LifelongConfig, r: int, rd: Path, world_model: str, judge: str,
@@ -203,15 +201,15 @@ def _align_judge(cfg: LifelongConfig, r: int, rd: Path, world_model: str, judge:
         val_data=[real["real-val"]["path"], imagined["real-val"]], out=str(rd / "judge"), init=judge,
         steps=cfg.judge_steps, lr=cfg.judge_lr, warmup=min(30, cfg.judge_steps), world_model=world_model,
         seed=cfg.seed + r, save_every=max(cfg.judge_steps // 3, 1)))
-    return {"path": str(rd / "judge"), "init_sha256": _sha(judge), "imagined": imagined, **res}
+    return {"path": str(rd / "judge"), "init_sha256": checkpoint_sha(judge), "imagined": imagined, **res}
 
 
 def _grpo(cfg: LifelongConfig, r: int, rd: Path, policy: str, world_model: str, judge: str) -> dict[str, Any]:
     from wmpo.rl.job import run_grpo_job
 
     job = run_grpo_job(cfg.grpo_job(policy, str(rd / "grpo"), world_model, judge, r))
-    return {"policy": str(rd / "grpo" / "policy"), "world_model_sha256": _sha(world_model),
-            "judge_sha256": _sha(judge), "start_policy_sha256": _sha(policy), "last": job["training"]["last"]}
+    return {"policy": str(rd / "grpo" / "policy"), "world_model_sha256": checkpoint_sha(world_model),
+            "judge_sha256": checkpoint_sha(judge), "start_policy_sha256": checkpoint_sha(policy), "last": job["training"]["last"]}
 
 
 def _evaluate(cfg: LifelongConfig, r: int, policy: str) -> dict[str, Any]:
@@ -221,7 +219,7 @@ def _evaluate(cfg: LifelongConfig, r: int, policy: str) -> dict[str, Any]:
     report = evaluate(EvalConfig(tasks=cfg.tasks, source=SourceSpec("policy", checkpoint=policy, temperature=0.0),
                                  episodes=cfg.eval_episodes, workers=cfg.workers))
     print(format_table(report, f"round {r}: after (real MetaWorld, held-out seeds, greedy)"))
-    return {"policy_sha256": _sha(policy), **{k: v for k, v in report.items() if k != "episodes_detail"}}
+    return {"policy_sha256": checkpoint_sha(policy), **{k: v for k, v in report.items() if k != "episodes_detail"}}
 
 
 def run_lifelong(cfg: LifelongConfig) -> dict[str, Any]:

@@ -14,7 +14,6 @@ trajectory level (sliding window, any clip passes) for the best F1.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from wmpo.judge.success import SuccessJudge
 from wmpo.models.success_classifier import PRESETS, SuccessClassifier
 from wmpo.models.text import embed_instructions
 from wmpo.train.common import JsonlLog, cosine_lr, load_train_state, save_train_state
-from wmpo.utils.checkpoint import environment_info, save_checkpoint
+from wmpo.utils.checkpoint import checkpoint_sha, environment_info, save_checkpoint
 
 
 @dataclass
@@ -231,8 +230,7 @@ def train_success_classifier(cfg: JudgeTrainConfig, progress: bool = True) -> di
                  "successes": index.successes, "positive_clips": len(index.positives),
                  "negative_clips": len(index.negatives), "instructions": index.instructions},
         "threshold": {"value": threshold, "chosen_on": "val_data, trajectory-level F1"},
-        "init_sha256": (json.loads((Path(cfg.init) / "manifest.json").read_text()).get("weights_sha256", "")[:12]
-                        if cfg.init else None),
+        "init_sha256": checkpoint_sha(cfg.init) if cfg.init else None,
         "metrics": {"val": val_metrics, "val_episodes": int(len(val_labels))},
         "environment": environment_info(),
     }

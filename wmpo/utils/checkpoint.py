@@ -88,6 +88,12 @@ def build_model(model_cls: Any, config_cls: Any, config: dict[str, Any], tensors
     return model.eval()
 
 
+def checkpoint_sha(directory: str | Path) -> str:
+    """The short weights hash a checkpoint's manifest records (provenance of what was started from)."""
+    manifest = json.loads((Path(directory) / "manifest.json").read_text())
+    return manifest.get("weights_sha256", "")[:12]
+
+
 def update_manifest(directory: str | Path, **fields: Any) -> dict[str, Any]:
     path = Path(directory) / MANIFEST
     manifest = json.loads(path.read_text()) if path.exists() else {}
