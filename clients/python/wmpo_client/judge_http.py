@@ -7,11 +7,11 @@ package's one error type) carrying the server's code, message and request id.
 
 Request bodies, the retry policy and parsing are written once (`_JudgeHttpBase`,
 an exchange run by `wmpo_client._driver`); the two classes only differ in how
-they send and sleep. Retries follow `wmpo_client._common`: failed connections
-by httpx's transport, 429 and 503 (the judge refused before starting work) with
-capped, jittered exponential backoff that honours `Retry-After`. Judging is
-idempotent by request id, so passing `request_id` also makes a retry after a
-lost connection safe.
+they send and sleep. Retries follow `wmpo_client._common`: 429 and 503 (the judge refused before
+starting work) with capped, jittered exponential backoff that honours
+`Retry-After`. Judging has no side effects, so calls lost in transit (a failed
+connection, a dropped keep-alive connection, a timeout) are re-sent too; a
+`request_id` makes the server answer a repeat from its record.
 
 Example:
     with JudgeClient("http://127.0.0.1:8001", api_key="...") as judge:
@@ -187,6 +187,15 @@ class _JudgeHttpBase:
         while True:
             try:
                 response: httpx.Response = yield None
+            except httpx.TransportError as exc:
+                # Judging has no side effects, so a call lost in transit is re-sent; the common
+                # case is a pooled keep-alive connection the server closed as the request left
+                # (httpx ReadError / RemoteProtocolError), which its transport does not retry.
+                if attempt < self.retry.retries:
+                    yield self.retry.delay(attempt)
+                    attempt += 1
+                    continue
+                raise _transport_error(exc, self.base_url) from exc
             except httpx.HTTPError as exc:
                 raise _transport_error(exc, self.base_url) from exc
             if response.status_code in RETRY_HTTP_STATUSES and attempt < self.retry.retries:
@@ -207,7 +216,7 @@ class JudgeClient(_JudgeHttpBase):
         api_key: sent as `x-api-key` (every route but health needs one).
         timeout: seconds for each read/write of a call.
         connect_timeout: seconds to establish a connection.
-        retries: extra attempts on 429/503 and on failed connections (0: none).
+        retries: extra attempts on 429/503 and on calls lost in transit (0: none).
         backoff, max_backoff: first wait and cap, in seconds, between retries.
         frame_encoding: "png" sends frames as PNG (smaller, more CPU), "raw" as bytes.
         transport: an httpx transport instead of the default one (e.g. for tests).

@@ -133,11 +133,19 @@ class TrainerClient(JobMethods):
         self._http.close()
 
     # ---------------------------------------------------------- plumbing
-    def _exchange(self, parse: Callable[[httpx.Response], T]) -> Exchange[T]:
+    def _exchange(self, parse: Callable[[httpx.Response], T], idempotent: bool) -> Exchange[T]:
         attempt = 0
         while True:
             try:
                 response: httpx.Response = yield None
+            except httpx.TransportError as exc:
+                # Lost in transit (e.g. a keep-alive connection the server closed as the request
+                # left): re-sent only when a repeat cannot do anything twice.
+                if idempotent and attempt < self.retry.retries:
+                    yield self.retry.delay(attempt)
+                    attempt += 1
+                    continue
+                raise _transport_error(exc, self.base_url) from exc
             except httpx.HTTPError as exc:
                 raise _transport_error(exc, self.base_url) from exc
             if response.status_code in RETRY_HTTP_STATUSES and attempt < self.retry.retries:
@@ -160,7 +168,9 @@ class TrainerClient(JobMethods):
         params: dict[str, Any] | None = None,
     ) -> T:
         request = self._http.build_request(method, path, json=body, params=params)
-        return run_sync(self._exchange(parse), lambda: self._http.send(request))
+        # Reads and cancel are idempotent, and so is a submit that names its job_id.
+        idempotent = body is None or bool(body.get("job_id"))
+        return run_sync(self._exchange(parse, idempotent), lambda: self._http.send(request))
 
     # ---------------------------------------------------------- jobs
     def submit(self, policy: str, *, job_id: str | None = None, **options: Any) -> TrainerJob:
@@ -192,7 +202,7 @@ class TrainerClient(JobMethods):
         "state" on a state change, and last "end" with the final job."""
         path = f"/v1/jobs/{_segment(job_id)}/events"
         request = self._http.build_request("GET", path, params={"after_step": after_step})
-        response = run_sync(self._exchange(lambda r: r), lambda: self._http.send(request, stream=True))
+        response = run_sync(self._exchange(lambda r: r, True), lambda: self._http.send(request, stream=True))
         try:
             for line in response.iter_lines():
                 if line.strip():

@@ -115,12 +115,17 @@ def test_async_clients_over_http_and_grpc(judge: EmbeddedJudge, split, videos) -
     asyncio.run(scenario())
 
 
+DROP = 0  # a scripted answer: the connection dies before a response
+
+
 def _scripted(statuses: list[int], ok: dict[str, Any]) -> tuple[list[httpx.Request], Any]:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         status = statuses.pop(0) if statuses else 200
+        if status == DROP:  # what a keep-alive connection the server just closed gives
+            raise httpx.ReadError("", request=request)
         if status == 200:
             return httpx.Response(200, json=ok)
         body = {"error": {"code": "RESOURCE_EXHAUSTED", "message": "busy", "request_id": "x"}}
@@ -166,6 +171,18 @@ def test_one_retry_loop_serves_the_sync_and_the_async_client() -> None:
         assert len(seen) == 3 and err.value.code == "RESOURCE_EXHAUSTED"
 
     asyncio.run(scenario())
+    # A call lost in transit is re-sent (judging has no side effects), within the budget.
+    seen, handler = _scripted([DROP, DROP], OK)
+    with JudgeClient("http://judge", retries=2, transport=httpx.MockTransport(handler)) as c:
+        assert c.judge(video, "x").success
+    assert len(seen) == 3
+    seen, handler = _scripted([DROP, DROP], OK)
+    with (
+        JudgeClient("http://judge", retries=1, transport=httpx.MockTransport(handler)) as c,
+        pytest.raises(SimulatorError) as err,
+    ):
+        c.judge(video, "x")
+    assert len(seen) == 2 and err.value.code == "UNAVAILABLE"
     with (
         JudgeClient("http://127.0.0.1:9", retries=0, connect_timeout=0.5) as c,
         pytest.raises(SimulatorError) as err,
