@@ -30,7 +30,7 @@ from services.judge.server import build_app as build_judge_app
 from services.judge.server import load_classifier
 from services.judge.settings import JudgeSettings
 from services.simulator.runtime import SimulatorRuntime
-from services.simulator.server import build_app, load_world_model
+from services.simulator.server import build_app, world_model_from_settings
 from services.simulator.settings import SimulatorSettings
 from services.trainer.runtime import TrainerRuntime
 from services.trainer.server import build_app as build_trainer_app
@@ -181,7 +181,7 @@ def embedded_stack(
         sim_settings = _dev_settings(
             SimulatorSettings, {"checkpoint": str(checkpoint), **overrides}
         )
-        sim = stack.enter_context(serve_in_thread(load_world_model(checkpoint), sim_settings))
+        sim = stack.enter_context(serve_in_thread(world_model_from_settings(sim_settings), sim_settings))
         if served is None:
             yield sim
             return

@@ -226,7 +226,7 @@ def cmd_serve_simulator(a: argparse.Namespace) -> None:
 
     try:
         from services.common.settings import SettingsError, load_settings
-        from services.simulator.server import load_world_model, serve
+        from services.simulator.server import serve, world_model_from_settings
         from services.simulator.settings import SimulatorSettings
     except ImportError as e:
         raise ConfigError(f"the simulator service needs the service dependencies ({e.name} is "
@@ -245,7 +245,7 @@ def cmd_serve_simulator(a: argparse.Namespace) -> None:
     if a.worker and not settings.redis_url:
         raise ConfigError("--worker consumes imagine work from Redis: set WMPO_REDIS_URL or pass "
                           "--redis-url redis://HOST:6379/0")
-    model = load_world_model(settings.checkpoint)  # fail fast, before binding ports
+    model = world_model_from_settings(settings)  # fail fast, before binding ports
     if a.worker:
         print(f"simulator queue worker: probes and metrics on {settings.host}:{settings.port}, "
               f"checkpoint {settings.checkpoint}", file=sys.stderr)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -32,15 +33,38 @@ from wmpo.sampling.world_model import TorchWorldModel, WorldModel
 log = logging.getLogger("wmpo.simulator")
 
 
-def load_world_model(checkpoint: str | Path) -> WorldModel:
-    """The in-process torch backend from a checkpoint directory (CheckpointError if absent)."""
+def load_world_model(
+    checkpoint: str | Path,
+    *,
+    sampler_steps: int | None = None,
+    action_guidance: float | None = None,
+) -> WorldModel:
+    """The in-process torch backend from a checkpoint directory (CheckpointError if absent).
+
+    `sampler_steps` and `action_guidance`, when given, replace the checkpoint's sampler
+    settings (speed against fidelity and action following; see SimulatorSettings).
+    """
     path = Path(checkpoint)
     if not path.exists():
         raise CheckpointError(
             f"no world-model checkpoint at {path}: train one (wmpo train world-model) or pass "
             "--checkpoint DIR / set WMPO_CHECKPOINT"
         )
-    return TorchWorldModel.load(path)
+    model = TorchWorldModel.load(path)
+    if sampler_steps is not None:
+        model.sampler = replace(model.sampler, steps=sampler_steps)
+    if action_guidance is not None:
+        model.sampler = replace(model.sampler, action_guidance=action_guidance)
+    return model
+
+
+def world_model_from_settings(settings: SimulatorSettings) -> WorldModel:
+    """`load_world_model` with the checkpoint and sampler overrides of the settings."""
+    return load_world_model(
+        settings.checkpoint,
+        sampler_steps=settings.sampler_steps,
+        action_guidance=settings.action_guidance,
+    )
 
 
 def build_app(
@@ -106,7 +130,7 @@ def serve(
     import uvicorn
 
     configure_logging(settings.log_level)
-    model = world_model or load_world_model(settings.checkpoint)
+    model = world_model or world_model_from_settings(settings)
     if worker:
         runtime = SimulatorRuntime(model, settings, consume=True)
         app = build_worker_app(runtime, settings)

@@ -17,6 +17,21 @@ class SimulatorSettings(ServiceSettings):
     """`ServiceSettings` plus simulator limits; e.g. WMPO_MAX_QUEUED_ROLLOUTS=512."""
 
     checkpoint: str = Field(DEFAULT_CHECKPOINT, description="World-model checkpoint directory.")
+    sampler_steps: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Denoising steps per AR step instead of the checkpoint's (fewer: faster, "
+        "blurrier).",
+    )
+    action_guidance: float | None = Field(
+        None,
+        ge=0.0,
+        le=10.0,
+        description="Classifier-free guidance on the actions instead of the checkpoint's "
+        "(1: off; above 1 the imagined motion follows the actions more closely at twice the "
+        "denoiser work).",
+    )
     max_queued_rollouts: int = Field(
         256,
         ge=1,

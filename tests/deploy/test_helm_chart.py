@@ -181,7 +181,7 @@ def launch(
     point where it would serve (model loading and serving are stubbed)."""
     captured: dict[str, Any] = {}
 
-    def load_world_model(path: str) -> WorldModel:
+    def load_world_model(path: str, **_sampler: Any) -> WorldModel:
         captured["checkpoint"] = str(path)
         return bundled_model()
 

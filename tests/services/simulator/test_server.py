@@ -11,9 +11,10 @@ from wmpo_client.proto import simulator_pb2 as pb
 from wmpo_client.proto import simulator_pb2_grpc
 
 from services.simulator.runtime import SimulatorRuntime
-from services.simulator.server import build_app, load_world_model
+from services.simulator.server import build_app, load_world_model, world_model_from_settings
 from tests.services.simulator.conftest import KEY, actions, frames, settings
 from wmpo.errors import CheckpointError
+from wmpo.sampling.world_model import TorchWorldModel
 
 
 def test_http_and_grpc_share_one_runtime(world_model) -> None:
@@ -57,3 +58,21 @@ def test_load_world_model(world_model, tmp_path) -> None:
     # fp16 weights: close to, not equal to, the float32 original
     a, b = (m.decode(m.step(m.start(frames(), [1]), actions(1, 8))) for m in (world_model, loaded))
     assert a.shape == b.shape and np.abs(a.astype(int) - b).mean() < 10
+
+
+def test_settings_replace_the_checkpoints_sampler_and_the_provenance_says_so(world_model, tmp_path) -> None:
+    world_model.save(tmp_path / "wm", {"note": "test"})
+    plain = world_model_from_settings(settings(checkpoint=str(tmp_path / "wm")))
+    assert isinstance(plain, TorchWorldModel) and plain.sampler == world_model.sampler
+    tuned = world_model_from_settings(
+        settings(checkpoint=str(tmp_path / "wm"), sampler_steps=2, action_guidance=2.5)
+    )
+    assert isinstance(tuned, TorchWorldModel)
+    assert tuned.provenance()["sampler"] == {
+        **plain.provenance()["sampler"], "steps": 2, "action_guidance": 2.5
+    }
+    # Guidance changes what is imagined from the same start, actions and seed.
+    a, b = (m.decode(m.step(m.start(frames(), [1]), actions(1, 8))) for m in (plain, tuned))
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    with pytest.raises(ValueError, match="action_guidance"):
+        settings(action_guidance=-1.0)
