@@ -73,6 +73,14 @@ def main() -> None:
     s_nocache = time_steps(wm, 16, a.repeats)
     wm.sampler.use_cache = True
     res["kv_cache_speedup_batch16"] = s_nocache / res["batch16"]["seconds_per_ar_step"]
+    # Action guidance runs the denoiser twice per step (with and without the actions).
+    guidance = wm.sampler.action_guidance
+    wm.sampler.action_guidance = 2.0 if guidance == 1.0 else guidance
+    s_guided = time_steps(wm, 16, a.repeats)
+    wm.sampler.action_guidance = 1.0
+    s_plain = time_steps(wm, 16, a.repeats)  # measured again, next to the guided run
+    wm.sampler.action_guidance = guidance
+    res["action_guidance_cost_batch16"] = s_guided / s_plain
     peak = matmul_peak()
     flops = denoiser_flops(wm, 16, 1 + wm.sampler.context_frames, per_step) * wm.sampler.steps
     res["matmul_peak_gflops"] = peak / 1e9
