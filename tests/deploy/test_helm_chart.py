@@ -637,17 +637,25 @@ def test_services_and_budgets_select_the_right_pods(docs) -> None:
         assert [d["metadata"]["name"] for d in matched] == [budget["metadata"]["name"]]
 
 
-def test_autoscalers_own_the_replica_counts(default_docs, all_docs) -> None:
+def test_autoscalers_own_the_replica_counts(helm: str, default_docs, all_docs) -> None:
     assert named(default_docs, "Deployment", "wmpo-simulator")["spec"]["replicas"] == 2
-    hpa = kinds(all_docs, "HorizontalPodAutoscaler")[0]["spec"]
-    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                     "name": "wmpo-simulator"}
+    assert named(default_docs, "Deployment", "wmpo-judge")["spec"]["replicas"] == 1
+    hpas = {h["metadata"]["name"]: h["spec"] for h in kinds(all_docs, "HorizontalPodAutoscaler")}
+    assert set(hpas) == {"wmpo-simulator", "wmpo-judge"}
+    for name, hpa in hpas.items():  # each scales its own Deployment, which exists
+        assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        assert named(all_docs, "Deployment", name)
+    assert hpas["wmpo-judge"]["maxReplicas"] == 6 and hpas["wmpo-judge"]["minReplicas"] == 1
     values = yaml.safe_load(ALL_FEATURES.read_text())
     for deployment in deployments(all_docs):
-        if component(deployment) in ("simulator", "worker"):  # the HPA and KEDA set these
+        if component(deployment) in ("simulator", "worker", "judge"):  # HPAs and KEDA set these
             assert "replicas" not in deployment["spec"]
         else:
             assert deployment["spec"]["replicas"] == values[component(deployment)]["replicaCount"]
+    # A disabled judge gets no autoscaler either.
+    off = render(helm, "--set", "judge.enabled=false", "--set", "judge.autoscaling.enabled=true",
+                 "--set", "trainer.enabled=false")
+    assert [h["metadata"]["name"] for h in kinds(off, "HorizontalPodAutoscaler")] == []
 
 
 def test_keda_scales_workers_on_the_real_stream(all_docs, start) -> None:
