@@ -318,7 +318,7 @@ class ServiceGroupSimulator:
         real = client.create_group(g.start.frame, g.size, g.start.instruction, seed=g.seed, max_chunks=g.max_chunks)
         g.real = real
         if g.actions:
-            _step(client, real, np.concatenate(g.actions, axis=1))
+            _step(client, real, np.concatenate(g.actions, axis=1), 0)
 
     def _with_failover(self, g: _Group, what: str, call: Callable[[Any, Any], Any]) -> Any:
         errors: dict[str, str] = {}
@@ -361,7 +361,8 @@ class ServiceGroupSimulator:
     def step_group(self, group_id: str, actions: np.ndarray) -> Any:
         g = self._groups[group_id]
         actions = np.asarray(actions)
-        out = self._with_failover(g, "step a group", lambda client, real: _step(client, real, actions))
+        done = sum(a.shape[1] for a in g.actions)  # chunks the replica's sessions have stepped
+        out = self._with_failover(g, "step a group", lambda client, real: _step(client, real, actions, done))
         g.actions.append(actions if actions.ndim == 4 else actions[:, None])
         return out
 
@@ -395,11 +396,16 @@ class ServiceGroupSimulator:
             _close_quietly(self.clients[g.replica], g.real)
 
 
-def _step(client: Any, real: Any, actions: np.ndarray) -> Any:
-    """Step a created group (G, ..., K, D), or a one-member creation, which has no group id."""
+def _step(client: Any, real: Any, actions: np.ndarray, done: int) -> Any:
+    """Step a created group (G, ..., K, D), or a one-member creation, which has no group id.
+
+    ``done``: the chunks its sessions have stepped so far. Passed as ``expected_chunks_stepped``
+    it makes the step idempotent, so the client re-sends a step whose answer was lost in transit
+    (the service returns the stored result instead of stepping twice) rather than the group
+    failing over and being re-imagined."""
     if real.group_id is None:
-        return client.step(real.session_ids[0], actions[0])
-    return client.step_group(real.group_id, actions)
+        return client.step(real.session_ids[0], actions[0], expected_chunks_stepped=done)
+    return client.step_group(real.group_id, actions, expected_chunks_stepped=done)
 
 
 def _close_quietly(client: Any, real: Any) -> None:

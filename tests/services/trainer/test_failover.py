@@ -68,6 +68,51 @@ def test_a_group_its_replica_lost_is_reimagined_from_its_start_with_the_same_fra
         sim.close_group(g.group_id)
 
 
+class LoseFirstStepAnswer(httpx.BaseTransport):
+    """Sends to the real service; the answer to the first step is lost after the service did the
+    step (as when a connection dies on the way back)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.lost = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if request.url.path.endswith("/step") and not self.lost:
+            response.read()
+            response.close()
+            self.lost += 1
+            raise httpx.ReadError("connection reset on the way back", request=request)
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_step_whose_answer_was_lost_is_resent_without_stepping_twice_or_failing_over(
+    stack: Any, start: StartState
+) -> None:
+    rng = np.random.default_rng(1)
+    a1, a2 = rng.uniform(-1, 1, (2, 2, K, 4)).astype(np.float32)
+    with SimulatorClient(stack.http_url, timeout=120) as client:
+        reference = ServiceGroupSimulator(client)
+        g = reference.create_group(start, 2, seed=3, max_chunks=4)
+        first = np.stack([r.frames for r in reference.step_group(g.group_id, a1).results])
+        second = np.stack([r.frames for r in reference.step_group(g.group_id, a2).results])
+        reference.close_group(g.group_id)
+    lossy = LoseFirstStepAnswer()
+    with SimulatorClient(stack.http_url, timeout=120, transport=lossy, backoff=0.01) as client:
+        sim = ServiceGroupSimulator(client)
+        g = sim.create_group(start, 2, seed=3, max_chunks=4)
+        outcome = sim.step_group(g.group_id, a1)
+        assert lossy.lost == 1 and outcome.replayed  # re-sent; the stored result came back
+        assert np.array_equal(np.stack([r.frames for r in outcome.results]), first)
+        got = np.stack([r.frames for r in sim.step_group(g.group_id, a2).results])
+        assert np.array_equal(got, second)  # stepped once per call: chunk 2 is the second chunk
+        assert sim.failovers == 0
+        sim.close_group(g.group_id)
+
+
 def test_with_no_reachable_replica_a_call_fails_with_a_clear_error(start: StartState) -> None:
     urls = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]  # nothing listens there
     clients = [SimulatorClient(u, retries=0, timeout=5) for u in urls]
