@@ -48,7 +48,7 @@ from collections.abc import AsyncIterator, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -145,6 +145,18 @@ class JobSpec(BaseModel):
         "null: the trainer's WMPO_SIMULATOR_URL (else an embedded stack).",
     )
     judge_url: str | None = Field(None, description="The judge service; null: the trainer's.")
+    environment: Literal["imagination", "real"] = Field(
+        _default("environment"),
+        description="imagination: rollouts through the simulator and judge services; real: "
+        "online GRPO in MetaWorld with its true success flag (the papers' baseline).",
+    )
+    real_budget: int = Field(
+        _default("real_budget"),
+        ge=0,
+        le=10_000_000,
+        description="environment real: real episodes the job may run, a multiple of "
+        "groups_per_step x group_size (steps follow from it); 0: run `steps`.",
+    )
 
 
 def parse_spec(spec: JobSpec | dict[str, Any]) -> JobSpec:
@@ -187,6 +199,11 @@ def resolve_job(spec: JobSpec, job_id: str, settings: TrainerSettings) -> GRPOJo
         tasks = list(dict.fromkeys(check_task(t) for t in spec.tasks))
     except UnknownTaskError as exc:
         raise InvalidArgument(f"tasks: {exc}") from None
+    if spec.environment == "real":
+        for name in ("simulator_url", "judge_url"):
+            if getattr(spec, name) is not None:
+                raise InvalidArgument(f"{name}: a job in the real environment uses no {name}")
+        return _validated(GRPOJobConfig(**_config_values(spec, tasks, job_id, settings)))
     sim_url: str | None
     if spec.simulator_url is None:
         sim_url = settings.simulator_url
@@ -205,15 +222,22 @@ def resolve_job(spec: JobSpec, job_id: str, settings: TrainerSettings) -> GRPOJo
             f"{missing}: a job needs both simulator_url and judge_url (in the job, or the "
             "trainer's WMPO_SIMULATOR_URL / WMPO_JUDGE_URL), or neither (an embedded stack)"
         )
-    values = spec.model_dump(exclude={"job_id", "simulator_url", "judge_url"})
-    cfg = GRPOJobConfig(
-        **{**values, "tasks": tasks, "policy": _check_policy(spec.policy)},
-        out=str((Path(settings.trainer_dir) / "jobs" / job_id / "out").resolve()),
+    return _validated(GRPOJobConfig(
+        **_config_values(spec, tasks, job_id, settings),
         simulator_url=sim_url,
         judge_url=judge_url,
         world_model=None if sim_url else settings.embedded_world_model,
         judge=None if sim_url else settings.embedded_judge,
-    )
+    ))
+
+
+def _config_values(spec: JobSpec, tasks: list[str], job_id: str, settings: TrainerSettings) -> dict[str, Any]:
+    values = spec.model_dump(exclude={"job_id", "simulator_url", "judge_url"})
+    out = str((Path(settings.trainer_dir) / "jobs" / job_id / "out").resolve())
+    return {**values, "tasks": tasks, "policy": _check_policy(spec.policy), "out": out}
+
+
+def _validated(cfg: GRPOJobConfig) -> GRPOJobConfig:
     try:
         cfg.validate()
     except ConfigError as exc:

@@ -40,12 +40,12 @@ class GRPOJobConfig(GRPOConfig):
     def validate(self) -> None:
         super().validate()
         if self.environment not in ("imagination", "real"):
-            raise ConfigError(f"--environment must be 'imagination' or 'real', got {self.environment!r}")
+            raise ConfigError(f"environment (--environment) must be 'imagination' or 'real', got {self.environment!r}")
         if self.real_budget < 0 or (self.real_budget and self.environment != "real"):
-            raise ConfigError("--real-budget must be >= 0 and only applies to --environment real")
+            raise ConfigError("real_budget (--real-budget) must be >= 0 and only applies to the real environment")
         per_step = self.groups_per_step * self.group_size
         if self.real_budget and self.real_budget % per_step:
-            raise ConfigError(f"--real-budget {self.real_budget} must be a multiple of one step's real episodes "
+            raise ConfigError(f"real_budget (--real-budget) {self.real_budget} must be a multiple of one step's real episodes "
                               f"({self.groups_per_step} groups x {self.group_size} = {per_step})")
         if self.eval_episodes < 0:
             raise ConfigError("--eval-episodes must be >= 0")
@@ -53,7 +53,7 @@ class GRPOJobConfig(GRPOConfig):
             from wmpo.envs.metaworld_env import DEFAULT_MAX_STEPS
 
             if self.chunks * 8 > DEFAULT_MAX_STEPS:
-                raise ConfigError(f"--chunks {self.chunks} runs past a real episode's {DEFAULT_MAX_STEPS} steps "
+                raise ConfigError(f"chunks (--chunks) {self.chunks} runs past a real episode's {DEFAULT_MAX_STEPS} steps "
                                   f"(at most {DEFAULT_MAX_STEPS // 8} chunks of 8)")
             return
         if (self.simulator_url is None) != (self.judge_url is None):
@@ -100,9 +100,10 @@ def run_grpo_job(cfg: GRPOJobConfig, progress: bool = True,
                  on_step: Callable[[dict[str, Any]], None] | None = None,
                  should_stop: Callable[[], bool] | None = None, *, simulator_api_key: str | None = None,
                  judge_api_key: str | None = None) -> dict[str, Any]:
-    """Evaluate (optional), train in imagination, evaluate; resumes from ``cfg.out``. ``on_step`` and
-    ``should_stop`` are passed to ``train_grpo`` (a stop raises ``wmpo.rl.trainer.Cancelled``); the
-    API keys are sent to the simulator and judge services."""
+    """Evaluate (optional), train (in imagination, or in MetaWorld with ``environment="real"``),
+    evaluate; resumes from ``cfg.out``. ``on_step`` and ``should_stop`` are passed to ``train_grpo``
+    (a stop raises ``wmpo.rl.trainer.Cancelled``); the API keys are sent to the simulator and judge
+    services."""
     cfg.validate()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -177,7 +177,8 @@ class TrainerClient(JobMethods):
         """Submit a GRPO job; returns it (queued). `policy` is a checkpoint directory on the
         trainer's filesystem; `options` are the job's fields (tasks, steps, groups_per_step,
         group_size, chunks, temperature, lr, epochs, minibatch, max_sampling_rounds, verify,
-        max_grad_norm, seed, eval_episodes, eval_workers, simulator_url, judge_url)."""
+        max_grad_norm, seed, eval_episodes, eval_workers, simulator_url, judge_url, environment,
+        real_budget)."""
         body = job_spec(policy, job_id, options)
         return self._call("POST", "/v1/jobs", lambda r: job_from_json(r.json()), body)
 

@@ -44,6 +44,8 @@ SPEC_FIELDS: tuple[str, ...] = (
     "eval_workers",
     "simulator_url",
     "judge_url",
+    "environment",
+    "real_budget",
 )
 # Integer-valued config and metric keys (gRPC's Struct carries every number as a double).
 INT_KEYS = frozenset(
@@ -58,6 +60,7 @@ INT_KEYS = frozenset(
         "seed",
         "eval_episodes",
         "eval_workers",
+        "real_budget",
         "step",
         "groups_imagined",
         "groups_kept",

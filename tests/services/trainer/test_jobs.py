@@ -62,6 +62,21 @@ def test_job_streams_its_steps_succeeds_and_its_checkpoint_downloads_over_http_a
     assert manifest["training"]["steps_done"] == 2 and len(manifest["grpo_history"]) == 2
 
 
+def test_a_real_environment_job_runs_online_grpo_in_metaworld_within_its_budget(make_trainer: Any) -> None:
+    """The papers' baseline as a service job: the same GRPO, real MetaWorld episodes judged by
+    the simulator's success flag, steps set by the budget of real episodes."""
+    trainer = make_trainer()
+    with TrainerClient(trainer.http_url, timeout=120) as http, GrpcTrainerClient(trainer.grpc_target) as rpc:
+        job = rpc.submit(POLICY, **{**TINY, "steps": 50}, environment="real", real_budget=4)
+        assert job.config["environment"] == "real" and job.config["real_budget"] == 4
+        final = http.wait(job.job_id)
+    assert final.state == "succeeded", final.error
+    # 4 real episodes = 2 steps of one group of 2, one sampling round each (no re-sampling).
+    assert final.step == 2 and [m["groups_imagined"] for m in final.metrics] == [1, 1]
+    assert all(m["dnv_flags"] == 0 for m in final.metrics)  # nothing to verify in the real env
+    assert all(0.0 <= m["imagined_success"] <= 1.0 for m in final.metrics)
+
+
 def test_submit_is_idempotent_by_job_id_and_a_reused_id_with_another_spec_conflicts(
     make_trainer: Any,
 ) -> None:
@@ -95,6 +110,12 @@ BAD_SPECS: list[tuple[dict[str, Any], int, str]] = [
     ({"policy": "checkpoints/world-model"}, 400, "policy"),  # a checkpoint, but not a policy
     ({"simulator_url": "ftp://sim:8000"}, 400, "simulator_url"),
     ({"judge_url": "judge:8001"}, 400, "judge_url"),
+    ({"environment": "mars"}, 422, "environment"),
+    ({"real_budget": 4}, 400, "real_budget"),  # a budget of real episodes, in imagination
+    ({"environment": "real", "real_budget": 3}, 400, "real_budget"),  # not whole steps of 1x2
+    ({"environment": "real", "chunks": 80}, 422, "chunks"),
+    ({"environment": "real", "chunks": 63}, 400, "chunks"),  # past a real episode's end
+    ({"environment": "real", "simulator_url": "http://sim:8000"}, 400, "simulator_url"),
 ]
 
 
