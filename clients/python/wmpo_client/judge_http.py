@@ -10,7 +10,7 @@ an exchange run by `wmpo_client._driver`); the two classes only differ in how
 they send and sleep. Retries follow `wmpo_client._common`: 429 and 503 (the judge refused before
 starting work) with capped, jittered exponential backoff that honours
 `Retry-After`. Judging has no side effects, so calls lost in transit (a failed
-connection, a dropped keep-alive connection, a timeout) are re-sent too; a
+connection, a dropped keep-alive connection; not a timeout) are re-sent too; a
 `request_id` makes the server answer a repeat from its record.
 
 Example:
@@ -191,7 +191,9 @@ class _JudgeHttpBase:
                 # Judging has no side effects, so a call lost in transit is re-sent; the common
                 # case is a pooled keep-alive connection the server closed as the request left
                 # (httpx ReadError / RemoteProtocolError), which its transport does not retry.
-                if attempt < self.retry.retries:
+                # Not a timeout: a judge too slow to answer is not helped by more work.
+                timed_out = isinstance(exc, httpx.TimeoutException)
+                if not timed_out and attempt < self.retry.retries:
                     yield self.retry.delay(attempt)
                     attempt += 1
                     continue
