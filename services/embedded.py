@@ -24,6 +24,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from services.common.app import KEEP_ALIVE_S
 from services.common.settings import ServiceSettings
 from services.judge.runtime import JudgeRuntime
 from services.judge.server import build_app as build_judge_app
@@ -77,6 +78,7 @@ def _serve_app(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=2,
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"wmpo-{name}", daemon=True)

@@ -27,6 +27,11 @@ from services.common.logging import RequestIdMiddleware
 from services.common.metrics import MetricsMiddleware, metrics_router
 from services.common.settings import ServiceSettings
 
+# Seconds uvicorn keeps an idle keep-alive connection open. Longer than httpx clients keep
+# theirs (5 s), so a client closes an idle connection before the server does and never sends
+# on one the server is closing; at uvicorn's default, also 5 s, that race lost requests.
+KEEP_ALIVE_S = 30
+
 
 def create_app(
     settings: ServiceSettings,

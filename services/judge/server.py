@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.common.app import create_app
+from services.common.app import KEEP_ALIVE_S, create_app
 from services.common.logging import configure_logging
 from services.judge.grpc_api import create_grpc_server
 from services.judge.http_api import create_judge_app
@@ -126,4 +126,11 @@ def serve(
     app = build_worker_app(runtime, settings) if worker else build_app(runtime, settings)
     log.info("HTTP listening on %s:%d", settings.host, settings.port)
     # log_config=None: uvicorn's loggers propagate to our JSON handler.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, lifespan="on")
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        lifespan="on",
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.common.app import create_app
+from services.common.app import KEEP_ALIVE_S, create_app
 from services.common.logging import configure_logging
 from services.simulator.grpc_api import create_grpc_server
 from services.simulator.http_api import create_simulator_app
@@ -139,4 +139,11 @@ def serve(
         app = build_app(runtime, settings)
     log.info("HTTP listening on %s:%d", settings.host, settings.port)
     # log_config=None: uvicorn's loggers propagate to our JSON handler.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, lifespan="on")
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        lifespan="on",
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )

@@ -13,7 +13,7 @@ import logging
 
 from fastapi import FastAPI
 
-from services.common.app import runtime_lifespan
+from services.common.app import KEEP_ALIVE_S, runtime_lifespan
 from services.common.logging import configure_logging
 from services.trainer.grpc_api import create_grpc_server
 from services.trainer.http_api import create_trainer_app
@@ -38,4 +38,11 @@ def serve(settings: TrainerSettings) -> None:
     app = build_app(TrainerRuntime(settings), settings)
     log.info("HTTP listening on %s:%d", settings.host, settings.port)
     # log_config=None: uvicorn's loggers propagate to our JSON handler.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, lifespan="on")
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        lifespan="on",
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
