@@ -8,7 +8,7 @@ the retry loop is also checked against scripted HTTP answers (httpx.MockTranspor
 from __future__ import annotations
 
 import asyncio
-import socket
+import http.client
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -197,11 +197,16 @@ def test_an_idle_keep_alive_connection_outlives_the_clients_own_expiry(judge: Em
     """The server keeps an idle connection open longer than httpx's clients keep theirs (5 s),
     so a pooled connection a client reuses is never one the server is closing (at uvicorn's
     default of 5 s that race lost a judge call in CI)."""
-    host, port = httpx.URL(judge.http_url).host, httpx.URL(judge.http_url).port
-    request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
-    with socket.create_connection((host, port), timeout=10) as sock:
-        sock.sendall(request)
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    url = httpx.URL(judge.http_url)
+    conn = http.client.HTTPConnection(url.host, url.port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        first = conn.getresponse()
+        assert first.status == 200 and first.read()
+        sock = conn.sock
         time.sleep((httpx.Limits().keepalive_expiry or 5.0) + 1.0)  # past the clients' expiry
-        sock.sendall(request)  # the same connection, still open on the server's side
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        conn.request("GET", "/healthz")  # on the same connection (RemoteDisconnected if closed)
+        second = conn.getresponse()
+        assert second.status == 200 and second.read() and conn.sock is sock
+    finally:
+        conn.close()
