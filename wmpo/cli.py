@@ -19,6 +19,10 @@ BUNDLED_WORLD_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "
 BUNDLED_JUDGE = Path(__file__).resolve().parent.parent / "checkpoints" / "judge"
 
 
+GUIDANCE_HELP = ("classifier-free guidance on the actions instead of the world model's (1 = off; 3 follows "
+                 "the actions more closely at about twice the imagination time)")
+
+
 def _tasks(spec: str) -> list[str]:
     from wmpo.envs.tasks import parse_tasks
 
@@ -129,7 +133,8 @@ def cmd_train_grpo(a: argparse.Namespace) -> None:
         group_size=a.group_size, chunks=a.chunks, temperature=a.temperature, lr=a.lr, epochs=a.epochs,
         minibatch=a.minibatch, verify=not a.no_verify, seed=a.seed, simulator_url=a.simulator_url,
         judge_url=a.judge_url, world_model=a.world_model, judge=a.judge, eval_episodes=a.eval_episodes,
-        eval_workers=a.workers, environment=a.environment, real_budget=a.real_budget)
+        eval_workers=a.workers, environment=a.environment, real_budget=a.real_budget,
+        action_guidance=a.action_guidance)
     print(json.dumps(run_grpo_job(cfg), indent=2))
 
 
@@ -140,7 +145,7 @@ def cmd_train_lifelong(a: argparse.Namespace) -> None:
         out=a.out, tasks=_tasks(a.tasks), policy=a.policy, world_model=a.world_model, judge=a.judge,
         rounds=a.rounds, real_rollouts=a.real_rollouts, wm_steps=a.wm_steps, judge_steps=a.judge_steps,
         grpo_steps=a.steps, groups=a.groups, group_size=a.group_size, chunks=a.chunks, lr=a.lr,
-        eval_episodes=a.eval_episodes, workers=a.workers, seed=a.seed)
+        action_guidance=a.action_guidance, eval_episodes=a.eval_episodes, workers=a.workers, seed=a.seed)
     result = run_lifelong(cfg)
     print(json.dumps({"real_rollouts_total": result["real_rollouts_total"], "final": result["final"]}, indent=2))
 
@@ -148,7 +153,8 @@ def cmd_train_lifelong(a: argparse.Namespace) -> None:
 def cmd_imagine_dataset(a: argparse.Namespace) -> None:
     from wmpo.eval.judge import write_imagined_dataset
 
-    print(json.dumps(write_imagined_dataset(a.world_model, a.data, a.out, a.seed), indent=2))
+    print(json.dumps(write_imagined_dataset(a.world_model, a.data, a.out, a.seed,
+                                            action_guidance=a.action_guidance), indent=2))
 
 
 def cmd_eval_judge(a: argparse.Namespace) -> None:
@@ -360,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="real episode dataset")
     p.add_argument("--out", required=True)
     p.add_argument("--world-model", default=str(BUNDLED_WORLD_MODEL))
+    p.add_argument("--action-guidance", type=float, default=None, help=GUIDANCE_HELP)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_imagine_dataset)
 
@@ -436,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-url", default=None, help="judge service (default: embedded stack)")
     p.add_argument("--world-model", default=str(BUNDLED_WORLD_MODEL), help="for the embedded stack")
     p.add_argument("--judge", default=str(BUNDLED_JUDGE), help="classifier for the embedded stack")
+    p.add_argument("--action-guidance", type=float, default=None, help="the embedded stack's simulator: " + GUIDANCE_HELP)
     p.add_argument("--eval-episodes", type=int, default=0,
                    help="real-simulator episodes per task on held-out seeds, before and after (0: skip)")
     p.add_argument("--workers", type=int, default=2, help="processes for the real-simulator evaluation")
@@ -463,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--chunks", type=int, default=12)
     p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--action-guidance", type=float, default=None,
+                   help="in GRPO's simulator and the judge's imagined data: " + GUIDANCE_HELP)
     p.add_argument("--eval-episodes", type=int, default=100, help="held-out episodes per task after each round")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -501,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alternatives", default="other,negated,random",
                    help="counterfactual action sequences (other, reversed, negated, random)")
     p.add_argument("--sampler-steps", type=int, default=None)
-    p.add_argument("--action-guidance", type=float, default=None, help="classifier-free guidance on actions (1 = off)")
+    p.add_argument("--action-guidance", type=float, default=None, help=GUIDANCE_HELP)
     p.add_argument("--strip", default=None, help="write a PNG of real vs imagined futures")
     p.add_argument("--json", default=None)
     p.add_argument("--record", action="store_true", help="also record the result in the checkpoint's manifest")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -50,12 +49,7 @@ def load_world_model(
             f"no world-model checkpoint at {path}: train one (wmpo train world-model) or pass "
             "--checkpoint DIR / set WMPO_CHECKPOINT"
         )
-    model = TorchWorldModel.load(path)
-    if sampler_steps is not None:
-        model.sampler = replace(model.sampler, steps=sampler_steps)
-    if action_guidance is not None:
-        model.sampler = replace(model.sampler, action_guidance=action_guidance)
-    return model
+    return TorchWorldModel.load(path).with_sampler(sampler_steps, action_guidance)
 
 
 def world_model_from_settings(settings: SimulatorSettings) -> WorldModel:

@@ -57,3 +57,16 @@ def test_threshold_and_f1_by_hand():
     assert 0.4 < t <= 0.6
     m = precision_recall_f1(scores >= 0.5, np.array([False, True, True, True]))
     assert m["precision"] == 1.0 and m["recall"] == pytest.approx(2 / 3) and m["f1"] == pytest.approx(0.8)
+
+
+def test_guided_replays_differ_and_record_their_guidance(imagined, tmp_path):
+    real, plain = imagined
+    guided_dir = tmp_path / "guided"
+    write_imagined_dataset(str(ROOT / "world-model"), str(real.root), str(guided_dir), progress=False,
+                           action_guidance=3.0)
+    guided = EpisodeDataset.load(guided_dir)
+    assert guided.episode(0).meta["source"]["action_guidance"] == 3.0
+    assert plain.episode(0).meta["source"]["action_guidance"] == 1.0  # the checkpoint's: off
+    a, b = plain.episode(0).frames, guided.episode(0).frames
+    assert np.array_equal(a[0], b[0]) and not np.array_equal(a[1:], b[1:])  # same start, other imagination
+

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from wmpo.data.episodes import EpisodeDataset
 from wmpo.errors import ConfigError, WmpoError
 from wmpo.rl.job import GRPOJobConfig, run_grpo_job
 from wmpo.rl.lifelong import LifelongConfig, run_lifelong
@@ -18,7 +19,8 @@ TASK = "button-press-topdown-v3"
 
 def tiny(out) -> LifelongConfig:
     return LifelongConfig(out=str(out), tasks=[TASK], real_rollouts=4, wm_steps=2, judge_steps=2, grpo_steps=1,
-                          groups=1, group_size=2, chunks=2, eval_episodes=0, workers=1, seed=1)
+                          groups=1, group_size=2, chunks=2, eval_episodes=0, workers=1, seed=1,
+                          action_guidance=2.0)
 
 
 @pytest.mark.slow
@@ -41,6 +43,10 @@ def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path
     assert wm["init_val_loss"] == pytest.approx(wm["val_loss"], rel=0.2)
     # ... the judge from the bundled judge, on real and imagined replays of the same rollouts
     assert rnd["judge"]["init_sha256"] and len(rnd["judge"]["imagined"]) == 2
+    # ... imagined with the action guidance GRPO's simulator serves with
+    replay = EpisodeDataset.load(rnd["judge"]["imagined"]["real-train"]).episode(0)
+    assert replay.meta["source"]["action_guidance"] == 2.0
+    assert json.loads(rnd["grpo"]["simulator"]["sampler"])["action_guidance"] == 2.0
     # GRPO used the aligned models and wrote a policy
     assert rnd["grpo"]["world_model_sha256"] == load_json_sha(tmp_path / "round-0" / "world-model")
     assert rnd["grpo"]["judge_sha256"] == load_json_sha(tmp_path / "round-0" / "judge")
@@ -72,6 +78,8 @@ def test_bad_loop_configs_are_refused(tmp_path):
         LifelongConfig(out=str(tmp_path), tasks=[TASK], judge=str(tmp_path / "missing")).validate()
     with pytest.raises(ConfigError, match="group_size"):  # GRPO fields are checked before any real rollout
         LifelongConfig(out=str(tmp_path), tasks=[TASK], group_size=1).validate()
+    with pytest.raises(ConfigError, match="action-guidance"):
+        LifelongConfig(out=str(tmp_path), tasks=[TASK], action_guidance=-1.0).validate()
     with pytest.raises(ConfigError, match="evaluation seeds"):
         LifelongConfig(out=str(tmp_path), tasks=[TASK], rounds=80).validate()
     (tmp_path / "round-0").mkdir()
@@ -113,3 +121,16 @@ def test_a_job_directory_is_not_resumed_by_another_kind_of_job(tmp_path):
     cfg.steps = 2
     with pytest.raises(ConfigError, match="online-grpo-real"):
         train_grpo(cfg, RealGroupSimulator(), None, progress=False)
+
+
+def test_action_guidance_is_the_embedded_stacks_alone_and_in_range(tmp_path):
+    cfg = GRPOJobConfig(policy=str(CKPT / "policy-base"), out=str(tmp_path), tasks=[TASK], action_guidance=3.0,
+                        simulator_url="http://simulator:8000", judge_url="http://judge:8001")
+    with pytest.raises(ConfigError, match="WMPO_ACTION_GUIDANCE"):
+        cfg.validate()
+    cfg.simulator_url = cfg.judge_url = None
+    cfg.world_model, cfg.judge = str(CKPT / "world-model"), str(CKPT / "judge")
+    cfg.validate()
+    cfg.action_guidance = 11.0
+    with pytest.raises(ConfigError, match=r"\[0, 10\]"):
+        cfg.validate()

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from wmpo.errors import ConfigError
 from wmpo.models.autoencoder import PRESETS as AE_PRESETS
 from wmpo.models.autoencoder import FrameAutoencoder
 from wmpo.models.video_dit import PRESETS, VideoDiT
@@ -118,3 +119,16 @@ def test_action_guidance_changes_the_rollout_and_is_reproducible(wm):
     finally:
         wm.sampler.action_guidance = 1.0
     assert torch.equal(guided, again) and not torch.allclose(plain, guided)
+
+
+def test_sampler_overrides_replace_only_what_is_given_and_refuse_bad_values(wm):
+    before = wm.sampler
+    try:
+        assert wm.with_sampler(action_guidance=2.0) is wm
+        assert wm.sampler.action_guidance == 2.0 and wm.sampler.steps == before.steps
+        assert wm.with_sampler(steps=3).sampler.steps == 3 and wm.sampler.action_guidance == 2.0
+        for bad in ({"steps": 0}, {"action_guidance": -0.5}, {"action_guidance": 10.5}):
+            with pytest.raises(ConfigError):
+                wm.with_sampler(**bad)
+    finally:
+        wm.sampler = before

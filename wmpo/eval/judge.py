@@ -95,15 +95,16 @@ def imagine_dataset(world_model: Any, dataset: EpisodeDataset, seed: int = 0, ba
 
 
 def write_imagined_dataset(world_model_dir: str, data: str, out: str, seed: int = 0,
-                           progress: bool = True) -> dict[str, Any]:
+                           progress: bool = True, action_guidance: float | None = None) -> dict[str, Any]:
     """An episode dataset of the world model's replays of ``data``'s episodes (same start frame, same
     actions), at the world model's frame stride, each labelled with the *real* outcome: its last frame
     carries the real episode's success flag. The judge can be trained and evaluated on it
-    (``frame_stride`` in each episode's metadata tells the judge the spacing)."""
+    (``frame_stride`` in each episode's metadata tells the judge the spacing). ``action_guidance``
+    replaces the checkpoint's (imagine with the sampler the simulator will serve with)."""
     from wmpo.data.episodes import Episode, ShardWriter, append_manifest, init_dataset
     from wmpo.sampling.world_model import TorchWorldModel
 
-    wm = TorchWorldModel.load(world_model_dir)
+    wm = TorchWorldModel.load(world_model_dir).with_sampler(action_guidance=action_guidance)
     src = EpisodeDataset.load(data)
     info = json.loads((Path(data) / "meta" / "info.json").read_text())
     init_dataset(out, info["image_size"], info["camera"], fps=info.get("fps", 80))
@@ -114,12 +115,14 @@ def write_imagined_dataset(world_model_dir: str, data: str, out: str, seed: int 
         success = np.zeros(len(video), bool)
         success[-1] = real.succeeded
         meta = {**real.meta, "source": {"kind": "imagined", "world_model": wm.provenance().get("world_model_sha256"),
-                                        "from": data, "seed": seed + i},
+                                        "from": data, "seed": seed + i,
+                                        "action_guidance": wm.sampler.action_guidance},
                 "frame_stride": wm.frame_stride}
         writer.add(Episode(video, np.zeros((len(video) - 1, 4), np.float32), success, meta))
     writer.flush()
     summary = {"episodes": len(videos), "successes": int(sum(m["succeeded"] for m in src.episodes))}
     append_manifest(out, {**summary, "source": "imagined", "world_model": world_model_dir, "from": data,
+                          "sampler": asdict(wm.sampler),
                           "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return summary
 

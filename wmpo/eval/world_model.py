@@ -108,11 +108,7 @@ def _alternative(kind: str, case: Case, other: Case, seed: int) -> np.ndarray:
 
 def evaluate_world_model(cfg: WorldModelEvalConfig, progress: bool = True) -> dict[str, Any]:
     cfg.validate()
-    wm = TorchWorldModel.load(cfg.checkpoint)
-    if cfg.sampler_steps:
-        wm.sampler.steps = cfg.sampler_steps
-    if cfg.action_guidance is not None:
-        wm.sampler.action_guidance = cfg.action_guidance
+    wm = TorchWorldModel.load(cfg.checkpoint).with_sampler(cfg.sampler_steps or None, cfg.action_guidance)
     stride = wm.frame_stride
     n_ctx = wm.sampler.context_frames
     kinds = ("real", *cfg.alternatives)

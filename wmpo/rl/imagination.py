@@ -285,6 +285,7 @@ class ServiceGroupSimulator:
         self.attempts = attempts or max(3, 2 * len(self.clients))
         self.backoff_s = backoff_s
         self.failovers = 0  # calls redone on another replica (or the same one, recreated)
+        self.provenance: dict[str, str] = {}  # the serving model and sampler, from the last group created
         self._down_until = [0.0] * len(self.clients)
         self._groups: dict[str, _Group] = {}
         self._ids = itertools.count()
@@ -316,7 +317,7 @@ class ServiceGroupSimulator:
         client = self.clients[r]
         g.replica, g.real = r, None
         real = client.create_group(g.start.frame, g.size, g.start.instruction, seed=g.seed, max_chunks=g.max_chunks)
-        g.real = real
+        g.real, self.provenance = real, dict(real.provenance)
         if g.actions:
             _step(client, real, np.concatenate(g.actions, axis=1), 0)
 

@@ -29,6 +29,7 @@ class GRPOJobConfig(GRPOConfig):
     judge_url: str | None = None
     world_model: str | None = None  # embedded stack only
     judge: str | None = None  # embedded stack only
+    action_guidance: float | None = None  # embedded stack only: the simulator's (None: the checkpoint's)
     eval_episodes: int = 0  # per task, before and after; 0 skips
     eval_workers: int = 2
     tasks: list[str] = field(default_factory=lambda: ["button-press-topdown-v3"])
@@ -60,6 +61,12 @@ class GRPOJobConfig(GRPOConfig):
             raise ConfigError("give both --simulator-url and --judge-url, or neither (embedded stack)")
         if self.simulator_url is None and not (self.world_model and self.judge):
             raise ConfigError("the embedded stack needs a world-model and a judge checkpoint")
+        if self.action_guidance is not None:
+            if self.simulator_url is not None:
+                raise ConfigError("--action-guidance sets the embedded stack's simulator; a simulator service "
+                                  "has its own (WMPO_ACTION_GUIDANCE)")
+            if not 0.0 <= self.action_guidance <= 10.0:
+                raise ConfigError(f"--action-guidance must be in [0, 10] (1 = off), got {self.action_guidance}")
 
     def grpo(self) -> GRPOConfig:
         names = {f.name for f in fields(GRPOConfig)}
@@ -79,7 +86,7 @@ def service_clients(cfg: GRPOJobConfig, simulator_api_key: str | None = None,
         if cfg.simulator_url is None:
             from services.embedded import embedded_stack
 
-            emb = stack.enter_context(embedded_stack(cfg.world_model, cfg.judge))
+            emb = stack.enter_context(embedded_stack(cfg.world_model, cfg.judge, action_guidance=cfg.action_guidance))
             sim_url, judge_url = emb.http_url, emb.judge_http_url
         else:
             sim_url, judge_url = cfg.simulator_url, cfg.judge_url
@@ -137,8 +144,10 @@ def run_grpo_job(cfg: GRPOJobConfig, progress: bool = True,
         result["real_episodes_this_run"] = real_sim.real_episodes
     else:
         with service_clients(cfg, simulator_api_key, judge_api_key) as (sim, judge_client):
-            summary = train_grpo(cfg.grpo(), ServiceGroupSimulator(sim), ServiceRolloutJudge(judge_client),
+            groups = ServiceGroupSimulator(sim)
+            summary = train_grpo(cfg.grpo(), groups, ServiceRolloutJudge(judge_client),
                                  progress=progress, on_step=on_step, should_stop=should_stop)
+            result["simulator"] = groups.provenance  # the model and sampler the rollouts came from
     result["training"] = {"steps": summary["steps"], "last": summary["history"][-1] if summary["history"] else None}
     if cfg.eval_episodes:
         result["after"] = _evaluate(summary["policy"], cfg, "after GRPO (real MetaWorld, held-out seeds, greedy)")

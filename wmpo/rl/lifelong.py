@@ -68,6 +68,9 @@ class LifelongConfig:
     epochs: int = 2
     minibatch: int = 64
     verify: bool = True
+    # The simulator's classifier-free action guidance in GRPO, and in the judge's imagined training
+    # data so the judge learns the frames it will see (None: the world model checkpoint's).
+    action_guidance: float | None = None
     eval_episodes: int = 100  # per task, held-out seeds, after every round (0: skip)
     workers: int = 2
     seed: int = 0
@@ -107,7 +110,7 @@ class LifelongConfig:
             policy=policy, out=out, tasks=self.tasks, steps=max(self.grpo_steps, 1), groups_per_step=self.groups,
             group_size=self.group_size, chunks=self.chunks, temperature=self.temperature, lr=self.lr,
             epochs=self.epochs, minibatch=self.minibatch, verify=self.verify, seed=self.seed + r,
-            world_model=world_model, judge=judge)
+            world_model=world_model, judge=judge, action_guidance=self.action_guidance)
 
     def episodes_per_task(self) -> int:
         return self.real_rollouts // len(self.tasks)
@@ -193,7 +196,8 @@ def _align_judge(cfg: LifelongConfig, r: int, rd: Path, world_model: str, judge:
         dst = rd / part.replace("real-", "imagined-")
         if not (dst / "meta" / "done").exists():
             shutil.rmtree(dst, ignore_errors=True)  # a half-written replay set is redone
-            write_imagined_dataset(world_model, real[part]["path"], str(dst), seed=cfg.seed + 17 * r)
+            write_imagined_dataset(world_model, real[part]["path"], str(dst), seed=cfg.seed + 17 * r,
+                                   action_guidance=cfg.action_guidance)
             (dst / "meta" / "done").write_text("")
         imagined[part] = str(dst)
     res = train_success_classifier(JudgeTrainConfig(
@@ -209,7 +213,8 @@ def _grpo(cfg: LifelongConfig, r: int, rd: Path, policy: str, world_model: str, 
 
     job = run_grpo_job(cfg.grpo_job(policy, str(rd / "grpo"), world_model, judge, r))
     return {"policy": str(rd / "grpo" / "policy"), "world_model_sha256": checkpoint_sha(world_model),
-            "judge_sha256": checkpoint_sha(judge), "start_policy_sha256": checkpoint_sha(policy), "last": job["training"]["last"]}
+            "judge_sha256": checkpoint_sha(judge), "start_policy_sha256": checkpoint_sha(policy),
+            "simulator": job.get("simulator", {}), "last": job["training"]["last"]}
 
 
 def _evaluate(cfg: LifelongConfig, r: int, policy: str) -> dict[str, Any]:

@@ -13,14 +13,14 @@ manifest with data provenance and evaluation numbers.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from wmpo.errors import CheckpointError
+from wmpo.errors import CheckpointError, ConfigError
 from wmpo.models.autoencoder import FrameAutoencoder
 from wmpo.models.video_dit import VideoDiT
 from wmpo.sampling.rollout import Rollout, SamplerConfig, start_rollout, step_rollouts
@@ -133,6 +133,19 @@ class TorchWorldModel:
                   "dit": self.dit.checkpoint_config(), "sampler": asdict(self.sampler),
                   "weights_dtype": str(dtype).removeprefix("torch.")}
         return save_checkpoint(directory, tensors, config, manifest)
+
+    def with_sampler(self, steps: int | None = None, action_guidance: float | None = None) -> TorchWorldModel:
+        """Replace the checkpoint's denoising steps and action guidance (None keeps a setting);
+        returns self. ConfigError on values the sampler cannot run."""
+        if steps is not None:
+            if not 1 <= steps <= 256:
+                raise ConfigError(f"sampler steps must be in [1, 256], got {steps}")
+            self.sampler = replace(self.sampler, steps=steps)
+        if action_guidance is not None:
+            if not 0.0 <= action_guidance <= 10.0:
+                raise ConfigError(f"action guidance must be in [0, 10] (1 = off), got {action_guidance}")
+            self.sampler = replace(self.sampler, action_guidance=action_guidance)
+        return self
 
     @classmethod
     def load(cls, directory: str | Path, sampler: SamplerConfig | None = None) -> TorchWorldModel:
