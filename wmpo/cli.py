@@ -134,7 +134,7 @@ def cmd_train_grpo(a: argparse.Namespace) -> None:
         minibatch=a.minibatch, verify=not a.no_verify, seed=a.seed, simulator_url=a.simulator_url,
         judge_url=a.judge_url, world_model=a.world_model, judge=a.judge, eval_episodes=a.eval_episodes,
         eval_workers=a.workers, environment=a.environment, real_budget=a.real_budget,
-        action_guidance=a.action_guidance)
+        action_guidance=a.action_guidance, calibration_episodes=a.calibration_episodes)
     print(json.dumps(run_grpo_job(cfg), indent=2))
 
 
@@ -447,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-episodes", type=int, default=0,
                    help="real-simulator episodes per task on held-out seeds, before and after (0: skip)")
     p.add_argument("--workers", type=int, default=2, help="processes for the real-simulator evaluation")
+    p.add_argument("--calibration-episodes", type=int, default=0,
+                   help="per task: run the start policy in MetaWorld as GRPO samples it (temperature, horizon) "
+                   "and print its real success beside imagination's first step (0: skip)")
     p.add_argument("--environment", choices=["imagination", "real"], default="imagination",
                    help="real: online GRPO in MetaWorld with its true success flag (the baseline)")
     p.add_argument("--real-budget", type=int, default=0,

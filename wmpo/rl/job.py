@@ -10,6 +10,7 @@ what counts: real success.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,6 +23,8 @@ from wmpo.eval.policy import EvalConfig, evaluate, format_table
 from wmpo.rl.imagination import ServiceGroupSimulator, ServiceRolloutJudge
 from wmpo.rl.trainer import GRPOConfig, train_grpo
 
+CHUNK_STEPS = 8  # env steps per action chunk (the policy's K)
+
 
 @dataclass
 class GRPOJobConfig(GRPOConfig):
@@ -31,6 +34,10 @@ class GRPOJobConfig(GRPOConfig):
     judge: str | None = None  # embedded stack only
     action_guidance: float | None = None  # embedded stack only: the simulator's (None: the checkpoint's)
     eval_episodes: int = 0  # per task, before and after; 0 skips
+    # Per task: the start policy in MetaWorld as GRPO samples it (its temperature, episodes cut at the
+    # horizon), beside imagination's first-step success: how far the world model and judge are off
+    # before any update. 0 skips.
+    calibration_episodes: int = 0
     eval_workers: int = 2
     tasks: list[str] = field(default_factory=lambda: ["button-press-topdown-v3"])
     # "imagination" (the services) or "real": online GRPO in MetaWorld with its true success flag,
@@ -50,12 +57,14 @@ class GRPOJobConfig(GRPOConfig):
                               f"({self.groups_per_step} groups x {self.group_size} = {per_step})")
         if self.eval_episodes < 0:
             raise ConfigError("--eval-episodes must be >= 0")
+        if self.calibration_episodes < 0:
+            raise ConfigError("--calibration-episodes must be >= 0")
         if self.environment == "real":
             from wmpo.envs.metaworld_env import DEFAULT_MAX_STEPS
 
-            if self.chunks * 8 > DEFAULT_MAX_STEPS:
+            if self.chunks * CHUNK_STEPS > DEFAULT_MAX_STEPS:
                 raise ConfigError(f"chunks (--chunks) {self.chunks} runs past a real episode's {DEFAULT_MAX_STEPS} steps "
-                                  f"(at most {DEFAULT_MAX_STEPS // 8} chunks of 8)")
+                                  f"(at most {DEFAULT_MAX_STEPS // CHUNK_STEPS} chunks of {CHUNK_STEPS})")
             return
         if (self.simulator_url is None) != (self.judge_url is None):
             raise ConfigError("give both --simulator-url and --judge-url, or neither (embedded stack)")
@@ -103,6 +112,28 @@ def _evaluate(policy: str, cfg: GRPOJobConfig, title: str) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k != "episodes_detail"}
 
 
+CALIBRATION_SEED_OFFSET = 200_000  # held-out layouts 1,200,000 + i: apart from the evaluation's and training's
+
+
+def _calibrate(cfg: GRPOJobConfig) -> dict[str, Any]:
+    """The start policy's real success at GRPO's temperature within GRPO's horizon, per task."""
+    report = evaluate(EvalConfig(tasks=cfg.tasks, source=SourceSpec("policy", checkpoint=cfg.policy,
+                                                                    temperature=cfg.temperature),
+                                 episodes=cfg.calibration_episodes, seed_offset=CALIBRATION_SEED_OFFSET,
+                                 workers=cfg.eval_workers, max_steps=cfg.chunks * CHUNK_STEPS))
+    return {k: v for k, v in report.items() if k != "episodes_detail"}
+
+
+def calibration_table(real: dict[str, Any], imagined: dict[str, float] | None) -> str:
+    """Real vs imagined success per task of the start policy, as GRPO samples it."""
+    rows = [f"{'task':<26} {'real':>6} {'95% CI':>12} {'imagined (step 1)':>18}"]
+    for task, r in real["per_task"].items():
+        lo, hi = r["ci95"]
+        im = "" if imagined is None or task not in imagined else f"{imagined[task]:.0%}"
+        rows.append(f"{task:<26} {r['success_rate']:>6.0%} {f'[{lo:.0%}, {hi:.0%}]':>12} {im:>18}")
+    return "\n".join(rows)
+
+
 def run_grpo_job(cfg: GRPOJobConfig, progress: bool = True,
                  on_step: Callable[[dict[str, Any]], None] | None = None,
                  should_stop: Callable[[], bool] | None = None, *, simulator_api_key: str | None = None,
@@ -118,8 +149,6 @@ def run_grpo_job(cfg: GRPOJobConfig, progress: bool = True,
     if cfg.eval_episodes:
         before = out / "eval_before.json"
         if before.exists():  # a resumed job does not evaluate the start policy again
-            import json
-
             result["before"] = json.loads(before.read_text())
         else:
             result["before"] = _evaluate(cfg.policy, cfg, "before GRPO (real MetaWorld, held-out seeds, greedy)")
@@ -149,6 +178,14 @@ def run_grpo_job(cfg: GRPOJobConfig, progress: bool = True,
                                  progress=progress, on_step=on_step, should_stop=should_stop)
             result["simulator"] = groups.provenance  # the model and sampler the rollouts came from
     result["training"] = {"steps": summary["steps"], "last": summary["history"][-1] if summary["history"] else None}
+    if cfg.calibration_episodes and cfg.environment == "imagination":
+        path = out / "calibration.json"
+        real = json.loads(path.read_text())["real"] if path.exists() else _calibrate(cfg)
+        first = summary["history"][0].get("per_task_success") if summary["history"] else None
+        result["calibration"] = {"real": real, "imagined_step1": first}
+        atomic_write_json(path, result["calibration"])
+        print(f"calibration: the start policy at temperature {cfg.temperature}, {cfg.chunks} chunks\n"
+              + calibration_table(real, first))
     if cfg.eval_episodes:
         result["after"] = _evaluate(summary["policy"], cfg, "after GRPO (real MetaWorld, held-out seeds, greedy)")
         atomic_write_json(out / "eval_after.json", result["after"])

@@ -1,0 +1,48 @@
+"""The GRPO job's calibration: the start policy in MetaWorld as GRPO samples it."""
+
+from pathlib import Path
+
+import pytest
+
+from wmpo.errors import ConfigError
+from wmpo.rl.job import CALIBRATION_SEED_OFFSET, GRPOJobConfig, _calibrate, calibration_table
+
+CKPT = Path(__file__).resolve().parents[2] / "checkpoints"
+TASK = "button-press-topdown-v3"
+
+
+def test_calibration_runs_the_start_policy_at_grpo_temperature_within_its_horizon(tmp_path):
+    cfg = GRPOJobConfig(policy=str(CKPT / "policy-base"), out=str(tmp_path), tasks=[TASK], chunks=2,
+                        temperature=1.6, calibration_episodes=2, eval_workers=1,
+                        world_model=str(CKPT / "world-model"), judge=str(CKPT / "judge"))
+    cfg.validate()
+    real = _calibrate(cfg)
+    assert real["max_steps"] == 16 and real["source"]["temperature"] == 1.6
+    assert real["seeds"][0] == 1_000_000 + CALIBRATION_SEED_OFFSET
+    r = real["per_task"][TASK]
+    assert r["episodes"] == 2 and r["mean_length"] == 16.0  # nobody presses the button in 16 steps
+    table = calibration_table(real, {TASK: 0.25})
+    assert TASK in table and "0%" in table and "25%" in table
+    assert "25%" not in calibration_table(real, None)
+
+
+def test_negative_calibration_is_refused(tmp_path):
+    cfg = GRPOJobConfig(policy=str(CKPT / "policy-base"), out=str(tmp_path), tasks=[TASK], calibration_episodes=-1,
+                        world_model=str(CKPT / "world-model"), judge=str(CKPT / "judge"))
+    with pytest.raises(ConfigError, match="calibration-episodes"):
+        cfg.validate()
+
+
+@pytest.mark.slow
+def test_a_job_reports_real_and_imagined_success_side_by_side(tmp_path, capsys):
+    from wmpo.rl.job import run_grpo_job
+
+    cfg = GRPOJobConfig(policy=str(CKPT / "policy-base"), out=str(tmp_path), tasks=[TASK], steps=1,
+                        groups_per_step=1, group_size=2, chunks=2, epochs=1, minibatch=4, max_sampling_rounds=1,
+                        verify=False, calibration_episodes=1, eval_workers=1,
+                        world_model=str(CKPT / "world-model"), judge=str(CKPT / "judge"))
+    result = run_grpo_job(cfg, progress=False)
+    cal = result["calibration"]
+    assert cal["real"]["per_task"][TASK]["episodes"] == 1
+    assert set(cal["imagined_step1"]) == {TASK}  # the first step's imagined success, per task
+    assert (tmp_path / "calibration.json").exists() and "imagined (step 1)" in capsys.readouterr().out
