@@ -153,6 +153,11 @@ def run_grpo_job(cfg: GRPOJobConfig, progress: bool = True,
         else:
             result["before"] = _evaluate(cfg.policy, cfg, "before GRPO (real MetaWorld, held-out seeds, greedy)")
             atomic_write_json(before, result["before"])
+    calibration = None  # measured before training, so a stopped job keeps it
+    if cfg.calibration_episodes and cfg.environment == "imagination":
+        path = out / "calibration.json"
+        calibration = json.loads(path.read_text())["real"] if path.exists() else _calibrate(cfg)
+        atomic_write_json(path, {"real": calibration, "imagined_step1": None})
     if cfg.environment == "real":
         from wmpo.rl.real import RealGroupSimulator, RealSuccessJudge
 
@@ -178,14 +183,12 @@ def run_grpo_job(cfg: GRPOJobConfig, progress: bool = True,
                                  progress=progress, on_step=on_step, should_stop=should_stop)
             result["simulator"] = groups.provenance  # the model and sampler the rollouts came from
     result["training"] = {"steps": summary["steps"], "last": summary["history"][-1] if summary["history"] else None}
-    if cfg.calibration_episodes and cfg.environment == "imagination":
-        path = out / "calibration.json"
-        real = json.loads(path.read_text())["real"] if path.exists() else _calibrate(cfg)
+    if calibration is not None:
         first = summary["history"][0].get("per_task_success") if summary["history"] else None
-        result["calibration"] = {"real": real, "imagined_step1": first}
-        atomic_write_json(path, result["calibration"])
+        result["calibration"] = {"real": calibration, "imagined_step1": first}
+        atomic_write_json(out / "calibration.json", result["calibration"])
         print(f"calibration: the start policy at temperature {cfg.temperature}, {cfg.chunks} chunks\n"
-              + calibration_table(real, first))
+              + calibration_table(calibration, first))
     if cfg.eval_episodes:
         result["after"] = _evaluate(summary["policy"], cfg, "after GRPO (real MetaWorld, held-out seeds, greedy)")
         atomic_write_json(out / "eval_after.json", result["after"])
