@@ -143,8 +143,8 @@ def cmd_train_lifelong(a: argparse.Namespace) -> None:
 
     cfg = LifelongConfig(
         out=a.out, tasks=_tasks(a.tasks), policy=a.policy, world_model=a.world_model, judge=a.judge,
-        rounds=a.rounds, real_rollouts=a.real_rollouts, wm_steps=a.wm_steps, judge_steps=a.judge_steps,
-        grpo_steps=a.steps, groups=a.groups, group_size=a.group_size, chunks=a.chunks, lr=a.lr,
+        rounds=a.rounds, real_rollouts=a.real_rollouts, rollout_temperature=a.rollout_temperature,
+        wm_steps=a.wm_steps, judge_steps=a.judge_steps, judge_horizon_cuts=a.judge_horizon_cuts, grpo_steps=a.steps, groups=a.groups, group_size=a.group_size, chunks=a.chunks, lr=a.lr,
         action_guidance=a.action_guidance, eval_episodes=a.eval_episodes, workers=a.workers, seed=a.seed)
     result = run_lifelong(cfg)
     print(json.dumps({"real_rollouts_total": result["real_rollouts_total"], "final": result["final"]}, indent=2))
@@ -467,8 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", default=str(BUNDLED_JUDGE), help="starting success classifier")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--real-rollouts", type=int, default=128, help="P: real rollouts of the policy per round")
+    p.add_argument("--rollout-temperature", type=float, default=1.0,
+                   help="the policy's sampling temperature in the real rollouts (GRPO samples at 1.6)")
     p.add_argument("--wm-steps", type=int, default=400, help="world-model fine-tuning steps (0: skip)")
     p.add_argument("--judge-steps", type=int, default=300, help="judge fine-tuning steps (0: skip)")
+    p.add_argument("--judge-horizon-cuts", action="store_true",
+                   help="also fine-tune and calibrate the judge on the real rollouts cut at GRPO's horizon "
+                   "(--chunks x 8 steps, relabelled) and their imagined replays: no extra real rollouts")
     p.add_argument("--steps", type=int, default=10, help="GRPO steps in imagination per round")
     p.add_argument("--groups", type=int, default=8)
     p.add_argument("--group-size", type=int, default=8)

@@ -7,6 +7,7 @@ from wmpo.data.episodes import (
     ShardWriter,
     atomic_write_bytes,
     init_dataset,
+    write_cut_dataset,
     write_shard,
 )
 from wmpo.errors import DatasetError
@@ -92,3 +93,25 @@ def test_mixing_image_sizes_is_refused(tmp_path):
 def test_episode_shape_checks():
     with pytest.raises(DatasetError, match="frames"):
         Episode(np.zeros((3, 8, 8, 3), np.uint8), np.zeros((3, 4), np.float32), np.zeros(4, bool))
+
+
+def test_cut_dataset_relabels_by_success_within_the_horizon(tmp_path):
+    init_dataset(tmp_path / "src", 8, {"name": "cam"})
+    early, late, short = make_episode(10, 0), make_episode(10, 2), make_episode(3, 4)
+    early.success[:] = False
+    early.success[4:] = True  # succeeded on step 4: still a success when cut at 6
+    # late succeeds only on its last step (10): a failure when cut at 6; short ended before the cut
+    w = ShardWriter(tmp_path / "src")
+    for ep in (early, late, short):
+        w.add(ep)
+    w.flush()
+    summary = write_cut_dataset(tmp_path / "src", tmp_path / "cut", max_steps=6)
+    assert summary == {"episodes": 3, "successes": 2, "max_steps": 6}
+    cut = EpisodeDataset.load(tmp_path / "cut")
+    by_seed = {m["seed"]: cut.episode(i) for i, m in enumerate(cut.episodes)}
+    assert {m["seed"]: (m["length"], m["succeeded"]) for m in cut.episodes} == {0: (6, True), 2: (6, False),
+                                                                                 4: (3, True)}
+    assert np.array_equal(by_seed[2].frames, late.frames[:7]) and np.array_equal(by_seed[2].actions, late.actions[:6])
+    assert by_seed[0].meta["cut_at"] == 6
+    with pytest.raises(DatasetError, match="max_steps"):
+        write_cut_dataset(tmp_path / "src", tmp_path / "bad", max_steps=0)

@@ -20,7 +20,7 @@ TASK = "button-press-topdown-v3"
 def tiny(out) -> LifelongConfig:
     return LifelongConfig(out=str(out), tasks=[TASK], real_rollouts=4, wm_steps=2, judge_steps=2, grpo_steps=1,
                           groups=1, group_size=2, chunks=2, eval_episodes=0, workers=1, seed=1,
-                          action_guidance=2.0)
+                          action_guidance=2.0, judge_horizon_cuts=True)
 
 
 @pytest.mark.slow
@@ -41,10 +41,16 @@ def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path
     assert max((new[k].float() - old[k].float()).abs().max().item() for k in dit_keys) < 5e-3
     wm = rnd["world_model"]
     assert wm["init_val_loss"] == pytest.approx(wm["val_loss"], rel=0.2)
-    # ... the judge from the bundled judge, on real and imagined replays of the same rollouts
-    assert rnd["judge"]["init_sha256"] and len(rnd["judge"]["imagined"]) == 2
+    # ... the judge from the bundled judge, on real and imagined replays of the same rollouts, whole
+    # and cut at GRPO's horizon (2 chunks of 8 steps)
+    sets = rnd["judge"]["data"]
+    assert rnd["judge"]["init_sha256"] and set(sets["train"]) == {"real", "imagined", "cut", "cut-imagined"}
+    assert sets["val"]["real"] == rnd["collect"]["real-val"]["path"]
+    real, cut = EpisodeDataset.load(sets["train"]["real"]), EpisodeDataset.load(sets["train"]["cut"])
+    assert len(cut) == len(real) == 3 and max(m["length"] for m in cut.episodes) <= 16
+    assert len(EpisodeDataset.load(sets["train"]["cut-imagined"])) == 3
     # ... imagined with the action guidance GRPO's simulator serves with
-    replay = EpisodeDataset.load(rnd["judge"]["imagined"]["real-train"]).episode(0)
+    replay = EpisodeDataset.load(sets["train"]["imagined"]).episode(0)
     assert replay.meta["source"]["action_guidance"] == 2.0
     assert json.loads(rnd["grpo"]["simulator"]["sampler"])["action_guidance"] == 2.0
     # GRPO used the aligned models and wrote a policy
@@ -82,6 +88,8 @@ def test_bad_loop_configs_are_refused(tmp_path):
         LifelongConfig(out=str(tmp_path), tasks=[TASK], action_guidance=-1.0).validate()
     with pytest.raises(ConfigError, match="evaluation seeds"):
         LifelongConfig(out=str(tmp_path), tasks=[TASK], rounds=80).validate()
+    with pytest.raises(ConfigError, match="rollout-temperature"):
+        LifelongConfig(out=str(tmp_path), tasks=[TASK], rollout_temperature=-0.5).validate()
     (tmp_path / "round-0").mkdir()
     with pytest.raises(ConfigError, match="no lifelong.json"):
         run_lifelong(LifelongConfig(out=str(tmp_path), tasks=[TASK]))

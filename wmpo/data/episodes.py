@@ -267,3 +267,27 @@ def append_manifest(root: str | Path, run: dict[str, Any]) -> None:
     manifest = json.loads(path.read_text()) if path.exists() else {"runs": []}
     manifest["runs"].append(run)
     atomic_write_json(path, manifest)
+
+
+def write_cut_dataset(data: str | Path, out: str | Path, max_steps: int) -> dict[str, Any]:
+    """A copy of ``data`` with every episode cut after ``max_steps`` actions, as if it had been run
+    with that horizon: its label becomes whether it had succeeded by then (episodes that ended
+    sooner are copied whole). GRPO judges rollouts cut at its horizon, so the judge learns and is
+    calibrated on such prefixes from the same real rollouts, at no extra real-rollout cost."""
+    if max_steps < 1:
+        raise DatasetError(f"max_steps must be >= 1, got {max_steps}")
+    src = EpisodeDataset.load(data)
+    info = json.loads((Path(data) / "meta" / "info.json").read_text())
+    init_dataset(out, info["image_size"], info["camera"], fps=info.get("fps", 80))
+    writer = ShardWriter(out, 16, prefix="cut-")
+    successes = 0
+    for i in range(len(src)):
+        ep = src.episode(i)
+        n = min(ep.length, max_steps)
+        cut = Episode(ep.frames[:n + 1], ep.actions[:n], ep.success[:n + 1], {**ep.meta, "cut_at": max_steps})
+        successes += cut.succeeded
+        writer.add(cut)
+    writer.flush()
+    summary = {"episodes": len(src), "successes": int(successes), "max_steps": max_steps}
+    append_manifest(out, {**summary, "source": "cut", "from": str(data)})
+    return summary

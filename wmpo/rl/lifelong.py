@@ -9,7 +9,9 @@ One round, for the current policy:
    it can imagine how *this* policy fails), starting from the current world model;
 3. **align the judge**: the new world model replays the rollouts' actions (``imagine-dataset``,
    labelled with the real outcomes), and the success classifier is fine-tuned on the real and
-   imagined clips, its threshold chosen again on the validation part;
+   imagined clips, its threshold chosen again on the validation part; with ``judge_horizon_cuts``
+   also on the same rollouts cut at GRPO's horizon (relabelled by whether they had succeeded by
+   then) and their imagined replays, the clips GRPO will ask the judge about;
 4. **GRPO in imagination** with the new world model and judge (the embedded stack: the trainer
    still reaches them only through their service clients);
 5. **evaluate** the new policy in the real simulator on held-out seeds (never counted in P).
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from wmpo.data.collect import EVAL_SEED_BASE
-from wmpo.data.episodes import atomic_write_json
+from wmpo.data.episodes import atomic_write_json, write_cut_dataset
 from wmpo.errors import ConfigError
 from wmpo.utils.checkpoint import checkpoint_sha
 
@@ -71,6 +73,9 @@ class LifelongConfig:
     # The simulator's classifier-free action guidance in GRPO, and in the judge's imagined training
     # data so the judge learns the frames it will see (None: the world model checkpoint's).
     action_guidance: float | None = None
+    # Also train and calibrate the judge on the real rollouts cut at GRPO's horizon (chunks x 8 steps)
+    # and on their replays: a rollout cut mid-attempt (a near miss) is what GRPO's judge mostly sees.
+    judge_horizon_cuts: bool = False
     eval_episodes: int = 100  # per task, held-out seeds, after every round (0: skip)
     workers: int = 2
     seed: int = 0
@@ -87,6 +92,8 @@ class LifelongConfig:
         if self.real_rollouts < 2 * len(self.tasks):
             raise ConfigError(f"--real-rollouts must allow a training and a validation episode per task "
                               f"(>= {2 * len(self.tasks)} for {len(self.tasks)} tasks), got {self.real_rollouts}")
+        if not 0 <= self.rollout_temperature <= 10:
+            raise ConfigError(f"--rollout-temperature must be in [0, 10], got {self.rollout_temperature}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
         if self.episodes_per_task() > VAL_SEED_OFFSET:
@@ -189,23 +196,33 @@ def _align_world_model(cfg: LifelongConfig, r: int, rd: Path, world_model: str, 
 def _align_judge(cfg: LifelongConfig, r: int, rd: Path, world_model: str, judge: str,
                  real: dict[str, Any]) -> dict[str, Any]:
     from wmpo.eval.judge import write_imagined_dataset
+    from wmpo.rl.job import CHUNK_STEPS
     from wmpo.train.success_classifier import JudgeTrainConfig, train_success_classifier
 
-    imagined = {}
-    for part in ("real-train", "real-val"):
-        dst = rd / part.replace("real-", "imagined-")
+    def once(dst: Path, write: Callable[[], Any]) -> str:
         if not (dst / "meta" / "done").exists():
-            shutil.rmtree(dst, ignore_errors=True)  # a half-written replay set is redone
-            write_imagined_dataset(world_model, real[part]["path"], str(dst), seed=cfg.seed + 17 * r,
-                                   action_guidance=cfg.action_guidance)
+            shutil.rmtree(dst, ignore_errors=True)  # a half-written set is redone
+            write()
             (dst / "meta" / "done").write_text("")
-        imagined[part] = str(dst)
+        return str(dst)
+
+    def replay(src: str, dst: Path) -> str:
+        return once(dst, lambda: write_imagined_dataset(world_model, src, str(dst), seed=cfg.seed + 17 * r,
+                                                        action_guidance=cfg.action_guidance))
+
+    sets: dict[str, dict[str, str]] = {"train": {}, "val": {}}
+    for split in sets:
+        real_part = real[f"real-{split}"]["path"]
+        sets[split] = {"real": real_part, "imagined": replay(real_part, rd / f"imagined-{split}")}
+        if cfg.judge_horizon_cuts:
+            cut = once(rd / f"cut-{split}", partial(write_cut_dataset, real_part, rd / f"cut-{split}",
+                                                     cfg.chunks * CHUNK_STEPS))
+            sets[split] |= {"cut": cut, "cut-imagined": replay(cut, rd / f"cut-imagined-{split}")}
     res = train_success_classifier(JudgeTrainConfig(
-        data=[real["real-train"]["path"], imagined["real-train"]],
-        val_data=[real["real-val"]["path"], imagined["real-val"]], out=str(rd / "judge"), init=judge,
+        data=list(sets["train"].values()), val_data=list(sets["val"].values()), out=str(rd / "judge"), init=judge,
         steps=cfg.judge_steps, lr=cfg.judge_lr, warmup=min(30, cfg.judge_steps), world_model=world_model,
         seed=cfg.seed + r, save_every=max(cfg.judge_steps // 3, 1)))
-    return {"path": str(rd / "judge"), "init_sha256": checkpoint_sha(judge), "imagined": imagined, **res}
+    return {"path": str(rd / "judge"), "init_sha256": checkpoint_sha(judge), "data": sets, **res}
 
 
 def _grpo(cfg: LifelongConfig, r: int, rd: Path, policy: str, world_model: str, judge: str) -> dict[str, Any]:
