@@ -19,6 +19,8 @@ BUNDLED_WORLD_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "
 BUNDLED_JUDGE = Path(__file__).resolve().parent.parent / "checkpoints" / "judge"
 
 
+CALIBRATION_HELP = ("per task: run the start policy in MetaWorld as GRPO samples it (temperature, horizon) "
+                    "and print its real success beside imagination's first step (0: skip)")
 GUIDANCE_HELP = ("classifier-free guidance on the actions instead of the world model's (1 = off; 3 follows "
                  "the actions more closely at about twice the imagination time)")
 
@@ -145,7 +147,8 @@ def cmd_train_lifelong(a: argparse.Namespace) -> None:
         out=a.out, tasks=_tasks(a.tasks), policy=a.policy, world_model=a.world_model, judge=a.judge,
         rounds=a.rounds, real_rollouts=a.real_rollouts, rollout_temperature=a.rollout_temperature,
         wm_steps=a.wm_steps, judge_steps=a.judge_steps, judge_horizon_cuts=a.judge_horizon_cuts, grpo_steps=a.steps, groups=a.groups, group_size=a.group_size, chunks=a.chunks, lr=a.lr,
-        action_guidance=a.action_guidance, eval_episodes=a.eval_episodes, workers=a.workers, seed=a.seed)
+        action_guidance=a.action_guidance, calibration_episodes=a.calibration_episodes,
+        eval_episodes=a.eval_episodes, workers=a.workers, seed=a.seed)
     result = run_lifelong(cfg)
     print(json.dumps({"real_rollouts_total": result["real_rollouts_total"], "final": result["final"]}, indent=2))
 
@@ -447,9 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-episodes", type=int, default=0,
                    help="real-simulator episodes per task on held-out seeds, before and after (0: skip)")
     p.add_argument("--workers", type=int, default=2, help="processes for the real-simulator evaluation")
-    p.add_argument("--calibration-episodes", type=int, default=0,
-                   help="per task: run the start policy in MetaWorld as GRPO samples it (temperature, horizon) "
-                   "and print its real success beside imagination's first step (0: skip)")
+    p.add_argument("--calibration-episodes", type=int, default=0, help=CALIBRATION_HELP)
     p.add_argument("--environment", choices=["imagination", "real"], default="imagination",
                    help="real: online GRPO in MetaWorld with its true success flag (the baseline)")
     p.add_argument("--real-budget", type=int, default=0,
@@ -481,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--action-guidance", type=float, default=None,
                    help="in GRPO's simulator and the judge's imagined data: " + GUIDANCE_HELP)
+    p.add_argument("--calibration-episodes", type=int, default=0, help="before each round's GRPO: " + CALIBRATION_HELP)
     p.add_argument("--eval-episodes", type=int, default=100, help="held-out episodes per task after each round")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)

@@ -20,7 +20,7 @@ TASK = "button-press-topdown-v3"
 def tiny(out) -> LifelongConfig:
     return LifelongConfig(out=str(out), tasks=[TASK], real_rollouts=4, wm_steps=2, judge_steps=2, grpo_steps=1,
                           groups=1, group_size=2, chunks=2, eval_episodes=0, workers=1, seed=1,
-                          action_guidance=2.0, judge_horizon_cuts=True)
+                          action_guidance=2.0, judge_horizon_cuts=True, calibration_episodes=1)
 
 
 @pytest.mark.slow
@@ -57,6 +57,9 @@ def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path
     assert rnd["grpo"]["world_model_sha256"] == load_json_sha(tmp_path / "round-0" / "world-model")
     assert rnd["grpo"]["judge_sha256"] == load_json_sha(tmp_path / "round-0" / "judge")
     assert (Path(rnd["grpo"]["policy"]) / "model.safetensors").exists()
+    # the start policy's real success within GRPO's horizon, beside imagination's first step
+    calibration = rnd["grpo"]["calibration"]
+    assert calibration["real"]["per_task"][TASK]["episodes"] == 1 and TASK in calibration["imagined_step1"]
     assert ledger["final"]["policy"] == rnd["grpo"]["policy"]
 
     # started again, every stage is found done and nothing runs twice
@@ -64,6 +67,12 @@ def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path
     again = run_lifelong(tiny(tmp_path))
     assert again["rounds"] == ledger["rounds"]
     assert (tmp_path / "round-0" / "world-model" / "model.safetensors").stat().st_mtime == mtime
+    # ... also when recorded before a field existed, the field being at its default now
+    path = tmp_path / "lifelong.json"
+    recorded = json.loads(path.read_text())
+    del recorded["config"]["wm_lr"]
+    path.write_text(json.dumps(recorded))
+    assert run_lifelong(tiny(tmp_path))["rounds"] == ledger["rounds"]
     # ... but not with another configuration, whose artifacts would mix with these
     other = tiny(tmp_path)
     other.real_rollouts = 6

@@ -43,7 +43,7 @@ REAL_SEED_BASE = 300_000  # layouts of the loop's real rollouts: round r trains 
 ROUND_SEED_STRIDE = 10_000
 VAL_SEED_OFFSET = 5_000  # ... and validates on 305,000 + 10,000 r + i
 # Changing any other field of a loop that has started would mix artifacts of two configurations.
-RESUMABLE_FIELDS = {"rounds", "workers", "eval_episodes"}
+RESUMABLE_FIELDS = {"rounds", "workers", "eval_episodes", "calibration_episodes"}
 
 
 @dataclass
@@ -76,6 +76,9 @@ class LifelongConfig:
     # Also train and calibrate the judge on the real rollouts cut at GRPO's horizon (chunks x 8 steps)
     # and on their replays: a rollout cut mid-attempt (a near miss) is what GRPO's judge mostly sees.
     judge_horizon_cuts: bool = False
+    # before GRPO: the policy's real success at GRPO's temperature within its horizon, on held-out
+    # seeds (a diagnostic beside imagination's first step; not training data, so not counted in P)
+    calibration_episodes: int = 0
     eval_episodes: int = 100  # per task, held-out seeds, after every round (0: skip)
     workers: int = 2
     seed: int = 0
@@ -117,7 +120,8 @@ class LifelongConfig:
             policy=policy, out=out, tasks=self.tasks, steps=max(self.grpo_steps, 1), groups_per_step=self.groups,
             group_size=self.group_size, chunks=self.chunks, temperature=self.temperature, lr=self.lr,
             epochs=self.epochs, minibatch=self.minibatch, verify=self.verify, seed=self.seed + r,
-            world_model=world_model, judge=judge, action_guidance=self.action_guidance)
+            world_model=world_model, judge=judge, action_guidance=self.action_guidance,
+            calibration_episodes=self.calibration_episodes)
 
     def episodes_per_task(self) -> int:
         return self.real_rollouts // len(self.tasks)
@@ -135,7 +139,9 @@ class Ledger:
         if self.path.exists():
             self.data: dict[str, Any] = json.loads(self.path.read_text())
             now = asdict(cfg)
-            changed = sorted(k for k in now if k not in RESUMABLE_FIELDS and self.data["config"].get(k) != now[k])
+            # a field added to the configuration after this loop started counts as its default
+            started = {**asdict(LifelongConfig(out=cfg.out, tasks=cfg.tasks)), **self.data["config"]}
+            changed = sorted(k for k in now if k not in RESUMABLE_FIELDS and started[k] != now[k])
             if changed:
                 raise ConfigError(f"{out} holds a loop started with other {', '.join(changed)} "
                                   f"(only {', '.join(sorted(RESUMABLE_FIELDS))} may change on resume): "
@@ -231,7 +237,8 @@ def _grpo(cfg: LifelongConfig, r: int, rd: Path, policy: str, world_model: str, 
     job = run_grpo_job(cfg.grpo_job(policy, str(rd / "grpo"), world_model, judge, r))
     return {"policy": str(rd / "grpo" / "policy"), "world_model_sha256": checkpoint_sha(world_model),
             "judge_sha256": checkpoint_sha(judge), "start_policy_sha256": checkpoint_sha(policy),
-            "simulator": job.get("simulator", {}), "last": job["training"]["last"]}
+            "simulator": job.get("simulator", {}), "calibration": job.get("calibration"),
+            "last": job["training"]["last"]}
 
 
 def _evaluate(cfg: LifelongConfig, r: int, policy: str) -> dict[str, Any]:
