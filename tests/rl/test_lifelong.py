@@ -49,6 +49,10 @@ def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path
     real, cut = EpisodeDataset.load(sets["train"]["real"]), EpisodeDataset.load(sets["train"]["cut"])
     assert len(cut) == len(real) == 3 and max(m["length"] for m in cut.episodes) <= 16
     assert len(EpisodeDataset.load(sets["train"]["cut-imagined"])) == 3
+    # ... its threshold chosen on the cut validation rollouts, the kind GRPO judges; every set measured
+    judge_manifest = json.loads((tmp_path / "round-0" / "judge" / "manifest.json").read_text())
+    assert judge_manifest["data"]["val_datasets"] == [sets["val"]["cut"], sets["val"]["cut-imagined"]]
+    assert set(rnd["judge"]["val_by_set"]) == {"real", "imagined", "cut", "cut-imagined"}
     # ... imagined with the action guidance GRPO's simulator serves with
     replay = EpisodeDataset.load(sets["train"]["imagined"]).episode(0)
     assert replay.meta["source"]["action_guidance"] == 2.0

@@ -11,7 +11,9 @@ One round, for the current policy:
    labelled with the real outcomes), and the success classifier is fine-tuned on the real and
    imagined clips, its threshold chosen again on the validation part; with ``judge_horizon_cuts``
    also on the same rollouts cut at GRPO's horizon (relabelled by whether they had succeeded by
-   then) and their imagined replays, the clips GRPO will ask the judge about;
+   then) and their imagined replays, the rollouts GRPO will ask the judge about, and the
+   threshold is chosen on the cut validation rollouts alone (complete imagined trials want a
+   lower threshold than cut ones, whose near misses must fail);
 4. **GRPO in imagination** with the new world model and judge (the embedded stack: the trainer
    still reaches them only through their service clients);
 5. **evaluate** the new policy in the real simulator on held-out seeds (never counted in P).
@@ -201,7 +203,9 @@ def _align_world_model(cfg: LifelongConfig, r: int, rd: Path, world_model: str, 
 
 def _align_judge(cfg: LifelongConfig, r: int, rd: Path, world_model: str, judge: str,
                  real: dict[str, Any]) -> dict[str, Any]:
-    from wmpo.eval.judge import write_imagined_dataset
+    from wmpo.data.episodes import EpisodeDataset
+    from wmpo.eval.judge import judge_dataset, precision_recall_f1, write_imagined_dataset
+    from wmpo.judge.success import SuccessJudge
     from wmpo.rl.job import CHUNK_STEPS
     from wmpo.train.success_classifier import JudgeTrainConfig, train_success_classifier
 
@@ -224,11 +228,20 @@ def _align_judge(cfg: LifelongConfig, r: int, rd: Path, world_model: str, judge:
             cut = once(rd / f"cut-{split}", partial(write_cut_dataset, real_part, rd / f"cut-{split}",
                                                      cfg.chunks * CHUNK_STEPS))
             sets[split] |= {"cut": cut, "cut-imagined": replay(cut, rd / f"cut-imagined-{split}")}
+    # GRPO only ever judges rollouts cut at its horizon: with the cuts, the threshold is chosen on them
+    threshold_sets = [sets["val"]["cut"], sets["val"]["cut-imagined"]] if cfg.judge_horizon_cuts else list(
+        sets["val"].values())
     res = train_success_classifier(JudgeTrainConfig(
-        data=list(sets["train"].values()), val_data=list(sets["val"].values()), out=str(rd / "judge"), init=judge,
+        data=list(sets["train"].values()), val_data=threshold_sets, out=str(rd / "judge"), init=judge,
         steps=cfg.judge_steps, lr=cfg.judge_lr, warmup=min(30, cfg.judge_steps), world_model=world_model,
         seed=cfg.seed + r, save_every=max(cfg.judge_steps // 3, 1)))
-    return {"path": str(rd / "judge"), "init_sha256": checkpoint_sha(judge), "data": sets, **res}
+    aligned = SuccessJudge.load(str(rd / "judge"))
+    per_set = {}
+    for name, path in sets["val"].items():
+        judged = judge_dataset(aligned, EpisodeDataset.load(path))
+        per_set[name] = precision_recall_f1(judged.scores >= aligned.threshold, judged.labels)
+    return {"path": str(rd / "judge"), "init_sha256": checkpoint_sha(judge), "data": sets,
+            "threshold_chosen_on": threshold_sets, "val_by_set": per_set, **res}
 
 
 def _grpo(cfg: LifelongConfig, r: int, rd: Path, policy: str, world_model: str, judge: str) -> dict[str, Any]:
