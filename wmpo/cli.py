@@ -146,7 +146,8 @@ def cmd_train_lifelong(a: argparse.Namespace) -> None:
     cfg = LifelongConfig(
         out=a.out, tasks=_tasks(a.tasks), policy=a.policy, world_model=a.world_model, judge=a.judge,
         rounds=a.rounds, real_rollouts=a.real_rollouts, rollout_temperature=a.rollout_temperature,
-        wm_steps=a.wm_steps, judge_steps=a.judge_steps, judge_horizon_cuts=a.judge_horizon_cuts, grpo_steps=a.steps, groups=a.groups, group_size=a.group_size, chunks=a.chunks, lr=a.lr,
+        wm_steps=a.wm_steps, judge_steps=a.judge_steps, judge_horizon_cuts=a.judge_horizon_cuts,
+        grpo_steps=a.steps, groups=a.groups, group_size=a.group_size, chunks=a.chunks, lr=a.lr,
         action_guidance=a.action_guidance, calibration_episodes=a.calibration_episodes,
         eval_episodes=a.eval_episodes, workers=a.workers, seed=a.seed)
     result = run_lifelong(cfg)
