@@ -262,6 +262,12 @@ def init_dataset(root: str | Path, image_size: int, camera: dict[str, Any], fps:
     atomic_write_json(info_path, info)
 
 
+def init_dataset_like(data: str | Path, out: str | Path) -> None:
+    """Create ``out`` with the frame format (image size, camera, fps) of the dataset at ``data``."""
+    info = json.loads((Path(data) / "meta" / "info.json").read_text())
+    init_dataset(out, info["image_size"], info["camera"], fps=info.get("fps", 80))
+
+
 def append_manifest(root: str | Path, run: dict[str, Any]) -> None:
     path = Path(root) / "meta" / "manifest.json"
     manifest = json.loads(path.read_text()) if path.exists() else {"runs": []}
@@ -277,8 +283,7 @@ def write_cut_dataset(data: str | Path, out: str | Path, max_steps: int) -> dict
     if max_steps < 1:
         raise DatasetError(f"max_steps must be >= 1, got {max_steps}")
     src = EpisodeDataset.load(data)
-    info = json.loads((Path(data) / "meta" / "info.json").read_text())
-    init_dataset(out, info["image_size"], info["camera"], fps=info.get("fps", 80))
+    init_dataset_like(data, out)
     writer = ShardWriter(out, 16, prefix="cut-")
     successes = 0
     for i in range(len(src)):

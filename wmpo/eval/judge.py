@@ -8,10 +8,8 @@ the number measures what the trainer will get (world-model errors and judge erro
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -101,13 +99,12 @@ def write_imagined_dataset(world_model_dir: str, data: str, out: str, seed: int 
     carries the real episode's success flag. The judge can be trained and evaluated on it
     (``frame_stride`` in each episode's metadata tells the judge the spacing). ``action_guidance``
     replaces the checkpoint's (imagine with the sampler the simulator will serve with)."""
-    from wmpo.data.episodes import Episode, ShardWriter, append_manifest, init_dataset
+    from wmpo.data.episodes import Episode, ShardWriter, append_manifest, init_dataset_like
     from wmpo.sampling.world_model import TorchWorldModel
 
     wm = TorchWorldModel.load(world_model_dir).with_sampler(action_guidance=action_guidance)
     src = EpisodeDataset.load(data)
-    info = json.loads((Path(data) / "meta" / "info.json").read_text())
-    init_dataset(out, info["image_size"], info["camera"], fps=info.get("fps", 80))
+    init_dataset_like(data, out)
     videos = imagine_dataset(wm, src, seed, progress=progress)
     writer = ShardWriter(out, 16, prefix="imagined-")
     for i, video in enumerate(videos):
