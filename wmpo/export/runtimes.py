@@ -55,7 +55,8 @@ class _GraphDiT:
     def forward_cached(self, z, t, actions, has_action, positions, cache: PackedCache) -> torch.Tensor:
         feed = _feed(z, t, actions, has_action, positions)
         feed["kv"] = cache.kv
-        return torch.from_numpy(self.run(DENOISER, feed))
+        out = self.run(DENOISER, feed)
+        return torch.from_numpy(out if out.flags.writeable else out.copy())  # Triton's are read-only
 
     def __call__(self, *args: Any) -> torch.Tensor:
         raise NotImplementedError("the exported DiT has no uncached forward: use the sampler with use_cache=True")

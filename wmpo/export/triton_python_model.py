@@ -47,7 +47,7 @@ class TritonPythonModel:
                     tensor = pb_utils.get_input_tensor_by_name(request, name)
                     if tensor is None:
                         raise ValueError(f"missing input {name!r}")
-                    feed[name] = tensor.as_numpy()
+                    feed[name] = _array(tensor)
             except Exception as e:  # noqa: BLE001 - reported to the client as this request's error
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
                 feeds.append(None)
@@ -76,8 +76,17 @@ class TritonPythonModel:
         self.session = None
 
 
+
+# Tensors cross the stub through DLPack rather than pb_utils' NumPy helpers: the backend stub of
+# the nvidia-pytriton wheel was built against NumPy 1.x and, under NumPy 2, Tensor.as_numpy()
+# returns the first element repeated and pb_utils.Tensor(name, array) sends zero bytes. DLPack
+# carries dtype, shape and strides without NumPy's C structs, and works with either NumPy.
+def _array(tensor):
+    try:
+        return np.from_dlpack(tensor)
+    except (AttributeError, TypeError, BufferError):  # a stub or NumPy without DLPack support
+        return tensor.as_numpy()
+
+
 def _tensor(name, array):
-    # Through DLPack rather than pb_utils.Tensor(name, array): the backend stub of the
-    # nvidia-pytriton wheel was built against NumPy 1.x and reads a NumPy 2 array's dtype
-    # wrongly (zero-byte outputs); DLPack carries dtype and shape without NumPy's C structs.
     return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array))
