@@ -4,6 +4,7 @@ and HTTP. Skipped only when the wheel is missing (`make setup` installs it)."""
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import replace
 
@@ -143,11 +144,12 @@ def test_bad_request_is_an_error_not_a_crash(client, server):
     assert c.is_model_ready(DENOISER)
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_sampling_loop_through_triton_matches_torch(world_model, server, protocol):
-    """The sampler, unchanged, with each denoising step one Triton call over the batch."""
+@pytest.mark.parametrize(("protocol", "shared_memory"), [("grpc", False), ("http", False), ("grpc", True)])
+def test_sampling_loop_through_triton_matches_torch(world_model, server, protocol, shared_memory):
+    """The sampler, unchanged, with each denoising step one Triton call over the batch (the
+    cache sent with every call, or written once per step into registered shared memory)."""
     url = server.grpc_url if protocol == "grpc" else server.http_url
-    remote = TritonDiT(world_model.dit.config, url, protocol=protocol, timeout_s=30)
+    remote = TritonDiT(world_model.dit.config, url, protocol=protocol, timeout_s=30, shared_memory=shared_memory)
     sampler = replace(world_model.sampler, use_cache=True)
     g = torch.Generator().manual_seed(1)
     anchors = torch.randn(2, 4, 16, 16, generator=g)
@@ -156,6 +158,10 @@ def test_sampling_loop_through_triton_matches_torch(world_model, server, protoco
     for model in (world_model.dit, remote):
         rollouts = [start_rollout(anchors[i], seed=i) for i in range(2)]
         results.append(torch.stack([step_rollouts(model, rollouts, actions, sampler) for _ in range(2)]))
+    if shared_memory:
+        status = remote.client.get_system_shared_memory_status(as_json=True)
+        assert remote.kv_region.name in json.dumps(status)
+    remote.close()
     assert (results[0] - results[1]).abs().max().item() < 1e-3
 
 
