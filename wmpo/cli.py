@@ -352,8 +352,14 @@ def cmd_export_onnx(a: argparse.Namespace) -> None:
 def cmd_export_triton(a: argparse.Namespace) -> None:
     from wmpo.export.triton_repo import RepoSettings, repository_tree, write_repository
 
-    settings = RepoSettings(variant=a.variant, version=a.version, max_batch=a.max_batch,
-                            preferred=tuple(int(x) for x in a.preferred.split(",")),
+    if a.preferred:
+        try:
+            preferred = tuple(int(x) for x in a.preferred.split(","))
+        except ValueError:
+            raise ConfigError(f"--preferred expects comma-separated batch sizes, got {a.preferred!r}") from None
+    else:  # the engine's batch and its multiples up to the cap
+        preferred = tuple(p for p in (16, 32, 64) if p < a.max_batch) + (a.max_batch,)
+    settings = RepoSettings(variant=a.variant, version=a.version, max_batch=a.max_batch, preferred=preferred,
                             queue_delay_us=a.queue_delay_us, instances=a.instances,
                             instance_kind=a.instance_kind, threads=a.threads, opt_batch=a.opt_batch)
     write_repository(a.checkpoint or str(BUNDLED_WORLD_MODEL), a.repo, settings, onnx_dir=a.onnx)
@@ -656,7 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: export now)")
     p.add_argument("--version", type=int, default=1, help="model version directory (default: 1)")
     p.add_argument("--max-batch", type=int, default=64, help="max_batch_size (and TensorRT profile max)")
-    p.add_argument("--preferred", default="16,32,64", help="dynamic batching's preferred batch sizes")
+    p.add_argument("--preferred", default=None, help="dynamic batching's preferred batch sizes, comma-separated "
+                   "(default: 16, 32 below the max batch, and the max batch)")
     p.add_argument("--queue-delay-us", type=int, default=500, help="dynamic batching's max queue delay")
     p.add_argument("--opt-batch", type=int, default=16, help="TensorRT profile's opt batch")
     p.add_argument("--instances", type=int, default=1, help="instances per model (instance_group count)")

@@ -146,3 +146,9 @@ def test_cli_export_triton(tmp_path, onnx_dir, capsys):
     assert main(["export", "triton", "--repo", str(repo), "--onnx", str(onnx_dir), "--preferred", "99",
                  "--max-batch", "16"]) == 2
     assert "preferred batch sizes" in capsys.readouterr().err
+    assert main(["export", "triton", "--repo", str(repo), "--onnx", str(onnx_dir), "--preferred", "a,b"]) == 2
+    assert "comma-separated batch sizes" in capsys.readouterr().err
+    # without --preferred: 16 and 32 below the cap, and the cap
+    assert main(["export", "triton", "--repo", str(repo), "--onnx", str(onnx_dir), "--max-batch", "48"]) == 0
+    cfg = parse_config(repo / DENOISER / "config.pbtxt")
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [16, 32, 48]
