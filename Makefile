@@ -72,3 +72,10 @@ clean:
 .PHONY: bench-serving
 bench-serving: setup
 	$(PY) scripts/bench_serving.py
+
+# Soak test (minutes on purpose, not in `make test`): the simulator and the judge under steady
+# mixed load on loopback, RSS sampled; SOAK_MINUTES=25 by default.
+.PHONY: soak
+SOAK_MINUTES ?= 25
+soak: setup
+	$(PY) scripts/soak.py --minutes $(SOAK_MINUTES) --out outputs/soak/soak.json

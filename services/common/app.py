@@ -1,7 +1,7 @@
 """Build a service's FastAPI app with the shared plumbing already wired.
 
 `create_app` gives every service the same behaviour: API key required on every
-route except health, request-body size limit, request ids and JSON access
+route except health (the OpenAPI schema too, unless WMPO_API_DOCS=public), request-body size limit, request ids and JSON access
 logs, one JSON error body, Prometheus metrics, health and readiness probes.
 The service then only includes its own routers. `runtime_lifespan` is the
 lifespan every service's app has: start the runtime (and the gRPC server), stop
@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import grpc
 from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse
 
 from services.common.auth import ApiKeyAuth, api_key_dependency, request_authenticator
 from services.common.errors import error_responses, install_error_handlers
@@ -47,9 +48,15 @@ def create_app(
     `public_paths` are the route paths reachable without an API key.
     """
     auth = ApiKeyAuth.from_settings(settings)
+    public_docs = settings.api_docs == "public"
     app = FastAPI(
         title=f"wmpo {service}",
         version=version,
+        # FastAPI serves its own schema and pages outside the dependency system (no key);
+        # keyed, the schema is a route of ours below, behind the app's key check.
+        openapi_url="/openapi.json" if public_docs else None,
+        docs_url="/docs" if public_docs else None,
+        redoc_url="/redoc" if public_docs else None,
         # Never debug: Starlette's debug mode returns tracebacks to callers.
         debug=False,
         # App-level, so a route a service forgets to protect is still protected.
@@ -66,6 +73,12 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health_router(readiness))
     app.include_router(metrics_router())
+    if settings.api_docs == "keyed":
+        # Only the schema: the HTML pages would fetch it from a browser, which sends no key.
+        @app.get("/openapi.json", include_in_schema=False)
+        async def openapi() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
     return app
 
 

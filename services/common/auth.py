@@ -45,7 +45,7 @@ class ApiKeyAuth:
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> "ApiKeyAuth":
-        return cls(settings.api_keys)
+        return cls((*settings.api_keys, *settings.service_api_keys))
 
     @property
     def enabled(self) -> bool:

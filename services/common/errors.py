@@ -134,6 +134,11 @@ _CODE_BY_HTTP_STATUS = {
 }
 
 
+# Seconds a client should wait before retrying a refused request: overload clears fast; an
+# unavailable dependency (Redis, a worker, a model) takes longer to come back.
+RETRY_AFTER_S = {429: 1, 503: 2}
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str
@@ -164,17 +169,30 @@ def error_json(
 ) -> JSONResponse:
     body = ErrorResponse(error=ErrorDetail(code=code, message=message, request_id=request_id))
     all_headers = dict(headers or {})
+    if status in RETRY_AFTER_S and not any(k.lower() == "retry-after" for k in all_headers):
+        all_headers["Retry-After"] = str(RETRY_AFTER_S[status])
     if request_id:
         all_headers[REQUEST_ID_HEADER] = request_id
     return JSONResponse(body.model_dump(), status_code=status, headers=all_headers)
 
 
+def _problem(err: dict[str, Any]) -> str:
+    """One validation problem as `where: reason`; the offending input is not echoed back."""
+    loc = tuple(err.get("loc", ()))
+    if err.get("type") == "json_invalid":
+        at = f" at character {loc[1]}" if len(loc) > 1 else ""
+        reason = (err.get("ctx") or {}).get("error", "")
+        detail = f" ({reason})" if reason else ""
+        return f"body: the body is not valid JSON: {err.get('msg', 'JSON decode error')}{at}{detail}"
+    if loc == ("body",) and isinstance(err.get("input"), bytes | str):
+        # FastAPI hands over the raw body when it is not declared JSON.
+        return "body: not a JSON object (send a JSON object with Content-Type: application/json)"
+    where = ".".join(str(p) for p in loc) or "request"
+    return f"{where}: {err.get('msg', 'invalid')}"
+
+
 def _format_validation(exc: RequestValidationError) -> str:
-    problems = []
-    for err in exc.errors()[:_MAX_LISTED_PROBLEMS]:
-        where = ".".join(str(p) for p in err.get("loc", ())) or "request"
-        # Only location and reason: the offending input is not echoed back.
-        problems.append(f"{where}: {err.get('msg', 'invalid')}")
+    problems = [_problem(err) for err in exc.errors()[:_MAX_LISTED_PROBLEMS]]
     extra = len(exc.errors()) - _MAX_LISTED_PROBLEMS
     if extra > 0:
         problems.append(f"... and {extra} more")

@@ -1,4 +1,5 @@
-"""gRPC pieces a service's servicer shares: latency metrics per RPC, bind addresses, health.
+"""gRPC pieces a service's servicer shares: latency metrics per RPC, bind addresses, health,
+and the interceptors every server runs (API key, request decoding).
 
 `observed` is the simulator's `_observed` (services/simulator/grpc_api.py) made
 reusable: the judge uses this one; the simulator can switch to it.
@@ -15,7 +16,9 @@ from typing import Any, TypeVar
 import grpc
 from wmpo_client.proto import simulator_pb2
 
+from services.common.auth import ApiKeyAuth, AsyncApiKeyInterceptor
 from services.common.health import Readiness
+from services.common.settings import ServiceSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,3 +71,81 @@ def health_response(state: Readiness, version: str) -> simulator_pb2.HealthRespo
     return simulator_pb2.HealthResponse(
         status=serving if state.ready else not_serving, version=version, reason=state.reason
     )
+
+
+# ------------------------------------------------------------------ request decoding
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes are not a valid message of its type."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # protobuf's DecodeError, or anything a parser raises
+            return _Undecodable(exc)
+
+    return decode
+
+
+_UNDECODABLE = "the request bytes are not a valid protobuf message for this method"
+
+
+def _refusing(behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
+    """`behavior`, except that an undecodable request ends the call with INVALID_ARGUMENT."""
+    if streaming:
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _UNDECODABLE)
+            async for item in behavior(request, context):
+                yield item
+
+        return stream
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _UNDECODABLE)
+        return await behavior(request, context)
+
+    return unary
+
+
+class RequestDecodeInterceptor(grpc.aio.ServerInterceptor):
+    """Corrupt request bytes are the caller's error: INVALID_ARGUMENT, not grpcio's UNKNOWN
+    with an ERROR traceback in the server log. (grpcio decodes before any handler runs, so the
+    decoder is wrapped to hand the handler a marker instead of raising.)"""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler  # every wmpo RPC takes one request message
+        serializers = {
+            "request_deserializer": _lenient(handler.request_deserializer),
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _refusing(handler.unary_unary, streaming=False), **serializers
+            )
+        return grpc.unary_stream_rpc_method_handler(
+            _refusing(handler.unary_stream, streaming=True), **serializers
+        )
+
+
+def server_interceptors(settings: ServiceSettings) -> list[grpc.aio.ServerInterceptor]:
+    """What every service's grpc.aio server runs before its servicer: the API key check, then
+    request decoding."""
+    return [AsyncApiKeyInterceptor(ApiKeyAuth.from_settings(settings)), RequestDecodeInterceptor()]

@@ -186,6 +186,9 @@ class QueueConfig:
     max_payload_bytes: int = 512 * 1024**2  # encoded payload/result (Redis' string limit)
     max_stored_results: int = 1024  # in-process only: results kept for idempotent retries
     dead_letter_max: int = 10_000  # approximate cap of the dead-letter stream
+    # Producers expect a worker to answer (submit): with none alive for min_idle_s, readiness
+    # fails and submit answers 503 at once instead of waiting out timeout_s.
+    expect_workers: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -410,6 +413,17 @@ def _check_request_id(request_id: str) -> None:
         raise InvalidArgument(
             f"request_id must be 1 to 128 characters of [A-Za-z0-9._:-], got {request_id[:40]!r}"
         )
+
+
+REDIS_UNREACHABLE = "the work queue's Redis is unreachable"
+
+
+def _abandoned(config: QueueConfig, request_id: str) -> Unavailable:
+    return Unavailable(
+        f"no worker is serving queue {config.name} any more (none has beaten within "
+        f"{config.min_idle_s:g} s); request {request_id} stays queued: retry with the same "
+        "request id to get its result once a worker is back"
+    )
 
 
 def _timed_out(config: QueueConfig, request_id: str, timeout: float) -> Unavailable:
@@ -673,12 +687,14 @@ class InProcessQueue(WorkQueue):
 
 # ------------------------------------------------------------------ Redis
 
-# KEYS: result, inflight, stream. ARGV: rid, digest, payload, inflight_ttl_ms, max_length.
+# KEYS: result, inflight, stream. ARGV: rid, digest, payload, inflight_ttl_ms, max_length,
+# enqueue (0: only read a stored result or join one in flight; nothing is added).
 _ENQUEUE = """
 local stored = redis.call('GET', KEYS[1])
 if stored then return {'result', stored} end
 local inflight = redis.call('GET', KEYS[2])
 if inflight then return {'inflight', inflight} end
+if ARGV[6] == '0' then return {'no-workers', ''} end
 if redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[5]) then return {'full', ''} end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
 local id = redis.call('XADD', KEYS[3], '*', 'rid', ARGV[1], 'digest', ARGV[2], 'payload', ARGV[3])
@@ -746,6 +762,24 @@ return n
 """
 
 _PRUNE_EVERY_S = 60.0
+
+# Worker heartbeats in a sorted set scored by Redis' own clock (replicas' clocks may differ).
+# KEYS: workers. ARGV: consumer, ttl_ms. Forgets workers silent for 10 x ttl.
+_BEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 10 * tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], 10 * tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS: workers. ARGV: ttl_ms. Workers that beat within the last ttl.
+_LIVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+"""
 
 
 def _raise_if_cancelled() -> None:
@@ -819,6 +853,13 @@ class RedisWorkQueue(WorkQueue):
         self._listener_lock = asyncio.Lock()
         self._claim_cursor = "0-0"
         self._problem: str | None = None
+        # Workers' heartbeats: consumer -> Redis time (ms) of its last beat.
+        self.workers_key = f"{base}:workers"
+        self._beat_script = self._redis.register_script(_BEAT)
+        self._live_script = self._redis.register_script(_LIVE)
+        self._monitor: asyncio.Task[None] | None = None
+        self._workers_problem: str | None = None
+        self._serving = False
 
     def result_key(self, request_id: str) -> str:
         return f"{self.base}:result:{request_id}"
@@ -828,13 +869,44 @@ class RedisWorkQueue(WorkQueue):
 
     @property
     def problem(self) -> str | None:
-        return self._problem
+        # A replica that consumes its own queue is a live worker whatever the last check saw.
+        return self._problem or (None if self._serving else self._workers_problem)
+
+    # ------------------------------------------------------------ worker liveness
+    async def live_workers(self) -> int:
+        """Workers that beat within the last min_idle_s (the same clock as message leases)."""
+        return int(await self._live_script(keys=[self.workers_key], args=[_ms(self.config.min_idle_s)]))
+
+    def _no_workers(self) -> Unavailable:
+        return Unavailable(
+            f"no worker is serving queue {self.config.name} (none has beaten within "
+            f"{self.config.min_idle_s:g} s); retry later"
+        )
+
+    async def _watch_workers(self) -> None:
+        """Keep `problem` (readiness) current on whether any worker is alive."""
+        from redis.exceptions import RedisError
+
+        every = min(self.config.min_idle_s / 3, 2.0)
+        while True:
+            await asyncio.sleep(every)  # first after a worker starting with us has beaten
+            try:
+                live = await self.live_workers()
+                self._workers_problem = None if live else self._no_workers().message
+            except RedisError:
+                pass  # `_problem` says Redis is unreachable
+
+    async def _beat(self) -> None:
+        await self._beat_script(
+            keys=[self.workers_key], args=[self.config.consumer, _ms(self.config.min_idle_s)]
+        )
 
     def _unreachable(self, exc: BaseException) -> Unavailable:
-        self._problem = f"Redis at {redact_url(self.config.redis_url or '')} unreachable"
-        return Unavailable(
-            f"cannot reach Redis at {redact_url(self.config.redis_url or '')}: {exc}"
-        )
+        """The error a caller sees: where Redis lives stays in the server's log."""
+        log.warning("queue %s: cannot reach Redis at %s: %s", self.base,
+                    redact_url(self.config.redis_url or ""), exc)
+        self._problem = REDIS_UNREACHABLE
+        return Unavailable(f"{REDIS_UNREACHABLE}; retry later")
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -844,13 +916,20 @@ class RedisWorkQueue(WorkQueue):
             await self._redis.ping()
             await self._ensure_group()
         except RedisError as exc:
-            raise self._unreachable(exc) from None
+            self._problem = REDIS_UNREACHABLE
+            # Startup: the operator reads this, so it says where.
+            raise Unavailable(
+                f"cannot reach Redis at {redact_url(self.config.redis_url or '')}: {exc}"
+            ) from None
         self._problem = None
+        if self.config.expect_workers:
+            self._monitor = asyncio.create_task(self._watch_workers(), name=f"workers-{self.base}")
 
     async def close(self) -> None:
-        if self._listener is not None:
-            await _cancel_and_wait([self._listener])
-            self._listener = None
+        for task in (self._listener, self._monitor):
+            if task is not None:
+                await _cancel_and_wait([task])
+        self._listener = self._monitor = None
         await self._redis.aclose()
 
     async def _ensure_group(self) -> None:
@@ -907,15 +986,27 @@ class RedisWorkQueue(WorkQueue):
         waiter = self._waiters.setdefault(request_id, _Waiter())
         waiter.count += 1
         first = True
+        next_live_check = loop.time()
         try:
             while True:
                 waiter.event.clear()  # before the check: a notification after it is kept
-                state, value = await self._enqueue_once(request_id, digest, text)
+                state, value = await self._enqueue_once(
+                    request_id, digest, text, enqueue=not self.config.expect_workers or not first
+                    or await self._has_workers(grace_s=min(self.config.min_idle_s, 2.0))
+                )
                 _raise_if_cancelled()
                 if state == "result":
                     if first:
                         self.stats.stored_hits += 1
                     return _unpack(request_id, self._decode_record(value), digest)
+                if state == "no-workers":
+                    raise self._no_workers()
+                if self.config.expect_workers and loop.time() >= next_live_check:
+                    # Every worker gone while we wait: say so now, not after timeout_s. The
+                    # work stays queued; a retry with the same id joins or reads its result.
+                    if not first and not await self._has_workers():
+                        raise _abandoned(self.config, request_id)
+                    next_live_check = loop.time() + min(self.config.min_idle_s / 3, 2.0)
                 if first:
                     if state == "queued":
                         self.stats.enqueued += 1
@@ -932,9 +1023,27 @@ class RedisWorkQueue(WorkQueue):
             if waiter.count == 0:
                 self._waiters.pop(request_id, None)
 
-    async def _enqueue_once(self, request_id: str, digest: str, text: str) -> tuple[str, str]:
+    async def _has_workers(self, grace_s: float = 0.0) -> bool:
+        """Whether a worker is alive, waiting up to `grace_s` for one (a worker starting)."""
+        from redis.exceptions import RedisError
+
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while True:
+            try:
+                if await self.live_workers() > 0:
+                    return True
+            except RedisError as exc:
+                raise self._unreachable(exc) from None
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+
+    async def _enqueue_once(
+        self, request_id: str, digest: str, text: str, enqueue: bool = True
+    ) -> tuple[str, str]:
         """One run of the enqueue script: ("result", record), ("inflight", digest) or
-        ("queued", message id); a full queue or an id reused for another payload raises."""
+        ("queued", message id), or ("no-workers", "") where `enqueue` is false and there is
+        nothing to join; a full queue or an id reused for another payload raises."""
         from redis.exceptions import RedisError
 
         try:
@@ -946,6 +1055,7 @@ class RedisWorkQueue(WorkQueue):
                     text,
                     _ms(self.config.inflight_ttl_s),
                     self.config.max_length,
+                    1 if enqueue else 0,
                 ],
             )
         except RedisError as exc:
@@ -987,11 +1097,17 @@ class RedisWorkQueue(WorkQueue):
         tasks: set[asyncio.Task[None]] = set()
         next_claim = 0.0
         next_prune = loop.time() + _PRUNE_EVERY_S
+        next_beat = 0.0
         backoff = 0.0
-        await self._ensure_group()
+        self._serving = True
         try:
+            await self._ensure_group()
             while not stop.is_set():
                 _raise_if_cancelled()
+                if loop.time() >= next_beat:
+                    with contextlib.suppress(RedisError):  # the read below reports Redis' state
+                        await self._beat()
+                        next_beat = loop.time() + min(self.config.min_idle_s / 6, 1.0)
                 free = self.config.concurrency - len(tasks)
                 if free <= 0:
                     await asyncio.wait(
@@ -1035,7 +1151,10 @@ class RedisWorkQueue(WorkQueue):
                     task.add_done_callback(tasks.discard)
             if tasks:  # graceful stop: finish (and acknowledge) what was taken
                 await asyncio.gather(*list(tasks), return_exceptions=True)
+            with contextlib.suppress(RedisError):  # gone now, not after min_idle_s
+                await self._redis.zrem(self.workers_key, self.config.consumer)
         finally:
+            self._serving = False
             # Cancelled (a hard stop): what was taken stays pending, and another
             # worker claims it after min_idle_s, as if this process had died.
             await _cancel_and_wait(list(tasks))

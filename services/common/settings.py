@@ -48,7 +48,18 @@ class ServiceSettings(BaseSettings):
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         (), description="Accepted API keys, comma-separated in WMPO_API_KEYS."
     )
+    service_api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        description="Keys other wmpo services call this one with (comma-separated in "
+        "WMPO_SERVICE_API_KEYS), accepted besides WMPO_API_KEYS: a key the trainer sends the "
+        "simulator and judge need not be a client key, so it opens nothing else.",
+    )
     dev_mode: bool = Field(False, description="Allow running without API keys (loopback only).")
+    api_docs: Literal["off", "keyed", "public"] = Field(
+        "keyed",
+        description="The OpenAPI schema and its pages (/openapi.json, /docs, /redoc): keyed "
+        "(an API key needed, like every route but health), public (no key), or off (not served).",
+    )
     redis_url: str | None = Field(
         None, description="Redis for queue mode; unset: in-process queues."
     )
@@ -100,7 +111,7 @@ class ServiceSettings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "service_api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -129,13 +140,21 @@ class ServiceSettings(BaseSettings):
                 "no API keys configured: set WMPO_API_KEYS (comma-separated) or, for local "
                 "development only, WMPO_DEV_MODE=1 to run without authentication"
             )
-        if not self.dev_mode:
-            for i, key in enumerate(self.api_keys):
-                if len(key.get_secret_value()) < MIN_API_KEY_LENGTH:
-                    raise ValueError(
-                        f"API key #{i + 1} is {len(key.get_secret_value())} characters; at least "
-                        f"{MIN_API_KEY_LENGTH} required outside dev mode"
-                    )
+        if self.service_api_keys and not self.api_keys:
+            raise ValueError(
+                "WMPO_SERVICE_API_KEYS without WMPO_API_KEYS would leave client routes open; "
+                "set WMPO_API_KEYS too"
+            )
+        # Short keys are tolerated only where nobody else can reach the service: dev mode on
+        # loopback. A dev-mode service bound to another interface is exposed like any other.
+        if not (self.dev_mode and is_loopback(self.host)):
+            for kind, keys in (("API", self.api_keys), ("service API", self.service_api_keys)):
+                for i, key in enumerate(keys):
+                    if len(key.get_secret_value()) < MIN_API_KEY_LENGTH:
+                        raise ValueError(
+                            f"{kind} key #{i + 1} is {len(key.get_secret_value())} characters; "
+                            f"at least {MIN_API_KEY_LENGTH} required unless in dev mode on loopback"
+                        )
         return self
 
     @model_validator(mode="after")

@@ -18,9 +18,8 @@ from wmpo_client.codec import CodecError, from_proto
 from wmpo_client.proto import judge_pb2 as pb
 from wmpo_client.proto import judge_pb2_grpc, simulator_pb2
 
-from services.common.auth import ApiKeyAuth, AsyncApiKeyInterceptor
 from services.common.errors import InvalidArgument, grpc_error_boundary
-from services.common.grpc_util import bind_address, observed
+from services.common.grpc_util import bind_address, observed, server_interceptors
 from services.common.logging import is_valid_request_id, request_id_var
 from services.common.metrics import ServiceMetrics
 from services.judge.engine import check_video
@@ -197,7 +196,7 @@ def create_grpc_server(
     """A grpc.aio server (not started) for `runtime` on settings.host:grpc_port; returns the
     server and the bound port (useful with grpc_port 0)."""
     server = grpc.aio.server(
-        interceptors=[AsyncApiKeyInterceptor(ApiKeyAuth.from_settings(settings))],
+        interceptors=server_interceptors(settings),
         options=settings.grpc_options(),
     )
     judge_pb2_grpc.add_JudgeServicer_to_server(

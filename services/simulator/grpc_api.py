@@ -18,9 +18,8 @@ import numpy as np
 from wmpo_client.codec import CodecError, DTypeName, from_proto, to_proto
 from wmpo_client.proto import simulator_pb2, simulator_pb2_grpc, tensor_pb2
 
-from services.common.auth import ApiKeyAuth, AsyncApiKeyInterceptor
 from services.common.errors import InvalidArgument, grpc_error_boundary
-from services.common.grpc_util import bind_address, observed
+from services.common.grpc_util import bind_address, observed, server_interceptors
 from services.common.logging import is_valid_request_id, request_id_var
 from services.common.metrics import ServiceMetrics
 from services.simulator.engine import (
@@ -79,7 +78,13 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
 
     @staticmethod
     def _encoding(msg: Any) -> str:
-        return "png" if msg.frame_encoding == tensor_pb2.FRAME_ENCODING_PNG else "raw"
+        value = msg.frame_encoding
+        if value not in tensor_pb2.FrameEncoding.values():  # proto3 keeps unknown enum numbers
+            raise InvalidArgument(
+                f"frame_encoding: unknown value {value}; use FRAME_ENCODING_RAW (1) or "
+                "FRAME_ENCODING_PNG (2), or leave it unset for raw"
+            )
+        return "png" if value == tensor_pb2.FRAME_ENCODING_PNG else "raw"
 
     @staticmethod
     def _out(array: np.ndarray, name: str, encoding: str = "raw") -> tensor_pb2.Tensor:
@@ -115,6 +120,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
         self, request: simulator_pb2.ImagineRequest, context: grpc.aio.ServicerContext
     ) -> simulator_pb2.ImagineResponse:
         rid = self._request_id(request.request_id)
+        encoding = self._encoding(request)
         frames = self._tensor(request, "start_frames", "uint8", check_start_frames)
         cands = self._tensor(request, "candidates", "float32", check_candidates)
         result = await self.runtime.imagine(
@@ -127,7 +133,6 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
             verify=request.verify,
             verify_threshold=self._verify_threshold(request),
         )
-        encoding = self._encoding(request)
         v = result.verification
         return simulator_pb2.ImagineResponse(
             request_id=rid,
@@ -202,6 +207,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
         self, request: simulator_pb2.CreateSessionRequest, context: grpc.aio.ServicerContext
     ) -> simulator_pb2.CreateSessionResponse:
         self._request_id(request.request_id)
+        encoding = self._encoding(request)
         frames = self._tensor(request, "start_frames", "uint8", check_start_frames)
         res = await self.runtime.sessions.create(
             frames,
@@ -213,7 +219,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
         return simulator_pb2.CreateSessionResponse(
             group_id=res.group_id or "",
             sessions=[self._info(s) for s in res.sessions],
-            observation=self._out(res.observation, "observation", self._encoding(request)),
+            observation=self._out(res.observation, "observation", encoding),
             provenance=res.provenance,
             timing=res.timing,
         )
@@ -224,6 +230,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
         self, request: simulator_pb2.StepSessionRequest, context: grpc.aio.ServicerContext
     ) -> simulator_pb2.StepSessionResponse:
         rid = self._request_id(request.request_id)
+        encoding = self._encoding(request)
         which, target = self._target(request)
         sessions = self.runtime.sessions
         expected = (
@@ -238,7 +245,6 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
         else:
             actions = self._tensor(request, "actions", "float32", check_group_actions)
             outcome = await sessions.step_group(target, actions, expected)
-        encoding = self._encoding(request)
         return simulator_pb2.StepSessionResponse(
             request_id=rid,
             results=[
@@ -260,13 +266,14 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
         self, request: simulator_pb2.ReplaySessionRequest, context: grpc.aio.ServicerContext
     ) -> simulator_pb2.ReplaySessionResponse:
         rid = self._request_id(request.request_id)
+        encoding = self._encoding(request)
         if not request.session_id:
             raise InvalidArgument("session_id is required")
         res = await self.runtime.sessions.replay(request.session_id, self._seed(request))
         return simulator_pb2.ReplaySessionResponse(
             request_id=rid,
             session_id=res.session_id,
-            frames=self._out(res.frames, "frames", self._encoding(request)),
+            frames=self._out(res.frames, "frames", encoding),
             seed=res.seed,
             provenance=res.provenance,
             timing=res.timing,
@@ -339,7 +346,7 @@ def create_grpc_server(
     options = [o for o in settings.grpc_options() if o[0] != "grpc.max_send_message_length"]
     options.append(("grpc.max_send_message_length", settings.max_response_bytes))
     server = grpc.aio.server(
-        interceptors=[AsyncApiKeyInterceptor(ApiKeyAuth.from_settings(settings))],
+        interceptors=server_interceptors(settings),
         options=options,
     )
     simulator_pb2_grpc.add_SimulatorServicer_to_server(

@@ -18,9 +18,8 @@ from wmpo_client.proto import simulator_pb2, trainer_pb2_grpc
 from wmpo_client.proto import trainer_pb2 as pb
 from wmpo_client.trainer_grpc import STATE_NAMES, job_message, spec_dict, step_message
 
-from services.common.auth import ApiKeyAuth, AsyncApiKeyInterceptor
 from services.common.errors import InvalidArgument, grpc_error_boundary
-from services.common.grpc_util import bind_address, health_response, observed
+from services.common.grpc_util import bind_address, health_response, observed, server_interceptors
 from services.common.metrics import ServiceMetrics
 from services.trainer.runtime import VERSION, TrainerRuntime, job_view
 from services.trainer.settings import TrainerSettings
@@ -123,7 +122,7 @@ def create_grpc_server(
     """A grpc.aio server (not started) for `runtime` on settings.host:grpc_port; returns the
     server and the bound port (useful with grpc_port 0)."""
     server = grpc.aio.server(
-        interceptors=[AsyncApiKeyInterceptor(ApiKeyAuth.from_settings(settings))],
+        interceptors=server_interceptors(settings),
         options=settings.grpc_options(),
     )
     trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(runtime), server)

@@ -57,7 +57,7 @@ from services.common.errors import Conflict, InvalidArgument, NotFound, Unavaila
 from services.common.health import Readiness
 from services.common.metrics import ServiceMetrics
 from services.common.queues import InProcessQueue, QueueConfig, RedisWorkQueue, WorkQueue
-from services.trainer.settings import TrainerSettings, check_simulator_urls
+from services.trainer.settings import DEFAULT_ENDPOINT, Endpoints, TrainerSettings
 from services.trainer.store import FINAL_STATES, STATES, JobRecord, make_store
 from wmpo.errors import ConfigError, UnknownTaskError
 from wmpo.rl.job import GRPOJobConfig
@@ -109,8 +109,9 @@ class JobSpec(BaseModel):
     policy: str = Field(
         min_length=1,
         max_length=4096,
-        description="Starting policy checkpoint: a directory on the trainer's filesystem with "
-        "model.safetensors and config.json (e.g. checkpoints/policy-base).",
+        description="Starting policy checkpoint: a directory with model.safetensors and "
+        "config.json under one of the trainer's policy roots (WMPO_POLICY_ROOTS), named "
+        "relative to one (policy-base) or as the trainer sees it (checkpoints/policy-base).",
     )
     tasks: list[str] = Field(
         default_factory=lambda: list(_default("tasks")),
@@ -139,12 +140,20 @@ class JobSpec(BaseModel):
         description="Real-MetaWorld evaluation episodes per task before and after (0: none).",
     )
     eval_workers: int = Field(_default("eval_workers"), ge=1, le=64)
+    endpoint: str | None = Field(
+        None,
+        max_length=64,
+        description="The endpoint set (simulator replicas and judge) to use, by the name the "
+        "trainer's operator gave it; null: its 'default' set (else an embedded stack).",
+    )
     simulator_url: str | list[str] | None = Field(
         None,
-        description="Simulator replicas: one http(s) URL, several comma-separated, or a list; "
-        "null: the trainer's WMPO_SIMULATOR_URL (else an embedded stack).",
+        description="Simulator replicas to use, among those of the endpoint set: one http(s) "
+        "URL, several comma-separated, or a list; null: all of the set's.",
     )
-    judge_url: str | None = Field(None, description="The judge service; null: the trainer's.")
+    judge_url: str | None = Field(
+        None, description="The judge service, which must be the endpoint set's; null: the set's."
+    )
     environment: Literal["imagination", "real"] = Field(
         _default("environment"),
         description="imagination: rollouts through the simulator and judge services; real: "
@@ -172,13 +181,31 @@ def parse_spec(spec: JobSpec | dict[str, Any]) -> JobSpec:
         raise InvalidArgument("invalid job: " + "; ".join(problems)) from None
 
 
-def _check_policy(path: str) -> str:
-    directory = Path(path).expanduser().resolve()
-    missing = [n for n in ("model.safetensors", "config.json") if not (directory / n).is_file()]
-    if missing:
+def _under(path: Path, roots: list[Path]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def _check_policy(name: str, settings: TrainerSettings) -> str:
+    """The resolved checkpoint directory `name` stands for, under one of the policy roots.
+
+    Every refusal has the same message whatever exists on disk, so the API cannot be used to
+    probe the trainer's filesystem outside its roots."""
+    roots = settings.policy_directories()
+    given = Path(name).expanduser()
+    candidates = [given] if given.is_absolute() else [given, *(root / given for root in roots)]
+    directory = None
+    for candidate in candidates:
+        resolved = candidate.resolve()  # symlinks and '..' resolved before the root check
+        if _under(resolved, roots) and all(
+            (resolved / n).is_file() for n in ("model.safetensors", "config.json")
+        ):
+            directory = resolved
+            break
+    if directory is None:
         raise InvalidArgument(
-            f"policy: no policy checkpoint at {path} (needs model.safetensors and config.json, "
-            f"missing {', '.join(missing)}); paths are on the trainer's filesystem"
+            f"policy: no policy checkpoint named {name!r} under the trainer's policy roots "
+            "(WMPO_POLICY_ROOTS); name a directory holding model.safetensors and config.json, "
+            "e.g. checkpoints/policy-base"
         )
     manifest = directory / "manifest.json"
     if manifest.is_file():
@@ -187,7 +214,7 @@ def _check_policy(path: str) -> str:
         except (OSError, ValueError, AttributeError):
             kind = None
         if kind not in (None, "policy"):
-            raise InvalidArgument(f"policy: {path} is a {kind} checkpoint, not a policy")
+            raise InvalidArgument(f"policy: {name} is a {kind} checkpoint, not a policy")
     return str(directory)
 
 
@@ -200,28 +227,11 @@ def resolve_job(spec: JobSpec, job_id: str, settings: TrainerSettings) -> GRPOJo
     except UnknownTaskError as exc:
         raise InvalidArgument(f"tasks: {exc}") from None
     if spec.environment == "real":
-        for name in ("simulator_url", "judge_url"):
+        for name in ("endpoint", "simulator_url", "judge_url"):
             if getattr(spec, name) is not None:
                 raise InvalidArgument(f"{name}: a job in the real environment uses no {name}")
         return _validated(GRPOJobConfig(**_config_values(spec, tasks, job_id, settings)))
-    sim_url: str | None
-    if spec.simulator_url is None:
-        sim_url = settings.simulator_url
-    else:
-        urls = spec.simulator_url if isinstance(spec.simulator_url, str) else ",".join(spec.simulator_url)
-        try:
-            sim_url = check_simulator_urls(urls)
-        except ValueError as exc:
-            raise InvalidArgument(f"simulator_url: {exc}") from None
-    judge_url = spec.judge_url or settings.judge_url
-    if judge_url is not None and not judge_url.startswith(("http://", "https://")):
-        raise InvalidArgument(f"judge_url: must be an http(s) URL such as http://judge:8001, got {judge_url!r}")
-    if (sim_url is None) != (judge_url is None):
-        missing = "judge_url" if judge_url is None else "simulator_url"
-        raise InvalidArgument(
-            f"{missing}: a job needs both simulator_url and judge_url (in the job, or the "
-            "trainer's WMPO_SIMULATOR_URL / WMPO_JUDGE_URL), or neither (an embedded stack)"
-        )
+    sim_url, judge_url = _endpoints(spec, settings)
     return _validated(GRPOJobConfig(
         **_config_values(spec, tasks, job_id, settings),
         simulator_url=sim_url,
@@ -231,10 +241,71 @@ def resolve_job(spec: JobSpec, job_id: str, settings: TrainerSettings) -> GRPOJo
     ))
 
 
+def _url(value: str) -> str:
+    return value.strip().rstrip("/")
+
+
+def _endpoints(spec: JobSpec, settings: TrainerSettings) -> tuple[str | None, str | None]:
+    """(simulator URLs comma-separated, judge URL) for the job, both from the operator's endpoint
+    sets (the trainer sends its service keys there, so a caller never chooses a host); (None,
+    None) for an embedded stack, only when no set is configured."""
+    sets = settings.endpoint_sets()
+    known = ", ".join(sets) or "none"
+    if spec.endpoint is not None and spec.endpoint not in sets:
+        raise InvalidArgument(
+            f"endpoint: this trainer has no endpoint set {spec.endpoint!r}; its sets: {known}"
+        )
+    if not sets:
+        for name in ("simulator_url", "judge_url"):
+            if getattr(spec, name) is not None:
+                raise InvalidArgument(
+                    f"{name}: this trainer is configured with no simulator or judge service (its "
+                    f"jobs run an embedded stack); leave {name} unset"
+                )
+        return None, None
+    if spec.simulator_url is None:
+        wanted = None
+    else:
+        listed = [spec.simulator_url] if isinstance(spec.simulator_url, str) else spec.simulator_url
+        wanted = [_url(u) for item in listed for u in item.split(",") if u.strip()]
+        if not wanted:
+            raise InvalidArgument("simulator_url: give at least one URL, or leave it unset")
+    # The set: named, else 'default', else the one set holding the job's simulators.
+    chosen = sets.get(spec.endpoint or DEFAULT_ENDPOINT)
+    if chosen is None and wanted is not None:
+        holding = [e for e in sets.values() if set(wanted) <= {_url(u) for u in e.simulators}]
+        chosen = holding[0] if holding else None
+    if chosen is None:
+        field = "simulator_url" if wanted is not None else "endpoint"
+        raise InvalidArgument(
+            f"{field}: name the endpoint set to use (this trainer has no 'default' set); its "
+            f"sets: {known}"
+        )
+    allowed = [_url(u) for u in chosen.simulators]
+    for url in wanted or []:
+        if url not in allowed:
+            raise InvalidArgument(
+                f"simulator_url: {url[:200]!r} is not a simulator of endpoint set "
+                f"{_set_name(sets, chosen)!r}; a job may only use the services the trainer is "
+                f"configured with (its sets: {known})"
+            )
+    if spec.judge_url is not None and _url(spec.judge_url) != _url(chosen.judge_url):
+        raise InvalidArgument(
+            f"judge_url: {spec.judge_url[:200]!r} is not the judge of endpoint set "
+            f"{_set_name(sets, chosen)!r}; a job may only use the services the trainer is "
+            f"configured with (its sets: {known})"
+        )
+    return ",".join(wanted or allowed), chosen.judge_url
+
+
+def _set_name(sets: dict[str, Endpoints], chosen: Endpoints) -> str:
+    return next(name for name, e in sets.items() if e is chosen)
+
+
 def _config_values(spec: JobSpec, tasks: list[str], job_id: str, settings: TrainerSettings) -> dict[str, Any]:
-    values = spec.model_dump(exclude={"job_id", "simulator_url", "judge_url"})
+    values = spec.model_dump(exclude={"job_id", "endpoint", "simulator_url", "judge_url"})
     out = str((Path(settings.trainer_dir) / "jobs" / job_id / "out").resolve())
-    return {**values, "tasks": tasks, "policy": _check_policy(spec.policy), "out": out}
+    return {**values, "tasks": tasks, "policy": _check_policy(spec.policy, settings), "out": out}
 
 
 def _validated(cfg: GRPOJobConfig) -> GRPOJobConfig:
@@ -246,7 +317,10 @@ def _validated(cfg: GRPOJobConfig) -> GRPOJobConfig:
 
 
 def spec_digest(spec: JobSpec) -> str:
-    text = json.dumps(spec.model_dump(exclude={"job_id"}), sort_keys=True)
+    values = spec.model_dump(exclude={"job_id"})
+    if values["endpoint"] is None:
+        del values["endpoint"]  # the digest of a job submitted before the field existed
+    text = json.dumps(values, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -292,6 +366,8 @@ class TrainerRuntime:
         config = dataclasses.replace(
             config,
             concurrency=1,
+            # Jobs are durable records: one queued while no worker runs waits for one.
+            expect_workers=False,
             max_deliveries=_DELIVERIES,
             # Look for handed-back or orphaned jobs often (one XAUTOCLAIM per second): a job
             # handed back on shutdown is claimable after the retry delay, not min_idle_s / 2.
@@ -498,6 +574,11 @@ class TrainerRuntime:
                 f"(step {record.step}) is kept",
             )
         cfg = GRPOJobConfig(**{k: v for k, v in record.config.items() if k in _CONFIG_FIELDS})
+        stale = _unconfigured(cfg, self.settings)
+        if stale:  # the operator removed it since the job was queued: no key goes there
+            return await self._finish(
+                job_id, "failed", error=f"{stale} is no longer one of the trainer's endpoints"
+            )
         history = checkpoint_history(cfg.out)
         await self.store.set_history(job_id, history)
         await self.store.update(
@@ -575,6 +656,19 @@ class TrainerRuntime:
 
 
 _CONFIG_FIELDS = {f.name for f in fields(GRPOJobConfig)}
+
+
+def _unconfigured(cfg: GRPOJobConfig, settings: TrainerSettings) -> str | None:
+    """A service URL of the job that the trainer's endpoint sets no longer list, if any."""
+    sets = settings.endpoint_sets().values()
+    simulators = {_url(u) for e in sets for u in e.simulators}
+    judges = {_url(e.judge_url) for e in sets}
+    for url in (cfg.simulator_url or "").split(","):
+        if url.strip() and _url(url) not in simulators:
+            return f"simulator {url}"
+    if cfg.judge_url and _url(cfg.judge_url) not in judges:
+        return f"judge {cfg.judge_url}"
+    return None
 
 
 def _describe_files(directory: Path) -> list[dict[str, Any]]:

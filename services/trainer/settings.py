@@ -5,20 +5,31 @@ The shared knobs (host, ports, API keys, Redis, queue timing) come from
 (8002 / 50053) differ from the simulator's and the judge's so all three run
 side by side on one host.
 
-Where a job's imagination runs: the job's own `simulator_url` / `judge_url`,
-else `WMPO_SIMULATOR_URL` / `WMPO_JUDGE_URL` here, else an embedded stack (the
+Where a job's imagination runs is the operator's choice, never the caller's: the
+trainer sends its service keys along, so it only talks to services configured
+here. `WMPO_SIMULATOR_URL` / `WMPO_JUDGE_URL` are the endpoint set named
+"default"; `WMPO_ENDPOINTS` adds named sets (JSON, e.g.
+`{"gpu-b": {"simulator_url": "http://sim-b:8000", "judge_url": "http://judge-b:8001"}}`)
+that a job picks with `endpoint`. A job may also name replicas by URL, but only
+URLs of a configured set. With no set at all, each job runs an embedded stack (the
 simulator and judge in this process, from `WMPO_EMBEDDED_WORLD_MODEL` and
-`WMPO_EMBEDDED_JUDGE`), started per job: handy in development, slow to start
-for many jobs.
+`WMPO_EMBEDDED_JUDGE`): handy in development, slow to start for many jobs.
+
+A job's starting `policy` names a checkpoint under `WMPO_POLICY_ROOTS` (by
+default the bundled `checkpoints` and the trainer's own data directory, where
+earlier jobs' policies live), never an arbitrary server path.
 """
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from services.common.settings import ServiceSettings
 
 DEFAULT_DIR = "runs/trainer"
+DEFAULT_ENDPOINT = "default"
 
 
 def check_simulator_urls(value: str) -> str:
@@ -30,6 +41,35 @@ def check_simulator_urls(value: str) -> str:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"must be http(s) URLs such as http://simulator:8000, got {url!r}")
     return ",".join(urls)
+
+
+def check_judge_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http(s) URL such as http://judge:8001, got {value!r}")
+    return value
+
+
+class Endpoints(BaseModel):
+    """One set of services a job can run against: simulator replicas and their judge."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    simulator_url: str = Field(description="Simulator replicas, comma-separated http(s) URLs.")
+    judge_url: str
+
+    @field_validator("simulator_url")
+    @classmethod
+    def _simulators(cls, value: str) -> str:
+        return check_simulator_urls(value)
+
+    @field_validator("judge_url")
+    @classmethod
+    def _judge(cls, value: str) -> str:
+        return check_judge_url(value)
+
+    @property
+    def simulators(self) -> list[str]:
+        return self.simulator_url.split(",")
 
 
 class TrainerSettings(ServiceSettings):
@@ -48,6 +88,17 @@ class TrainerSettings(ServiceSettings):
         description="Simulator replicas (comma-separated http(s) URLs) for jobs that name none.",
     )
     judge_url: str | None = Field(None, description="Judge service for jobs that name none.")
+    endpoints: dict[str, Endpoints] = Field(
+        default_factory=dict,
+        description="More endpoint sets jobs may choose by name (JSON object: name -> "
+        "{simulator_url, judge_url}); WMPO_SIMULATOR_URL / WMPO_JUDGE_URL are the set "
+        "named 'default'.",
+    )
+    policy_roots: str = Field(
+        "",
+        description="Directories a job's starting policy must lie under (comma-separated); "
+        "empty: ./checkpoints and the trainer's data directory.",
+    )
     simulator_api_key: SecretStr | None = Field(
         None, description="API key the trainer sends to the simulator."
     )
@@ -91,6 +142,39 @@ class TrainerSettings(ServiceSettings):
     @field_validator("judge_url")
     @classmethod
     def _judge_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http(s) URL such as http://judge:8001, got {value!r}")
+        return None if value is None else check_judge_url(value)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoint_names(cls, value: dict[str, Endpoints]) -> dict[str, Endpoints]:
+        for name in value:
+            if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"endpoint names are 1 to 64 of [A-Za-z0-9_-], got {name!r}")
         return value
+
+    @model_validator(mode="after")
+    def _default_endpoints(self) -> TrainerSettings:
+        if (self.simulator_url is None) != (self.judge_url is None):
+            raise ValueError(
+                "set both WMPO_SIMULATOR_URL and WMPO_JUDGE_URL (the 'default' endpoint set), "
+                "or neither"
+            )
+        if self.simulator_url is not None and DEFAULT_ENDPOINT in self.endpoints:
+            raise ValueError(
+                f"WMPO_ENDPOINTS names a set {DEFAULT_ENDPOINT!r}, which WMPO_SIMULATOR_URL / "
+                "WMPO_JUDGE_URL already define"
+            )
+        return self
+
+    def endpoint_sets(self) -> dict[str, Endpoints]:
+        """Every endpoint set jobs may use, by name ('default' first, when configured)."""
+        sets = {}
+        if self.simulator_url is not None and self.judge_url is not None:
+            sets[DEFAULT_ENDPOINT] = Endpoints(simulator_url=self.simulator_url, judge_url=self.judge_url)
+        return {**sets, **self.endpoints}
+
+    def policy_directories(self) -> list[Path]:
+        """The resolved roots a job's policy must lie under."""
+        roots = [r.strip() for r in self.policy_roots.split(",") if r.strip()]
+        roots = roots or ["checkpoints", self.trainer_dir]
+        return [Path(r).expanduser().resolve() for r in roots]

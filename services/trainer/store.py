@@ -252,12 +252,12 @@ class RedisJobStore(JobStore):
         from redis.exceptions import RedisError
 
         from services.common.errors import Unavailable
-        from services.common.queues import redact_url
+        from services.common.queues import REDIS_UNREACHABLE, redact_url
 
         try:
             await self._redis.ping()
         except RedisError as exc:
-            self._problem = f"Redis at {redact_url(self.redis_url)} unreachable"
+            self._problem = REDIS_UNREACHABLE
             raise Unavailable(f"cannot reach Redis at {redact_url(self.redis_url)}: {exc}") from None
         self._problem = None
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -54,7 +55,7 @@ from wmpo.sampling.world_model import WorldModel
 RELEASE = "wmpo"
 CUSTOM_KINDS = {"ScaledObject", "ServiceMonitor"}  # CRDs: no schema in kubernetes-validate
 # Settings the chart sets itself in every pod (flags, the Secret, per-role env).
-COMMON_MANAGED = frozenset({"host", "port", "grpc_port", "api_keys", "dev_mode", "redis_url",
+COMMON_MANAGED = frozenset({"host", "port", "grpc_port", "api_keys", "service_api_keys", "dev_mode", "redis_url",
                             "queue_worker", "queue_consumer"})
 
 
@@ -196,6 +197,8 @@ def launch(
         monkeypatch.setattr(module, "serve", serve)
     monkeypatch.setattr(server, "load_world_model", load_world_model)
     monkeypatch.setattr(judge_server, "load_classifier", load_classifier)
+    for name in [n for n in os.environ if n.startswith("WMPO_")]:
+        monkeypatch.delenv(name)  # a pod sees its own environment, not the last pod's
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
@@ -465,7 +468,8 @@ def test_services_call_each_other_with_accepted_keys(case, start) -> None:
         _, deployment = resolve(docs, getattr(settings, url_field))
         assert component(deployment) == callee, (caller, url_field)
         key = getattr(settings, key_field)
-        accepted = {k.get_secret_value() for k in pods[callee].settings.api_keys}
+        callee_settings = pods[callee].settings
+        accepted = {k.get_secret_value() for k in (*callee_settings.api_keys, *callee_settings.service_api_keys)}
         assert key is not None and key.get_secret_value() in accepted, (caller, key_field)
 
 
@@ -503,11 +507,14 @@ def test_probes_hit_the_real_health_routes(docs, start, redis_prefix: str, tmp_p
                 assert ports[probe["port"]] == pod.settings.port
                 response = client.get(probe["path"])
                 assert response.status_code == 200, (component(deployment), kind, response.text)
-            # /metrics needs a key: the one the ServiceMonitor sends works.
+            # /metrics needs a key: the one the ServiceMonitor sends works; the key the services
+            # send each other opens the simulator and the judge, never the trainer.
             assert client.get(METRICS_PATH).status_code == 401
-            for key in (secrets["metrics-api-key"], secrets["service-api-key"]):
+            called = pod.service in ("simulator", "judge") and not pod.worker
+            for key, works in ((secrets["metrics-api-key"], True), (secrets["service-api-key"], called)):
                 metrics = client.get(METRICS_PATH, headers={"Authorization": f"Bearer {key}"})
-                assert metrics.status_code == 200 and "wmpo_" in metrics.text
+                assert (metrics.status_code == 200 and "wmpo_" in metrics.text) == works, (
+                    component(deployment), works)
 
 
 def test_gpu_limits(default_docs, all_docs) -> None:
@@ -573,7 +580,10 @@ def test_no_default_api_key(helm: str, default_docs) -> None:
     second = secret_data(render(helm))["wmpo-secrets"]
     assert first["api-keys"] != second["api-keys"]
     assert len(first["api-keys"]) >= 32 and "," not in first["api-keys"]
-    assert first["metrics-api-key"] == first["service-api-key"] == first["api-keys"]
+    assert first["metrics-api-key"] == first["api-keys"]
+    # The services' own key is another random key, not a client key.
+    assert len(first["service-api-key"]) >= 32 and first["service-api-key"] != first["api-keys"]
+    assert first["service-api-key"] != second["service-api-key"]
     assert first["api-keys"] not in (CHART / "values.yaml").read_text()
 
 
@@ -581,7 +591,7 @@ def test_given_keys_and_existing_secret(helm: str, all_docs) -> None:
     keys = yaml.safe_load(ALL_FEATURES.read_text())["apiKeys"]["keys"]
     data = secret_data(all_docs)["wmpo-secrets"]
     assert data["api-keys"] == ",".join(keys) and data["metrics-api-key"] == keys[0]
-    assert data["service-api-key"] == keys[0]
+    assert data["service-api-key"] not in keys and len(data["service-api-key"]) >= 32
 
     existing = ["--set", "apiKeys.existingSecret=team-keys", "--set", "apiKeys.existingSecretKey=keys"]
     docs = render(helm, *existing, "--set", "serviceMonitor.enabled=true")
@@ -608,6 +618,9 @@ def test_given_keys_and_existing_secret(helm: str, all_docs) -> None:
     for (_, variable), ref in refs(docs).items():
         key = "keys" if variable == "WMPO_API_KEYS" else "service-key"
         assert ref == {"name": "team-keys", "key": key}, variable
+    # ... which the called services accept besides the client keys; the trainer does not.
+    accepting = {d for d, v in refs(docs) if v == "WMPO_SERVICE_API_KEYS"}
+    assert accepting == {"wmpo-simulator", "wmpo-judge"}
 
 
 # ------------------------------------------------------------------ routing and scaling

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from wmpo.data.episodes import atomic_write_bytes
@@ -42,7 +43,29 @@ def save_train_state(path: Path, **state: Any) -> None:
     atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
 
 
+# What a training state may hold besides tensors and plain Python values: numpy scalars (metrics
+# in the history). Nothing else is unpickled, so a file planted on a shared volume cannot run code.
+_STATE_GLOBALS: list[Any] = [np._core.multiarray.scalar, np.dtype] + [
+    type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.bool_)
+]
+
+
 def load_train_state(path: Path) -> dict[str, Any] | None:
+    """The state `save_train_state` wrote, loaded with torch's weights-only unpickler."""
     if not path.exists():
         return None
-    return torch.load(path, weights_only=False)  # our own file, written by save_train_state
+    with torch.serialization.safe_globals(_STATE_GLOBALS):
+        return torch.load(path, weights_only=True)
+
+
+def wsd_lr(step: int, base: float, total: int, warmup: int, decay_frac: float = 0.2) -> float:
+    """Warmup-stable-decay: linear warmup, constant ``base``, then a cosine decay to zero over
+    the last ``decay_frac`` of ``total``. Made for open-ended runs: until the decay starts the
+    schedule does not depend on ``total``, so a run can be extended by raising it."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    decay_start = total - int(decay_frac * total)
+    if step < decay_start:
+        return base
+    progress = (step - decay_start) / max(1, total - decay_start)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))

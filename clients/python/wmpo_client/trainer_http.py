@@ -177,8 +177,9 @@ class TrainerClient(JobMethods):
         """Submit a GRPO job; returns it (queued). `policy` is a checkpoint directory on the
         trainer's filesystem; `options` are the job's fields (tasks, steps, groups_per_step,
         group_size, chunks, temperature, lr, epochs, minibatch, max_sampling_rounds, verify,
-        max_grad_norm, seed, eval_episodes, eval_workers, simulator_url, judge_url, environment,
-        real_budget)."""
+        max_grad_norm, seed, eval_episodes, eval_workers, endpoint, simulator_url, judge_url,
+        environment, real_budget). `endpoint` names one of the trainer's configured endpoint
+        sets; `simulator_url` / `judge_url` may only name URLs the trainer is configured with."""
         body = job_spec(policy, job_id, options)
         return self._call("POST", "/v1/jobs", lambda r: job_from_json(r.json()), body)
 

@@ -44,6 +44,7 @@ SPEC_FIELDS: tuple[str, ...] = (
     "eval_workers",
     "simulator_url",
     "judge_url",
+    "endpoint",
     "environment",
     "real_budget",
 )

@@ -131,7 +131,7 @@ def test_http_dev_mode_without_keys_lets_everything_through() -> None:
 
 
 def test_openapi_documents_both_schemes(client: TestClient) -> None:
-    schemes = client.get("/openapi.json").json()["components"]["securitySchemes"]
+    schemes = client.get("/openapi.json", headers={"x-api-key": KEY_A}).json()["components"]["securitySchemes"]
     assert schemes["ApiKey"] == {"type": "apiKey", "in": "header", "name": "x-api-key"}
     assert schemes["Bearer"]["scheme"] == "bearer"
 

@@ -97,6 +97,29 @@ def test_malformed_json_is_a_422_with_a_clear_message(client: TestClient) -> Non
     assert "JSON decode error" in r.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type", "says"),
+    [
+        (b"{not json", "application/json", "the body is not valid JSON: JSON decode error at character 1"),
+        (b"{not json", "text/plain", "body: not a JSON object"),
+        (b'{"x": 1}', "application/x-www-form-urlencoded", "Content-Type: application/json"),
+    ],
+)
+def test_a_body_that_is_not_json_is_a_422_that_says_so(
+    client: TestClient, body: bytes, content_type: str, says: str
+) -> None:
+    r = client.post("/echo", content=body, headers={**H, "content-type": content_type})
+    assert r.status_code == 422 and says in r.json()["error"]["message"], r.text
+
+
+@pytest.mark.parametrize(("kind", "status", "seconds"), [("exhausted", 429, "1"), ("unavailable", 503, "2")])
+def test_429_and_503_tell_the_client_when_to_retry(
+    client: TestClient, kind: str, status: int, seconds: str
+) -> None:
+    r = client.get(f"/raise/{kind}", headers=H)
+    assert r.status_code == status and r.headers["retry-after"] == seconds
+
+
 def test_framework_errors_use_the_same_body(client: TestClient) -> None:
     r = client.get("/no/such/route", headers=H)
     assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"

@@ -75,4 +75,4 @@ def test_metrics_route_serves_the_text_format() -> None:
     assert r.headers["content-type"].startswith("text/plain")
     assert 'wmpo_queue_depth{service="metrics-route"} 2.0' in r.text
     assert "process_resident_memory_bytes" in r.text  # from prometheus-client's process collector
-    assert "/metrics" not in client.get("/openapi.json").json()["paths"]
+    assert "/metrics" not in client.get("/openapi.json", headers=H).json()["paths"]

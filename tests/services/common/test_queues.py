@@ -60,6 +60,8 @@ def config(kind: str, redis_url: str, prefix: str, **overrides: Any) -> QueueCon
         "block_s": 0.1,
         "poll_s": 0.2,
         "timeout_s": 15.0,
+        # The contract tests queue work before any worker exists; the liveness test turns it on.
+        "expect_workers": False,
     }
     values.update(overrides)
     return QueueConfig(**values)
@@ -519,5 +521,69 @@ def test_a_message_that_keeps_killing_its_workers_is_dead_lettered_unprocessed(
             [(_, entry)] = r.xrange(h.producer.dead_key)
             assert entry["rid"] == "poison-1" and "worker died" in entry["error"]
         r.close()
+
+    asyncio.run(scenario())
+
+
+# ------------------------------------------------------------------ worker liveness (Redis)
+
+
+def test_with_no_live_worker_readiness_fails_and_submit_answers_at_once(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """An API replica whose workers are all gone says so (readiness, 503 at once) instead of
+    holding requests for timeout_s; a request already waiting is told as soon as the last
+    worker is gone, and its work stays queued for a retry."""
+
+    async def handler(payload: Payload) -> Payload:
+        if payload.get("slow"):
+            await asyncio.sleep(30)
+        return {"v": payload["v"] + 1}
+
+    async def scenario() -> None:
+        async with Harness("redis", redis_url, redis_prefix, timeout_s=60.0, expect_workers=True) as h:
+            producer = h.producer
+            assert isinstance(producer, RedisWorkQueue)
+            await eventually(lambda: producer.problem is not None, timeout=5)
+            assert "no worker is serving queue test.q" in str(producer.problem)
+            t0 = time.monotonic()
+            with pytest.raises(Unavailable, match="no worker is serving queue test.q"):
+                await producer.submit("early-1", {"v": 1})
+            assert time.monotonic() - t0 < 3.0  # not timeout_s (60 s)
+            assert redis_client(redis_url).xlen(producer.stream_key) == 0  # nothing queued
+
+            stop = asyncio.Event()
+            _, task = await h.worker(handler, consumer="w1", stop=stop)
+            assert await producer.submit("late-1", {"v": 1}) == {"v": 2}
+            await eventually(lambda: producer.problem is None, timeout=5)
+
+            # The only worker dies (cancelled: what it took stays pending) while a request waits.
+            waiting = asyncio.create_task(producer.submit("slow-1", {"v": 1, "slow": True}))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            t0 = time.monotonic()
+            with pytest.raises(Unavailable, match="stays queued: retry with the same request id"):
+                await waiting
+            assert time.monotonic() - t0 < 5.0
+            await eventually(lambda: producer.problem is not None, timeout=5)
+
+    asyncio.run(scenario())
+
+
+def test_a_client_facing_redis_error_does_not_name_the_redis_host() -> None:
+    async def scenario() -> None:
+        # Never started (a replica whose Redis went away after startup): submit must fail clean.
+        queue = RedisWorkQueue(
+            QueueConfig(name="q", redis_url="redis://cache.internal.example:1/0", expect_workers=False)
+        )
+        try:
+            with pytest.raises(Unavailable) as err:
+                await queue.submit("r-1", {"v": 1}, timeout=1.0)
+            assert "Redis is unreachable" in err.value.message
+            assert "cache.internal.example" not in err.value.message and ":1" not in err.value.message
+            assert queue.problem is not None and "cache.internal" not in queue.problem
+        finally:
+            await queue.close()
 
     asyncio.run(scenario())

@@ -63,6 +63,22 @@ def test_refuses_short_keys_outside_dev_mode() -> None:
     assert load_settings(api_keys="short", dev_mode=True).auth_enabled
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.5"])
+def test_dev_mode_on_an_exposed_host_still_refuses_short_keys(host: str) -> None:
+    with pytest.raises(SettingsError, match="API key #1 is 1 characters.*dev mode on loopback"):
+        load_settings(host=host, api_keys="x", dev_mode=True)
+    assert load_settings(host=host, api_keys=KEY_A, dev_mode=True).auth_enabled
+
+
+def test_service_keys_are_accepted_besides_client_keys_and_obey_the_same_floor() -> None:
+    s = load_settings(api_keys=KEY_A, service_api_keys="svc-0123456789abcdef")
+    assert [k.get_secret_value() for k in s.service_api_keys] == ["svc-0123456789abcdef"]
+    with pytest.raises(SettingsError, match="service API key #1 is 3 characters"):
+        load_settings(api_keys=KEY_A, service_api_keys="svc")
+    with pytest.raises(SettingsError, match="WMPO_SERVICE_API_KEYS without WMPO_API_KEYS"):
+        load_settings(service_api_keys="svc-0123456789abcdef", dev_mode=True)
+
+
 def test_keys_never_appear_in_repr_or_errors() -> None:
     s = load_settings(api_keys=KEY_A)
     assert KEY_A not in repr(s) and KEY_A not in str(s)

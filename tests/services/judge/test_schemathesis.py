@@ -139,7 +139,7 @@ def api_schema(classifier) -> Iterator[Any]:
         s = judge_settings(dev_mode=True, max_request_bytes=4 * 1024**2, max_wait_ms=2.0)
     runtime = RUNTIMES[0] = JudgeRuntime(classifier, s)
     app = create_judge_app(s, runtime)
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app)  # starts the lifespan
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers=AUTH)  # starts the lifespan
     schema.hook(flatmap_body)
     try:
         yield schema

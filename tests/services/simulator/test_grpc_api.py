@@ -32,7 +32,9 @@ def with_server(
         await server.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                await scenario(Stub(channel))
+                stub = Stub(channel)
+                stub.channel = channel  # type: ignore[attr-defined]  # for raw-bytes calls
+                await scenario(stub)
         finally:
             await server.stop(0)
             await runtime.stop()
@@ -221,3 +223,35 @@ def test_a_retried_step_is_idempotent_over_grpc(world_model) -> None:
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     with_server(world_model, scenario)
+
+
+def test_an_unknown_frame_encoding_and_corrupt_bytes_are_invalid_argument(
+    world_model, caplog: pytest.LogCaptureFixture
+) -> None:
+    """HTTP refuses frame_encoding 99 with a 422; gRPC must refuse it too, and bytes that are
+    not a message at all are the caller's error, not UNKNOWN with a traceback in the log."""
+
+    async def scenario(stub: Stub) -> None:
+        err = await rpc_error(stub.Imagine(imagine_request(frame_encoding=99), metadata=AUTH, timeout=10))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "frame_encoding" in err.details()
+        create = pb.CreateSessionRequest(start_frames=to_proto(frames()[0]), frame_encoding=7)
+        err = await rpc_error(stub.CreateSession(create, metadata=AUTH, timeout=10))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown value 7" in err.details()
+
+        channel: grpc.aio.Channel = stub.channel  # type: ignore[attr-defined]
+        for method in ("Imagine", "ImagineStream", "CreateSession"):
+            path = f"/wmpo.v1.Simulator/{method}"
+            if method == "ImagineStream":
+                call = channel.unary_stream(path)(b"\xff\xff\xff\xff", metadata=AUTH, timeout=10)
+                err = await rpc_error(call.read())
+            else:
+                err = await rpc_error(channel.unary_unary(path)(b"\xff\xff\xff\xff", metadata=AUTH, timeout=10))
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, err)
+            assert "not a valid protobuf message" in err.details()
+        # Without a key, corrupt bytes are still refused as unauthenticated first.
+        err = await rpc_error(channel.unary_unary("/wmpo.v1.Simulator/Imagine")(b"\xff\xff", timeout=10))
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    caplog.set_level("ERROR")
+    with_server(world_model, scenario)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text

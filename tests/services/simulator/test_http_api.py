@@ -282,7 +282,7 @@ def test_full_queue_is_429_while_work_is_running(world_model) -> None:
 
 
 def test_openapi_documents_the_routes(client: TestClient) -> None:
-    paths = client.get("/openapi.json").json()["paths"]
+    paths = client.get("/openapi.json", headers=AUTH).json()["paths"]
     for path in [
         "/v1/imagine",
         "/v1/imagine/stream",
@@ -421,12 +421,12 @@ def test_a_retried_step_is_idempotent(client: TestClient) -> None:
     for gone in (sid, group["group_id"]):
         kind = "groups" if gone.startswith("g-") else "sessions"
         assert client.delete(f"/v1/{kind}/{gone}", headers=AUTH).status_code == 200
-    step_doc = client.get("/openapi.json").json()["paths"]["/v1/sessions/{session_id}/step"]
+    step_doc = client.get("/openapi.json", headers=AUTH).json()["paths"]["/v1/sessions/{session_id}/step"]
     assert "409" in step_doc["post"]["responses"]
 
 
 def test_the_documented_request_examples_work(client: TestClient) -> None:
-    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    schemas = client.get("/openapi.json", headers=AUTH).json()["components"]["schemas"]
 
     def example(name: str, i: int = 0) -> dict:
         return schemas[name]["examples"][i]

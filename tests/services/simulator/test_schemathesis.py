@@ -75,7 +75,7 @@ def api_schema() -> Iterator[Any]:
             session_sweep_s=1.0,
         )
     app = create_simulator_app(s, SimulatorRuntime(load_world_model(CHECKPOINT), s))
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app)  # starts the lifespan
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers=AUTH)  # starts the lifespan
     schemathesis_hooks.register(schema)
     client = asgi.get_client(app)
 

@@ -127,10 +127,10 @@ def test_with_no_reachable_replica_a_call_fails_with_a_clear_error(start: StartS
 
 
 def test_a_job_with_no_reachable_simulator_fails_with_the_reason(make_trainer: Any, stack: Any) -> None:
-    trainer = make_trainer()
     dead = f"http://127.0.0.1:{free_port()}"
+    trainer = make_trainer(endpoints={"dead": {"simulator_url": dead, "judge_url": stack.judge_http_url}})
     with TrainerClient(trainer.http_url, timeout=120) as http:
-        job = http.submit(POLICY, simulator_url=dead, **TINY)
+        job = http.submit(POLICY, endpoint="dead", **TINY)
         final = http.wait(job.job_id)
     assert final.state == "failed" and final.step == 0
     assert "no simulator replica could create a group" in final.error and dead in final.error
@@ -161,7 +161,7 @@ def test_a_job_survives_a_simulator_replica_killed_mid_rollout(
     caplog.set_level(logging.WARNING, "wmpo.rl.imagination")
     try:
         wait_ready(url, doomed, log)
-        trainer = make_trainer(**redis_settings(redis_url, redis_prefix))
+        trainer = make_trainer(simulator_url=f"{url},{stack.http_url}", **redis_settings(redis_url, redis_prefix))
         with TrainerClient(trainer.http_url, timeout=300) as http:
             # The doomed replica is listed first: the first group is created there.
             job = http.submit(POLICY, simulator_url=[url, stack.http_url], **{**TINY, "chunks": 6})

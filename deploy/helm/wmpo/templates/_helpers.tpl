@@ -91,6 +91,12 @@ apiKeys.serviceKeySecretKey, else its API key entry itself (then a single key). 
 {{- else }}{{ default .Values.apiKeys.existingSecretKey .Values.apiKeys.serviceKeySecretKey }}{{ end }}
 {{- end }}
 
+{{/* "true" when the service key is an entry of its own (the chart's Secret, or
+apiKeys.serviceKeySecretKey): the services it calls then accept it as WMPO_SERVICE_API_KEYS. */}}
+{{- define "wmpo.separateServiceKey" -}}
+{{- if or (not .Values.apiKeys.existingSecret) .Values.apiKeys.serviceKeySecretKey }}true{{ end }}
+{{- end }}
+
 {{/* Queue mode: a Redis URL given inline or through an existing Secret. */}}
 {{- define "wmpo.redisEnabled" -}}
 {{- if or .Values.redis.url .Values.redis.existingSecret }}true{{ end }}
@@ -145,8 +151,9 @@ the URLs of the chart's other services (a URL set in `settings` wins). Call with
 
 {{/*
 Environment of every container: settings from its ConfigMap (envFrom), secrets by
-reference. Call with (dict "root" $ "consumeQueue" BOOL "serviceKeyEnv" NAMES "extraEnv" LIST):
-serviceKeyEnv, the variables that get the service key (e.g. WMPO_JUDGE_API_KEY).
+reference. Call with (dict "root" $ "consumeQueue" BOOL "serviceKeyEnv" NAMES "extraEnv" LIST
+"acceptServiceKey" BOOL): serviceKeyEnv, the variables that get the service key (e.g.
+WMPO_JUDGE_API_KEY); acceptServiceKey, whether other services call this one with it.
 */}}
 {{- define "wmpo.env" -}}
 - name: WMPO_API_KEYS
@@ -154,6 +161,13 @@ serviceKeyEnv, the variables that get the service key (e.g. WMPO_JUDGE_API_KEY).
     secretKeyRef:
       name: {{ include "wmpo.apiKeysSecretName" .root }}
       key: {{ include "wmpo.apiKeysSecretKey" .root }}
+{{- if and .acceptServiceKey (include "wmpo.separateServiceKey" .root) }}
+- name: WMPO_SERVICE_API_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "wmpo.apiKeysSecretName" .root }}
+      key: {{ include "wmpo.serviceKeySecretKey" .root }}
+{{- end }}
 {{- if include "wmpo.redisEnabled" .root }}
 - name: WMPO_REDIS_URL
   valueFrom:
