@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 HELM := $(VENV)/bin/helm
-CHART := deploy/helm/wmpo
+CHART := helm/wmpo
 # Kubernetes versions the rendered chart is validated against: the chart's floor
 # (Chart.yaml kubeVersion) and the newest kubernetes-validate ships.
 K8S_VERSIONS ?= 1.27.0 1.37.0
@@ -51,7 +51,7 @@ proto: setup
 # lint (values.schema.json), helm template with default and all-features values, the
 # rendered manifests against Kubernetes' schemas, then the tests of their properties.
 deploy-check: setup
-	$(VENV)/bin/hadolint deploy/docker/Dockerfile
+	$(VENV)/bin/hadolint docker/Dockerfile
 	$(HELM) lint --strict $(CHART)
 	$(HELM) lint --strict $(CHART) -f $(CHART)/ci/all-features-values.yaml
 	mkdir -p outputs/deploy-check

@@ -19,8 +19,8 @@ import dockerfile
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
-CHART = REPO / "deploy" / "helm" / "wmpo"
+DOCKERFILE = REPO / "docker" / "Dockerfile"
+CHART = REPO / "helm" / "wmpo"
 ALL_FEATURES = CHART / "ci" / "all-features-values.yaml"
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 

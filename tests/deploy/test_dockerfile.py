@@ -1,4 +1,4 @@
-"""The image's Dockerfile (deploy/docker/Dockerfile), checked without Docker: one image
+"""The image's Dockerfile (docker/Dockerfile), checked without Docker: one image
 for the simulator, the judge and the trainer (`wmpo serve SERVICE`).
 
 Parsed with Docker's own parser; hadolint lints it; its ENTRYPOINT + CMD and each service's
@@ -32,7 +32,7 @@ from wmpo import cli
 
 Instructions = tuple[dockerfile.Command, ...]
 SETTINGS = {"simulator": SimulatorSettings, "judge": JudgeSettings, "trainer": TrainerSettings}
-HEALTHCHECK_SCRIPT = REPO / "deploy" / "docker" / "healthcheck.py"
+HEALTHCHECK_SCRIPT = REPO / "docker" / "healthcheck.py"
 
 
 def arg_default(instructions: Instructions, name: str) -> str:

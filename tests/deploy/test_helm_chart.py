@@ -1,4 +1,4 @@
-"""The Helm chart (deploy/helm/wmpo), checked without a cluster.
+"""The Helm chart (helm/wmpo), checked without a cluster.
 
 helm lints and renders it with default values and with every optional feature on
 (ci/all-features-values.yaml); the standard resources are validated against the
