@@ -70,7 +70,7 @@ def start(service: str, port: int, log: Path, env: dict[str, str]) -> subprocess
     base = {k: v for k, v in os.environ.items() if not k.startswith("WMPO_")}
     out = log.open("wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "wmpo.cli", "serve", service, "--port", str(port),
+        [sys.executable, "-m", "services.cli", "serve", service, "--port", str(port),
          "--grpc-port", str(free_port())],
         cwd=ROOT, env={**base, "OMP_NUM_THREADS": "1", "WMPO_API_KEYS": KEY, **env},
         stdout=out, stderr=subprocess.STDOUT,

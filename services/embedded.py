@@ -6,8 +6,10 @@ first (its own app, its own free ports, same process; the simulator's ``judge_ur
 ``/v1/imagine`` with ``verify``) in background threads on free 127.0.0.1
 ports, in development mode (no API key, loopback only), and yields their addresses. Clients
 talk to them over real sockets, exactly as they would to a deployed cluster.
-``serve_trainer_in_thread`` serves the trainer the same way (its jobs reach the simulator and
-judge through their URLs); the optimizer will join this stack.
+The trainer is served the same way by ``services.trainer.server.serve_trainer_in_thread`` (its
+jobs reach the simulator and judge through their URLs, or through ``job_stack``, this stack per
+job); the optimizer will join this stack. Nothing here imports the trainer, so the trainer can
+use this module without an import cycle.
 """
 
 from __future__ import annotations
@@ -33,9 +35,6 @@ from services.judge.settings import JudgeSettings
 from services.simulator.runtime import SimulatorRuntime
 from services.simulator.server import build_app, world_model_from_settings
 from services.simulator.settings import SimulatorSettings
-from services.trainer.runtime import TrainerRuntime
-from services.trainer.server import build_app as build_trainer_app
-from services.trainer.settings import TrainerSettings
 from wmpo.judge.success import SuccessJudge
 
 BUNDLED_JUDGE = Path(__file__).resolve().parent.parent / "checkpoints" / "judge"
@@ -65,7 +64,7 @@ class EmbeddedStack:
 
 
 @contextmanager
-def _serve_app(
+def serve_app_in_thread(
     app: FastAPI, settings: ServiceSettings, name: str, start_timeout_s: float
 ) -> Iterator[tuple[str, str]]:
     """Run `app` (whose lifespan sets app.state.grpc_port) on uvicorn in a daemon thread;
@@ -104,7 +103,7 @@ def serve_in_thread(
     """Serve ``world_model`` with ``settings`` (ports 0 = any free port) until the block ends."""
     runtime = SimulatorRuntime(world_model, settings)
     app = build_app(runtime, settings)
-    with _serve_app(app, settings, "simulator", start_timeout_s) as (http_url, grpc_target):
+    with serve_app_in_thread(app, settings, "simulator", start_timeout_s) as (http_url, grpc_target):
         yield EmbeddedStack(http_url, grpc_target, runtime)
 
 
@@ -115,27 +114,8 @@ def serve_judge_in_thread(
     """Serve the judge (``classifier``, and a VLM if ``settings`` names one) until the block ends."""
     runtime = JudgeRuntime(classifier, settings)
     app = build_judge_app(runtime, settings)
-    with _serve_app(app, settings, "judge", start_timeout_s) as (http_url, grpc_target):
+    with serve_app_in_thread(app, settings, "judge", start_timeout_s) as (http_url, grpc_target):
         yield EmbeddedJudge(http_url, grpc_target, runtime)
-
-
-@dataclass(frozen=True)
-class EmbeddedTrainer:
-    http_url: str  # http://127.0.0.1:PORT
-    grpc_target: str  # 127.0.0.1:PORT
-    runtime: TrainerRuntime
-
-
-@contextmanager
-def serve_trainer_in_thread(
-    settings: TrainerSettings, start_timeout_s: float = 60.0
-) -> Iterator[EmbeddedTrainer]:
-    """Serve the trainer (its jobs use ``settings``' simulator and judge, or an embedded stack
-    per job) until the block ends; on exit running jobs stop at their next step boundary."""
-    runtime = TrainerRuntime(settings)
-    app = build_trainer_app(runtime, settings)
-    with _serve_app(app, settings, "trainer", start_timeout_s) as (http_url, grpc_target):
-        yield EmbeddedTrainer(http_url, grpc_target, runtime)
 
 
 def _dev_settings(cls: type[Any], values: dict[str, Any]) -> Any:
@@ -146,6 +126,21 @@ def _dev_settings(cls: type[Any], values: dict[str, Any]) -> Any:
         return cls(**{"dev_mode": True, "host": "127.0.0.1", "port": 0, "grpc_port": 0, **values})
     finally:
         os.environ.update(saved)
+
+
+@contextmanager
+def job_stack(cfg: Any) -> Iterator[tuple[str, str]]:
+    """The stack a GRPO job without URLs runs against (``wmpo.rl.job.EmbeddedStack``): its world
+    model and judge checkpoints served here -> (simulator URL, judge URL)."""
+    with embedded_stack(cfg.world_model, cfg.judge, action_guidance=cfg.action_guidance) as stack:
+        yield stack.http_url, stack.judge_http_url
+
+
+@contextmanager
+def simulator_stack(world_model: str | Path, judge: str | Path | None) -> Iterator[str]:
+    """A simulator (with its judge, for verify) served here -> its HTTP URL."""
+    with embedded_stack(world_model, judge) as stack:
+        yield stack.http_url
 
 
 @contextmanager

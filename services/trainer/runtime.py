@@ -623,6 +623,7 @@ class TrainerRuntime:
         self, job_id: str, cfg: GRPOJobConfig, stop: threading.Event
     ) -> tuple[str, dict[str, Any] | None]:
         """In the worker thread: ("succeeded", result), ("cancelled", None) or ("interrupted", None)."""
+        from services.embedded import job_stack  # only jobs that run an embedded stack need it
         from wmpo.rl.job import run_grpo_job
         from wmpo.rl.trainer import Cancelled
 
@@ -649,6 +650,7 @@ class TrainerRuntime:
                 should_stop=lambda: stop.is_set() or cancel_requested(),
                 simulator_api_key=keys[0].get_secret_value() if keys[0] else None,
                 judge_api_key=keys[1].get_secret_value() if keys[1] else None,
+                embedded=job_stack,
             )
         except Cancelled:
             return ("cancelled" if cancel_requested() else "interrupted"), None

@@ -10,11 +10,15 @@ a replica only serves the API (submits, streams, downloads) and runs no jobs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from fastapi import FastAPI
 
 from services.common.app import KEEP_ALIVE_S, runtime_lifespan
 from services.common.logging import configure_logging
+from services.embedded import serve_app_in_thread
 from services.trainer.grpc_api import create_grpc_server
 from services.trainer.http_api import create_trainer_app
 from services.trainer.runtime import TrainerRuntime
@@ -28,6 +32,26 @@ def build_app(runtime: TrainerRuntime, settings: TrainerSettings, serve_grpc: bo
     grpc_server = (lambda: create_grpc_server(runtime, settings)) if serve_grpc else None
     lifespan = runtime_lifespan(runtime, grpc_server, settings.grpc_grace_s)
     return create_trainer_app(settings, runtime, lifespan=lifespan)
+
+
+@dataclass(frozen=True)
+class EmbeddedTrainer:
+    http_url: str  # http://127.0.0.1:PORT
+    grpc_target: str  # 127.0.0.1:PORT
+    runtime: TrainerRuntime
+
+
+@contextmanager
+def serve_trainer_in_thread(
+    settings: TrainerSettings, start_timeout_s: float = 60.0
+) -> Iterator[EmbeddedTrainer]:
+    """Serve the trainer in a background thread (free ports with port 0; its jobs use
+    ``settings``' endpoint sets, or an embedded stack per job) until the block ends; on exit
+    running jobs stop at their next step boundary."""
+    runtime = TrainerRuntime(settings)
+    app = build_app(runtime, settings)
+    with serve_app_in_thread(app, settings, "trainer", start_timeout_s) as (http_url, grpc_target):
+        yield EmbeddedTrainer(http_url, grpc_target, runtime)
 
 
 def serve(settings: TrainerSettings) -> None:

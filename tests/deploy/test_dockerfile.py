@@ -22,13 +22,14 @@ import pytest
 import yaml
 
 import wmpo
+from services import cli
 from services.common.health import HEALTH_PATHS
 from services.embedded import embedded_stack
 from services.judge.settings import JudgeSettings
 from services.simulator.settings import SimulatorSettings
 from services.trainer.settings import TrainerSettings
 from tests.deploy.conftest import CHART, DOCKERFILE, REPO, final_stage
-from wmpo import cli
+from wmpo import cli as core_cli
 
 Instructions = tuple[dockerfile.Command, ...]
 SETTINGS = {"simulator": SimulatorSettings, "judge": JudgeSettings, "trainer": TrainerSettings}
@@ -88,7 +89,7 @@ def test_bundled_checkpoints_resolve_in_the_image(instructions: Instructions) ->
     purelib = """$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"""
     assert link == f'ln -s /app/checkpoints "{purelib}/checkpoints"', link
     package_parent = Path(wmpo.__file__).resolve().parent.parent  # site-packages in the image
-    for bundled in (cli.BUNDLED_WORLD_MODEL, cli.BUNDLED_JUDGE, cli.BUNDLED_POLICY):
+    for bundled in (core_cli.BUNDLED_WORLD_MODEL, core_cli.BUNDLED_JUDGE, core_cli.BUNDLED_POLICY):
         assert bundled.parent == package_parent / "checkpoints", bundled
         assert (REPO / "checkpoints" / bundled.name / "model.safetensors").is_file(), bundled
 
@@ -117,7 +118,7 @@ def test_entrypoint_is_accepted_by_the_wmpo_parser(
     entrypoint: list[str], image_cmd: list[str], args: list[str] | None, command, worker: bool
 ) -> None:
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts[entrypoint[0]] == "wmpo.cli:main"
+    assert scripts[entrypoint[0]] == "services.cli:main"
     assert entrypoint[1:] == ["serve"] and image_cmd == ["simulator"]
     parsed = cli.build_parser().parse_args(entrypoint[1:] + (image_cmd if args is None else args))
     assert parsed.func is command

@@ -34,6 +34,7 @@ from fastapi.testclient import TestClient
 import services.judge.server as judge_server
 import services.simulator.server as server
 import services.trainer.server as trainer_server
+from services import cli
 from services.common.health import HEALTH_PATHS
 from services.common.metrics import METRICS_PATH
 from services.common.queues import QueueConfig, RedisWorkQueue
@@ -46,7 +47,6 @@ from services.simulator.settings import SimulatorSettings
 from services.trainer.runtime import TrainerRuntime
 from services.trainer.settings import TrainerSettings
 from tests.deploy.conftest import ALL_FEATURES, CHART, REDIS_URL, REPO
-from wmpo import cli
 from wmpo.judge.success import SuccessJudge
 from wmpo.sampling.world_model import WorldModel
 
@@ -202,7 +202,7 @@ def launch(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts.get(argv[0]) == "wmpo.cli:main", f"{argv[0]} is not the wmpo console script"
+    assert scripts.get(argv[0]) == "services.cli:main", f"{argv[0]} is not the wmpo console script"
     assert argv[1] == "serve", argv
     try:
         code = cli.main(argv[1:])

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from services.embedded import job_stack
 from wmpo.data.episodes import EpisodeDataset
 from wmpo.errors import ConfigError, WmpoError
 from wmpo.rl.job import GRPOJobConfig, run_grpo_job
@@ -25,7 +26,7 @@ def tiny(out) -> LifelongConfig:
 
 @pytest.mark.slow
 def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path):
-    ledger = run_lifelong(tiny(tmp_path))
+    ledger = run_lifelong(tiny(tmp_path), embedded=job_stack)
     (rnd,) = ledger["rounds"]
     assert rnd["collect"]["real_rollouts"] == 4 == ledger["real_rollouts_total"]
     assert rnd["collect"]["real-train"]["episodes_per_task"] == 3 and rnd["collect"]["real-val"]["episodes_per_task"] == 1
@@ -68,7 +69,7 @@ def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path
 
     # started again, every stage is found done and nothing runs twice
     mtime = (tmp_path / "round-0" / "world-model" / "model.safetensors").stat().st_mtime
-    again = run_lifelong(tiny(tmp_path))
+    again = run_lifelong(tiny(tmp_path), embedded=job_stack)
     assert again["rounds"] == ledger["rounds"]
     assert (tmp_path / "round-0" / "world-model" / "model.safetensors").stat().st_mtime == mtime
     # ... also when recorded before a field existed, the field being at its default now
@@ -76,7 +77,7 @@ def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path
     recorded = json.loads(path.read_text())
     del recorded["config"]["wm_lr"]
     path.write_text(json.dumps(recorded))
-    assert run_lifelong(tiny(tmp_path))["rounds"] == ledger["rounds"]
+    assert run_lifelong(tiny(tmp_path), embedded=job_stack)["rounds"] == ledger["rounds"]
     # ... but not with another configuration, whose artifacts would mix with these
     other = tiny(tmp_path)
     other.real_rollouts = 6

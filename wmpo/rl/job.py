@@ -1,8 +1,11 @@
 """A GRPO job end to end: connect to the services, evaluate, train in imagination, evaluate.
 
-The trainer reaches the world model and the judge only through their clients. With no URLs it
-starts the embedded stack (both services in this process, on loopback ports) from the given
-checkpoints, so the same job runs on a laptop or against a cluster. Before and after training
+The trainer reaches the world model and the judge only through their clients (the light client
+package). With no URLs the job runs against an embedded stack (both services in this process,
+on loopback ports) from the given checkpoints, so the same job runs on a laptop or against a
+cluster. The core library never imports the services: whoever runs a job in-process passes the
+stack's factory (``embedded``; the ``wmpo`` command and the trainer service pass
+``services.embedded.job_stack``). Before and after training
 the policy is evaluated in the real simulator on held-out seeds (greedy), so every job reports
 what counts: real success.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,8 @@ from wmpo.rl.imagination import ServiceGroupSimulator, ServiceRolloutJudge
 from wmpo.rl.trainer import GRPOConfig, train_grpo
 
 CHUNK_STEPS = 8  # env steps per action chunk (the policy's K)
+# A job's embedded stack: serves cfg.world_model and cfg.judge while open -> (simulator URL, judge URL).
+EmbeddedStack = Callable[["GRPOJobConfig"], AbstractContextManager[tuple[str, str]]]
 
 
 @dataclass
@@ -84,7 +90,8 @@ class GRPOJobConfig(GRPOConfig):
 
 @contextlib.contextmanager
 def service_clients(cfg: GRPOJobConfig, simulator_api_key: str | None = None,
-                    judge_api_key: str | None = None) -> Iterator[tuple[list[Any], Any]]:
+                    judge_api_key: str | None = None,
+                    embedded: EmbeddedStack | None = None) -> Iterator[tuple[list[Any], Any]]:
     """([simulator client per replica], judge client) for the configured URLs or an embedded stack.
     ``simulator_url`` may list several replicas, comma-separated (``ServiceGroupSimulator`` fails
     over between them)."""
@@ -93,10 +100,10 @@ def service_clients(cfg: GRPOJobConfig, simulator_api_key: str | None = None,
 
     with contextlib.ExitStack() as stack:
         if cfg.simulator_url is None:
-            from services.embedded import embedded_stack
-
-            emb = stack.enter_context(embedded_stack(cfg.world_model, cfg.judge, action_guidance=cfg.action_guidance))
-            sim_url, judge_url = emb.http_url, emb.judge_http_url
+            if embedded is None:
+                raise ConfigError("a job without --simulator-url / --judge-url runs an embedded stack, "
+                                  "which this caller does not provide (the wmpo command does)")
+            sim_url, judge_url = stack.enter_context(embedded(cfg))
         else:
             sim_url, judge_url = cfg.simulator_url, cfg.judge_url
         sims = [stack.enter_context(SimulatorClient(url.strip(), simulator_api_key, timeout=300.0))
@@ -137,11 +144,11 @@ def calibration_table(real: dict[str, Any], imagined: dict[str, float] | None) -
 def run_grpo_job(cfg: GRPOJobConfig, progress: bool = True,
                  on_step: Callable[[dict[str, Any]], None] | None = None,
                  should_stop: Callable[[], bool] | None = None, *, simulator_api_key: str | None = None,
-                 judge_api_key: str | None = None) -> dict[str, Any]:
+                 judge_api_key: str | None = None, embedded: EmbeddedStack | None = None) -> dict[str, Any]:
     """Evaluate (optional), train (in imagination, or in MetaWorld with ``environment="real"``),
     evaluate; resumes from ``cfg.out``. ``on_step`` and ``should_stop`` are passed to ``train_grpo``
     (a stop raises ``wmpo.rl.trainer.Cancelled``); the API keys are sent to the simulator and judge
-    services."""
+    services; ``embedded`` opens the stack a job without URLs runs against."""
     cfg.validate()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -177,7 +184,7 @@ def run_grpo_job(cfg: GRPOJobConfig, progress: bool = True,
         result["real_episodes"] = sum(h["groups_imagined"] for h in summary["history"]) * cfg.group_size
         result["real_episodes_this_run"] = real_sim.real_episodes
     else:
-        with service_clients(cfg, simulator_api_key, judge_api_key) as (sim, judge_client):
+        with service_clients(cfg, simulator_api_key, judge_api_key, embedded) as (sim, judge_client):
             groups = ServiceGroupSimulator(sim)
             summary = train_grpo(cfg.grpo(), groups, ServiceRolloutJudge(judge_client),
                                  progress=progress, on_step=on_step, should_stop=should_stop)

@@ -244,10 +244,11 @@ def _align_judge(cfg: LifelongConfig, r: int, rd: Path, world_model: str, judge:
             "threshold_chosen_on": threshold_sets, "val_by_set": per_set, **res}
 
 
-def _grpo(cfg: LifelongConfig, r: int, rd: Path, policy: str, world_model: str, judge: str) -> dict[str, Any]:
+def _grpo(cfg: LifelongConfig, r: int, rd: Path, policy: str, world_model: str, judge: str,
+          embedded: Any) -> dict[str, Any]:
     from wmpo.rl.job import run_grpo_job
 
-    job = run_grpo_job(cfg.grpo_job(policy, str(rd / "grpo"), world_model, judge, r))
+    job = run_grpo_job(cfg.grpo_job(policy, str(rd / "grpo"), world_model, judge, r), embedded=embedded)
     return {"policy": str(rd / "grpo" / "policy"), "world_model_sha256": checkpoint_sha(world_model),
             "judge_sha256": checkpoint_sha(judge), "start_policy_sha256": checkpoint_sha(policy),
             "simulator": job.get("simulator", {}), "calibration": job.get("calibration"),
@@ -264,8 +265,9 @@ def _evaluate(cfg: LifelongConfig, r: int, policy: str) -> dict[str, Any]:
     return {"policy_sha256": checkpoint_sha(policy), **{k: v for k, v in report.items() if k != "episodes_detail"}}
 
 
-def run_lifelong(cfg: LifelongConfig) -> dict[str, Any]:
-    """Run (or resume) the loop; returns the ledger (see the module docstring)."""
+def run_lifelong(cfg: LifelongConfig, embedded: Any = None) -> dict[str, Any]:
+    """Run (or resume) the loop; returns the ledger (see the module docstring). ``embedded``: the
+    factory of the stack each round's GRPO job runs against (``wmpo.rl.job.EmbeddedStack``)."""
     cfg.validate()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -290,7 +292,7 @@ def run_lifelong(cfg: LifelongConfig) -> dict[str, Any]:
         if cfg.judge_steps:
             judge = stage(r, "judge", partial(_align_judge, cfg, r, rd, world_model, judge, real))["path"]
         if cfg.grpo_steps:
-            policy = stage(r, "grpo", partial(_grpo, cfg, r, rd, policy, world_model, judge))["policy"]
+            policy = stage(r, "grpo", partial(_grpo, cfg, r, rd, policy, world_model, judge, embedded))["policy"]
         if cfg.eval_episodes:
             stage(r, "eval", partial(_evaluate, cfg, r, policy))
     ledger.data["real_rollouts_total"] = sum(x["collect"]["real_rollouts"] for x in ledger.data["rounds"])

@@ -15,24 +15,22 @@ Bounded (SCHEMATHESIS_MAX_EXAMPLES per operation, default 25) to stay well under
 from __future__ import annotations
 
 import base64
-import collections
 import io
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
 
 from services.judge.http_api import create_judge_app
 from services.judge.runtime import JudgeRuntime
+from tests.services.fuzzing import drop_credentials, fuzz, new_statuses, record
 from tests.services.judge.conftest import KEY
 from tests.services.judge.conftest import settings as judge_settings
 
@@ -40,17 +38,9 @@ AUTH = {"x-api-key": KEY}
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "25"))
 PUBLIC = {"/healthz", "/readyz"}
 FRAME = 64
-STATUSES: dict[tuple[str, str], collections.Counter[int]] = collections.defaultdict(
-    collections.Counter
-)
+STATUSES = new_statuses()
 RUNTIMES: dict[int, JudgeRuntime] = {}  # the runtime under test, for the last test
 
-_SETTINGS = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,  # the same cases on every run (CI)
-    suppress_health_check=list(HealthCheck),
-)
 
 
 # ------------------------------------------------------------------ bodies
@@ -147,45 +137,23 @@ def api_schema(classifier) -> Iterator[Any]:
         asgi.shutdown_lifespans()  # stops the runtime: engine and judge queue
 
 
-def fuzz(schema: Any, call: Callable[[Any], None]) -> None:
-    """`call(case)` for EXAMPLES generated cases per operation, valid and invalid ones mixed."""
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        strategy = st.one_of(
-            operation.as_strategy(GenerationMode.POSITIVE, hooks=schema.hooks),
-            operation.as_strategy(GenerationMode.NEGATIVE, hooks=schema.hooks),
-        )
-
-        @_SETTINGS
-        @given(case=strategy)
-        def run(case: Any) -> None:
-            call(case)
-
-        run()
-
-
-def _record(test: str, case: Any, status: int) -> None:
-    STATUSES[(test, f"{case.method.upper()} {case.path}")][status] += 1
-
-
 def test_no_server_error_with_a_key(api_schema: Any) -> None:
     def call(case: Any) -> None:
         response = case.call_and_validate(headers=AUTH, checks=[not_a_server_error])
-        _record("key", case, response.status_code)
+        record(STATUSES, "key", case, response.status_code)
 
-    fuzz(api_schema, call)
+    fuzz(api_schema, call, EXAMPLES)
 
 
 def test_no_server_error_and_401_without_a_key(api_schema: Any) -> None:
     def call(case: Any) -> None:
-        for name in [h for h in case.headers or {} if h.lower() in ("x-api-key", "authorization")]:
-            del case.headers[name]  # generated credentials are never valid ones
+        drop_credentials(case)
         response = case.call_and_validate(checks=[not_a_server_error])
-        _record("no key", case, response.status_code)
+        record(STATUSES, "no key", case, response.status_code)
         if case.path not in PUBLIC:
             assert response.status_code in (401, 413), (case.path, response.status_code)
 
-    fuzz(api_schema, call)
+    fuzz(api_schema, call, EXAMPLES)
 
 
 def test_the_fuzzing_reached_the_classifier() -> None:

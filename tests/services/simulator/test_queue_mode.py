@@ -20,6 +20,7 @@ import redis
 from fastapi.testclient import TestClient
 from wmpo_client.codec import from_json, to_json
 
+from services.cli import main
 from services.common.queues import QueueConfig, RedisWorkQueue
 from services.simulator.engine import EngineConfig, SimulatorEngine, seed_for_request
 from services.simulator.http_api import create_simulator_app
@@ -28,7 +29,6 @@ from services.simulator.runtime import SimulatorRuntime
 from services.simulator.server import build_worker_app
 from services.simulator.settings import SimulatorSettings
 from tests.services.simulator.conftest import KEY, CountingModel, actions, frames, settings
-from wmpo.cli import main
 from wmpo.errors import ConfigError
 
 AUTH = {"x-api-key": KEY}

@@ -21,17 +21,13 @@ phases).
 
 from __future__ import annotations
 
-import collections
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
 
@@ -39,6 +35,7 @@ from services.simulator.http_api import create_simulator_app
 from services.simulator.runtime import SimulatorRuntime
 from services.simulator.server import load_world_model
 from services.simulator.settings import SimulatorSettings
+from tests.services.fuzzing import drop_credentials, fuzz, new_statuses, record
 from tests.services.simulator import schemathesis_hooks
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -49,16 +46,8 @@ EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "12"))
 PUBLIC = {"/healthz", "/readyz"}
 
 # (test, method path) -> Counter of status codes; read by the last test of this module.
-STATUSES: dict[tuple[str, str], collections.Counter[int]] = collections.defaultdict(
-    collections.Counter
-)
+STATUSES = new_statuses()
 
-_SETTINGS = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,  # the same cases on every run (CI)
-    suppress_health_check=list(HealthCheck),
-)
 
 
 @pytest.fixture(scope="module")
@@ -91,31 +80,6 @@ def api_schema() -> Iterator[Any]:
         asgi.shutdown_lifespans()  # stops the runtime: engine, sessions, imagine queue
 
 
-def _record(test: str, case: Any, status: int) -> None:
-    STATUSES[(test, f"{case.method.upper()} {case.path}")][status] += 1
-
-
-def fuzz(schema: Any, call: Callable[[Any], None]) -> None:
-    """`call(case)` for EXAMPLES generated cases per operation, valid and invalid ones mixed.
-
-    Hypothesis drives the generation (and shrinks a failing case); a failure names the
-    operation and the minimal request.
-    """
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        strategy = st.one_of(
-            operation.as_strategy(GenerationMode.POSITIVE, hooks=schema.hooks),
-            operation.as_strategy(GenerationMode.NEGATIVE, hooks=schema.hooks),
-        )
-
-        @_SETTINGS
-        @given(case=strategy)
-        def run(case: Any) -> None:
-            call(case)
-
-        run()
-
-
 def test_no_server_error_with_a_key(api_schema: Any) -> None:
     def call(case: Any) -> None:
         schemathesis_hooks.before_call(None, case, {})  # maybe: real session / group ids
@@ -123,22 +87,21 @@ def test_no_server_error_with_a_key(api_schema: Any) -> None:
             response = case.call_and_validate(headers=AUTH, checks=[not_a_server_error])
         finally:
             schemathesis_hooks.after_call(None, case, None)
-        _record("key", case, response.status_code)
+        record(STATUSES, "key", case, response.status_code)
 
-    fuzz(api_schema, call)
+    fuzz(api_schema, call, EXAMPLES)
 
 
 def test_no_server_error_and_401_without_a_key(api_schema: Any) -> None:
     def call(case: Any) -> None:
-        for name in [h for h in case.headers or {} if h.lower() in ("x-api-key", "authorization")]:
-            del case.headers[name]  # generated credentials are never valid ones
+        drop_credentials(case)
         response = case.call_and_validate(checks=[not_a_server_error])
-        _record("no key", case, response.status_code)
+        record(STATUSES, "no key", case, response.status_code)
         if case.path not in PUBLIC:
             # Auth comes first; only an over-size body is refused earlier (413).
             assert response.status_code in (401, 413), (case.path, response.status_code)
 
-    fuzz(api_schema, call)
+    fuzz(api_schema, call, EXAMPLES)
 
 
 def test_the_fuzzing_reached_the_model() -> None:

@@ -23,12 +23,8 @@ import httpx
 import pytest
 import torch
 
-from services.embedded import (
-    EmbeddedStack,
-    EmbeddedTrainer,
-    embedded_stack,
-    serve_trainer_in_thread,
-)
+from services.embedded import EmbeddedStack, embedded_stack
+from services.trainer.server import EmbeddedTrainer, serve_trainer_in_thread
 from services.trainer.settings import TrainerSettings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -106,11 +102,11 @@ def free_port() -> int:
 
 
 def wmpo_process(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """`python -m wmpo.cli ARGS` from the repo root, with only our WMPO_* variables."""
+    """`python -m services.cli ARGS` from the repo root, with only our WMPO_* variables."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("WMPO_")}
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "wmpo.cli", *args],
+            [sys.executable, "-m", "services.cli", *args],
             cwd=ROOT,
             env={**base, "OMP_NUM_THREADS": "1", **env},
             stdout=out,

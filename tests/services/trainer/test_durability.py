@@ -18,7 +18,7 @@ import pytest
 import torch
 from wmpo_client import TrainerClient
 
-from services.embedded import serve_trainer_in_thread
+from services.trainer.server import serve_trainer_in_thread
 from services.trainer.settings import TrainerSettings
 from services.trainer.store import JobRecord, make_store
 from tests.services.trainer.conftest import (

@@ -13,37 +13,28 @@ Bounded (SCHEMATHESIS_MAX_EXAMPLES per operation, default 25) to stay under a mi
 
 from __future__ import annotations
 
-import collections
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 import schemathesis
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
 
 from services.trainer.http_api import create_trainer_app
 from services.trainer.runtime import TrainerRuntime
 from services.trainer.settings import TrainerSettings
+from tests.services.fuzzing import drop_credentials, fuzz, new_statuses, record
 from tests.services.trainer.conftest import KEY, POLICY, TASK
 
 AUTH = {"x-api-key": KEY}
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "25"))
 PUBLIC = {"/healthz", "/readyz"}
-STATUSES: dict[tuple[str, str], collections.Counter[int]] = collections.defaultdict(collections.Counter)
-
-_SETTINGS = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,  # the same cases on every run (CI)
-    suppress_health_check=list(HealthCheck),
-)
+STATUSES = new_statuses()
 
 
 def flatmap_body(context: Any, body: Any) -> st.SearchStrategy[Any]:
@@ -102,44 +93,23 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         client.close()
 
 
-def fuzz(schema: Any, call: Callable[[Any], None]) -> None:
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        strategy = st.one_of(
-            operation.as_strategy(GenerationMode.POSITIVE, hooks=schema.hooks),
-            operation.as_strategy(GenerationMode.NEGATIVE, hooks=schema.hooks),
-        )
-
-        @_SETTINGS
-        @given(case=strategy)
-        def run(case: Any) -> None:
-            call(case)
-
-        run()
-
-
-def _record(test: str, case: Any, status: int) -> None:
-    STATUSES[(test, f"{case.method.upper()} {case.path}")][status] += 1
-
-
 def test_no_server_error_with_a_key(api_schema: Any) -> None:
     def call(case: Any) -> None:
         response = case.call_and_validate(headers=AUTH, checks=[not_a_server_error])
-        _record("key", case, response.status_code)
+        record(STATUSES, "key", case, response.status_code)
 
-    fuzz(api_schema, call)
+    fuzz(api_schema, call, EXAMPLES)
 
 
 def test_no_server_error_and_401_without_a_key(api_schema: Any) -> None:
     def call(case: Any) -> None:
-        for name in [h for h in case.headers or {} if h.lower() in ("x-api-key", "authorization")]:
-            del case.headers[name]  # generated credentials are never valid ones
+        drop_credentials(case)
         response = case.call_and_validate(checks=[not_a_server_error])
-        _record("no key", case, response.status_code)
+        record(STATUSES, "no key", case, response.status_code)
         if case.path not in PUBLIC:
             assert response.status_code in (401, 413), (case.path, response.status_code)
 
-    fuzz(api_schema, call)
+    fuzz(api_schema, call, EXAMPLES)
 
 
 def test_the_fuzzing_reached_job_validation_and_queued_jobs() -> None:

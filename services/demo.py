@@ -55,13 +55,15 @@ def grpo_demo(out_dir: Path, policy_dir: Path, world_model_dir: Path, judge_dir:
               episodes: int, workers: int, task: str = "drawer-close-v3", steps: int = 2) -> dict:
     """A short GRPO job in imagination on one task; success in MetaWorld before (from step 2, same
     seeds) and after."""
+    from services.embedded import job_stack
     from wmpo.rl.job import GRPOJobConfig, run_grpo_job
 
     job_dir = out_dir / "grpo"
     shutil.rmtree(job_dir, ignore_errors=True)
-    job = run_grpo_job(GRPOJobConfig(policy=str(policy_dir), out=str(job_dir), tasks=[task], steps=steps,
-                                     groups_per_step=2, group_size=8, chunks=10, lr=3e-5,
-                                     world_model=str(world_model_dir), judge=str(judge_dir), seed=0))
+    cfg = GRPOJobConfig(policy=str(policy_dir), out=str(job_dir), tasks=[task], steps=steps, groups_per_step=2,
+                        group_size=8, chunks=10, lr=3e-5, world_model=str(world_model_dir), judge=str(judge_dir),
+                        seed=0)
+    job = run_grpo_job(cfg, embedded=job_stack)
     after = evaluate(EvalConfig(tasks=[task], source=SourceSpec("policy", checkpoint=str(job_dir / "policy"),
                                                                 temperature=0.0),
                                 episodes=episodes, workers=workers), progress=False)
@@ -91,7 +93,7 @@ def imagine_vs_real(out_dir: Path, policy_dir: Path, world_model_dir: Path, task
     from PIL import Image
     from wmpo_client import SimulatorClient
 
-    from services.embedded import embedded_stack  # the service layer, only for this step
+    from services.embedded import embedded_stack
     from wmpo.data.collect import EVAL_SEED_BASE
     from wmpo.envs import make_env
     from wmpo.models.policy import Policy
