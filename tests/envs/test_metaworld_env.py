@@ -95,3 +95,12 @@ def test_every_task_has_an_expert():
     assert len(ALL_TASKS) == 50
     for task in ALL_TASKS:
         assert make_expert(task).__class__.__name__ == expert_class_name(task)
+
+
+def test_play_split_holds_out_whole_tasks():
+    from wmpo.envs.tasks import HELDOUT_TASKS, PLAY_TASKS, POLICY_TASKS
+
+    assert len(PLAY_TASKS) >= 30 and len(HELDOUT_TASKS) >= 5
+    assert set(POLICY_TASKS) <= set(PLAY_TASKS) and not set(PLAY_TASKS) & set(HELDOUT_TASKS)
+    assert set(PLAY_TASKS) | set(HELDOUT_TASKS) == set(ALL_TASKS)
+    assert parse_tasks("play") == list(PLAY_TASKS) and parse_tasks("heldout") == list(HELDOUT_TASKS)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from wmpo.errors import ConfigError
-from wmpo.models.flow import FlowBatch, flow_matching_loss
+from wmpo.models.flow import FlowBatch, flow_matching_loss, moving_mask
 from wmpo.models.video_dit import PRESETS, VideoDiT, VideoDiTConfig
 
 
@@ -75,6 +75,31 @@ def test_flow_loss_trains_only_generated_frames():
     assert model.blocks[0].ada_action[-1].weight.grad.abs().sum() > 0
 
 
+def test_moving_mask_marks_what_moves_and_its_neighbours():
+    z = torch.zeros(1, 4, 4, 8, 8)
+    z[:, 2:, :, 3, 3] = 1.0  # a latent pixel appears at frame 2 and stays
+    m = moving_mask(z, threshold=0.1)  # (1, 4, 1, 8, 8)
+    assert m.shape == (1, 4, 1, 8, 8)
+    assert m[0, 2, 0, 2:5, 2:5].eq(1).all() and m[0, 2].sum() == 9  # dilated by one latent pixel
+    assert m[0, 0].sum() == 0 and m[0, 1].sum() == 0 and m[0, 3].sum() == 0
+
+
+def test_moving_weight_zero_is_the_plain_loss_and_weighting_shifts_it():
+    model = randomized(VideoDiT(PRESETS["tiny"])).train()
+    z, t, a, has, pos = inputs(model.config, f=6)
+    batch = FlowBatch(z, a, has, pos, torch.tensor([2, 4]))
+
+    def loss(**kw):
+        return flow_matching_loss(model, batch, torch.Generator().manual_seed(0), **kw)
+
+    assert torch.equal(loss(), loss(moving_weight=0.0))
+    # Random latents: every pixel "moves" at a low threshold (weighted mean = plain mean) and
+    # none at a huge one, so the weighting only matters where some pixels move and others not.
+    assert torch.allclose(loss(moving_weight=4.0, moving_threshold=1e-6), loss(), rtol=1e-5)
+    assert torch.allclose(loss(moving_weight=4.0, moving_threshold=1e6), loss(), rtol=1e-5)
+    assert not torch.allclose(loss(moving_weight=4.0, moving_threshold=1.0), loss(), rtol=1e-4)
+
+
 def test_bad_inputs_are_clear_errors():
     model = VideoDiT(PRESETS["tiny"])
     z, t, a, has, pos = inputs(model.config)
@@ -90,3 +115,6 @@ def test_presets_scale_by_configuration():
     assert PRESETS["xl-1.3b"].dim == 1536
     n = sum(p.numel() for p in VideoDiT(PRESETS["small"]).parameters())
     assert 2e6 < n < 10e6
+    play = PRESETS["play"]  # world model v2: 8x8-pixel tokens, about as many parameters
+    assert play.tokens_per_frame == 4 * PRESETS["small"].tokens_per_frame
+    assert 2e6 < sum(p.numel() for p in VideoDiT(play).parameters()) < 5e6

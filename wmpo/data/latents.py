@@ -3,16 +3,25 @@
 Frames are encoded once by the frozen autoencoder. With ``frame_stride`` s, latent frame k
 is the env frame at step k*s, and its actions are the s env actions that led into it
 (flattened to s*4 numbers); latent frame 0 has none. Episode tails shorter than s are dropped.
+
+Episodes are ordered by (task, seed, source) within each dataset, not by shard file (shard
+names are random), so the same data gives the same episode indices, validation split and
+training windows on any machine. ``encode_cached`` keeps the encoded latents in one file per
+run directory (replaced when the data or the autoencoder change): a resumed run skips the
+encoding, which takes minutes on a CPU for play-sized data.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from wmpo.data.episodes import EpisodeDataset
+from wmpo.data.episodes import EpisodeDataset, atomic_write_bytes
 from wmpo.models.autoencoder import FrameAutoencoder
 from wmpo.models.flow import FlowBatch
 
@@ -33,7 +42,9 @@ class LatentEpisodes:
         row = 0
         for p in paths:
             ds = EpisodeDataset.load(p)
-            for i in range(len(ds)):
+            order = sorted(range(len(ds)), key=lambda i: (ds.episodes[i]["task"], ds.episodes[i]["seed"],
+                                                          json.dumps(ds.episodes[i]["source"], sort_keys=True)))
+            for i in order:
                 ep = ds.episode(i)
                 n = ep.length // stride + 1  # latent frames
                 if n < min_frames:
@@ -49,6 +60,30 @@ class LatentEpisodes:
                 tasks.append(ds.episodes[i]["task"])
                 row += n
         return cls(torch.cat(lat), torch.cat(act), np.asarray(starts), np.asarray(lengths), tasks)
+
+    @classmethod
+    def encode_cached(cls, paths: list[str], ae: FrameAutoencoder, ae_id: str, stride: int, min_frames: int,
+                      cache_dir: str | Path) -> LatentEpisodes:
+        """``encode``, through ``<cache_dir>/latents-<key>.pt``; the key covers the autoencoder,
+        the stride and every shard file (name and size) of every dataset."""
+        shards = [[p, sorted((f.name, f.stat().st_size) for f in (Path(p) / "data").glob("shard-*.npz"))]
+                  for p in paths]
+        key = hashlib.sha256(json.dumps([ae_id, stride, min_frames, shards]).encode()).hexdigest()[:16]
+        cache_dir = Path(cache_dir)
+        path = cache_dir / f"latents-{key}.pt"
+        if path.exists():
+            d = torch.load(path, weights_only=True)
+            return cls(d["latents"], d["actions"], d["starts"].numpy(), d["lengths"].numpy(), d["tasks"])
+        data = cls.encode(paths, ae, stride, min_frames)
+        import io
+
+        buf = io.BytesIO()
+        torch.save({"latents": data.latents, "actions": data.actions, "starts": torch.from_numpy(data.starts),
+                    "lengths": torch.from_numpy(data.lengths), "tasks": data.tasks}, buf)
+        for old in cache_dir.glob("latents-*.pt"):  # replace, never accumulate
+            old.unlink()
+        atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+        return data
 
     def __len__(self) -> int:
         return len(self.starts)

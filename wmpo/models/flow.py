@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from wmpo.models.video_dit import VideoDiT
 
@@ -38,8 +39,21 @@ def noise_like(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
     return torch.randn(x.shape, generator=gen, dtype=x.dtype)
 
 
-def flow_matching_loss(model: VideoDiT, batch: FlowBatch, gen: torch.Generator | None = None,
-                       context_noise_max: float = 0.3, action_dropout: float = 0.0) -> torch.Tensor:
+def moving_mask(z0: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, F, C, h, w) clean latents -> (B, F, 1, h, w) float mask of latent pixels that change
+    from the previous frame by more than ``threshold`` (channel-mean |change|), dilated by one
+    latent pixel. Frame 0 (no previous frame) is all zeros; frame 1 follows the anchor, which is
+    not its predecessor in time, but frames 0 and 1 are always context, never in the loss."""
+    d = (z0[:, 1:] - z0[:, :-1]).abs().mean(2, keepdim=True)  # (B, F-1, 1, h, w)
+    m = (d > threshold).float()
+    m = F.max_pool2d(m.flatten(0, 1), 3, stride=1, padding=1).view_as(m)  # dilate by one latent pixel
+    return torch.cat([torch.zeros_like(m[:, :1]), m], dim=1)  # (B, F, 1, h, w)
+
+
+def flow_errors(model: VideoDiT, batch: FlowBatch, gen: torch.Generator | None = None,
+                context_noise_max: float = 0.3, action_dropout: float = 0.0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared velocity errors (B, F, C, h, w) and the generated-frame mask (B, F) as floats."""
     z0 = batch.latents
     b, f = z0.shape[:2]
     is_ctx = torch.arange(f)[None, :] < batch.n_context[:, None]  # (B, F)
@@ -54,6 +68,18 @@ def flow_matching_loss(model: VideoDiT, batch: FlowBatch, gen: torch.Generator |
     tt = t[..., None, None, None]
     zt = (1 - tt) * z0 + tt * eps
     v = model(zt, t, batch.actions, has_action, batch.positions)
-    err = ((v - (eps - z0)) ** 2).mean((2, 3, 4))  # (B, F)
-    gen_mask = (~is_ctx).float()
-    return (err * gen_mask).sum() / gen_mask.sum()
+    return (v - (eps - z0)) ** 2, (~is_ctx).float()  # (B, F, C, h, w), (B, F)
+
+
+def flow_matching_loss(model: VideoDiT, batch: FlowBatch, gen: torch.Generator | None = None,
+                       context_noise_max: float = 0.3, action_dropout: float = 0.0,
+                       moving_weight: float = 0.0, moving_threshold: float = 0.1) -> torch.Tensor:
+    """MSE of the velocity on the generated frames; moving latent pixels weighted by
+    ``1 + moving_weight`` (0: the plain MSE of the papers)."""
+    sq, gen_mask = flow_errors(model, batch, gen, context_noise_max, action_dropout)
+    if moving_weight <= 0:
+        err = sq.mean((2, 3, 4))  # (B, F)
+        return (err * gen_mask).sum() / gen_mask.sum()
+    w = 1.0 + moving_weight * moving_mask(batch.latents, moving_threshold)  # (B, F, 1, h, w)
+    w = w * gen_mask[..., None, None, None]
+    return (sq * w).sum() / (w.sum() * sq.shape[2])

@@ -69,6 +69,11 @@ class VideoDiTConfig:
 PRESETS: dict[str, VideoDiTConfig] = {
     "tiny": VideoDiTConfig(latent_channels=4, latent_size=8, patch=2, dim=32, depth=2, heads=2),  # tests
     "small": VideoDiTConfig(),  # bundled CPU model, 3.9M parameters
+    # World model v2 (play data, issue 15): patch 2 on the 16x16 latents, so one token covers
+    # 8x8 pixels instead of 16x16 (64 tokens per frame, not 16) and a 2-4 px puck is a quarter
+    # of a token, not a sixteenth; narrower and deeper than "small" to keep a 1-core training
+    # step at about 2.5 s for 16 windows of 9 frames. 3.3M parameters.
+    "play": VideoDiTConfig(patch=2, dim=128, depth=8, heads=4),
     "base": VideoDiTConfig(latent_channels=8, patch=2, dim=768, depth=12, heads=12),  # ~180M
     # Paper-scale shape (Wan2.1-1.3B-like width/depth) over 16x16 latents: same code, GPU-only.
     "xl-1.3b": VideoDiTConfig(latent_channels=8, patch=2, dim=1536, depth=24, heads=12, max_frames=32),

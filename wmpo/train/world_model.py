@@ -6,12 +6,27 @@ encoded once, then the DiT is trained with the rectified-flow objective of
 split). An exponential moving average of the weights is what gets saved and sampled.
 Resumable: ``<out>/train_state.pt`` is written every ``save_every`` steps, and a world-model
 checkpoint (autoencoder + EMA DiT) is refreshed at the same time so a long background run
-always leaves something usable.
+always leaves something usable. Resuming from ``train_state.pt`` is exact: the same weights,
+optimizer moments and data order as a run that never stopped.
+
+Across machines (``export``, e.g. ``checkpoints/world-model-v2`` in the repository): at every
+save the export directory is replaced (never accumulated) by the usable world model (fp16 EMA)
+plus a compact training state, ``resume.safetensors`` (the raw DiT weights in fp16 and the
+data-order generator) and ``resume.json`` (step, config, data command and fingerprint). A run
+started with the same command on a machine without ``<out>/train_state.pt`` continues from
+the export: raw weights and EMA from their fp16 copies, a fresh AdamW whose moments refill
+within about 1/(1 - beta2) = 100 steps while the learning rate re-warms over ``rewarm``
+steps, and the same data order. Not bit-identical (fp16 rounding, new moments), but it
+loses nothing but the steps since the last save. The Adam moments are left out on purpose:
+they would triple the committed state for a difference that lasts ~100 steps.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,15 +36,24 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from wmpo.data.episodes import atomic_write_json
 from wmpo.data.latents import LatentEpisodes
+from wmpo.data.play import expand_datasets
 from wmpo.errors import CheckpointError, ConfigError
 from wmpo.models.autoencoder import FrameAutoencoder
-from wmpo.models.flow import flow_matching_loss
+from wmpo.models.flow import FlowBatch, flow_errors, flow_matching_loss, moving_mask
 from wmpo.models.video_dit import PRESETS, VideoDiT, VideoDiTConfig
 from wmpo.sampling.rollout import SamplerConfig
 from wmpo.sampling.world_model import TorchWorldModel
-from wmpo.train.common import JsonlLog, cosine_lr, load_train_state, save_train_state
+from wmpo.train.common import JsonlLog, cosine_lr, load_train_state, save_train_state, wsd_lr
 from wmpo.utils.checkpoint import environment_info, load_checkpoint
+
+LR_SCHEDULES = ("cosine", "wsd")
+RESUME_WEIGHTS = "resume.safetensors"
+RESUME_JSON = "resume.json"
+# Config fields that may change when a run is resumed (bookkeeping, and ``steps``: with the
+# wsd schedule a run is extended by raising it before its decay starts).
+RESUMABLE_CHANGES = frozenset({"steps", "log_every", "eval_every", "save_every", "out", "export", "rewarm"})
 
 
 @dataclass
@@ -51,12 +75,27 @@ class WorldModelTrainConfig:
     eval_every: int = 500
     save_every: int = 500
     init: str | None = None  # fine-tune: start from this world model's DiT (its preset wins)
+    heldout_data: list[str] | None = None  # never trained on: the zero-shot validation loss
+    moving_weight: float = 0.0  # extra loss weight of moving latent pixels (wmpo.models.flow)
+    moving_threshold: float = 0.1
+    lr_schedule: str = "cosine"
+    decay_frac: float = 0.2  # wsd: the last fraction of steps decays to zero
+    export: str | None = None  # repository directory: usable checkpoint + compact resume state
+    rewarm: int = 100  # LR re-warmup steps after resuming from the export (fresh AdamW moments)
+    data_command: str | None = None  # how the data is rebuilt on a new machine (recorded)
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown DiT preset {self.preset!r}; valid: {', '.join(PRESETS)}")
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("--steps and --batch-size must be >= 1 and --lr > 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown --lr-schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
+        if self.moving_weight < 0 or self.moving_threshold <= 0:
+            raise ConfigError(f"--moving-weight must be >= 0 and --moving-threshold > 0, got "
+                              f"{self.moving_weight}, {self.moving_threshold}")
+        if not 0 < self.decay_frac <= 1 or self.rewarm < 1:
+            raise ConfigError(f"--decay-frac must be in (0, 1] and --rewarm >= 1, got {self.decay_frac}, {self.rewarm}")
         if not 2 <= self.window < PRESETS[self.preset].max_frames:
             raise ConfigError(f"--window must be in [2, {PRESETS[self.preset].max_frames - 1}]")
 
@@ -69,6 +108,73 @@ def load_autoencoder(directory: str) -> tuple[FrameAutoencoder, str]:
     if config.get("kind") != "autoencoder":
         raise CheckpointError(f"{directory} is a {config.get('kind')!r} checkpoint, not an autoencoder")
     return FrameAutoencoder.from_config_and_tensors(config, tensors, directory), manifest.get("weights_sha256", "")
+
+
+def check_resumable(saved: dict[str, Any] | None, cfg: WorldModelTrainConfig, where: Path) -> None:
+    """Refuse to continue a state written by a run with another configuration."""
+    if not saved:
+        return  # states written before configs were recorded
+    now = asdict(cfg)
+    diff = {k: (saved.get(k), now[k]) for k in now
+            if k not in RESUMABLE_CHANGES and k in saved and saved[k] != now[k]}
+    if diff:
+        parts = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in ((k, *v) for k, v in diff.items()))
+        raise ConfigError(f"{where} holds a run with another configuration ({parts}); resume with the same "
+                          f"settings, or use another --out/--export")
+
+
+def data_fingerprint(data: LatentEpisodes) -> dict[str, Any]:
+    """Which episodes a run trains on (tasks and lengths, in order); latents are recomputed per
+    machine, so they are not part of it."""
+    h = hashlib.sha256(json.dumps([data.tasks, data.lengths.tolist()]).encode()).hexdigest()[:16]
+    return {"episodes": len(data), "latent_frames": int(len(data.latents)), "sha256": h}
+
+
+def find_export(export: str | None) -> Path | None:
+    """The export directory with a resume state, or its previous copy if a swap was interrupted."""
+    if not export:
+        return None
+    for d in (Path(export), Path(export + ".old")):
+        if (d / RESUME_JSON).exists() and (d / RESUME_WEIGHTS).exists():
+            return d
+    return None
+
+
+def write_export(export: str, save_model: Any, dit: VideoDiT, gen: torch.Generator,
+                 state: dict[str, Any]) -> None:
+    """Replace ``export`` with the usable world model and the compact resume state: written to
+    a sibling temporary directory, then swapped in with two renames."""
+    from safetensors.torch import save_file
+
+    final = Path(export)
+    tmp = final.parent / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    sha = save_model(tmp)
+    tensors = {f"dit.{k}": v.detach().to(torch.float16).contiguous() for k, v in dit.state_dict().items()}
+    tensors["gen_state"] = gen.get_state().clone()
+    save_file(tensors, tmp / RESUME_WEIGHTS, metadata={"format": "wmpo-resume"})
+    atomic_write_json(tmp / RESUME_JSON, {**state, "world_model_sha256": sha})
+    old = final.parent / (final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_export(d: Path, dit: VideoDiT, ema: VideoDiT, gen: torch.Generator) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    meta = json.loads((d / RESUME_JSON).read_text())
+    tensors = load_file(d / RESUME_WEIGHTS)
+    gen.set_state(tensors.pop("gen_state"))
+    dit.load_state_dict({k[4:]: v.float() for k, v in tensors.items()})
+    model, _, manifest = load_checkpoint(d)
+    if manifest.get("weights_sha256") != meta.get("world_model_sha256"):
+        raise CheckpointError(f"{d}: the world model and {RESUME_JSON} come from different saves")
+    ema.load_state_dict({k[4:]: v.float() for k, v in model.items() if k.startswith("dit.")})
+    return meta
 
 
 def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict[str, Any]:
@@ -89,17 +195,23 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
                                     "latent_channels": ae.config.latent_channels,
                                     "latent_size": ae.config.latent_size})
     t_enc = time.time()
-    data = LatentEpisodes.encode(cfg.data, ae, dit_cfg.frame_stride, min_frames=cfg.window + 1)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = LatentEpisodes.encode_cached(expand_datasets(cfg.data), ae, ae_sha, dit_cfg.frame_stride,
+                                        cfg.window + 1, out / "cache" / "train")
     if len(data) < 2:
         raise ConfigError(f"need at least 2 episodes with >= {cfg.window + 1} latent frames, got {len(data)}")
+    heldout = (LatentEpisodes.encode_cached(expand_datasets(cfg.heldout_data), ae, ae_sha, dit_cfg.frame_stride,
+                                            cfg.window + 1, out / "cache" / "heldout") if cfg.heldout_data else None)
+    if heldout is not None and set(heldout.tasks) & set(data.tasks):
+        raise ConfigError(f"held-out data shares tasks with the training data: {sorted(set(heldout.tasks) & set(data.tasks))}")
     enc_seconds = time.time() - t_enc
+    fingerprint = data_fingerprint(data)
     rng = np.random.default_rng(cfg.seed)
     n_val = min(cfg.val_episodes, max(1, len(data) // 10))
     val_eps = np.sort(rng.choice(len(data), n_val, replace=False))
     train_eps = np.setdiff1d(np.arange(len(data)), val_eps)
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     dit = VideoDiT(dit_cfg)
     if cfg.init:
         dit.load_state_dict(init_wm.dit.state_dict())
@@ -108,38 +220,101 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
     opt = torch.optim.AdamW(dit.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(cfg.seed)
     start = 0
+    prior_seconds = 0.0  # training time of earlier sessions of this run
+    rewarm_from: int | None = None  # step of the last resume from the export (LR re-warms from there)
+    resumed_from = None
     state_path = out / "train_state.pt"
+    log = JsonlLog(out / "train_log.jsonl")
     if (st := load_train_state(state_path)) is not None:
+        check_resumable(st.get("config"), cfg, state_path)
         dit.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
         gen.set_state(st["gen"])
         start = st["step"]
-    log = JsonlLog(out / "train_log.jsonl")
+        rewarm_from = st.get("rewarm_from")
+        prior_seconds = st.get("train_seconds", 0.0)
+        resumed_from = str(state_path)
+    elif (exp := find_export(cfg.export)) is not None:
+        meta = json.loads((exp / RESUME_JSON).read_text())
+        check_resumable(meta.get("config"), cfg, exp)
+        load_export(exp, dit, ema, gen)
+        start = rewarm_from = meta["step"]
+        prior_seconds = meta.get("train_seconds", 0.0)
+        resumed_from = str(exp)
+        if meta.get("data") != fingerprint:
+            log.write(event="warning", step=start, message="the data differs from the exported run's "
+                      f"(there {meta.get('data')}, here {fingerprint}); rebuild it with {meta.get('data_command')!r}")
     log.write(event="start", step=start, episodes=len(data), latent_frames=len(data.latents),
-              encode_seconds=round(enc_seconds, 1), params=sum(p.numel() for p in dit.parameters()))
+              heldout_episodes=len(heldout) if heldout is not None else 0, data=fingerprint,
+              resumed_from=resumed_from, encode_seconds=round(enc_seconds, 1),
+              params=sum(p.numel() for p in dit.parameters()), threads=torch.get_num_threads())
+
+    def lr_at(step: int) -> float:
+        if cfg.lr_schedule == "wsd":
+            lr = wsd_lr(step, cfg.lr, cfg.steps, cfg.warmup, cfg.decay_frac)
+        else:
+            lr = cosine_lr(step, cfg.lr, cfg.steps, cfg.warmup)
+        if rewarm_from is not None:
+            lr *= min(1.0, (step - rewarm_from + 1) / cfg.rewarm)
+        return lr
+
+    def eval_losses(model: VideoDiT, eps: LatentEpisodes, pool: np.ndarray | None) -> tuple[float, float]:
+        """Plain velocity MSE on generated frames, and the same on moving latent pixels only,
+        over fixed windows and noise (the same every time)."""
+        g = torch.Generator().manual_seed(1234)
+        tot, n_tot, mov, n_mov = 0.0, 0.0, 0.0, 0.0
+        with torch.no_grad():
+            for _ in range(4):
+                batch: FlowBatch = eps.sample(cfg.batch_size, cfg.window, g, pool)
+                sq, gen_mask = flow_errors(model, batch, g)
+                gm = gen_mask[..., None, None, None]  # (B, F, 1, 1, 1)
+                m = moving_mask(batch.latents, cfg.moving_threshold) * gm
+                tot += float((sq * gm).sum())
+                n_tot += float(gm.sum()) * sq[0, 0].numel()
+                mov += float((sq * m).sum())
+                n_mov += float(m.sum()) * sq.shape[2]
+        return tot / n_tot, mov / max(n_mov, 1.0)
 
     def val_loss() -> float:
-        g = torch.Generator().manual_seed(1234)  # the same windows and noise every time
-        with torch.no_grad():
-            return float(np.mean([flow_matching_loss(ema, data.sample(cfg.batch_size, cfg.window, g, val_eps), g).item()
-                                  for _ in range(4)]))
+        return eval_losses(ema, data, val_eps)[0]
 
-    def save_world_model(step: int, final: bool) -> str:
+    def val_record() -> dict[str, float]:
+        v, vm = eval_losses(ema, data, val_eps)
+        rec = {"val_loss": v, "val_loss_moving": vm}
+        if heldout is not None:
+            h, hm = eval_losses(ema, heldout, None)
+            rec |= {"heldout_val_loss": h, "heldout_val_loss_moving": hm}
+        return rec
+
+    def save_world_model(step: int, final: bool, where: Path | None = None) -> str:
         manifest = {
             "kind": "world-model",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "complete": final,
             "training": {**asdict(cfg), "step": step, "seconds": round(time.time() - t0, 1)},
-            "data": {"datasets": cfg.data, "episodes": len(data), "latent_frames": len(data.latents),
-                     "tasks": sorted(set(data.tasks)), "val_episodes": val_eps.tolist()},
+            "data": {"datasets": cfg.data, "command": cfg.data_command, "episodes": len(data),
+                     "latent_frames": len(data.latents), "fingerprint": fingerprint,
+                     "tasks": sorted(set(data.tasks)), "val_episodes": val_eps.tolist(),
+                     "heldout_tasks": sorted(set(heldout.tasks)) if heldout is not None else []},
             "autoencoder_sha256": ae_sha,
             "init_world_model_sha256": init_sha or None,
             "environment": environment_info(),
         }
-        return TorchWorldModel(ae, ema, SamplerConfig()).save(out, manifest)
+        return TorchWorldModel(ae, ema, SamplerConfig()).save(where or out, manifest)
 
-    t0 = time.time()
+    def save(step: int, final: bool = False) -> None:
+        save_train_state(state_path, model=dit.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(),
+                         gen=gen.get_state(), step=step, rewarm_from=rewarm_from, config=asdict(cfg),
+                         train_seconds=round(time.time() - t0, 1))
+        save_world_model(step, final=final)
+        if cfg.export:
+            write_export(cfg.export, lambda d: save_world_model(step, final=final, where=d), dit, gen,
+                         {"step": step, "rewarm_from": rewarm_from, "train_seconds": round(time.time() - t0, 1),
+                          "config": asdict(cfg), "data": fingerprint,
+                          "data_command": cfg.data_command, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    t0 = time.time() - prior_seconds  # "seconds" in manifests counts every session of the run
     init_val = None
     if cfg.init and start == 0:  # how well the starting model already fits the new data (alignment's baseline)
         init_val = val_loss()
@@ -150,9 +325,10 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
                disable=not progress)
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.lr, cfg.steps, cfg.warmup)
+            g["lr"] = lr_at(step)
         loss = flow_matching_loss(dit, data.sample(cfg.batch_size, cfg.window, gen, train_eps), gen,
-                                  action_dropout=cfg.action_dropout)
+                                  action_dropout=cfg.action_dropout, moving_weight=cfg.moving_weight,
+                                  moving_threshold=cfg.moving_threshold)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
@@ -164,18 +340,21 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
         loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
         if (step + 1) % cfg.log_every == 0:
             bar.set_postfix(loss=f"{loss_ema:.4f}")
-            rec: dict[str, Any] = {"step": step + 1, "loss": loss_ema, "lr": opt.param_groups[0]["lr"]}
+            rec: dict[str, Any] = {"step": step + 1, "loss": loss_ema, "lr": opt.param_groups[0]["lr"],
+                                   "train_seconds": round(time.time() - t0, 1)}
             if (step + 1) % cfg.eval_every == 0:
-                rec["val_loss"] = val_loss()
+                rec |= val_record()
             log.write(**rec)
         if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-            save_train_state(state_path, model=dit.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(),
-                             gen=gen.get_state(), step=step + 1)
-            save_world_model(step + 1, final=False)
+            save(step + 1)
     bar.close()
-    final_val = val_loss()
-    log.write(event="done", step=cfg.steps, val_loss=final_val)
+    final = val_record()
+    final_val = final["val_loss"]
+    log.write(event="done", step=cfg.steps, **final)
+    if cfg.export:  # the finished model; its resume state lets a later run extend it (wsd)
+        save(cfg.steps, final=True)
     sha = save_world_model(cfg.steps, final=True)
     state_path.unlink(missing_ok=True)
     return {"checkpoint": str(out), "sha256": sha, "val_loss": final_val, "init_val_loss": init_val,
             "seconds": round(time.time() - t0, 1)}
+
