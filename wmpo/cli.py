@@ -1,4 +1,10 @@
-"""The ``wmpo`` command line: collect, train, eval, serve, demo.
+"""The core library's commands: collect, train, eval, export, tasks.
+
+The ``wmpo`` command is ``services.cli``: these commands plus those that run services (serve,
+demo). Commands here that can run against an embedded stack (``train grpo`` and ``train
+lifelong`` without URLs, ``eval policy --verify`` without ``--simulator-url``) take the stack's
+factory from the parsed arguments (``embedded``, ``embedded_simulator``), which the services
+layer sets: the core never imports the services.
 
 Errors caused by bad input print one line (``error: ...``) and exit with status 2.
 """
@@ -8,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -148,7 +153,7 @@ def cmd_train_grpo(a: argparse.Namespace) -> None:
         judge_url=a.judge_url, world_model=a.world_model, judge=a.judge, eval_episodes=a.eval_episodes,
         eval_workers=a.workers, environment=a.environment, real_budget=a.real_budget,
         action_guidance=a.action_guidance, calibration_episodes=a.calibration_episodes)
-    print(json.dumps(run_grpo_job(cfg), indent=2))
+    print(json.dumps(run_grpo_job(cfg, embedded=getattr(a, "embedded", None)), indent=2))
 
 
 def cmd_train_lifelong(a: argparse.Namespace) -> None:
@@ -161,7 +166,7 @@ def cmd_train_lifelong(a: argparse.Namespace) -> None:
         grpo_steps=a.steps, groups=a.groups, group_size=a.group_size, chunks=a.chunks, lr=a.lr,
         action_guidance=a.action_guidance, calibration_episodes=a.calibration_episodes,
         eval_episodes=a.eval_episodes, workers=a.workers, seed=a.seed)
-    result = run_lifelong(cfg)
+    result = run_lifelong(cfg, embedded=getattr(a, "embedded", None))
     print(json.dumps({"real_rollouts_total": result["real_rollouts_total"], "final": result["final"]}, indent=2))
 
 
@@ -214,9 +219,10 @@ def cmd_eval_policy(a: argparse.Namespace) -> None:
         elif a.verify:
             url = a.simulator_url
             if url is None:  # the embedded stack: simulator + judge in this process
-                from services.embedded import embedded_stack
-
-                url = stack.enter_context(embedded_stack(a.world_model, a.judge)).http_url
+                open_stack = getattr(a, "embedded_simulator", None)
+                if open_stack is None:
+                    raise ConfigError("--verify without --simulator-url runs an embedded stack: use the wmpo command")
+                url = stack.enter_context(open_stack(a.world_model, a.judge))
             spec = SourceSpec("verified-policy", checkpoint=a.checkpoint, temperature=a.temperature,
                               simulator_url=url, candidates=a.candidates, max_attempts=a.max_attempts)
         else:
@@ -239,111 +245,6 @@ def cmd_eval_policy(a: argparse.Namespace) -> None:
         summary = {k: v for k, v in report.items() if k != "episodes_detail"}
         record_evaluation(a.checkpoint, "real_sim_verified" if a.verify else "real_sim", summary)
         print(f"recorded the result in {a.checkpoint}/manifest.json")
-
-
-def cmd_serve_simulator(a: argparse.Namespace) -> None:
-    # Web dependencies are imported here only: the core stays importable without them.
-    from wmpo.errors import ConfigError
-
-    try:
-        from services.common.settings import SettingsError, load_settings
-        from services.simulator.server import serve, world_model_from_settings
-        from services.simulator.settings import SimulatorSettings
-    except ImportError as e:
-        raise ConfigError(f"the simulator service needs the service dependencies ({e.name} is "
-                          "missing): pip install -e .") from None
-    overrides = {k: v for k, v in {"checkpoint": a.checkpoint, "host": a.host, "port": a.port,
-                                   "grpc_port": a.grpc_port, "redis_url": a.redis_url}.items()
-                 if v is not None}
-    if a.checkpoint is None and not os.environ.get("WMPO_CHECKPOINT"):
-        overrides["checkpoint"] = str(BUNDLED_WORLD_MODEL)  # wherever the command is run from
-    if a.dev:
-        overrides["dev_mode"] = True
-    try:
-        settings = load_settings(SimulatorSettings, **overrides)
-    except SettingsError as e:
-        raise ConfigError(str(e)) from None
-    if a.worker and not settings.redis_url:
-        raise ConfigError("--worker consumes imagine work from Redis: set WMPO_REDIS_URL or pass "
-                          "--redis-url redis://HOST:6379/0")
-    model = world_model_from_settings(settings)  # fail fast, before binding ports
-    if a.worker:
-        print(f"simulator queue worker: probes and metrics on {settings.host}:{settings.port}, "
-              f"checkpoint {settings.checkpoint}", file=sys.stderr)
-    else:
-        print(f"simulator: HTTP on {settings.host}:{settings.port}, gRPC on {settings.host}:"
-              f"{settings.grpc_port}, checkpoint {settings.checkpoint}", file=sys.stderr)
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn has already shut down gracefully
-        serve(settings, model, worker=a.worker)
-
-
-def cmd_serve_judge(a: argparse.Namespace) -> None:
-    from wmpo.errors import ConfigError
-
-    try:
-        from services.common.settings import SettingsError, load_settings
-        from services.judge.server import check_can_judge, load_classifier, serve
-        from services.judge.settings import JudgeSettings
-    except ImportError as e:
-        raise ConfigError(f"the judge service needs the service dependencies ({e.name} is "
-                          "missing): pip install -e .") from None
-    overrides = {k: v for k, v in {"checkpoint": a.checkpoint, "host": a.host, "port": a.port,
-                                   "grpc_port": a.grpc_port, "redis_url": a.redis_url,
-                                   "vlm_url": a.vlm_url, "vlm_model": a.vlm_model}.items()
-                 if v is not None}
-    if a.checkpoint is None and "WMPO_CHECKPOINT" not in os.environ:
-        overrides["checkpoint"] = str(BUNDLED_JUDGE)  # wherever the command is run from
-    if a.dev:
-        overrides["dev_mode"] = True
-    try:
-        settings = load_settings(JudgeSettings, **overrides)
-    except SettingsError as e:
-        raise ConfigError(str(e)) from None
-    if a.worker and not settings.redis_url:
-        raise ConfigError("--worker consumes judge work from Redis: set WMPO_REDIS_URL or pass "
-                          "--redis-url redis://HOST:6379/0")
-    classifier = load_classifier(settings.checkpoint)  # fail fast, before binding ports
-    check_can_judge(classifier, settings)
-    kinds = ", ".join(k for k, on in (("classifier", classifier), ("vlm", settings.vlm_url)) if on)
-    if a.worker:
-        print(f"judge queue worker: probes and metrics on {settings.host}:{settings.port}, "
-              f"judges: {kinds}", file=sys.stderr)
-    else:
-        print(f"judge: HTTP on {settings.host}:{settings.port}, gRPC on {settings.host}:"
-              f"{settings.grpc_port}, judges: {kinds}", file=sys.stderr)
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn has already shut down gracefully
-        serve(settings, classifier, worker=a.worker)
-
-
-def cmd_serve_trainer(a: argparse.Namespace) -> None:
-    from wmpo.errors import ConfigError
-
-    try:
-        from services.common.settings import SettingsError, load_settings
-        from services.trainer.server import serve
-        from services.trainer.settings import TrainerSettings
-    except ImportError as e:
-        raise ConfigError(f"the trainer service needs the service dependencies ({e.name} is "
-                          "missing): pip install -e .") from None
-    overrides = {k: v for k, v in {"host": a.host, "port": a.port, "grpc_port": a.grpc_port,
-                                   "redis_url": a.redis_url, "trainer_dir": a.dir,
-                                   "simulator_url": a.simulator_url, "judge_url": a.judge_url}.items()
-                 if v is not None}
-    # The per-job embedded stack's checkpoints, wherever the command is run from.
-    for name, path in (("embedded_world_model", BUNDLED_WORLD_MODEL), ("embedded_judge", BUNDLED_JUDGE)):
-        if f"WMPO_{name.upper()}" not in os.environ:
-            overrides[name] = str(path)
-    if a.dev:
-        overrides["dev_mode"] = True
-    try:
-        settings = load_settings(TrainerSettings, **overrides)
-    except SettingsError as e:
-        raise ConfigError(str(e)) from None
-    where = settings.simulator_url or "an embedded stack per job"
-    print(f"trainer: HTTP on {settings.host}:{settings.port}, gRPC on {settings.host}:{settings.grpc_port}, "
-          f"jobs in {settings.trainer_dir}, imagination: {where}", file=sys.stderr)
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn has already shut down gracefully
-        serve(settings)
 
 
 def cmd_export_onnx(a: argparse.Namespace) -> None:
@@ -375,12 +276,6 @@ def cmd_export_triton(a: argparse.Namespace) -> None:
                             instance_kind=a.instance_kind, threads=a.threads, opt_batch=a.opt_batch)
     write_repository(a.checkpoint or str(BUNDLED_WORLD_MODEL), a.repo, settings, onnx_dir=a.onnx)
     print(repository_tree(a.repo))
-
-
-def cmd_demo(a: argparse.Namespace) -> None:
-    from wmpo.demo import run_demo
-
-    run_demo(episodes=a.episodes, workers=a.workers, out=a.out)
 
 
 def cmd_tasks(a: argparse.Namespace) -> None:
@@ -611,72 +506,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "(wmpo imagine-dataset); judged successes are imagined again under noise --seed")
     p.set_defaults(func=cmd_eval_judge)
 
-    sv = sub.add_parser("serve", help="run a service (HTTP + gRPC in one process)").add_subparsers(
-        dest="service", required=True)
-    p = sv.add_parser("simulator", help="the world model as a simulator: imagine, sessions, replay",
-                      description="Settings come from WMPO_* environment variables (API keys: "
-                      "WMPO_API_KEYS); these flags override them.")
-    p.add_argument("--checkpoint", default=None,
-                   help="world-model checkpoint (default: WMPO_CHECKPOINT, else the bundled "
-                   "checkpoints/world-model)")
-    p.add_argument("--host", default=None, help="interface to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="HTTP port (default: 8000)")
-    p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default: 50051)")
-    p.add_argument("--dev", action="store_true",
-                   help="development mode: allow running without API keys (loopback only)")
-    p.add_argument("--redis-url", default=None,
-                   help="queue mode: share imagine work with other replicas through Redis Streams "
-                   "(default: WMPO_REDIS_URL, better for a URL with a password; unset: "
-                   "in-process queue)")
-    p.add_argument("--worker", action="store_true",
-                   help="a pure queue worker: consume imagine work from Redis, serve only "
-                   "health/readiness/metrics over HTTP (needs a Redis URL)")
-    p.set_defaults(func=cmd_serve_simulator)
-    p = sv.add_parser("judge", help="rewards for rollouts: success classifier, VLM judge, "
-                      "dual-noise verification",
-                      description="Settings come from WMPO_* environment variables (API keys: "
-                      "WMPO_API_KEYS; VLM token: WMPO_VLM_API_KEY); these flags override them.")
-    p.add_argument("--checkpoint", default=None,
-                   help="success-classifier checkpoint (default: WMPO_CHECKPOINT, else the bundled "
-                   "checkpoints/judge; '' for a VLM-only judge)")
-    p.add_argument("--host", default=None, help="interface to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="HTTP port (default: 8001)")
-    p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default: 50052)")
-    p.add_argument("--dev", action="store_true",
-                   help="development mode: allow running without API keys (loopback only)")
-    p.add_argument("--vlm-url", default=None,
-                   help="OpenAI-compatible endpoint of the VLM judge, e.g. http://vllm:8000/v1 "
-                   "(default: WMPO_VLM_URL; unset: kind=vlm is refused)")
-    p.add_argument("--vlm-model", default=None, help="model name sent to the VLM endpoint")
-    p.add_argument("--redis-url", default=None,
-                   help="queue mode: share judge work with other replicas through Redis Streams "
-                   "(default: WMPO_REDIS_URL; unset: in-process queue)")
-    p.add_argument("--worker", action="store_true",
-                   help="a pure queue worker: consume judge work from Redis, serve only "
-                   "health/readiness/metrics over HTTP (needs a Redis URL)")
-    p.set_defaults(func=cmd_serve_judge)
-    p = sv.add_parser("trainer", help="GRPO jobs in imagination: submit, stream progress, cancel, "
-                      "download checkpoints",
-                      description="Settings come from WMPO_* environment variables (API keys: "
-                      "WMPO_API_KEYS; keys for the simulator/judge: WMPO_SIMULATOR_API_KEY, "
-                      "WMPO_JUDGE_API_KEY); these flags override them.")
-    p.add_argument("--host", default=None, help="interface to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="HTTP port (default: 8002)")
-    p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default: 50053)")
-    p.add_argument("--dev", action="store_true",
-                   help="development mode: allow running without API keys (loopback only)")
-    p.add_argument("--dir", default=None,
-                   help="data directory: job records and checkpoints (default: WMPO_TRAINER_DIR, "
-                   "else runs/trainer)")
-    p.add_argument("--simulator-url", default=None,
-                   help="simulator replica(s), comma-separated, for jobs that name none "
-                   "(unset: an embedded stack per job)")
-    p.add_argument("--judge-url", default=None, help="judge service for jobs that name none")
-    p.add_argument("--redis-url", default=None,
-                   help="durable jobs shared by replicas: records and the job queue in Redis "
-                   "(default: WMPO_REDIS_URL; unset: records on disk, one replica)")
-    p.set_defaults(func=cmd_serve_trainer)
-
     ex = sub.add_parser("export", help="the fast path: ONNX graphs and Triton model repositories of a "
                         "world model").add_subparsers(dest="what", required=True)
     p = ex.add_parser("onnx", help="the DiT's context and cached-denoiser calls and the autoencoder's encoder "
@@ -710,19 +539,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads per instance (0: auto)")
     p.set_defaults(func=cmd_export_triton)
 
-    p = sub.add_parser("demo", help="the main job on the embedded default (bundled checkpoints)")
-    p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per task")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--out", default="outputs/demo")
-    p.set_defaults(func=cmd_demo)
-
     p = sub.add_parser("tasks", help="list MetaWorld tasks and their instructions")
     p.set_defaults(func=cmd_tasks)
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    """The top-level subcommands of a parser from ``build_parser`` (the services layer adds its own)."""
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    args = (parser or build_parser()).parse_args(argv)
     try:
         args.func(args)
     except WmpoError as e:
