@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads for ONNX Runtime and torch")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--compile", action="store_true", help="also torch.compile (compiles once per batch size)")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -105,8 +106,16 @@ def main() -> None:
                 with torch.no_grad():
                     return module(**inputs).numpy()
 
-            runners = {
-                "torch eager": torch_eager,
+            runners = {"torch eager": torch_eager}
+            if a.compile:
+                compiled = torch.compile(module, dynamic=False)
+
+                def torch_compiled(inputs=inputs, compiled=compiled):
+                    with torch.no_grad():
+                        return compiled(**inputs).numpy()
+
+                runners["torch.compile"] = torch_compiled
+            runners |= {
                 "onnxruntime": lambda feed=feed: session.run(None, feed)[0],
                 "triton grpc": lambda feed=feed: infer(grpcclient, clients["grpc"], DENOISER, feed, ["velocity"])[0],
                 "triton http": lambda feed=feed: infer(httpclient, clients["http"], DENOISER, feed, ["velocity"])[0],
