@@ -22,7 +22,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,6 +30,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from wmpo_client.protocols import Judge, Simulator
+from wmpo_client.results import CreateSessionResult, StepOutcome
 
 from wmpo.judge.rewards import dual_noise_group
 from wmpo.models.policy import Policy, chunk_log_prob
@@ -47,6 +49,20 @@ class VideoVerdict:
 class RolloutJudge(Protocol):
     def judge_videos(self, videos: list[np.ndarray], instructions: list[str], frame_stride: int,
                      session_ids: list[str] | None = None) -> list[VideoVerdict]: ...
+
+
+class GroupSimulator(Protocol):
+    """Where groups are imagined: ``ServiceGroupSimulator`` (the simulator service, with replica
+    failover) or ``wmpo.rl.real.RealGroupSimulator`` (MetaWorld itself, the online baseline)."""
+
+    def create_group(self, start: StartState, group_size: int, seed: int | None = None,
+                     max_chunks: int = 0) -> Any: ...
+
+    def step_group(self, group_id: str, actions: np.ndarray) -> Any: ...
+
+    def replay(self, session_id: str, seed: int | None = None) -> Any: ...
+
+    def close_group(self, group_id: str) -> Any: ...
 
 
 @dataclass
@@ -93,7 +109,7 @@ def sample_chunks(policy: Policy, frames: np.ndarray, instructions: list[str], t
     return actions.numpy().astype(np.float32), tokens.numpy(), logp.numpy()
 
 
-def imagine_groups(sim: Any, judge: RolloutJudge, policy: Policy, starts: list[StartState], group_size: int,
+def imagine_groups(sim: GroupSimulator, judge: RolloutJudge, policy: Policy, starts: list[StartState], group_size: int,
                    chunks: int, temperature: float, seed: int, verify: bool = True, pool: ThreadPoolExecutor | None = None,
                    timing: dict[str, float] | None = None) -> list[ImaginedGroup]:
     """Imagine, judge and verify one group per start state (see the module docstring). Seconds spent
@@ -145,7 +161,7 @@ def imagine_groups(sim: Any, judge: RolloutJudge, policy: Policy, starts: list[S
     return groups
 
 
-def _close(sim: Any, group_id: str | None) -> None:
+def _close(sim: GroupSimulator, group_id: str | None) -> None:
     with contextlib.suppress(Exception):  # best effort: sessions also expire after their idle TTL
         sim.close_group(group_id)
 
@@ -158,7 +174,7 @@ def done_chunk(done_frame: int | None, frames_per_chunk: int, chunks: int) -> in
     return int(min(max((done_frame + frames_per_chunk - 1) // frames_per_chunk, 1), chunks))
 
 
-def _judge_and_verify(sim: Any, judge: RolloutJudge, groups: list[ImaginedGroup], frames_per_chunk: int,
+def _judge_and_verify(sim: GroupSimulator, judge: RolloutJudge, groups: list[ImaginedGroup], frames_per_chunk: int,
                       frame_stride: int, seed: int, verify: bool, pool: ThreadPoolExecutor) -> float:
     """Judge every member, replay and re-judge the judged successes; returns the seconds spent on
     verification (replays and their verdicts)."""
@@ -209,7 +225,7 @@ class ServiceRolloutJudge:
     """A ``RolloutJudge`` over the judge service's client: one request per video, sent concurrently so
     the service batches them into one classifier pass."""
 
-    def __init__(self, client: Any, workers: int = 16) -> None:
+    def __init__(self, client: Judge, workers: int = 16) -> None:
         self.client = client
         self.pool = ThreadPoolExecutor(workers)
 
@@ -244,7 +260,7 @@ class _Group:
     max_chunks: int
     actions: list[np.ndarray] = field(default_factory=list)  # (G, C_i, K, D) per step call, in order
     replica: int | None = None  # where it lives now; None: to be (re)created
-    real: Any = None  # the replica's CreateSessionResult
+    real: CreateSessionResult | None = None  # the replica's
 
 
 @dataclass(frozen=True)
@@ -275,7 +291,7 @@ class ServiceGroupSimulator:
     at least 3), waiting with backoff while every replica is down.
     """
 
-    def __init__(self, clients: Any, *, names: list[str] | None = None, down_s: float = 30.0,
+    def __init__(self, clients: Simulator | Sequence[Simulator], *, names: list[str] | None = None, down_s: float = 30.0,
                  attempts: int | None = None, backoff_s: float = 0.5) -> None:
         self.clients = list(clients) if isinstance(clients, list | tuple) else [clients]
         if not self.clients:
@@ -397,7 +413,7 @@ class ServiceGroupSimulator:
             _close_quietly(self.clients[g.replica], g.real)
 
 
-def _step(client: Any, real: Any, actions: np.ndarray, done: int) -> Any:
+def _step(client: Simulator, real: CreateSessionResult, actions: np.ndarray, done: int) -> StepOutcome:
     """Step a created group (G, ..., K, D), or a one-member creation, which has no group id.
 
     ``done``: the chunks its sessions have stepped so far. Passed as ``expected_chunks_stepped``
@@ -409,7 +425,7 @@ def _step(client: Any, real: Any, actions: np.ndarray, done: int) -> Any:
     return client.step_group(real.group_id, actions, expected_chunks_stepped=done)
 
 
-def _close_quietly(client: Any, real: Any) -> None:
+def _close_quietly(client: Simulator, real: CreateSessionResult) -> None:
     with contextlib.suppress(Exception):  # best effort: sessions also expire after their idle TTL
         if real.group_id is None:
             client.close_session(real.session_ids[0])

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from wmpo_client.protocols import Judge, Simulator
+
 from wmpo.data.collect import SourceSpec
 from wmpo.data.episodes import atomic_write_json
 from wmpo.errors import ConfigError
@@ -91,7 +93,7 @@ class GRPOJobConfig(GRPOConfig):
 @contextlib.contextmanager
 def service_clients(cfg: GRPOJobConfig, simulator_api_key: str | None = None,
                     judge_api_key: str | None = None,
-                    embedded: EmbeddedStack | None = None) -> Iterator[tuple[list[Any], Any]]:
+                    embedded: EmbeddedStack | None = None) -> Iterator[tuple[list[Simulator], Judge]]:
     """([simulator client per replica], judge client) for the configured URLs or an embedded stack.
     ``simulator_url`` may list several replicas, comma-separated (``ServiceGroupSimulator`` fails
     over between them)."""

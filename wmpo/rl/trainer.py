@@ -31,6 +31,7 @@ from wmpo.errors import ConfigError
 from wmpo.models.policy import Policy
 from wmpo.rl.grpo import clipped_surrogate, group_advantages, is_informative
 from wmpo.rl.imagination import (
+    GroupSimulator,
     ImaginedGroup,
     RolloutJudge,
     StartState,
@@ -141,7 +142,7 @@ class Cancelled(Exception):
     """``should_stop`` asked the job to stop; its last completed step is checkpointed."""
 
 
-def train_grpo(cfg: GRPOConfig, sim: Any, judge: RolloutJudge, progress: bool = True,
+def train_grpo(cfg: GRPOConfig, sim: GroupSimulator, judge: RolloutJudge, progress: bool = True,
                on_step: Callable[[dict[str, Any]], None] | None = None,
                should_stop: Callable[[], bool] | None = None,
                method: str = "grpo-in-imagination") -> dict[str, Any]:

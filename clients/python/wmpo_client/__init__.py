@@ -41,6 +41,8 @@ _EXPORTS = {
     "AsyncGrpcJudgeClient": "wmpo_client.judge_grpc",
     "TrainerClient": "wmpo_client.trainer_http",
     "GrpcTrainerClient": "wmpo_client.trainer_grpc",
+    "Simulator": "wmpo_client.protocols",
+    "Judge": "wmpo_client.protocols",
 }
 __all__ = sorted(_EXPORTS)
 

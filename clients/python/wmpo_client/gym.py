@@ -40,7 +40,7 @@ This module is the only one importing gymnasium; the clients do not need it.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -51,7 +51,8 @@ from gymnasium.vector.utils import batch_space
 from wmpo_client import connect
 from wmpo_client._common import frame_array
 from wmpo_client.errors import SimulatorError
-from wmpo_client.results import CreateSessionResult, StepOutcome, StepResult
+from wmpo_client.protocols import Simulator
+from wmpo_client.results import CreateSessionResult, StepResult
 
 __all__ = ["ENV_ID", "SimulatorEnv", "SimulatorVectorEnv", "SyncSimulator"]
 
@@ -61,49 +62,9 @@ ENV_ID = "wmpo/Simulator-v0"
 _SEED_HIGH = 2**63 - 1
 
 
-class SyncSimulator(Protocol):
-    """What the envs need from a client: `SimulatorClient` and `GrpcSimulatorClient` both fit."""
-
-    def create_session(
-        self,
-        frame: np.ndarray,
-        instruction: str = "",
-        seed: int | None = None,
-        max_chunks: int = 0,
-        request_id: str | None = None,
-    ) -> CreateSessionResult: ...
-
-    def create_group(
-        self,
-        frame: np.ndarray,
-        group_size: int,
-        instruction: str = "",
-        seed: int | None = None,
-        max_chunks: int = 0,
-        request_id: str | None = None,
-    ) -> CreateSessionResult: ...
-
-    def step(
-        self,
-        session_id: str,
-        actions: np.ndarray,
-        request_id: str | None = None,
-        expected_chunks_stepped: int | None = None,
-    ) -> StepOutcome: ...
-
-    def step_group(
-        self,
-        group_id: str,
-        actions: np.ndarray,
-        request_id: str | None = None,
-        expected_chunks_stepped: int | None = None,
-    ) -> StepOutcome: ...
-
-    def close_session(self, session_id: str) -> list[str]: ...
-
-    def close_group(self, group_id: str) -> list[str]: ...
-
-    def close(self) -> None: ...
+# What the envs need from a client (`SimulatorClient` and `GrpcSimulatorClient` both fit); the
+# name is kept for callers that imported it from here.
+SyncSimulator = Simulator
 
 
 def _frame_shape(frame: np.ndarray | None, image_size: int) -> tuple[int, int, int]:

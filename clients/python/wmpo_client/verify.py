@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from wmpo_client.protocols import Simulator
 from wmpo_client.results import ImagineResult
 
 Propose = Callable[[np.ndarray, int], np.ndarray]  # (frame, n) -> (n, K, 4) candidate chunks
@@ -34,7 +35,7 @@ class Decision:
     confidences: list[list[float]] = field(default_factory=list)  # per attempt, per candidate
 
 
-def verify_before_execute(client: Any, propose: Propose, frame: np.ndarray, instruction: str,
+def verify_before_execute(client: Simulator, propose: Propose, frame: np.ndarray, instruction: str,
                           candidates: int = 4, max_attempts: int = 3, seed: int | None = None,
                           threshold: float | None = None) -> Decision:
     """Choose the chunk to execute from ``frame``; see the module docstring.
