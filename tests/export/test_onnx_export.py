@@ -77,24 +77,24 @@ def test_onnx_inputs_have_symbolic_batch_and_frames(onnx_dir):
 
 
 def test_fp32_parity_all_graphs(onnx_dir):
-    report = parity_report(CHECKPOINT, onnx_dir, batches=(1, 3, 16), fp16=False)
+    report = parity_report(CHECKPOINT, onnx_dir, batches=(1, 16), fp16=False)
     for name in (DENOISER, CONTEXT, ENCODER):
         for b, err in report[name]["fp32"].items():
             assert err < FP32_TOL, (name, b, err, report[name]["ref_max"])
     assert report[DENOISER]["ref_max"] > 1.0  # a real signal, not zeros
     # uint8 frames: rounding can flip a value by one level where torch and ONNX Runtime differ
     # by 1e-6 around a .5 boundary; never more.
-    for b in (1, 3, 16):
+    for b in (1, 16):
         assert report[DECODER]["fp32"][b] <= 1.0
         assert report[DECODER]["mismatch"]["fp32"][b] < 1e-3
 
 
 def test_fp16_errors_are_small_against_the_signal(onnx_dir):
-    report = parity_report(CHECKPOINT, onnx_dir, batches=(16,), graphs=(DENOISER,))
+    report = parity_report(CHECKPOINT, onnx_dir, batches=(4,), graphs=(DENOISER,))
     e = report[DENOISER]
-    assert e["fp32"][16] < FP32_TOL
-    # observed about 0.02 on values up to 9; an FP16 engine would be in this range
-    assert e["fp16"][16] < 0.1 and e["torch_fp16"][16] < 0.1
+    assert e["fp32"][4] < FP32_TOL
+    # observed 0.007-0.02 on values up to 9; an FP16 engine would be in this range
+    assert e["fp16"][4] < 0.1 and e["torch_fp16"][4] < 0.1
 
 
 @pytest.mark.parametrize(("ctx_frames", "frames", "batch"), [(1, 1, 1), (2, 4, 2), (5, 4, 5), (5, 11, 2)])
@@ -120,11 +120,11 @@ def test_sampling_loop_with_onnx_runtime_matches_torch(world_model, onnx_dir):
     results = []
     for model in (world_model.dit, ort_dit):
         rollouts = [start_rollout(anchors[i], seed=10 + i) for i in range(3)]
-        chunks = [step_rollouts(model, rollouts, actions, sampler) for _ in range(3)]  # context grows
+        chunks = [step_rollouts(model, rollouts, actions, sampler) for _ in range(2)]  # context grows
         results.append(torch.stack(chunks))
-    assert results[0].shape == (3, 3, 4, 4, 16, 16)
+    assert results[0].shape == (2, 3, 4, 4, 16, 16)
     err = (results[0] - results[1]).abs().max().item()
-    assert err < 1e-3, err  # 3 AR steps x 8 Euler steps of 1e-5-level differences
+    assert err < 1e-3, err  # 2 AR steps x 8 Euler steps of 1e-5-level differences
 
 
 def test_cli_export_onnx_subset_with_parity(tmp_path, capsys):
