@@ -175,7 +175,7 @@ class TritonServer:
             # Its own session (process group), so stop() ends it and the backend stubs it forks.
             self.process = subprocess.Popen(self.command(backend_dir), stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=server_env(self.install),
-                                            start_new_session=True)
+                                            start_new_session=True, preexec_fn=_die_with_parent)
         return self
 
     def log_tail(self, lines: int = 40) -> str:
@@ -250,3 +250,11 @@ class TritonServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started it dies (Linux), so a
+    killed test run or service leaves no tritonserver holding its ports."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
