@@ -1,0 +1,43 @@
+"""`scripts/bench_denoiser.py` end to end on the session's exported graphs (a few repeats): the
+JSON it writes is sane and every runtime agrees with torch."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wmpo.export.tritonserver import TritonUnavailable, find_tritonserver
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_denoiser.py"
+
+
+@pytest.mark.slow
+def test_bench_denoiser_writes_sane_numbers(tmp_path, onnx_dir):
+    try:
+        find_tritonserver()
+    except TritonUnavailable as e:
+        pytest.skip(f"no tritonserver: {e}")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--onnx", str(onnx_dir), "--repeats", "2",
+                           "--batches", "1,2", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["matmul_peak_gflops"]["used"] > 0
+    for key, batch in (("batch1", 1), ("batch2", 2)):
+        b = r[key]
+        assert b["shape"] == {"batch": batch, "ctx_frames": 5, "new_frames": 4}
+        assert b["kv_bytes"] == batch * 12 * 5 * 5 * 16 * 32 * 4
+        assert set(b["runtimes"]) == {"torch eager", "onnxruntime", "triton grpc", "triton http", "triton grpc+shm"}
+        for name, v in b["runtimes"].items():
+            assert math.isfinite(v["median_ms"]) and v["median_ms"] > 0, name
+            assert v["max_abs_err_vs_torch"] < 1e-4, name
+            assert v["fraction_of_peak"] == pytest.approx(v["gflops"] / r["matmul_peak_gflops"]["used"])
+            if name.startswith("triton"):
+                ort = b["runtimes"]["onnxruntime"]["median_ms"]
+                assert v["hop_ms"] == pytest.approx(v["median_ms"] - ort)
+    assert "median ms" in proc.stdout and "triton grpc+shm" in proc.stdout
