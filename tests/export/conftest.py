@@ -4,6 +4,7 @@ Python-backend Triton repository generated from them."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,6 +20,16 @@ CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "world-model"
 def world_model():
     wm, sha = load_world_model(CHECKPOINT)
     return wm
+
+
+@pytest.fixture(scope="session")
+def dims(world_model) -> SimpleNamespace:
+    """The bundled model's tensor sizes, so the tests follow a retrained checkpoint."""
+    c, a = world_model.dit.config, world_model.ae.config
+    ctx = 1 + world_model.sampler.context_frames
+    return SimpleNamespace(C=c.latent_channels, h=c.latent_size, D2=2 * c.depth, H=c.heads, N=c.tokens_per_frame,
+                           hd=c.dim // c.heads, A=c.frame_action_dim, img=a.image_size, ctx=ctx,
+                           new_max=c.max_frames - ctx)
 
 
 @pytest.fixture(scope="session")

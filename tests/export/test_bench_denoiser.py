@@ -17,7 +17,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_denoiser.py"
 
 
 @pytest.mark.slow
-def test_bench_denoiser_writes_sane_numbers(tmp_path, onnx_dir):
+def test_bench_denoiser_writes_sane_numbers(tmp_path, onnx_dir, dims):
     try:
         find_tritonserver()
     except TritonUnavailable as e:
@@ -30,8 +30,8 @@ def test_bench_denoiser_writes_sane_numbers(tmp_path, onnx_dir):
     assert r["matmul_peak_gflops"]["used"] > 0
     for key, batch in (("batch1", 1), ("batch2", 2)):
         b = r[key]
-        assert b["shape"] == {"batch": batch, "ctx_frames": 5, "new_frames": 4}
-        assert b["kv_bytes"] == batch * 12 * 5 * 5 * 16 * 32 * 4
+        assert b["shape"] == {"batch": batch, "ctx_frames": dims.ctx, "new_frames": 4}
+        assert b["kv_bytes"] == batch * dims.D2 * dims.H * dims.ctx * dims.N * dims.hd * 4
         assert set(b["runtimes"]) == {"torch eager", "onnxruntime", "triton grpc", "triton http", "triton grpc+shm"}
         for name, v in b["runtimes"].items():
             assert math.isfinite(v["median_ms"]) and v["median_ms"] > 0, name

@@ -54,7 +54,7 @@ def test_packed_cache_is_the_cache(world_model):
     assert torch.equal(want, got)  # the wrapper is the model's own cached call, bit for bit
 
 
-def test_manifest_records_checkpoint_graphs_and_dims(onnx_dir):
+def test_manifest_records_checkpoint_graphs_and_dims(onnx_dir, dims):
     m = json.loads((onnx_dir / MANIFEST).read_text())
     assert m["checkpoint_sha256"] == file_sha256(CHECKPOINT / "model.safetensors")
     assert set(m["graphs"]) == set(GRAPHS)
@@ -63,9 +63,9 @@ def test_manifest_records_checkpoint_graphs_and_dims(onnx_dir):
         assert all(t["shape"][0] == "batch" for t in g["inputs"] + g["outputs"]), name
     den = m["graphs"][DENOISER]
     assert [t["name"] for t in den["inputs"]] == ["z", "t", "actions", "has_action", "positions", "kv"]
-    assert den["inputs"][-1]["shape"] == ["batch", 12, 5, "ctx_frames", 16, 32]
+    assert den["inputs"][-1]["shape"] == ["batch", dims.D2, dims.H, "ctx_frames", dims.N, dims.hd]
     assert den["dims"]["batch"] == {"min": 1, "opt": 16, "max": 64}
-    assert den["dims"]["frames"]["max"] == 11  # 16 temporal positions - anchor - 4 recent frames
+    assert den["dims"]["frames"]["max"] == dims.new_max  # temporal positions - anchor - recent frames
 
 
 def test_onnx_inputs_have_symbolic_batch_and_frames(onnx_dir):
@@ -98,7 +98,7 @@ def test_fp16_errors_are_small_against_the_signal(onnx_dir):
 
 
 @pytest.mark.parametrize(("ctx_frames", "frames", "batch"), [(1, 1, 1), (2, 4, 2), (5, 4, 5), (5, 11, 2)])
-def test_denoiser_dynamic_frame_counts(world_model, onnx_dir, ctx_frames, frames, batch):
+def test_denoiser_dynamic_frame_counts(world_model, onnx_dir, dims, ctx_frames, frames, batch):
     spec = graph_specs(world_model.dit, world_model.ae)[DENOISER]
     sess = ort_session(onnx_dir / f"{DENOISER}.onnx")
     inputs = example_inputs(spec, world_model.dit, world_model.ae, seed=ctx_frames, batch=batch,
@@ -106,23 +106,23 @@ def test_denoiser_dynamic_frame_counts(world_model, onnx_dir, ctx_frames, frames
     with torch.no_grad():
         ref = graph_module(DENOISER, world_model.dit, world_model.ae)(**inputs).numpy()
     got = run_ort(sess, inputs)[0]
-    assert got.shape == (batch, frames, 4, 16, 16)
+    assert got.shape == (batch, frames, dims.C, dims.h, dims.h)
     assert np.abs(got - ref).max() < FP32_TOL
 
 
-def test_sampling_loop_with_onnx_runtime_matches_torch(world_model, onnx_dir):
+def test_sampling_loop_with_onnx_runtime_matches_torch(world_model, onnx_dir, dims):
     """The sampler, unchanged, over the exported graphs: same seeds, same latents."""
     sampler = replace(world_model.sampler, use_cache=True)
     ort_dit = OrtDiT(world_model.dit.config, onnx_dir)
     g = torch.Generator().manual_seed(0)
-    anchors = torch.randn(3, 4, 16, 16, generator=g)
+    anchors = torch.randn(3, dims.C, dims.h, dims.h, generator=g)
     actions = torch.rand(3, 8, 4, generator=g) * 2 - 1
     results = []
     for model in (world_model.dit, ort_dit):
         rollouts = [start_rollout(anchors[i], seed=10 + i) for i in range(3)]
         chunks = [step_rollouts(model, rollouts, actions, sampler) for _ in range(2)]  # context grows
         results.append(torch.stack(chunks))
-    assert results[0].shape == (2, 3, 4, 4, 16, 16)
+    assert results[0].shape == (2, 3, 4, dims.C, dims.h, dims.h)
     err = (results[0] - results[1]).abs().max().item()
     assert err < 1e-3, err  # 2 AR steps x 8 Euler steps of 1e-5-level differences
 

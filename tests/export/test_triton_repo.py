@@ -37,7 +37,7 @@ def repos(tmp_path_factory, onnx_dir):
 
 
 @pytest.mark.parametrize("variant", ["python", "onnxruntime_onnx", "tensorrt_plan"])
-def test_configs_are_triton_model_configs(repos, variant):
+def test_configs_are_triton_model_configs(repos, dims, variant):
     sha = file_sha256(CHECKPOINT / "model.safetensors")
     kind = model_config_pb2.ModelInstanceGroup.Kind
     for name in GRAPHS:
@@ -59,10 +59,10 @@ def test_configs_are_triton_model_configs(repos, variant):
         assert params["world_model_sha256"] == sha[:12]
         assert params["onnx_sha256"] == file_sha256(repos[variant] / name / "3" / "model.onnx")
     den = parse_config(repos[variant] / DENOISER / "config.pbtxt")
-    dims = {t.name: list(t.dims) for t in den.input}
+    shapes = {t.name: list(t.dims) for t in den.input}
     # the batch is dimension 0 and left out of dims; dynamic frame counts are -1
-    assert dims == {"z": [-1, 4, 16, 16], "t": [-1], "actions": [-1, 8], "has_action": [-1],
-                    "positions": [-1], "kv": [12, 5, -1, 16, 32]}
+    assert shapes == {"z": [-1, dims.C, dims.h, dims.h], "t": [-1], "actions": [-1, dims.A], "has_action": [-1],
+                      "positions": [-1], "kv": [dims.D2, dims.H, -1, dims.N, dims.hd]}
     types = {t.name: model_config_pb2.DataType.Name(t.data_type) for t in den.input}
     assert types["has_action"] == "TYPE_BOOL" and types["positions"] == "TYPE_INT64"
     assert [o.name for o in den.output] == ["velocity"]
@@ -79,7 +79,7 @@ def test_layouts(repos):
     assert summary["settings"]["instance_kind"] == "KIND_GPU"
 
 
-def test_tensorrt_build_script(repos):
+def test_tensorrt_build_script(repos, dims):
     script = repos["tensorrt_plan"] / TRT_SCRIPT
     text = script.read_text()
     assert script.stat().st_mode & 0o111
@@ -90,10 +90,12 @@ def test_tensorrt_build_script(repos):
     for name in GRAPHS:
         assert f'build {name} "$REPO/{name}/3"' in text
     # one optimization profile: min batch 1 / opt 16 / max 64, and the frame dimensions' ranges
-    assert "--minShapes=z:1x1x4x16x16,t:1x1,actions:1x1x8,has_action:1x1,positions:1x1,kv:1x12x5x1x16x32" in text
-    assert "--optShapes=z:16x4x4x16x16," in text and "kv:16x12x5x5x16x32" in text
-    assert "--maxShapes=z:64x11x4x16x16," in text and "kv:64x12x5x5x16x32" in text
-    assert "--maxShapes=frames:64x64x64x3" in text
+    lat, kv = f"{dims.C}x{dims.h}x{dims.h}", f"{dims.D2}x{dims.H}x{{}}x{dims.N}x{dims.hd}"
+    assert (f"--minShapes=z:1x1x{lat},t:1x1,actions:1x1x{dims.A},has_action:1x1,positions:1x1,"
+            f"kv:1x{kv.format(1)}") in text
+    assert f"--optShapes=z:16x4x{lat}," in text and f"kv:16x{kv.format(dims.ctx)}" in text
+    assert f"--maxShapes=z:64x{dims.new_max}x{lat}," in text and f"kv:64x{kv.format(dims.ctx)}" in text
+    assert f"--maxShapes=frames:64x{dims.img}x{dims.img}x3" in text
 
 
 def test_script_fails_clearly_without_trtexec(repos, tmp_path):

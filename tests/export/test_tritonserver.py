@@ -85,13 +85,13 @@ def test_server_and_models_report_ready(server, client):
 
 
 @pytest.mark.parametrize("batch", [1, 16])
-def test_denoiser_through_triton_matches_torch(world_model, client, batch):
+def test_denoiser_through_triton_matches_torch(world_model, client, dims, batch):
     module, c = client
     spec = graph_specs(world_model.dit, world_model.ae)[DENOISER]
     inputs = example_inputs(spec, world_model.dit, world_model.ae, seed=batch, batch=batch)
     got = infer(module, c, DENOISER, feed(inputs), ["velocity"])[0]
     ref = torch_ref(world_model, DENOISER, inputs)
-    assert got.shape == ref.shape == (batch, 4, 4, 16, 16)
+    assert got.shape == ref.shape == (batch, 4, dims.C, dims.h, dims.h)
     assert np.abs(got - ref).max() < TOL
 
 
@@ -136,23 +136,23 @@ def test_concurrent_requests_are_batched_and_routed_back(world_model, server):
     assert int(s["execution_count"]) <= int(s["inference_count"])
 
 
-def test_bad_request_is_an_error_not_a_crash(client, server):
+def test_bad_request_is_an_error_not_a_crash(client, server, dims):
     module, c = client
-    z = np.zeros((1, 4, 4, 16, 16), np.float32)
+    z = np.zeros((1, 4, dims.C, dims.h, dims.h), np.float32)
     with pytest.raises(Exception, match="(?i)kv|input"):
         infer(module, c, DENOISER, {"z": z}, ["velocity"])
     assert c.is_model_ready(DENOISER)
 
 
 @pytest.mark.parametrize(("protocol", "shared_memory"), [("grpc", False), ("http", False), ("grpc", True)])
-def test_sampling_loop_through_triton_matches_torch(world_model, server, protocol, shared_memory):
+def test_sampling_loop_through_triton_matches_torch(world_model, server, dims, protocol, shared_memory):
     """The sampler, unchanged, with each denoising step one Triton call over the batch (the
     cache sent with every call, or written once per step into registered shared memory)."""
     url = server.grpc_url if protocol == "grpc" else server.http_url
     remote = TritonDiT(world_model.dit.config, url, protocol=protocol, timeout_s=30, shared_memory=shared_memory)
     sampler = replace(world_model.sampler, use_cache=True)
     g = torch.Generator().manual_seed(1)
-    anchors = torch.randn(2, 4, 16, 16, generator=g)
+    anchors = torch.randn(2, dims.C, dims.h, dims.h, generator=g)
     actions = torch.rand(2, 8, 4, generator=g) * 2 - 1
     results = []
     for model in (world_model.dit, remote):
