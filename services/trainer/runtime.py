@@ -48,10 +48,10 @@ from collections.abc import AsyncIterator, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_type_hints
 
 from prometheus_client import Counter, Gauge
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError, create_model
 
 from services.common.errors import Conflict, InvalidArgument, NotFound, Unavailable
 from services.common.health import Readiness
@@ -83,12 +83,6 @@ STEPS_DONE = Counter("wmpo_trainer_steps_total", "GRPO steps completed.", ["serv
 # ------------------------------------------------------------------ job specs
 
 
-def _default(name: str) -> Any:
-    """The core config's default, so the API's defaults cannot drift from the CLI's."""
-    f = GRPOJobConfig.__dataclass_fields__[name]
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
-
 JobId = Annotated[
     str,
     Field(
@@ -97,75 +91,66 @@ JobId = Annotated[
         "submitting the same id again returns that job instead of starting another.",
     ),
 ]
+# The fields of `GRPOJobConfig` a client sets; the rest are the service's (out, the embedded
+# stack's checkpoints and sampler, the calibration run) or replaced by endpoint choices.
+CLIENT_FIELDS = (
+    "tasks", "steps", "groups_per_step", "group_size", "chunks", "temperature", "lr", "epochs",
+    "minibatch", "max_sampling_rounds", "verify", "max_grad_norm", "seed", "eval_episodes",
+    "eval_workers", "environment", "real_budget",
+)
 
 
-class JobSpec(BaseModel):
-    """A GRPO job as a client submits it: `GRPOJobConfig` without `out` (the service's choice)
-    and without the embedded-stack checkpoints (the service's settings)."""
+def _spec_field(f: dataclasses.Field[Any], hint: Any) -> tuple[Any, Any]:
+    """A request field from a core config field: its type, default, bounds and description."""
+    m = dict(f.metadata)
+    limits: dict[str, Any] = {k: m[k] for k in ("ge", "gt", "le", "lt") if k in m}
+    if "min_len" in m:
+        limits["min_length"] = m["min_len"]
+    if "max_len" in m:
+        limits["max_length"] = m["max_len"]
+    if "choices" in m:
+        hint = Literal[tuple(m["choices"])]  # type: ignore[valid-type]
+    if hint is float:
+        limits["allow_inf_nan"] = False
+    default: dict[str, Any] = (
+        {"default_factory": f.default_factory} if f.default_factory is not dataclasses.MISSING
+        else {"default": f.default}
+    )
+    return hint, Field(**default, description=m.get("doc"), **limits)
 
-    model_config = ConfigDict(extra="forbid", strict=True)
 
-    job_id: JobId | None = None
-    policy: str = Field(
+_HINTS = get_type_hints(GRPOJobConfig)
+_CORE_FIELDS = {f.name: f for f in fields(GRPOJobConfig)}
+
+JobSpec = create_model(  # a GRPO job as a client submits it, derived from GRPOJobConfig
+    "JobSpec",
+    __config__=ConfigDict(extra="forbid", strict=True),
+    __doc__="A GRPO job as a client submits it: the client's fields of `GRPOJobConfig` (bounds "
+    "and descriptions from there), its id, and its choice among the trainer's endpoints.",
+    job_id=(JobId | None, None),
+    policy=(str, Field(
         min_length=1,
         max_length=4096,
         description="Starting policy checkpoint: a directory with model.safetensors and "
         "config.json under one of the trainer's policy roots (WMPO_POLICY_ROOTS), named "
         "relative to one (policy-base) or as the trainer sees it (checkpoints/policy-base).",
-    )
-    tasks: list[str] = Field(
-        default_factory=lambda: list(_default("tasks")),
-        min_length=1,
-        max_length=50,
-        description="MetaWorld v3 task names (start frames come from their resets).",
-    )
-    steps: int = Field(_default("steps"), ge=1, le=1_000_000, description="GRPO updates.")
-    groups_per_step: int = Field(
-        _default("groups_per_step"), ge=1, le=1024, description="Informative groups per update."
-    )
-    group_size: int = Field(_default("group_size"), ge=2, le=64, description="Rollouts per group (G).")
-    chunks: int = Field(_default("chunks"), ge=1, le=64, description="Horizon in action chunks.")
-    temperature: float = Field(_default("temperature"), gt=0, le=100, allow_inf_nan=False)
-    lr: float = Field(_default("lr"), gt=0, lt=1, allow_inf_nan=False)
-    epochs: int = Field(_default("epochs"), ge=1, le=1000)
-    minibatch: int = Field(_default("minibatch"), ge=1, le=1_000_000, description="Chunks per gradient step.")
-    max_sampling_rounds: int = Field(_default("max_sampling_rounds"), ge=1, le=100)
-    verify: bool = Field(_default("verify"), description="Dual-noise verification of judged successes.")
-    max_grad_norm: float = Field(_default("max_grad_norm"), gt=0, allow_inf_nan=False)
-    seed: int = Field(_default("seed"), ge=0, lt=2**31)
-    eval_episodes: int = Field(
-        _default("eval_episodes"),
-        ge=0,
-        le=10_000,
-        description="Real-MetaWorld evaluation episodes per task before and after (0: none).",
-    )
-    eval_workers: int = Field(_default("eval_workers"), ge=1, le=64)
-    endpoint: str | None = Field(
+    )),
+    **{name: _spec_field(_CORE_FIELDS[name], _HINTS[name]) for name in CLIENT_FIELDS},
+    endpoint=(str | None, Field(
         None,
         max_length=64,
         description="The endpoint set (simulator replicas and judge) to use, by the name the "
         "trainer's operator gave it; null: its 'default' set (else an embedded stack).",
-    )
-    simulator_url: str | list[str] | None = Field(
+    )),
+    simulator_url=(str | list[str] | None, Field(
         None,
         description="Simulator replicas to use, among those of the endpoint set: one http(s) "
         "URL, several comma-separated, or a list; null: all of the set's.",
-    )
-    judge_url: str | None = Field(
+    )),
+    judge_url=(str | None, Field(
         None, description="The judge service, which must be the endpoint set's; null: the set's."
-    )
-    environment: Literal["imagination", "real"] = Field(
-        _default("environment"),
-        description="imagination: rollouts through the simulator and judge services; real: "
-        "online GRPO in MetaWorld with its true success flag (the papers' baseline).",
-    )
-    real_budget: int = Field(
-        _default("real_budget"),
-        ge=0,
-        le=10_000_000,
-        description="environment real: real episodes the job may run, a multiple of "
-        "groups_per_step x group_size (steps follow from it); 0: run `steps`.",
-    )
+    )),
+)
 
 
 def parse_spec(spec: JobSpec | dict[str, Any]) -> JobSpec:

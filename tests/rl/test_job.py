@@ -35,13 +35,14 @@ def test_negative_calibration_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_a_job_reports_real_and_imagined_success_side_by_side(tmp_path, capsys):
+    from services.embedded import job_stack
     from wmpo.rl.job import run_grpo_job
 
     cfg = GRPOJobConfig(policy=str(CKPT / "policy-base"), out=str(tmp_path), tasks=[TASK], steps=1,
                         groups_per_step=1, group_size=2, chunks=2, epochs=1, minibatch=4, max_sampling_rounds=1,
                         verify=False, calibration_episodes=1, eval_workers=1,
                         world_model=str(CKPT / "world-model"), judge=str(CKPT / "judge"))
-    result = run_grpo_job(cfg, progress=False)
+    result = run_grpo_job(cfg, progress=False, embedded=job_stack)
     cal = result["calibration"]
     assert cal["real"]["per_task"][TASK]["episodes"] == 1
     assert set(cal["imagined_step1"]) == {TASK}  # the first step's imagined success, per task

@@ -16,7 +16,7 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from wmpo.errors import ConfigError
 from wmpo.eval.policy import EvalConfig, evaluate, format_table
 from wmpo.rl.imagination import ServiceGroupSimulator, ServiceRolloutJudge
 from wmpo.rl.trainer import GRPOConfig, train_grpo
+from wmpo.utils.config import bounded
 
 CHUNK_STEPS = 8  # env steps per action chunk (the policy's K)
 # A job's embedded stack: serves cfg.world_model and cfg.judge while open -> (simulator URL, judge URL).
@@ -36,37 +37,38 @@ EmbeddedStack = Callable[["GRPOJobConfig"], AbstractContextManager[tuple[str, st
 
 @dataclass
 class GRPOJobConfig(GRPOConfig):
+    """A GRPO job: the algorithm (``GRPOConfig``), where it imagines (the services or an embedded
+    stack), and the real-simulator evaluation around it. Bounds are declared on the fields once."""
+
     simulator_url: str | None = None
     judge_url: str | None = None
     world_model: str | None = None  # embedded stack only
     judge: str | None = None  # embedded stack only
     action_guidance: float | None = None  # embedded stack only: the simulator's (None: the checkpoint's)
-    eval_episodes: int = 0  # per task, before and after; 0 skips
+    eval_episodes: int = bounded(0, ge=0, le=10_000, flag="--eval-episodes",
+                                 doc="Real-MetaWorld evaluation episodes per task before and after (0: none).")
     # Per task: the start policy in MetaWorld as GRPO samples it (its temperature, episodes cut at the
     # horizon), beside imagination's first-step success: how far the world model and judge are off
     # before any update. 0 skips.
-    calibration_episodes: int = 0
-    eval_workers: int = 2
-    tasks: list[str] = field(default_factory=lambda: ["button-press-topdown-v3"])
-    # "imagination" (the services) or "real": online GRPO in MetaWorld with its true success flag,
-    # the papers' baseline; ``real_budget`` > 0 caps its real episodes (steps follow from it).
-    environment: str = "imagination"
-    real_budget: int = 0
+    calibration_episodes: int = bounded(0, ge=0, le=10_000, flag="--calibration-episodes",
+                                        doc="Real episodes per task of the start policy as GRPO samples it, "
+                                        "beside imagination's first step (0: none).")
+    eval_workers: int = bounded(2, ge=1, le=64, flag="--workers", doc="Parallel MetaWorld evaluation workers.")
+    environment: str = bounded("imagination", choices=("imagination", "real"), flag="--environment",
+                               doc="imagination: rollouts through the simulator and judge services; real: "
+                               "online GRPO in MetaWorld with its true success flag (the papers' baseline).")
+    real_budget: int = bounded(0, ge=0, le=10_000_000, flag="--real-budget",
+                               doc="environment real: real episodes the job may run, a multiple of "
+                               "groups_per_step x group_size (steps follow from it); 0: run `steps`.")
 
     def validate(self) -> None:
-        super().validate()
-        if self.environment not in ("imagination", "real"):
-            raise ConfigError(f"environment (--environment) must be 'imagination' or 'real', got {self.environment!r}")
-        if self.real_budget < 0 or (self.real_budget and self.environment != "real"):
-            raise ConfigError("real_budget (--real-budget) must be >= 0 and only applies to the real environment")
+        super().validate()  # every field's bounds, this class's too
+        if self.real_budget and self.environment != "real":
+            raise ConfigError("real_budget (--real-budget) only applies to the real environment")
         per_step = self.groups_per_step * self.group_size
         if self.real_budget and self.real_budget % per_step:
             raise ConfigError(f"real_budget (--real-budget) {self.real_budget} must be a multiple of one step's real episodes "
                               f"({self.groups_per_step} groups x {self.group_size} = {per_step})")
-        if self.eval_episodes < 0:
-            raise ConfigError("--eval-episodes must be >= 0")
-        if self.calibration_episodes < 0:
-            raise ConfigError("--calibration-episodes must be >= 0")
         if self.environment == "real":
             from wmpo.envs.metaworld_env import DEFAULT_MAX_STEPS
 
@@ -75,15 +77,17 @@ class GRPOJobConfig(GRPOConfig):
                                   f"(at most {DEFAULT_MAX_STEPS // CHUNK_STEPS} chunks of {CHUNK_STEPS})")
             return
         if (self.simulator_url is None) != (self.judge_url is None):
-            raise ConfigError("give both --simulator-url and --judge-url, or neither (embedded stack)")
+            raise ConfigError("give both simulator_url (--simulator-url) and judge_url (--judge-url), or neither "
+                              "(embedded stack)")
         if self.simulator_url is None and not (self.world_model and self.judge):
-            raise ConfigError("the embedded stack needs a world-model and a judge checkpoint")
+            raise ConfigError("the embedded stack needs a world_model and a judge checkpoint")
         if self.action_guidance is not None:
             if self.simulator_url is not None:
-                raise ConfigError("--action-guidance sets the embedded stack's simulator; a simulator service "
-                                  "has its own (WMPO_ACTION_GUIDANCE)")
+                raise ConfigError("action_guidance (--action-guidance) sets the embedded stack's simulator; a "
+                                  "simulator service has its own (WMPO_ACTION_GUIDANCE)")
             if not 0.0 <= self.action_guidance <= 10.0:
-                raise ConfigError(f"--action-guidance must be in [0, 10] (1 = off), got {self.action_guidance}")
+                raise ConfigError(f"action_guidance (--action-guidance) must be in [0, 10] (1 = off), "
+                                  f"got {self.action_guidance}")
 
     def grpo(self) -> GRPOConfig:
         names = {f.name for f in fields(GRPOConfig)}

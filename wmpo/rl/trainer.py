@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,41 +40,38 @@ from wmpo.rl.imagination import (
 )
 from wmpo.train.common import JsonlLog, load_train_state, save_train_state
 from wmpo.utils.checkpoint import environment_info, save_checkpoint
+from wmpo.utils.config import bounded, check_bounds
 
 START_SEED_BASE = 200_000  # training start layouts; evaluation seeds start at 1,000,000
 
 
 @dataclass
 class GRPOConfig:
+    """The GRPO algorithm's knobs; each field's bounds are declared here once (``bounded``) and
+    checked by ``validate``; the trainer service derives its job schema from them."""
+
     policy: str  # starting policy checkpoint
     out: str
-    tasks: list[str] = field(default_factory=lambda: ["button-press-topdown-v3"])
-    steps: int = 10
-    groups_per_step: int = 8  # informative groups wanted per update
-    group_size: int = 8  # G
-    chunks: int = 12  # horizon in action chunks
-    temperature: float = 1.6
-    lr: float = 1e-5
-    epochs: int = 2
-    minibatch: int = 64  # chunks per gradient step
-    max_sampling_rounds: int = 3  # imagination rounds per step while filling the batch
-    verify: bool = True  # dual-noise verification of judged successes
-    max_grad_norm: float = 1.0
-    seed: int = 0
+    tasks: list[str] = bounded(factory=lambda: ["button-press-topdown-v3"], min_len=1, max_len=50, flag="--tasks",
+                               doc="MetaWorld v3 task names (start frames come from their resets).")
+    steps: int = bounded(10, ge=1, le=1_000_000, flag="--steps", doc="GRPO updates.")
+    groups_per_step: int = bounded(8, ge=1, le=1024, flag="--groups", doc="Informative groups per update.")
+    group_size: int = bounded(8, ge=2, le=64, flag="--group-size", doc="Rollouts per group (G).")
+    chunks: int = bounded(12, ge=1, le=64, flag="--chunks", doc="Horizon in action chunks.")
+    temperature: float = bounded(1.6, gt=0, le=100, flag="--temperature",
+                                 doc="Sampling temperature of the policy's action tokens.")
+    lr: float = bounded(1e-5, gt=0, lt=1, flag="--lr", doc="AdamW learning rate.")
+    epochs: int = bounded(2, ge=1, le=1000, flag="--epochs", doc="Passes over each step's batch.")
+    minibatch: int = bounded(64, ge=1, le=1_000_000, flag="--minibatch", doc="Chunks per gradient step.")
+    max_sampling_rounds: int = bounded(3, ge=1, le=100, doc="Imagination rounds per step while filling the batch.")
+    verify: bool = bounded(True, doc="Dual-noise verification of judged successes.")
+    max_grad_norm: float = bounded(1.0, gt=0, doc="Gradient clipping norm.")
+    seed: int = bounded(0, ge=0, lt=2**31, flag="--seed", doc="Seed of start states, sampling and updates.")
 
     def validate(self) -> None:
-        checks = {
-            "steps": self.steps >= 1, "groups_per_step": self.groups_per_step >= 1,
-            "group_size": 2 <= self.group_size <= 64, "chunks": 1 <= self.chunks <= 64,
-            "temperature": self.temperature > 0, "lr": 0 < self.lr < 1, "epochs": self.epochs >= 1,
-            "minibatch": self.minibatch >= 1, "max_sampling_rounds": self.max_sampling_rounds >= 1,
-            "tasks": len(self.tasks) >= 1,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ConfigError(f"invalid GRPO config field(s) {', '.join(bad)}: steps, groups_per_step, epochs, "
-                              "minibatch, max_sampling_rounds >= 1; group_size in [2, 64]; chunks in [1, 64]; "
-                              "temperature > 0; lr in (0, 1); at least one task")
+        problems = check_bounds(self)
+        if problems:
+            raise ConfigError("invalid GRPO config: " + "; ".join(problems))
 
 
 def start_states(tasks: list[str], n: int, rng: np.random.Generator, envs: dict[str, Any]) -> list[StartState]:
