@@ -9,10 +9,10 @@ from wmpo_client.codec import to_json, to_proto
 from wmpo_client.proto import judge_pb2 as pb
 from wmpo_client.proto import judge_pb2_grpc, simulator_pb2
 
+from services.cli import main
 from services.judge.runtime import JudgeRuntime
 from services.judge.server import build_app, check_can_judge, load_classifier
 from tests.services.judge.conftest import INSTRUCTION, KEY, settings
-from wmpo.cli import main
 from wmpo.errors import CheckpointError, ConfigError
 
 
