@@ -12,9 +12,10 @@ batch on its own); jobs with another threshold wait for a later batch, as the
 simulator does with chunk lengths. The clip budget bounds memory: judge_many
 materializes every clip (L frames each, so about L times the frames' bytes).
 
-Model calls run on one dedicated worker thread (a single-thread executor, as
-in the simulator engine): calls never overlap, even when the awaiting task is
-cancelled while a call runs, and the event loop stays free.
+The loop, the model thread (one dedicated worker: calls never overlap, the
+event loop stays free), admission, cancellation and shutdown are the shared
+`services.common.batching.BatchingEngine`'s; this module supplies how jobs are
+grouped (same threshold, the video and clip budgets) and how a batch runs.
 
 VLM work is not batched here: each video is one call to the OpenAI-compatible
 endpoint (which batches on its side, e.g. vLLM's continuous batching), at most
@@ -34,29 +35,25 @@ checkpoint's own instructions when callers' free text has grown it past
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import logging
 import math
-import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
 import numpy as np
 
-from services.common.errors import (
-    FailedPrecondition,
-    Internal,
-    InvalidArgument,
-    ResourceExhausted,
-    ServiceError,
-    Unavailable,
-    internal_message,
+from services.common.batching import (
+    BatchingConfig,
+    BatchingEngine,
+    BatchStats,
+    Reservation,
+    Wording,
 )
+from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.common.logging import request_id_var
 from services.common.metrics import ServiceMetrics
 from wmpo.judge.success import SuccessJudge, Verdict
@@ -170,15 +167,7 @@ class _Job:
     instructions: list[str]
     strides: list[int]
     threshold: float
-    future: asyncio.Future[list[Verdict]]
-    request_id: str | None
-    enqueued_at: float
-    clips: int = 0  # clips its videos make (the batch's memory)
-    started: bool = False
-    queue_s: float = 0.0
-    model_s: float = 0.0
-    batch_videos: int = 0
-    batch_jobs: int = 0
+    clips: int  # clips its videos make (the batch's memory)
 
 
 @dataclass
@@ -192,29 +181,30 @@ class ClassifierResult:
     batch_jobs: int  # requests in that call
 
 
-class Reservation:
-    """Admitted videos; release exactly once (idempotent)."""
-
-    def __init__(self, engine: JudgeEngine, videos: int) -> None:
-        self._engine = engine
-        self.videos = videos
-        self._released = False
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._engine._admitted -= self.videos
-
-
 @dataclass
-class EngineStats:
-    model_calls: int = 0  # batched classifier calls
-    videos: int = 0  # videos judged by the classifier
-    jobs: int = 0  # classifier requests served
-    largest_batch: int = 0  # most videos in one call
-    largest_batch_jobs: int = 0  # most requests in one call
-    dropped_jobs: int = 0  # removed from the queue because their caller went away
+class EngineStats(BatchStats):
+    """The batching engine's counts under the judge's names, and the VLM calls."""
+
     vlm_calls: int = 0
+
+    @property
+    def videos(self) -> int:  # videos judged by the classifier
+        return self.units
+
+    @property
+    def jobs(self) -> int:  # classifier requests served
+        return self.items
+
+    @property
+    def largest_batch_jobs(self) -> int:  # most requests in one call
+        return self.largest_batch_items
+
+    @property
+    def dropped_jobs(self) -> int:  # removed from the queue because their caller went away
+        return self.dropped_items
+
+
+_WORDING = Wording("judge", "videos", "queued or being judged", "WMPO_MAX_QUEUED_VIDEOS")
 
 
 # ---------------------------------------------------------------- engine
@@ -240,12 +230,17 @@ class JudgeEngine:
         self.config = config or JudgeEngineConfig()
         self.metrics = metrics
         self.stats = EngineStats()
-        self._pending: collections.deque[_Job] = collections.deque()
-        self._admitted = 0
-        self._wakeup = asyncio.Event()
-        self._executor: ThreadPoolExecutor | None = None
-        self._loop_task: asyncio.Task[None] | None = None
-        self._stopping = False
+        cfg = self.config
+        self._batcher: BatchingEngine[_Job, list[Verdict]] = BatchingEngine(
+            self._judge_many,
+            BatchingConfig(cfg.max_batch_size, cfg.max_wait_ms, cfg.max_queued_videos),
+            _WORDING,
+            size=lambda job: len(job.videos),
+            may_join=self._may_join,
+            full=lambda jobs: sum(j.clips for j in jobs) >= cfg.max_batch_clips,
+            metrics=metrics,
+            stats=self.stats,
+        )
         self._vlm: VLMJudge | None = None
         self._vlm_http: httpx.AsyncClient | None = None
         self._vlm_slots = asyncio.Semaphore(self.config.vlm_concurrency)
@@ -255,33 +250,17 @@ class JudgeEngine:
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        if self._loop_task is not None:
+        if self._batcher.started:
             return
-        self._stopping = False
-        self._wakeup = asyncio.Event()  # bound to the loop that runs the engine
         self._vlm_slots = asyncio.Semaphore(self.config.vlm_concurrency)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wmpo-judge")
         if self.vlm_config is not None:
             self._vlm_http = httpx.AsyncClient(timeout=self.vlm_config.timeout_s)
             self._vlm = VLMJudge(self.vlm_config, self._vlm_http)
-        self._loop_task = asyncio.create_task(self._run(), name="wmpo-judge-batcher")
+        await self._batcher.start()
 
     async def stop(self) -> None:
         """Refuse new work, fail queued jobs, let the running batch finish, free the thread."""
-        if self._loop_task is None:
-            return
-        self._stopping = True
-        while self._pending:
-            job = self._pending.popleft()
-            if not job.future.done():
-                job.future.set_exception(Unavailable("the judge is shutting down"))
-        self._set_queue_depth()
-        self._wakeup.set()
-        await self._loop_task
-        self._loop_task = None
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown, True)
+        await self._batcher.stop()
         if self._vlm_http is not None:
             await self._vlm_http.aclose()
             self._vlm_http = None
@@ -289,7 +268,7 @@ class JudgeEngine:
 
     @property
     def running(self) -> bool:
-        return self._loop_task is not None and not self._stopping and not self._loop_task.done()
+        return self._batcher.running
 
     # ------------------------------------------------------------ facts
     @property
@@ -427,41 +406,24 @@ class JudgeEngine:
     # ------------------------------------------------------------ admission
     def reserve(self, videos: int) -> Reservation:
         """Admit `videos` or raise; the caller must `release()` the reservation."""
-        if not self.running:
-            raise Unavailable("the judge is not running (starting up or shutting down)")
-        limit = self.config.max_queued_videos
-        if videos > limit:
-            raise InvalidArgument(
-                f"{videos} videos in one request exceed the limit of {limit} "
-                "(WMPO_MAX_QUEUED_VIDEOS); split the request"
-            )
-        if self._admitted + videos > limit:
-            raise ResourceExhausted(
-                f"judge busy: {self._admitted} videos queued or being judged, limit {limit}; "
-                "retry later"
-            )
-        self._admitted += videos
-        return Reservation(self, videos)
+        return self._batcher.reserve(videos)
 
     @contextlib.contextmanager
     def admit(self, videos: int) -> Iterator[Reservation]:
-        reservation = self.reserve(videos)
-        try:
+        with self._batcher.admit(videos) as reservation:
             yield reservation
-        finally:
-            reservation.release()
 
     @property
     def admitted_videos(self) -> int:
-        return self._admitted
+        return self._batcher.admitted
 
     @property
     def queued_videos(self) -> int:
-        return sum(len(j.videos) for j in self._pending if not j.future.done())
+        return self._batcher.queued
 
     @property
     def queued_clips(self) -> int:
-        return sum(j.clips for j in self._pending if not j.future.done())
+        return sum(j.clips for j in self._batcher.queued_payloads())
 
     # ------------------------------------------------------------ classifier
     async def classify(
@@ -484,160 +446,48 @@ class JudgeEngine:
                 f"need one instruction and stride per video, got {len(videos)} videos, "
                 f"{len(instructions)} instructions, {len(strides)} strides"
             )
-        loop = asyncio.get_running_loop()
         job = _Job(
             videos=videos,
             instructions=instructions,
             strides=strides,
             threshold=threshold,
-            future=loop.create_future(),
-            request_id=request_id_var.get(),
-            enqueued_at=time.perf_counter(),
             clips=sum(self.clip_count(v, s) for v, s in zip(videos, strides, strict=True)),
         )
-        self._pending.append(job)
-        self._set_queue_depth()
-        self._wakeup.set()
-        try:
-            verdicts = await job.future
-        except BaseException:
-            self._drop(job)
-            raise
+        (item,) = self._batcher.submit([job])
+        (verdicts,) = await self._batcher.results([item])
         return ClassifierResult(
-            verdicts, job.queue_s, job.model_s, job.batch_videos, job.batch_jobs
+            verdicts, item.queue_s, item.model_s, item.batch_units, item.batch_items
         )
 
-    def _drop(self, job: _Job) -> None:
-        """Remove a job that has not started (its caller went away or failed)."""
-        if job.started:
-            return
-        before = len(self._pending)
-        self._pending = collections.deque(j for j in self._pending if j is not job)
-        self.stats.dropped_jobs += before - len(self._pending)
-        if not job.future.done():
-            job.future.cancel()
-        self._set_queue_depth()
+    def _may_join(self, batch: Sequence[_Job], job: _Job) -> bool:
+        """A job joins a batch of the same threshold while the clips fit (the batching
+        engine keeps the video budget and always takes the oldest job, whatever its size)."""
+        return (
+            job.threshold == batch[0].threshold
+            and sum(j.clips for j in batch) + job.clips <= self.config.max_batch_clips
+        )
 
-    def _set_queue_depth(self) -> None:
-        if self.metrics is not None:
-            self.metrics.queue_depth.set(self.queued_videos)
-
-    def _take_batch(self) -> list[_Job]:
-        """Jobs with the oldest job's threshold, up to max_batch_size videos and
-        max_batch_clips clips (the first job always, whatever its size); the others keep
-        their place in the queue."""
-        batch: list[_Job] = []
-        keep: collections.deque[_Job] = collections.deque()
-        videos = clips = 0
-        threshold: float | None = None
-        for job in self._pending:
-            if job.future.done():  # cancelled while queued
-                continue
-            if threshold is None:
-                threshold = job.threshold
-            fits = not batch or (
-                videos + len(job.videos) <= self.config.max_batch_size
-                and clips + job.clips <= self.config.max_batch_clips
-            )
-            if job.threshold == threshold and fits:
-                batch.append(job)
-                videos += len(job.videos)
-                clips += job.clips
-            else:
-                keep.append(job)
-        self._pending = keep
-        self._set_queue_depth()
-        return batch
-
-    async def _run(self) -> None:
-        max_wait = self.config.max_wait_ms / 1000
-        while True:
-            if not self._pending:
-                if self._stopping:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            # Let the batch fill, up to max_wait after the oldest job arrived.
-            deadline = self._pending[0].enqueued_at + max_wait
-            while not self._stopping and (
-                self.queued_videos < self.config.max_batch_size
-                and self.queued_clips < self.config.max_batch_clips
-            ):
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-            batch = self._take_batch()
-            if batch:
-                await self._run_batch(batch)
-
-    def _judge_many(
-        self,
-        videos: list[np.ndarray],
-        instructions: list[str],
-        strides: list[int],
-        threshold: float,
-    ) -> list[Verdict]:
+    def _judge_many(self, jobs: list[_Job]) -> list[list[Verdict]]:
+        """One `judge_many` over every video of the batch (on the model thread)."""
         judge = self._require_classifier()
         try:
-            return judge.judge_many(videos, instructions, strides, threshold)
+            verdicts = judge.judge_many(
+                [v for job in jobs for v in job.videos],
+                [t for job in jobs for t in job.instructions],
+                [s for job in jobs for s in job.strides],
+                jobs[0].threshold,
+            )
         finally:
             model = judge.model
             if len(model.instructions) > self._base_instructions + _MAX_EXTRA_INSTRUCTIONS:
                 base = self._base_instructions
                 model.instructions = model.instructions[:base]
                 model.instruction_table = model.instruction_table[:base].clone()
-
-    async def _run_batch(self, batch: list[_Job]) -> None:
-        start = time.perf_counter()
-        for job in batch:
-            job.started = True
-            job.queue_s = start - job.enqueued_at
-        videos = [v for job in batch for v in job.videos]
-        try:
-            if self._executor is None:
-                raise Unavailable("the judge is shutting down")
-            verdicts = await asyncio.get_running_loop().run_in_executor(
-                self._executor,
-                self._judge_many,
-                videos,
-                [t for job in batch for t in job.instructions],
-                [s for job in batch for s in job.strides],
-                batch[0].threshold,
-            )
-        except Exception as exc:
-            # Videos were validated on submission, so this is a bug or a backend
-            # failure: log it once, fail every job of the batch generically.
-            log.error("classifier call failed for a batch of %d videos", len(videos), exc_info=exc)
-            for job in batch:
-                if not job.future.done():
-                    err = (
-                        exc
-                        if isinstance(exc, ServiceError)
-                        else Internal(internal_message(job.request_id))
-                    )
-                    job.future.set_exception(err)
-            return
-        elapsed = time.perf_counter() - start
-        self.stats.model_calls += 1
-        self.stats.videos += len(videos)
-        self.stats.jobs += len(batch)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(videos))
-        self.stats.largest_batch_jobs = max(self.stats.largest_batch_jobs, len(batch))
-        if self.metrics is not None:
-            self.metrics.batch_size.observe(len(videos))
-        offset = 0
-        for job in batch:
-            n = len(job.videos)
-            job.model_s = elapsed
-            job.batch_videos = len(videos)
-            job.batch_jobs = len(batch)
-            if not job.future.done():  # a cancelled caller's job still ran; nobody waits
-                job.future.set_result(verdicts[offset : offset + n])
-            offset += n
+        out, offset = [], 0
+        for job in jobs:
+            out.append(verdicts[offset : offset + len(job.videos)])
+            offset += len(job.videos)
+        return out
 
     # ------------------------------------------------------------ VLM
     async def vlm_judge(self, frames: np.ndarray, instruction: str, stride: int) -> VLMVerdict:

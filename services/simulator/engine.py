@@ -14,55 +14,46 @@ exposes (and what a Triton backend calling the denoiser once per step over the
 batch would do underneath). Rows of different K wait for a later batch; a
 rollout never appears twice in one batch, and its rows run in submission order.
 
-Model calls (start/encode, step, decode) run on one dedicated worker thread: a
-single-thread executor rather than `asyncio.to_thread`, because it guarantees
-that calls never overlap even when the awaiting task is cancelled while a call
-is still running (a thread cannot be interrupted), and keeps the event loop free.
-Encoding a request's start frame is one call per request (not batched) and so
-waits behind a running batch.
-
-Admission is bounded: a request reserves its rows (queued or running) up front
-and gets `ResourceExhausted` (429 / RESOURCE_EXHAUSTED) past
-`max_queued_rollouts`. A cancelled caller's queued rows are dropped; rows
-already in a running batch finish (the caller can see which via
+The loop, admission (`ResourceExhausted` past `max_queued_rollouts`),
+cancellation, shutdown and the one model thread are the shared
+`services.common.batching.BatchingEngine`'s; this module supplies how rows are
+grouped (same K; a rollout is the rows' key, so it is never twice in a batch and
+its rows run in submission order) and how a batch runs (step + decode). Model
+calls (start/encode, step, decode) all run on that one thread, so they never
+overlap; encoding a request's start frame is one call per request (not batched)
+and so waits behind a running batch. A cancelled caller's queued rows are
+dropped; rows already in a running batch finish (the caller can see which via
 `ChunkHandle.started`, so sessions keep their record consistent).
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import contextlib
 import hashlib
-import itertools
 import json
-import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from services.common.errors import (
-    Internal,
-    InvalidArgument,
-    ResourceExhausted,
-    ServiceError,
-    Unavailable,
-    internal_message,
+from services.common.batching import (
+    BatchingConfig,
+    BatchingEngine,
+    BatchStats,
+    Item,
+    Reservation,
+    Wording,
 )
-from services.common.logging import request_id_var
+from services.common.errors import InvalidArgument, Unavailable
 from services.common.metrics import ServiceMetrics
 from wmpo.sampling.rollout import Rollout
 from wmpo.sampling.world_model import WorldModel
 
 if TYPE_CHECKING:
     from services.simulator.verify import Verification
-
-log = logging.getLogger("wmpo.simulator.engine")
 
 # Seeds are drawn and derived below 2**63: they fit a signed 64-bit integer
 # (torch generators, proto int64 fields, most JSON parsers of big integers).
@@ -222,13 +213,6 @@ class _Row:
 
     rollout: Rollout
     actions: np.ndarray  # (K, 4) float32
-    future: asyncio.Future[np.ndarray]  # -> (F, H, W, 3) uint8
-    request_id: str | None
-    enqueued_at: float
-    started: bool = False
-    batch_id: int = -1
-    queue_s: float = 0.0
-    model_s: float = 0.0
 
 
 @dataclass
@@ -243,7 +227,7 @@ class ChunkResult:
 class ChunkHandle:
     """The rows of one submitted chunk; `await handle.result()` for the frames."""
 
-    def __init__(self, engine: SimulatorEngine, rows: list[_Row]) -> None:
+    def __init__(self, engine: SimulatorEngine, rows: list[Item[_Row, np.ndarray]]) -> None:
         self._engine = engine
         self._rows = rows
 
@@ -253,15 +237,8 @@ class ChunkHandle:
         return [r.started for r in self._rows]
 
     async def result(self) -> ChunkResult:
-        try:
-            frames = await asyncio.gather(*(r.future for r in self._rows))
-        except BaseException:
-            # Cancelled (client gone) or failed: rows still queued are dropped.
-            self._engine._drop(self._rows)
-            for r in self._rows:  # mark sibling failures as seen (no "never retrieved" noise)
-                if r.future.done() and not r.future.cancelled():
-                    r.future.exception()
-            raise
+        # Cancelled (client gone) or failed: rows still queued are dropped.
+        frames = await self._engine._batcher.results(self._rows)
         batches: dict[int, float] = {}
         for r in self._rows:
             batches[r.batch_id] = r.model_s
@@ -272,26 +249,20 @@ class ChunkHandle:
         )
 
 
-class Reservation:
-    """Admitted rows; release exactly once (idempotent)."""
-
-    def __init__(self, engine: SimulatorEngine, rows: int) -> None:
-        self._engine = engine
-        self.rows = rows
-        self._released = False
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._engine._admitted -= self.rows
-
-
 @dataclass
-class EngineStats:
-    model_calls: int = 0  # batched step calls
-    rows: int = 0  # rows stepped
-    largest_batch: int = 0
-    dropped_rows: int = 0  # rows removed from the queue because their caller went away
+class EngineStats(BatchStats):
+    """The batching engine's counts under the simulator's names."""
+
+    @property
+    def rows(self) -> int:  # rows stepped
+        return self.units
+
+    @property
+    def dropped_rows(self) -> int:  # rows removed from the queue because their caller went away
+        return self.dropped_items
+
+
+_WORDING = Wording("simulator", "rollouts", "queued or running", "WMPO_MAX_QUEUED_ROLLOUTS")
 
 
 # ---------------------------------------------------------------- imagine
@@ -388,45 +359,29 @@ class SimulatorEngine:
         self.config = config or EngineConfig()
         self.metrics = metrics
         self.stats = EngineStats()
-        self._pending: collections.deque[_Row] = collections.deque()
-        self._wakeup = asyncio.Event()
-        self._admitted = 0
-        self._batch_ids = itertools.count()
-        self._executor: ThreadPoolExecutor | None = None
-        self._loop_task: asyncio.Task[None] | None = None
-        self._stopping = False
+        cfg = self.config
+        self._batcher: BatchingEngine[_Row, np.ndarray] = BatchingEngine(
+            self._step_and_decode,
+            BatchingConfig(cfg.max_batch_size, cfg.max_wait_ms, cfg.max_queued_rollouts),
+            _WORDING,
+            key=lambda row: id(row.rollout),
+            may_join=lambda batch, row: row.actions.shape[0] == batch[0].actions.shape[0],
+            metrics=metrics,
+            stats=self.stats,
+        )
         self._provenance = self._flat_provenance(world_model.provenance())
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        if self._loop_task is not None:
-            return
-        self._stopping = False
-        self._wakeup = asyncio.Event()  # bound to the loop that runs the engine
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wmpo-model")
-        self._loop_task = asyncio.create_task(self._run(), name="wmpo-simulator-batcher")
+        await self._batcher.start()
 
     async def stop(self) -> None:
         """Refuse new work, fail queued rows, let the running batch finish, free the thread."""
-        if self._loop_task is None:
-            return
-        self._stopping = True
-        while self._pending:
-            row = self._pending.popleft()
-            if not row.future.done():
-                row.future.set_exception(Unavailable("the simulator is shutting down"))
-        self._set_queue_depth()
-        self._wakeup.set()
-        await self._loop_task
-        self._loop_task = None
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            # Waits for a model call still running for a cancelled caller.
-            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown, True)
+        await self._batcher.stop()
 
     @property
     def running(self) -> bool:
-        return self._loop_task is not None and not self._stopping and not self._loop_task.done()
+        return self._batcher.running
 
     # ------------------------------------------------------------ model facts
     @property
@@ -454,11 +409,11 @@ class SimulatorEngine:
 
     @property
     def queued_rows(self) -> int:
-        return len(self._pending)
+        return self._batcher.queued
 
     @property
     def admitted_rows(self) -> int:
-        return self._admitted
+        return self._batcher.admitted
 
     # ------------------------------------------------------------ validation
     def check_frame(self, frames: np.ndarray, name: str = "start_frames") -> np.ndarray:
@@ -499,36 +454,14 @@ class SimulatorEngine:
     # ------------------------------------------------------------ admission
     def reserve(self, rows: int) -> Reservation:
         """Admit `rows` rollouts or raise; the caller must `release()` the reservation."""
-        if not self.running:
-            raise Unavailable("the simulator is not running (starting up or shutting down)")
-        limit = self.config.max_queued_rollouts
-        if rows > limit:
-            raise InvalidArgument(
-                f"{rows} rollouts in one request exceed the limit of {limit} "
-                "(WMPO_MAX_QUEUED_ROLLOUTS); split the request"
-            )
-        if self._admitted + rows > limit:
-            raise ResourceExhausted(
-                f"simulator busy: {self._admitted} rollouts queued or running, limit {limit}; "
-                "retry later"
-            )
-        self._admitted += rows
-        return Reservation(self, rows)
+        return self._batcher.reserve(rows)
 
     @contextlib.contextmanager
     def admit(self, rows: int) -> Iterator[Reservation]:
-        reservation = self.reserve(rows)
-        try:
+        with self._batcher.admit(rows) as reservation:
             yield reservation
-        finally:
-            reservation.release()
 
     # ------------------------------------------------------------ model calls
-    async def _call(self, fn: Any, *args: Any) -> Any:
-        if self._executor is None:
-            raise Unavailable("the simulator is not running (starting up or shutting down)")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
     async def start_rollouts(
         self, frame: np.ndarray, seeds: list[int], observation: bool = False
     ) -> tuple[list[Rollout], np.ndarray | None]:
@@ -546,29 +479,23 @@ class SimulatorEngine:
             obs = wm.decode(root.anchor[None])[0] if observation else None
             return rollouts, obs
 
-        return await self._call(work)
+        return await self._batcher.call(work)
 
     def submit(self, rollouts: list[Rollout], actions: np.ndarray) -> ChunkHandle:
         """Queue one chunk (B, K, 4) for B rollouts; the caller holds a reservation.
 
         `actions` must have passed the checks above (they are not re-validated per row).
         """
-        if not self.running:
+        if not self._batcher.running:
             raise Unavailable("the simulator is not running (starting up or shutting down)")
         if len(rollouts) != len(actions):
             raise InvalidArgument(f"{len(rollouts)} rollouts but {len(actions)} action rows")
         self.check_chunk_length(actions.shape[1])
-        loop = asyncio.get_running_loop()
-        now = time.perf_counter()
-        rid = request_id_var.get()
         rows = [
-            _Row(r, np.ascontiguousarray(a, dtype=np.float32), loop.create_future(), rid, now)
+            _Row(r, np.ascontiguousarray(a, dtype=np.float32))
             for r, a in zip(rollouts, actions, strict=True)
         ]
-        self._pending.extend(rows)
-        self._set_queue_depth()
-        self._wakeup.set()
-        return ChunkHandle(self, rows)
+        return ChunkHandle(self, self._batcher.submit(rows))
 
     async def step(self, rollouts: list[Rollout], actions: np.ndarray) -> ChunkResult:
         """Admit, queue and await one chunk for `rollouts` (B, K, 4)."""
@@ -633,111 +560,9 @@ class SimulatorEngine:
         """Frames (N, T, H, W, 3) of every candidate, with seed, provenance and timing."""
         return await self.open_imagine(start_frames, candidates, horizon_chunks, seed).collect()
 
-    # ------------------------------------------------------------ the loop
-    def _set_queue_depth(self) -> None:
-        if self.metrics is not None:
-            self.metrics.queue_depth.set(len(self._pending))
-
-    def _drop(self, rows: list[_Row]) -> None:
-        """Remove rows that have not started (their caller went away or failed)."""
-        waiting = {id(r) for r in rows if not r.started}
-        if not waiting:
-            return
-        before = len(self._pending)
-        self._pending = collections.deque(r for r in self._pending if id(r) not in waiting)
-        self.stats.dropped_rows += before - len(self._pending)
-        for r in rows:
-            if not r.started and not r.future.done():
-                r.future.cancel()
-        self._set_queue_depth()
-
-    def _take_batch(self) -> list[_Row]:
-        """Up to max_batch_size rows with the oldest row's K, each rollout at most once.
-
-        A rollout whose row is skipped is blocked for the rest of the scan, so
-        its rows never run out of order.
-        """
-        batch: list[_Row] = []
-        keep: collections.deque[_Row] = collections.deque()
-        blocked: set[int] = set()
-        k = None
-        for row in self._pending:
-            if row.future.done():  # cancelled while queued
-                continue
-            rid = id(row.rollout)
-            if k is None:
-                k = row.actions.shape[0]
-            if (
-                len(batch) < self.config.max_batch_size
-                and rid not in blocked
-                and row.actions.shape[0] == k
-            ):
-                batch.append(row)
-                blocked.add(rid)  # a second row of it waits for the next batch
-            else:
-                blocked.add(rid)
-                keep.append(row)
-        self._pending = keep
-        self._set_queue_depth()
-        return batch
-
-    async def _run(self) -> None:
-        max_wait = self.config.max_wait_ms / 1000
-        while True:
-            if not self._pending:
-                if self._stopping:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            # Let the batch fill, up to max_wait after the oldest row arrived.
-            deadline = self._pending[0].enqueued_at + max_wait
-            while len(self._pending) < self.config.max_batch_size and not self._stopping:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-            batch = self._take_batch()
-            if batch:
-                await self._run_batch(batch)
-
-    def _step_and_decode(self, rollouts: list[Rollout], actions: np.ndarray) -> np.ndarray:
-        latents = self.world_model.step(rollouts, actions)  # (B, F, C, h, w)
+    # ------------------------------------------------------------ the batch
+    def _step_and_decode(self, rows: list[_Row]) -> np.ndarray:
+        """One `step` + `decode` for the batch's rows (on the model thread)."""
+        actions = np.stack([row.actions for row in rows])  # (B, K, 4)
+        latents = self.world_model.step([row.rollout for row in rows], actions)  # (B, F, C, h, w)
         return self.world_model.decode(latents)  # (B, F, H, W, 3)
-
-    async def _run_batch(self, batch: list[_Row]) -> None:
-        batch_id = next(self._batch_ids)
-        start = time.perf_counter()
-        for row in batch:
-            row.started = True
-            row.batch_id = batch_id
-            row.queue_s = start - row.enqueued_at
-        try:
-            rollouts = [row.rollout for row in batch]
-            actions = np.stack([row.actions for row in batch])  # (B, K, 4)
-            frames = await self._call(self._step_and_decode, rollouts, actions)
-        except Exception as exc:
-            # Rows were validated on submission, so this is a bug or a backend
-            # failure: log it once, fail every row of the batch generically.
-            log.error("model call failed for a batch of %d", len(batch), exc_info=exc)
-            for row in batch:
-                if not row.future.done():
-                    err = (
-                        exc
-                        if isinstance(exc, ServiceError)
-                        else Internal(internal_message(row.request_id))
-                    )
-                    row.future.set_exception(err)
-            return
-        elapsed = time.perf_counter() - start
-        self.stats.model_calls += 1
-        self.stats.rows += len(batch)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        if self.metrics is not None:
-            self.metrics.batch_size.observe(len(batch))
-        for row, out in zip(batch, frames, strict=True):
-            row.model_s = elapsed
-            if not row.future.done():  # a cancelled caller's row still ran; nobody waits
-                row.future.set_result(out)
