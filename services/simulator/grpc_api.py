@@ -23,7 +23,7 @@ from services.common.grpc_util import bind_address, observed, server_interceptor
 from services.common.logging import is_valid_request_id, request_id_var
 from services.common.metrics import ServiceMetrics
 from services.simulator.engine import (
-    ImagineResult,
+    ImagineChunk,
     check_candidates,
     check_group_actions,
     check_session_actions,
@@ -158,47 +158,39 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
         rid = self._request_id(request.request_id)
         frames = self._tensor(request, "start_frames", "uint8", check_start_frames)
         cands = self._tensor(request, "candidates", "float32", check_candidates)
-        threshold = self._verify_threshold(request)
-        rt = self.runtime
-        rt.check_verify(request.verify, threshold, request.instruction)
-        run = rt.engine.open_imagine(frames, cands, request.horizon_chunks, self._seed(request))
+        stream = self.runtime.open_imagine_stream(
+            frames, cands, request.horizon_chunks, self._seed(request), instruction=request.instruction,
+            verify=request.verify, verify_threshold=self._verify_threshold(request),
+        )
         try:
-            kept: list[np.ndarray] = []  # the chunks, for the judge (verify only)
-            async for chunk in run.chunks():
-                if request.verify:
-                    kept.append(chunk.frames)
+            async for event in stream.events():
+                if isinstance(event, ImagineChunk):
+                    yield simulator_pb2.ImagineStreamResponse(
+                        frames=simulator_pb2.ImagineFrames(
+                            request_id=rid,
+                            chunk_index=event.chunk_index,
+                            frames=self._out(event.frames, "frames"),
+                        )
+                    )
+                    continue
+                v = event.verification
                 yield simulator_pb2.ImagineStreamResponse(
-                    frames=simulator_pb2.ImagineFrames(
+                    result=simulator_pb2.ImagineResponse(
                         request_id=rid,
-                        chunk_index=chunk.chunk_index,
-                        frames=self._out(chunk.frames, "frames"),
+                        candidates=[
+                            simulator_pb2.CandidateResult(
+                                index=i, confidence=v.confidences[i] if v else None
+                            )
+                            for i in range(stream.n_candidates)
+                        ],
+                        seed=event.seed,
+                        provenance=event.provenance,
+                        timing=event.timing,
+                        **_judged(v),
                     )
                 )
-            provenance, timing = run.summary()
-            result = ImagineResult(np.empty(0, np.uint8), run.seed, provenance, timing)
-            if request.verify:
-                verification = await rt.verify(
-                    run.frame, np.concatenate(kept, axis=1), request.instruction, threshold
-                )
-                result = rt.verified(result, verification)
-            v = result.verification
-            yield simulator_pb2.ImagineStreamResponse(
-                result=simulator_pb2.ImagineResponse(
-                    request_id=rid,
-                    candidates=[
-                        simulator_pb2.CandidateResult(
-                            index=i, confidence=v.confidences[i] if v else None
-                        )
-                        for i in range(run.n_candidates)
-                    ],
-                    seed=run.seed,
-                    provenance=result.provenance,
-                    timing=result.timing,
-                    **_judged(v),
-                )
-            )
         finally:
-            run.close()
+            stream.close()
 
     # ------------------------------------------------------------ sessions
     @observed

@@ -58,7 +58,7 @@ from services.common.http_util import until_disconnect
 from services.common.logging import current_request_id
 from services.simulator.engine import (
     SEED_LIMIT,
-    ImagineResult,
+    ImagineChunk,
     check_candidates,
     check_group_actions,
     check_session_actions,
@@ -476,53 +476,42 @@ def simulator_router() -> APIRouter:
         rt = _runtime(request)
         rid = _request_id(body.request_id)
         # Validation and admission happen here, so they are real 4xx responses.
-        rt.check_verify(body.verify, body.verify_threshold, body.instruction)
-        run = rt.engine.open_imagine(body._frames, body._candidates, body.horizon_chunks, body.seed)
+        stream = rt.open_imagine_stream(
+            body._frames, body._candidates, body.horizon_chunks, body.seed,
+            instruction=body.instruction, verify=body.verify, verify_threshold=body.verify_threshold,
+        )
 
         async def lines() -> AsyncIterator[str]:
             try:
-                kept: list[np.ndarray] = []  # the chunks, for the judge (verify only)
-                async for chunk in run.chunks():
-                    if body.verify:
-                        kept.append(chunk.frames)
-                    event = ImagineFramesEvent(
-                        request_id=rid,
-                        chunk_index=chunk.chunk_index,
-                        frames=_tensor(chunk.frames, "frames"),
-                    )
-                    yield event.model_dump_json() + "\n"
-                provenance, timing = run.summary()
-                result = ImagineResult(np.empty(0, np.uint8), run.seed, provenance, timing)
-                if body.verify:
-                    frames = np.concatenate(kept, axis=1)  # (N, T, H, W, 3)
-                    verification = await rt.verify(
-                        run.frame, frames, body.instruction, body.verify_threshold
-                    )
-                    result = rt.verified(result, verification)
-                v = result.verification
-                yield (
-                    ImagineResultEvent(
+                async for event in stream.events():
+                    if isinstance(event, ImagineChunk):
+                        yield ImagineFramesEvent(
+                            request_id=rid,
+                            chunk_index=event.chunk_index,
+                            frames=_tensor(event.frames, "frames"),
+                        ).model_dump_json() + "\n"
+                        continue
+                    v = event.verification
+                    yield ImagineResultEvent(
                         request_id=rid,
                         candidates=[
                             CandidateOut(
                                 index=i, frames=None, confidence=v.confidences[i] if v else None
                             )
-                            for i in range(run.n_candidates)
+                            for i in range(stream.n_candidates)
                         ],
-                        seed=run.seed,
-                        provenance=result.provenance,
-                        timing=_round(result.timing),
+                        seed=event.seed,
+                        provenance=event.provenance,
+                        timing=_round(event.timing),
                         verdict=v.verdict if v else None,
                         best_candidate=v.best_candidate if v else None,
-                    ).model_dump_json()
-                    + "\n"
-                )
+                    ).model_dump_json() + "\n"
             except Exception as exc:  # the status line is sent; report in-band
                 yield _error_line(exc, rid)
 
         # Disconnect cancels the generator (its queued rows are dropped); the
         # response then releases the admission reservation.
-        return _ClosingStream(lines(), run.close)
+        return _ClosingStream(lines(), stream.close)
 
     # -------------------------------------------------------------- sessions
     @router.post(

@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 import numpy as np
 
@@ -32,7 +33,9 @@ from services.common.metrics import ServiceMetrics
 from services.common.queues import WorkQueue, make_queue
 from services.simulator.engine import (
     EngineConfig,
+    ImagineChunk,
     ImagineResult,
+    ImagineRun,
     SimulatorEngine,
     seed_for_request,
 )
@@ -162,6 +165,24 @@ class SimulatorRuntime:
         verification = await self.verify(frame, result.frames, instruction, verify_threshold)
         return self.verified(result, verification)
 
+    def open_imagine_stream(
+        self,
+        start_frames: np.ndarray,
+        candidates: np.ndarray,
+        horizon_chunks: int = 0,
+        seed: int | None = None,
+        *,
+        instruction: str = "",
+        verify: bool = False,
+        verify_threshold: float | None = None,
+    ) -> ImagineStream:
+        """Imagine chunk by chunk, for the streaming routes of both transports. Validation and
+        admission happen here, before the first chunk, so they are real 4xx / status codes; the
+        stream yields each chunk, then the result (with the judge's answer if `verify`)."""
+        self.check_verify(verify, verify_threshold, instruction)
+        run = self.engine.open_imagine(start_frames, candidates, horizon_chunks, seed)
+        return ImagineStream(self, run, instruction, verify, verify_threshold)
+
     # ------------------------------------------------------------ verify
     def check_verify(self, verify: bool, threshold: float | None, instruction: str) -> None:
         """Refuse, before any work, a verify request this deployment or request cannot serve."""
@@ -214,3 +235,35 @@ class SimulatorRuntime:
         if self._worker is not None and self._worker.done():
             return Readiness(False, "the imagine queue worker stopped")
         return Readiness(True)
+
+
+class ImagineStream:
+    """An admitted streaming imagine: `events()` yields each `ImagineChunk` as it is generated,
+    then the `ImagineResult` (frames left out: they were streamed); `close()` releases it (a
+    disconnected caller's queued rows are dropped)."""
+
+    def __init__(self, runtime: SimulatorRuntime, run: ImagineRun, instruction: str, verify: bool,
+                 threshold: float | None) -> None:
+        self.runtime, self.run = runtime, run
+        self.instruction, self.verify, self.threshold = instruction, verify, threshold
+
+    @property
+    def n_candidates(self) -> int:
+        return self.run.n_candidates
+
+    async def events(self) -> AsyncIterator[ImagineChunk | ImagineResult]:
+        kept: list[np.ndarray] = []  # the chunks, for the judge (verify only)
+        async for chunk in self.run.chunks():
+            if self.verify:
+                kept.append(chunk.frames)
+            yield chunk
+        provenance, timing = self.run.summary()
+        result = ImagineResult(np.empty(0, np.uint8), self.run.seed, provenance, timing)
+        if self.verify:
+            frames = np.concatenate(kept, axis=1)  # (N, T, H, W, 3)
+            verification = await self.runtime.verify(self.run.frame, frames, self.instruction, self.threshold)
+            result = self.runtime.verified(result, verification)
+        yield result
+
+    def close(self) -> None:
+        self.run.close()
