@@ -110,6 +110,32 @@ def load_autoencoder(directory: str) -> tuple[FrameAutoencoder, str]:
     return FrameAutoencoder.from_config_and_tensors(config, tensors, directory), manifest.get("weights_sha256", "")
 
 
+def validation_episodes(n_episodes: int, val_episodes: int, seed: int) -> np.ndarray:
+    """The episodes a run validates on (never trained on): fixed by the seed and the data."""
+    rng = np.random.default_rng(seed)
+    n_val = min(val_episodes, max(1, n_episodes // 10))
+    return np.sort(rng.choice(n_episodes, n_val, replace=False))
+
+
+def validation_losses(model: VideoDiT, eps: LatentEpisodes, pool: np.ndarray | None, batch_size: int,
+                      window: int, moving_threshold: float) -> tuple[float, float]:
+    """Plain velocity MSE on generated frames, and the same on moving latent pixels only, over
+    4 batches of fixed windows and noise (the same every time, so runs and checkpoints compare)."""
+    g = torch.Generator().manual_seed(1234)
+    tot, n_tot, mov, n_mov = 0.0, 0.0, 0.0, 0.0
+    with torch.no_grad():
+        for _ in range(4):
+            batch: FlowBatch = eps.sample(batch_size, window, g, pool)
+            sq, gen_mask = flow_errors(model, batch, g)
+            gm = gen_mask[..., None, None, None]  # (B, F, 1, 1, 1)
+            m = moving_mask(batch.latents, moving_threshold) * gm
+            tot += float((sq * gm).sum())
+            n_tot += float(gm.sum()) * sq[0, 0].numel()
+            mov += float((sq * m).sum())
+            n_mov += float(m.sum()) * sq.shape[2]
+    return tot / n_tot, mov / max(n_mov, 1.0)
+
+
 def check_resumable(saved: dict[str, Any] | None, cfg: WorldModelTrainConfig, where: Path) -> None:
     """Refuse to continue a state written by a run with another configuration."""
     if not saved:
@@ -207,9 +233,7 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
         raise ConfigError(f"held-out data shares tasks with the training data: {sorted(set(heldout.tasks) & set(data.tasks))}")
     enc_seconds = time.time() - t_enc
     fingerprint = data_fingerprint(data)
-    rng = np.random.default_rng(cfg.seed)
-    n_val = min(cfg.val_episodes, max(1, len(data) // 10))
-    val_eps = np.sort(rng.choice(len(data), n_val, replace=False))
+    val_eps = validation_episodes(len(data), cfg.val_episodes, cfg.seed)
     train_eps = np.setdiff1d(np.arange(len(data)), val_eps)
 
     dit = VideoDiT(dit_cfg)
@@ -260,21 +284,7 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
         return lr
 
     def eval_losses(model: VideoDiT, eps: LatentEpisodes, pool: np.ndarray | None) -> tuple[float, float]:
-        """Plain velocity MSE on generated frames, and the same on moving latent pixels only,
-        over fixed windows and noise (the same every time)."""
-        g = torch.Generator().manual_seed(1234)
-        tot, n_tot, mov, n_mov = 0.0, 0.0, 0.0, 0.0
-        with torch.no_grad():
-            for _ in range(4):
-                batch: FlowBatch = eps.sample(cfg.batch_size, cfg.window, g, pool)
-                sq, gen_mask = flow_errors(model, batch, g)
-                gm = gen_mask[..., None, None, None]  # (B, F, 1, 1, 1)
-                m = moving_mask(batch.latents, cfg.moving_threshold) * gm
-                tot += float((sq * gm).sum())
-                n_tot += float(gm.sum()) * sq[0, 0].numel()
-                mov += float((sq * m).sum())
-                n_mov += float(m.sum()) * sq.shape[2]
-        return tot / n_tot, mov / max(n_mov, 1.0)
+        return validation_losses(model, eps, pool, cfg.batch_size, cfg.window, cfg.moving_threshold)
 
     def val_loss() -> float:
         return eval_losses(ema, data, val_eps)[0]
