@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import itertools
 import logging
 import time
@@ -88,6 +89,28 @@ class BatchingConfig:
     max_batch_size: int  # units per model call (the oldest item always, whatever its size)
     max_wait_ms: float  # how long the oldest item waits for the batch to fill
     max_admitted: int  # units admitted (queued or running) before 429
+
+
+C = TypeVar("C")
+
+
+def check_engine_config(config: Any) -> None:
+    """A service engine's config dataclass: `max_wait_ms` >= 0 and every other field >= 1,
+    all problems in one ValueError naming the class."""
+    problems = [
+        f"{f.name}={getattr(config, f.name)} must be >= 1"
+        for f in dataclasses.fields(config)
+        if f.name != "max_wait_ms" and getattr(config, f.name) < 1
+    ]
+    if config.max_wait_ms < 0:
+        problems.append(f"max_wait_ms={config.max_wait_ms} must be >= 0")
+    if problems:
+        raise ValueError(f"invalid {type(config).__name__}: " + "; ".join(problems))
+
+
+def engine_config_from_settings(cls: type[C], settings: Any) -> C:
+    """A config dataclass whose fields are named as the service's settings."""
+    return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclass

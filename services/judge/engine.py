@@ -52,6 +52,8 @@ from services.common.batching import (
     BatchStats,
     Reservation,
     Wording,
+    check_engine_config,
+    engine_config_from_settings,
 )
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.common.logging import request_id_var
@@ -113,32 +115,11 @@ class JudgeEngineConfig:
     max_batch_clips: int = 4096  # clips per classifier call (a job is never split)
 
     def __post_init__(self) -> None:
-        problems = [
-            f"{name}={getattr(self, name)} must be >= 1"
-            for name in (
-                "max_batch_size",
-                "max_queued_videos",
-                "max_video_frames",
-                "vlm_concurrency",
-                "max_batch_clips",
-            )
-            if getattr(self, name) < 1
-        ]
-        if self.max_wait_ms < 0:
-            problems.append(f"max_wait_ms={self.max_wait_ms} must be >= 0")
-        if problems:
-            raise ValueError("invalid JudgeEngineConfig: " + "; ".join(problems))
+        check_engine_config(self)
 
     @classmethod
     def from_settings(cls, settings: Any) -> JudgeEngineConfig:
-        return cls(
-            max_batch_size=settings.max_batch_size,
-            max_wait_ms=settings.max_wait_ms,
-            max_queued_videos=settings.max_queued_videos,
-            max_video_frames=settings.max_video_frames,
-            vlm_concurrency=settings.vlm_concurrency,
-            max_batch_clips=settings.max_batch_clips,
-        )
+        return engine_config_from_settings(cls, settings)
 
 
 def vlm_config_from_settings(settings: Any) -> VLMJudgeConfig | None:

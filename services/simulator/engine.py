@@ -46,6 +46,8 @@ from services.common.batching import (
     Item,
     Reservation,
     Wording,
+    check_engine_config,
+    engine_config_from_settings,
 )
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.metrics import ServiceMetrics
@@ -178,30 +180,11 @@ class EngineConfig:
     max_response_bytes: int = 256 * 1024**2  # raw frame bytes one response may carry
 
     def __post_init__(self) -> None:
-        problems = [
-            f"{name}={getattr(self, name)} must be >= 1"
-            for name in (
-                "max_batch_size",
-                "max_queued_rollouts",
-                "max_chunks_per_request",
-                "max_response_bytes",
-            )
-            if getattr(self, name) < 1
-        ]
-        if self.max_wait_ms < 0:
-            problems.append(f"max_wait_ms={self.max_wait_ms} must be >= 0")
-        if problems:
-            raise ValueError("invalid EngineConfig: " + "; ".join(problems))
+        check_engine_config(self)
 
     @classmethod
     def from_settings(cls, settings: Any) -> EngineConfig:
-        return cls(
-            max_batch_size=settings.max_batch_size,
-            max_wait_ms=settings.max_wait_ms,
-            max_queued_rollouts=settings.max_queued_rollouts,
-            max_chunks_per_request=settings.max_chunks_per_request,
-            max_response_bytes=settings.max_response_bytes,
-        )
+        return engine_config_from_settings(cls, settings)
 
 
 # ------------------------------------------------------------ work items

@@ -12,12 +12,19 @@ import threading
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
 from prometheus_client import REGISTRY
 
-from services.common.batching import BatchingConfig, BatchingEngine, Wording
+from services.common.batching import (
+    BatchingConfig,
+    BatchingEngine,
+    Wording,
+    check_engine_config,
+    engine_config_from_settings,
+)
 from services.common.errors import (
     Internal,
     InvalidArgument,
@@ -445,3 +452,24 @@ def test_queue_depth_and_batch_size_metrics() -> None:
         assert e.stats.units == 5 and e.stats.largest_batch == 3
 
     run(scenario())
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    max_batch_size: int = 4
+    max_wait_ms: float = 5.0
+    max_queued_widgets: int = 8
+
+    def __post_init__(self) -> None:
+        check_engine_config(self)
+
+
+def test_engine_configs_name_every_problem_and_read_their_settings() -> None:
+    with pytest.raises(ValueError) as err:
+        ToyConfig(max_batch_size=0, max_wait_ms=-1, max_queued_widgets=-2)
+    assert str(err.value) == (
+        "invalid ToyConfig: max_batch_size=0 must be >= 1; max_queued_widgets=-2 must be >= 1; "
+        "max_wait_ms=-1 must be >= 0"
+    )
+    settings = SimpleNamespace(max_batch_size=2, max_wait_ms=0.0, max_queued_widgets=3, port=1)
+    assert engine_config_from_settings(ToyConfig, settings) == ToyConfig(2, 0.0, 3)
