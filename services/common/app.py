@@ -5,8 +5,8 @@ route except health (the OpenAPI schema too, unless WMPO_API_DOCS=public), reque
 logs, one JSON error body, Prometheus metrics, health and readiness probes.
 The service then only includes its own routers. `runtime_lifespan` is the
 lifespan every service's app has: start the runtime (and the gRPC server), stop
-both however the app ends (the trainer uses it; the simulator and judge still
-spell it out in their `server` modules).
+both however the app ends. `worker_app` is a pure queue worker's app (probes and
+metrics only) and `run_app` serves an app with uvicorn, the same for every service.
 """
 
 from __future__ import annotations
@@ -118,3 +118,44 @@ def runtime_lifespan(
             await runtime.stop()
 
     return lifespan
+
+
+def worker_app(settings: ServiceSettings, runtime: Any, *, service: str, version: str, what: str) -> FastAPI:
+    """A pure queue worker: `runtime` consumes `what`'s queued work from Redis; HTTP serves only
+    probes and metrics (no API, no gRPC)."""
+    from wmpo.errors import ConfigError
+
+    if not settings.redis_url:
+        raise ConfigError(
+            "a queue worker needs Redis: set WMPO_REDIS_URL (or --redis-url); without it "
+            f"the {what} runs its queue in process (serve without --worker)"
+        )
+    if not getattr(runtime, "consume", False):
+        raise ConfigError(
+            f"a queue worker's runtime must consume ({type(runtime).__name__}(consume=True))"
+        )
+    app = create_app(
+        settings,
+        service=f"{service}-worker",
+        version=version,
+        readiness=runtime.readiness,
+        lifespan=runtime_lifespan(runtime),
+    )
+    app.state.runtime = runtime
+    return app
+
+
+def run_app(app: FastAPI, settings: ServiceSettings) -> None:
+    """Serve `app` with uvicorn until interrupted (SIGINT/SIGTERM shut down gracefully)."""
+    import uvicorn
+
+    log.info("HTTP listening on %s:%d", settings.host, settings.port)
+    # log_config=None: uvicorn's loggers propagate to our JSON handler.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        lifespan="on",
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )

@@ -14,19 +14,17 @@ autoscaler), no simulator API and no gRPC.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.common.app import KEEP_ALIVE_S, create_app
+from services.common.app import run_app, runtime_lifespan, worker_app
 from services.common.logging import configure_logging
 from services.simulator.grpc_api import create_grpc_server
 from services.simulator.http_api import create_simulator_app
 from services.simulator.runtime import SERVICE, VERSION, SimulatorRuntime
 from services.simulator.settings import SimulatorSettings
-from wmpo.errors import CheckpointError, ConfigError
+from wmpo.errors import CheckpointError
 from wmpo.sampling.world_model import TorchWorldModel, WorldModel
 
 log = logging.getLogger("wmpo.simulator")
@@ -65,53 +63,14 @@ def build_app(
     runtime: SimulatorRuntime, settings: SimulatorSettings, serve_grpc: bool = True
 ) -> FastAPI:
     """The HTTP app; its lifespan also runs the gRPC server on settings.grpc_port."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await runtime.start()
-        grpc_server = None
-        try:
-            if serve_grpc:
-                grpc_server, port = create_grpc_server(runtime, settings)
-                await grpc_server.start()
-                app.state.grpc_port = port
-                log.info("gRPC listening on %s:%d", settings.host, port)
-            yield
-        finally:
-            if grpc_server is not None:
-                await grpc_server.stop(settings.grpc_grace_s)
-            await runtime.stop()
-
+    grpc_server = (lambda: create_grpc_server(runtime, settings)) if serve_grpc else None
+    lifespan = runtime_lifespan(runtime, grpc_server, settings.grpc_grace_s)
     return create_simulator_app(settings, runtime, lifespan=lifespan)
 
 
 def build_worker_app(runtime: SimulatorRuntime, settings: SimulatorSettings) -> FastAPI:
     """A pure queue worker: the runtime consumes imagine work; HTTP has only probes and metrics."""
-    if not settings.redis_url:
-        raise ConfigError(
-            "a queue worker needs Redis: set WMPO_REDIS_URL (or --redis-url); without it "
-            "the simulator runs its queue in process (serve without --worker)"
-        )
-    if not runtime.consume:
-        raise ConfigError("a queue worker's runtime must consume (SimulatorRuntime(consume=True))")
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await runtime.start()
-        try:
-            yield
-        finally:
-            await runtime.stop()
-
-    app = create_app(
-        settings,
-        service=f"{SERVICE}-worker",
-        version=VERSION,
-        readiness=runtime.readiness,
-        lifespan=lifespan,
-    )
-    app.state.runtime = runtime
-    return app
+    return worker_app(settings, runtime, service=SERVICE, version=VERSION, what="simulator")
 
 
 def serve(
@@ -121,23 +80,10 @@ def serve(
 
     `worker`: a pure queue worker (see `build_worker_app`).
     """
-    import uvicorn
-
     configure_logging(settings.log_level)
     model = world_model or world_model_from_settings(settings)
     if worker:
-        runtime = SimulatorRuntime(model, settings, consume=True)
-        app = build_worker_app(runtime, settings)
+        app = build_worker_app(SimulatorRuntime(model, settings, consume=True), settings)
     else:
-        runtime = SimulatorRuntime(model, settings)
-        app = build_app(runtime, settings)
-    log.info("HTTP listening on %s:%d", settings.host, settings.port)
-    # log_config=None: uvicorn's loggers propagate to our JSON handler.
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        lifespan="on",
-        timeout_keep_alive=KEEP_ALIVE_S,
-    )
+        app = build_app(SimulatorRuntime(model, settings), settings)
+    run_app(app, settings)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI
 
-from services.common.app import KEEP_ALIVE_S, runtime_lifespan
+from services.common.app import run_app, runtime_lifespan
 from services.common.logging import configure_logging
 from services.embedded import serve_app_in_thread
 from services.trainer.grpc_api import create_grpc_server
@@ -56,17 +56,5 @@ def serve_trainer_in_thread(
 
 def serve(settings: TrainerSettings) -> None:
     """Serve until interrupted (SIGINT/SIGTERM shut down gracefully)."""
-    import uvicorn
-
     configure_logging(settings.log_level)
-    app = build_app(TrainerRuntime(settings), settings)
-    log.info("HTTP listening on %s:%d", settings.host, settings.port)
-    # log_config=None: uvicorn's loggers propagate to our JSON handler.
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        lifespan="on",
-        timeout_keep_alive=KEEP_ALIVE_S,
-    )
+    run_app(build_app(TrainerRuntime(settings), settings), settings)
