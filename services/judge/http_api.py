@@ -26,7 +26,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
 from wmpo_client.codec import CodecError, TensorJSON
@@ -293,50 +293,53 @@ def _group_out(res: GroupOutcome, rid: str) -> JudgeGroupOut:
 _ERRORS = error_responses(400, 422, 429, 503)
 
 
-def judge_router() -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["judge"], responses=_ERRORS)
+Runtime = Annotated[JudgeRuntime, Depends(_runtime)]
+router = APIRouter(prefix="/v1", tags=["judge"], responses=_ERRORS)
 
-    @router.post("/judge", response_model=JudgeOut, summary="Judge one video")
-    async def judge(body: JudgeBody, request: Request) -> JudgeOut:
-        rt = _runtime(request)
-        res = await until_disconnect(
-            request,
-            rt.judge(
-                body._frames,
-                body.instruction,
-                kind=body.kind,
-                frame_stride=body.frame_stride,
-                threshold=body.threshold,
-                clip_temperature=body.clip_temperature,
-                request_id=body.request_id,
-            ),
-        )
-        return _judge_out(res, _request_id(body.request_id))
 
-    @router.post(
-        "/judge/group",
-        response_model=JudgeGroupOut,
-        summary="Judge a group of rollouts; rewards after dual-noise verification",
+@router.post("/judge", response_model=JudgeOut, summary="Judge one video")
+async def judge(body: JudgeBody, rt: Runtime, request: Request) -> JudgeOut:
+    res = await until_disconnect(
+        request,
+        rt.judge(
+            body._frames,
+            body.instruction,
+            kind=body.kind,
+            frame_stride=body.frame_stride,
+            threshold=body.threshold,
+            clip_temperature=body.clip_temperature,
+            request_id=body.request_id,
+        ),
     )
-    async def judge_group(body: JudgeGroupBody, request: Request) -> JudgeGroupOut:
-        rt = _runtime(request)
-        res = await until_disconnect(
-            request,
-            rt.judge_group(
-                body._videos,
-                body.instruction,
-                replays=[(r.index, r._frames) for r in body.replays],
-                kind=body.kind,
-                reward=body.reward,
-                frame_stride=body.frame_stride,
-                threshold=body.threshold,
-                clip_temperature=body.clip_temperature,
-                max_flags=body.max_flags,
-                request_id=body.request_id,
-            ),
-        )
-        return _group_out(res, _request_id(body.request_id))
+    return _judge_out(res, _request_id(body.request_id))
 
+
+@router.post(
+    "/judge/group",
+    response_model=JudgeGroupOut,
+    summary="Judge a group of rollouts; rewards after dual-noise verification",
+)
+async def judge_group(body: JudgeGroupBody, rt: Runtime, request: Request) -> JudgeGroupOut:
+    res = await until_disconnect(
+        request,
+        rt.judge_group(
+            body._videos,
+            body.instruction,
+            replays=[(r.index, r._frames) for r in body.replays],
+            kind=body.kind,
+            reward=body.reward,
+            frame_stride=body.frame_stride,
+            threshold=body.threshold,
+            clip_temperature=body.clip_temperature,
+            max_flags=body.max_flags,
+            request_id=body.request_id,
+        ),
+    )
+    return _group_out(res, _request_id(body.request_id))
+
+
+def judge_router() -> APIRouter:
+    """The judge's API routes (module-level functions over the runtime dependency)."""
     return router
 
 

@@ -38,7 +38,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Body, FastAPI, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
@@ -416,241 +416,247 @@ _CREATED_LINKS = {
 }
 
 
-def simulator_router() -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["simulator"], responses=_ERRORS)
+Runtime = Annotated[SimulatorRuntime, Depends(_runtime)]
+router = APIRouter(prefix="/v1", tags=["simulator"], responses=_ERRORS)
 
-    @router.post(
-        "/imagine",
-        response_model=ImagineOut,
-        summary="Imagine candidate futures",
-        operation_id="imagine",
+
+@router.post(
+    "/imagine",
+    response_model=ImagineOut,
+    summary="Imagine candidate futures",
+    operation_id="imagine",
+)
+async def imagine(body: ImagineBody, rt: Runtime, request: Request) -> ImagineOut:
+    rid = _request_id(body.request_id)
+    result = await until_disconnect(
+        request,
+        rt.imagine(
+            body._frames,
+            body._candidates,
+            body.horizon_chunks,
+            body.seed,
+            body.request_id,
+            instruction=body.instruction,
+            verify=body.verify,
+            verify_threshold=body.verify_threshold,
+        ),
     )
-    async def imagine(body: ImagineBody, request: Request) -> ImagineOut:
-        rt = _runtime(request)
-        rid = _request_id(body.request_id)
-        result = await until_disconnect(
-            request,
-            rt.imagine(
-                body._frames,
-                body._candidates,
-                body.horizon_chunks,
-                body.seed,
-                body.request_id,
-                instruction=body.instruction,
-                verify=body.verify,
-                verify_threshold=body.verify_threshold,
-            ),
-        )
-        v = result.verification
-        return ImagineOut(
-            request_id=rid,
-            candidates=[
-                CandidateOut(
-                    index=i,
-                    frames=_tensor(f, f"candidate {i}", body.frame_encoding),
-                    confidence=v.confidences[i] if v else None,
-                )
-                for i, f in enumerate(result.frames)
-            ],
-            seed=result.seed,
-            provenance=result.provenance,
-            timing=_round(result.timing),
-            verdict=v.verdict if v else None,
-            best_candidate=v.best_candidate if v else None,
-        )
-
-    @router.post(
-        "/imagine/stream",
-        summary="Imagine, streaming frames chunk by chunk (NDJSON)",
-        operation_id="imagineStream",
-        response_class=StreamingResponse,
-        responses={
-            200: {
-                "description": "One JSON object per line: ImagineFramesEvent per chunk, then "
-                "ImagineResultEvent (or ErrorEvent).",
-                "content": {"application/x-ndjson": {}},
-            }
-        },
+    v = result.verification
+    return ImagineOut(
+        request_id=rid,
+        candidates=[
+            CandidateOut(
+                index=i,
+                frames=_tensor(f, f"candidate {i}", body.frame_encoding),
+                confidence=v.confidences[i] if v else None,
+            )
+            for i, f in enumerate(result.frames)
+        ],
+        seed=result.seed,
+        provenance=result.provenance,
+        timing=_round(result.timing),
+        verdict=v.verdict if v else None,
+        best_candidate=v.best_candidate if v else None,
     )
-    async def imagine_stream(body: ImagineBody, request: Request) -> StreamingResponse:
-        rt = _runtime(request)
-        rid = _request_id(body.request_id)
-        # Validation and admission happen here, so they are real 4xx responses.
-        stream = rt.open_imagine_stream(
-            body._frames, body._candidates, body.horizon_chunks, body.seed,
-            instruction=body.instruction, verify=body.verify, verify_threshold=body.verify_threshold,
-        )
 
-        async def lines() -> AsyncIterator[str]:
-            try:
-                async for event in stream.events():
-                    if isinstance(event, ImagineChunk):
-                        yield ImagineFramesEvent(
-                            request_id=rid,
-                            chunk_index=event.chunk_index,
-                            frames=_tensor(event.frames, "frames"),
-                        ).model_dump_json() + "\n"
-                        continue
-                    v = event.verification
-                    yield ImagineResultEvent(
+
+@router.post(
+    "/imagine/stream",
+    summary="Imagine, streaming frames chunk by chunk (NDJSON)",
+    operation_id="imagineStream",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "One JSON object per line: ImagineFramesEvent per chunk, then "
+            "ImagineResultEvent (or ErrorEvent).",
+            "content": {"application/x-ndjson": {}},
+        }
+    },
+)
+async def imagine_stream(body: ImagineBody, rt: Runtime) -> StreamingResponse:
+    rid = _request_id(body.request_id)
+    # Validation and admission happen here, so they are real 4xx responses.
+    stream = rt.open_imagine_stream(
+        body._frames, body._candidates, body.horizon_chunks, body.seed,
+        instruction=body.instruction, verify=body.verify, verify_threshold=body.verify_threshold,
+    )
+
+    async def lines() -> AsyncIterator[str]:
+        try:
+            async for event in stream.events():
+                if isinstance(event, ImagineChunk):
+                    yield ImagineFramesEvent(
                         request_id=rid,
-                        candidates=[
-                            CandidateOut(
-                                index=i, frames=None, confidence=v.confidences[i] if v else None
-                            )
-                            for i in range(stream.n_candidates)
-                        ],
-                        seed=event.seed,
-                        provenance=event.provenance,
-                        timing=_round(event.timing),
-                        verdict=v.verdict if v else None,
-                        best_candidate=v.best_candidate if v else None,
+                        chunk_index=event.chunk_index,
+                        frames=_tensor(event.frames, "frames"),
                     ).model_dump_json() + "\n"
-            except Exception as exc:  # the status line is sent; report in-band
-                yield _error_line(exc, rid)
+                    continue
+                v = event.verification
+                yield ImagineResultEvent(
+                    request_id=rid,
+                    candidates=[
+                        CandidateOut(
+                            index=i, frames=None, confidence=v.confidences[i] if v else None
+                        )
+                        for i in range(stream.n_candidates)
+                    ],
+                    seed=event.seed,
+                    provenance=event.provenance,
+                    timing=_round(event.timing),
+                    verdict=v.verdict if v else None,
+                    best_candidate=v.best_candidate if v else None,
+                ).model_dump_json() + "\n"
+        except Exception as exc:  # the status line is sent; report in-band
+            yield _error_line(exc, rid)
 
-        # Disconnect cancels the generator (its queued rows are dropped); the
-        # response then releases the admission reservation.
-        return _ClosingStream(lines(), stream.close)
+    # Disconnect cancels the generator (its queued rows are dropped); the
+    # response then releases the admission reservation.
+    return _ClosingStream(lines(), stream.close)
 
-    # -------------------------------------------------------------- sessions
-    @router.post(
-        "/sessions",
-        response_model=CreateSessionOut,
-        summary="Open a session or group",
-        operation_id="createSession",
-        responses={200: {"links": _CREATED_LINKS}},
+# -------------------------------------------------------------- sessions
+@router.post(
+    "/sessions",
+    response_model=CreateSessionOut,
+    summary="Open a session or group",
+    operation_id="createSession",
+    responses={200: {"links": _CREATED_LINKS}},
+)
+async def create_session(body: CreateSessionBody, rt: Runtime, request: Request) -> CreateSessionOut:
+    res = await until_disconnect(
+        request,
+        rt.sessions.create(
+            body._frames, body.instruction, body.seed, body.group_size, body.max_chunks
+        ),
     )
-    async def create_session(body: CreateSessionBody, request: Request) -> CreateSessionOut:
-        rt = _runtime(request)
-        res = await until_disconnect(
-            request,
-            rt.sessions.create(
-                body._frames, body.instruction, body.seed, body.group_size, body.max_chunks
-            ),
-        )
-        return CreateSessionOut(
-            request_id=_request_id(body.request_id),
-            group_id=res.group_id,
-            sessions=[_info(s) for s in res.sessions],
-            observation=_tensor(res.observation, "observation", body.frame_encoding),
-            provenance=res.provenance,
-            timing=_round(res.timing),
-        )
-
-    def _step_out(outcome: Any, rid: str, encoding: FrameEncoding) -> StepOut:
-        return StepOut(
-            request_id=rid,
-            results=[
-                StepResultOut(
-                    session_id=r.session_id,
-                    frames=_tensor(r.frames, "frames", encoding),
-                    reward=r.reward,
-                    done=r.done,
-                    truncated=r.truncated,
-                    chunks_stepped=r.chunks_stepped,
-                )
-                for r in outcome.results
-            ],
-            timing=_round(outcome.timing),
-            replayed=outcome.replayed,
-        )
-
-    @router.post(
-        "/sessions/{session_id}/step",
-        response_model=StepOut,
-        summary="Step a session",
-        operation_id="stepSession",
-        responses={
-            200: {"links": _links(_SESSION_PATH, "getSession", "replaySession")},
-            **error_responses(409),
-        },
+    return CreateSessionOut(
+        request_id=_request_id(body.request_id),
+        group_id=res.group_id,
+        sessions=[_info(s) for s in res.sessions],
+        observation=_tensor(res.observation, "observation", body.frame_encoding),
+        provenance=res.provenance,
+        timing=_round(res.timing),
     )
-    async def step_session(session_id: str, body: StepSessionBody, request: Request) -> StepOut:
-        rt = _runtime(request)
-        outcome = await until_disconnect(
-            request,
-            rt.sessions.step_session(session_id, body._actions, body.expected_chunks_stepped),
-        )
-        return _step_out(outcome, _request_id(body.request_id), body.frame_encoding)
 
-    @router.post(
-        "/sessions/{session_id}/replay",
-        response_model=ReplayOut,
-        summary="Replay a session's recorded actions under fresh noise",
-        operation_id="replaySession",
+
+def _step_out(outcome: Any, rid: str, encoding: FrameEncoding) -> StepOut:
+    return StepOut(
+        request_id=rid,
+        results=[
+            StepResultOut(
+                session_id=r.session_id,
+                frames=_tensor(r.frames, "frames", encoding),
+                reward=r.reward,
+                done=r.done,
+                truncated=r.truncated,
+                chunks_stepped=r.chunks_stepped,
+            )
+            for r in outcome.results
+        ],
+        timing=_round(outcome.timing),
+        replayed=outcome.replayed,
     )
-    async def replay_session(
-        session_id: str,
-        request: Request,
-        body: Annotated[ReplayBody | None, Body()] = None,
-    ) -> ReplayOut:
-        rt = _runtime(request)
-        body = body or ReplayBody()
-        res = await until_disconnect(request, rt.sessions.replay(session_id, body.seed))
-        return ReplayOut(
-            request_id=_request_id(body.request_id),
-            session_id=res.session_id,
-            frames=_tensor(res.frames, "frames", body.frame_encoding),
-            seed=res.seed,
-            provenance=res.provenance,
-            timing=_round(res.timing),
-        )
 
-    @router.get(
-        "/sessions/{session_id}",
-        response_model=SessionInfoOut,
-        summary="Session state",
-        operation_id="getSession",
+
+@router.post(
+    "/sessions/{session_id}/step",
+    response_model=StepOut,
+    summary="Step a session",
+    operation_id="stepSession",
+    responses={
+        200: {"links": _links(_SESSION_PATH, "getSession", "replaySession")},
+        **error_responses(409),
+    },
+)
+async def step_session(session_id: str, body: StepSessionBody, rt: Runtime, request: Request) -> StepOut:
+    outcome = await until_disconnect(
+        request,
+        rt.sessions.step_session(session_id, body._actions, body.expected_chunks_stepped),
     )
-    async def get_session(session_id: str, request: Request) -> SessionInfoOut:
-        return _info(_runtime(request).sessions.get(session_id))
+    return _step_out(outcome, _request_id(body.request_id), body.frame_encoding)
 
-    @router.delete(
-        "/sessions/{session_id}",
-        response_model=ClosedOut,
-        summary="Close a session",
-        operation_id="closeSession",
+
+@router.post(
+    "/sessions/{session_id}/replay",
+    response_model=ReplayOut,
+    summary="Replay a session's recorded actions under fresh noise",
+    operation_id="replaySession",
+)
+async def replay_session(
+    session_id: str,
+    rt: Runtime, request: Request,
+    body: Annotated[ReplayBody | None, Body()] = None,
+) -> ReplayOut:
+    body = body or ReplayBody()
+    res = await until_disconnect(request, rt.sessions.replay(session_id, body.seed))
+    return ReplayOut(
+        request_id=_request_id(body.request_id),
+        session_id=res.session_id,
+        frames=_tensor(res.frames, "frames", body.frame_encoding),
+        seed=res.seed,
+        provenance=res.provenance,
+        timing=_round(res.timing),
     )
-    async def close_session(session_id: str, request: Request) -> ClosedOut:
-        return ClosedOut(closed_session_ids=_runtime(request).sessions.close(session_id))
 
-    # ---------------------------------------------------------------- groups
-    @router.post(
-        "/groups/{group_id}/step",
-        response_model=StepOut,
-        summary="Step a whole group",
-        operation_id="stepGroup",
-        responses={200: {"links": _links(_GROUP_PATH, "getGroup")}, **error_responses(409)},
+
+@router.get(
+    "/sessions/{session_id}",
+    response_model=SessionInfoOut,
+    summary="Session state",
+    operation_id="getSession",
+)
+async def get_session(session_id: str, rt: Runtime) -> SessionInfoOut:
+    return _info(rt.sessions.get(session_id))
+
+
+@router.delete(
+    "/sessions/{session_id}",
+    response_model=ClosedOut,
+    summary="Close a session",
+    operation_id="closeSession",
+)
+async def close_session(session_id: str, rt: Runtime) -> ClosedOut:
+    return ClosedOut(closed_session_ids=rt.sessions.close(session_id))
+
+# ---------------------------------------------------------------- groups
+@router.post(
+    "/groups/{group_id}/step",
+    response_model=StepOut,
+    summary="Step a whole group",
+    operation_id="stepGroup",
+    responses={200: {"links": _links(_GROUP_PATH, "getGroup")}, **error_responses(409)},
+)
+async def step_group(group_id: str, body: StepGroupBody, rt: Runtime, request: Request) -> StepOut:
+    outcome = await until_disconnect(
+        request,
+        rt.sessions.step_group(group_id, body._actions, body.expected_chunks_stepped),
     )
-    async def step_group(group_id: str, body: StepGroupBody, request: Request) -> StepOut:
-        rt = _runtime(request)
-        outcome = await until_disconnect(
-            request,
-            rt.sessions.step_group(group_id, body._actions, body.expected_chunks_stepped),
-        )
-        return _step_out(outcome, _request_id(body.request_id), body.frame_encoding)
+    return _step_out(outcome, _request_id(body.request_id), body.frame_encoding)
 
-    @router.get(
-        "/groups/{group_id}",
-        response_model=SessionsOut,
-        summary="Group state",
-        operation_id="getGroup",
+
+@router.get(
+    "/groups/{group_id}",
+    response_model=SessionsOut,
+    summary="Group state",
+    operation_id="getGroup",
+)
+async def get_group(group_id: str, rt: Runtime) -> SessionsOut:
+    return SessionsOut(
+        sessions=[_info(s) for s in rt.sessions.get_group(group_id)]
     )
-    async def get_group(group_id: str, request: Request) -> SessionsOut:
-        return SessionsOut(
-            sessions=[_info(s) for s in _runtime(request).sessions.get_group(group_id)]
-        )
 
-    @router.delete(
-        "/groups/{group_id}",
-        response_model=ClosedOut,
-        summary="Close a group",
-        operation_id="closeGroup",
-    )
-    async def close_group(group_id: str, request: Request) -> ClosedOut:
-        return ClosedOut(closed_session_ids=_runtime(request).sessions.close_group(group_id))
 
+@router.delete(
+    "/groups/{group_id}",
+    response_model=ClosedOut,
+    summary="Close a group",
+    operation_id="closeGroup",
+)
+async def close_group(group_id: str, rt: Runtime) -> ClosedOut:
+    return ClosedOut(closed_session_ids=rt.sessions.close_group(group_id))
+
+
+def simulator_router() -> APIRouter:
+    """The simulator's API routes (module-level functions over the runtime dependency)."""
     return router
 
 

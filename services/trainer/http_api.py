@@ -26,7 +26,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -96,97 +96,105 @@ def _runtime(request: Request) -> TrainerRuntime:
 _ERRORS = error_responses(400, 404, 409, 422, 429, 503)
 
 
+Runtime = Annotated[TrainerRuntime, Depends(_runtime)]
+router = APIRouter(prefix="/v1", tags=["trainer"], responses=_ERRORS)
+
+
+@router.post(
+    "/jobs",
+    response_model=JobOut,
+    status_code=201,
+    summary="Submit a GRPO job (idempotent by job_id)",
+    responses={200: {"model": JobOut, "description": "The job_id existed: that job."}},
+)
+async def submit(body: JobSpec, rt: Runtime, response: Response) -> JobOut:
+    record, created = await rt.submit(body)
+    if not created:
+        response.status_code = 200
+    return _out(record)
+
+
+@router.get("/jobs", response_model=JobListOut, summary="List jobs, newest first")
+async def list_jobs(
+    rt: Runtime,
+    state: Annotated[StateName | None, Query(description="Only jobs in this state.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 100,
+) -> JobListOut:
+    records = await rt.list(state, limit)
+    return JobListOut(jobs=[_out(r) for r in records])
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, summary="A job: state, steps, metrics")
+async def get_job(job_id: str, rt: Runtime) -> JobOut:
+    return _out(await rt.get(job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a job")
+async def cancel(job_id: str, rt: Runtime) -> JobOut:
+    return _out(await rt.cancel(job_id))
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    summary="Progress stream (NDJSON) until the job ends",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "One JSON object per line: step, state, and last end (or error).",
+            "content": {"application/x-ndjson": {}},
+        }
+    },
+)
+async def events(
+    job_id: str,
+    rt: Runtime,
+    after_step: Annotated[int, Query(ge=0, description="Only steps after this one.")] = 0,
+) -> StreamingResponse:
+    await rt.get(job_id, history=False)  # a 404 is a real response, not an in-band error
+    rid = current_request_id()
+
+    async def lines() -> AsyncIterator[str]:
+        try:
+            async for kind, value in rt.watch(job_id, after_step):
+                if kind == "step":
+                    yield _line({"event": "step", "job_id": job_id, "metrics": value})
+                else:
+                    job = _out(value).model_dump()
+                    job["metrics"] = []  # steps were sent as their own events
+                    yield _line({"event": kind, "job": job})
+        except Exception as exc:
+            yield error_line(exc, rid, "trainer progress stream")
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+@router.get(
+    "/jobs/{job_id}/checkpoint",
+    response_model=CheckpointOut,
+    summary="The job's policy checkpoint files",
+)
+async def checkpoint(job_id: str, rt: Runtime) -> CheckpointOut:
+    files = await rt.checkpoint_files(job_id)
+    record = await rt.get(job_id, history=False)
+    return CheckpointOut(
+        job_id=job_id, step=record.step, files=[CheckpointFileOut(**f) for f in files]
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/checkpoint/{name}",
+    summary="Download one checkpoint file (raw bytes)",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+async def checkpoint_file(job_id: str, name: str, rt: Runtime) -> FileResponse:
+    path = await rt.checkpoint_file(job_id, name)
+    # The file is replaced atomically after each step; an open file keeps its old bytes.
+    return FileResponse(path, media_type="application/octet-stream", filename=name)
+
+
 def trainer_router() -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["trainer"], responses=_ERRORS)
-
-    @router.post(
-        "/jobs",
-        response_model=JobOut,
-        status_code=201,
-        summary="Submit a GRPO job (idempotent by job_id)",
-        responses={200: {"model": JobOut, "description": "The job_id existed: that job."}},
-    )
-    async def submit(body: JobSpec, request: Request, response: Response) -> JobOut:
-        record, created = await _runtime(request).submit(body)
-        if not created:
-            response.status_code = 200
-        return _out(record)
-
-    @router.get("/jobs", response_model=JobListOut, summary="List jobs, newest first")
-    async def list_jobs(
-        request: Request,
-        state: Annotated[StateName | None, Query(description="Only jobs in this state.")] = None,
-        limit: Annotated[int, Query(ge=1, le=100_000)] = 100,
-    ) -> JobListOut:
-        records = await _runtime(request).list(state, limit)
-        return JobListOut(jobs=[_out(r) for r in records])
-
-    @router.get("/jobs/{job_id}", response_model=JobOut, summary="A job: state, steps, metrics")
-    async def get_job(job_id: str, request: Request) -> JobOut:
-        return _out(await _runtime(request).get(job_id))
-
-    @router.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a job")
-    async def cancel(job_id: str, request: Request) -> JobOut:
-        return _out(await _runtime(request).cancel(job_id))
-
-    @router.get(
-        "/jobs/{job_id}/events",
-        summary="Progress stream (NDJSON) until the job ends",
-        response_class=StreamingResponse,
-        responses={
-            200: {
-                "description": "One JSON object per line: step, state, and last end (or error).",
-                "content": {"application/x-ndjson": {}},
-            }
-        },
-    )
-    async def events(
-        job_id: str,
-        request: Request,
-        after_step: Annotated[int, Query(ge=0, description="Only steps after this one.")] = 0,
-    ) -> StreamingResponse:
-        rt = _runtime(request)
-        await rt.get(job_id, history=False)  # a 404 is a real response, not an in-band error
-        rid = current_request_id()
-
-        async def lines() -> AsyncIterator[str]:
-            try:
-                async for kind, value in rt.watch(job_id, after_step):
-                    if kind == "step":
-                        yield _line({"event": "step", "job_id": job_id, "metrics": value})
-                    else:
-                        job = _out(value).model_dump()
-                        job["metrics"] = []  # steps were sent as their own events
-                        yield _line({"event": kind, "job": job})
-            except Exception as exc:
-                yield error_line(exc, rid, "trainer progress stream")
-
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
-
-    @router.get(
-        "/jobs/{job_id}/checkpoint",
-        response_model=CheckpointOut,
-        summary="The job's policy checkpoint files",
-    )
-    async def checkpoint(job_id: str, request: Request) -> CheckpointOut:
-        rt = _runtime(request)
-        files = await rt.checkpoint_files(job_id)
-        record = await rt.get(job_id, history=False)
-        return CheckpointOut(
-            job_id=job_id, step=record.step, files=[CheckpointFileOut(**f) for f in files]
-        )
-
-    @router.get(
-        "/jobs/{job_id}/checkpoint/{name}",
-        summary="Download one checkpoint file (raw bytes)",
-        response_class=FileResponse,
-        responses={200: {"content": {"application/octet-stream": {}}}},
-    )
-    async def checkpoint_file(job_id: str, name: str, request: Request) -> FileResponse:
-        path = await _runtime(request).checkpoint_file(job_id, name)
-        # The file is replaced atomically after each step; an open file keeps its old bytes.
-        return FileResponse(path, media_type="application/octet-stream", filename=name)
-
+    """The trainer's API routes (module-level functions over the runtime dependency)."""
     return router
 
 
