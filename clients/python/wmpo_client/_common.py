@@ -108,3 +108,9 @@ def check_expected_chunks(value: int) -> int:
 def check_request_id(request_id: str | None) -> str:
     """'' for none; the server validates the charset and length."""
     return request_id or ""
+
+
+def check_frame_encoding(value: str) -> FrameEncoding:
+    if value not in ("raw", "png"):
+        raise ValueError(f"frame_encoding must be 'raw' or 'png', got {value!r}")
+    return value  # type: ignore[return-value]

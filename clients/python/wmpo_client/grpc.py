@@ -26,26 +26,32 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
 
 from wmpo_client._common import (
-    API_KEY_HEADER,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT_S,
-    REQUEST_ID_HEADER,
-    RETRY_CODES,
     FrameEncoding,
-    RetryPolicy,
     action_array,
     check_expected_chunks,
+    check_frame_encoding,
     check_request_id,
     frame_array,
+)
+from wmpo_client._grpc import (
+    AsyncGrpc,
+    GrpcConfig,
+    SyncGrpc,
+    error_from_rpc,
+    retryable,
+    size_options,
 )
 from wmpo_client.codec import from_proto, to_proto
 from wmpo_client.errors import SimulatorError
@@ -54,7 +60,6 @@ from wmpo_client.proto import simulator_pb2_grpc, tensor_pb2
 from wmpo_client.results import (
     CandidateResult,
     CreateSessionResult,
-    HealthStatus,
     ImagineChunk,
     ImagineEvent,
     ImagineResult,
@@ -67,65 +72,9 @@ from wmpo_client.results import (
 
 __all__ = ["AsyncGrpcSimulatorClient", "GrpcSimulatorClient", "error_from_rpc"]
 
-T = TypeVar("T")
 DEFAULT_TARGET = "127.0.0.1:50051"
 _VERDICTS: dict[int, Verdict] = {pb.VERDICT_EXECUTE: "execute", pb.VERDICT_REPLAN: "replan"}
 _ENCODINGS = {"raw": tensor_pb2.FRAME_ENCODING_RAW, "png": tensor_pb2.FRAME_ENCODING_PNG}
-
-
-# ------------------------------------------------------------------- errors
-
-
-def error_from_rpc(exc: grpc.RpcError) -> SimulatorError:
-    """The `SimulatorError` for a failed RPC (sync or aio)."""
-    code = exc.code() if hasattr(exc, "code") else None
-    name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
-    details = exc.details() if hasattr(exc, "details") else None
-    request_id = None
-    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
-    for key, value in trailing or ():
-        if key == REQUEST_ID_HEADER:
-            request_id = value
-    return SimulatorError(name, details or name.lower(), request_id, grpc_status=name)
-
-
-def _retryable(exc: grpc.RpcError, idempotent: bool = False) -> bool:
-    code = exc.code() if hasattr(exc, "code") else None
-    if not isinstance(code, grpc.StatusCode):
-        return False
-    if idempotent and code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return True  # the service returns the stored result of a step already done
-    if code.name not in RETRY_CODES:
-        return False
-    # grpcio's size-limit errors are RESOURCE_EXHAUSTED too; re-sending cannot help.
-    return "larger than max" not in (exc.details() or "")
-
-
-def open_channel(target: str, credentials: grpc.ChannelCredentials | None, options: Any) -> grpc.Channel:
-    """A TLS channel when ``credentials`` are given, else a plaintext one (every gRPC client here)."""
-    if credentials is not None:
-        return grpc.secure_channel(target, credentials, options)
-    return grpc.insecure_channel(target, options)
-
-
-def unary_with_retry(rpc: Callable[..., T], request: Any, metadata: Any, timeout: float | None,
-                     retry: RetryPolicy, idempotent: bool = False) -> T:
-    """One unary call, retried with backoff on transient codes (see ``_retryable``); a final
-    failure becomes the client's error type."""
-    attempt = 0
-    while True:
-        try:
-            return rpc(request, metadata=metadata, timeout=timeout)
-        except grpc.RpcError as exc:
-            if attempt < retry.retries and _retryable(exc, idempotent):
-                time.sleep(retry.delay(attempt))
-                attempt += 1
-                continue
-            raise error_from_rpc(exc) from exc
-
-
-def _strip_scheme(target: str) -> str:
-    return target.removeprefix("grpc://")
 
 
 # ------------------------------------------------------------------ parsing
@@ -218,11 +167,6 @@ class _Parser:
         )
 
 
-def _health(resp: pb.HealthResponse) -> HealthStatus:
-    ready = resp.status == pb.HealthResponse.SERVING_STATUS_SERVING
-    return HealthStatus(ready=ready, reason=resp.reason, version=resp.version or None)
-
-
 class _StreamState:
     """Collects a stream's chunks so its final event carries every frame."""
 
@@ -253,11 +197,15 @@ class _StreamState:
 # ----------------------------------------------------------------- requests
 
 
-class _GrpcBase:
-    """Configuration and request messages shared by the sync and async clients."""
+class _SimulatorGrpc(GrpcConfig):
+    """Configuration, request messages, parsing and the stream's retry rule shared by the
+    sync and async clients; unary retries are `wmpo_client._grpc.exchange`."""
+
+    stub_class = simulator_pb2_grpc.SimulatorStub
 
     def __init__(
         self,
+        target: str,
         api_key: str | None,
         timeout: float | None,
         retries: int,
@@ -268,27 +216,18 @@ class _GrpcBase:
         max_receive_bytes: int,
         options: Sequence[tuple[str, Any]],
     ) -> None:
-        if frame_encoding not in _ENCODINGS:
-            raise ValueError(f"frame_encoding must be 'raw' or 'png', got {frame_encoding!r}")
-        self.timeout = timeout
-        self.retry = RetryPolicy(retries, backoff, max_backoff)
-        self.frame_encoding: FrameEncoding = frame_encoding
+        self.frame_encoding: FrameEncoding = check_frame_encoding(frame_encoding)
         self.max_send_bytes = max_send_bytes
         self._parse = _Parser(max_receive_bytes)
-        self._api_key = api_key
-        self._options: list[tuple[str, Any]] = [
-            ("grpc.max_send_message_length", max_send_bytes),
-            ("grpc.max_receive_message_length", max_receive_bytes),
-            *options,
-        ]
+        opts = size_options(max_send_bytes, max_receive_bytes, options)
+        super().__init__(target, api_key, timeout, retries, backoff, max_backoff, opts)
 
-    def _metadata(self, request_id: str = "") -> tuple[tuple[str, str], ...]:
-        md: list[tuple[str, str]] = []
-        if self._api_key:
-            md.append((API_KEY_HEADER, self._api_key))
-        if request_id:
-            md.append((REQUEST_ID_HEADER, request_id))
-        return tuple(md)
+    def _stream_retry_delay(self, exc: grpc.RpcError, state: _StreamState, attempt: int) -> float:
+        """The wait before opening a failed stream again; raises when it must not be: it
+        already delivered frames, the failure is not transient, or the retries are spent."""
+        if not state.chunks and attempt < self.retry.retries and retryable(exc):
+            return self.retry.delay(attempt)
+        raise error_from_rpc(exc) from exc
 
     def _frame(self, frame: Any) -> tensor_pb2.Tensor:
         return to_proto(frame_array(frame), "frame", self.frame_encoding, self.max_send_bytes)
@@ -372,7 +311,7 @@ class _GrpcBase:
 # --------------------------------------------------------------------- sync
 
 
-class GrpcSimulatorClient(_GrpcBase):
+class GrpcSimulatorClient(SyncGrpc, _SimulatorGrpc):
     """Synchronous gRPC client of the simulator service.
 
     Args:
@@ -402,34 +341,10 @@ class GrpcSimulatorClient(_GrpcBase):
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         super().__init__(
-            api_key,
-            timeout,
-            retries,
-            backoff,
-            max_backoff,
-            frame_encoding,
-            max_send_bytes,
-            max_receive_bytes,
-            options,
+            target, api_key, timeout, retries, backoff, max_backoff, frame_encoding,
+            max_send_bytes, max_receive_bytes, options,
         )
-        self.target = _strip_scheme(target)
-        self._channel = open_channel(self.target, credentials, self._options)
-        self._stub = simulator_pb2_grpc.SimulatorStub(self._channel)
-
-    def __enter__(self) -> GrpcSimulatorClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
-
-    def _unary(
-        self, rpc: Callable[..., T], request: Any, request_id: str = "", idempotent: bool = False
-    ) -> T:
-        return unary_with_retry(rpc, request, self._metadata(request_id), self.timeout, self.retry, idempotent)
+        self._connect(credentials)
 
     def imagine(
         self,
@@ -469,8 +384,7 @@ class GrpcSimulatorClient(_GrpcBase):
         request = self._imagine_request(
             frame, instruction, candidates, horizon, seed, rid, verify, verify_threshold
         )
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             call = self._stub.ImagineStream(
                 request, metadata=self._metadata(rid), timeout=self.timeout
             )
@@ -481,13 +395,10 @@ class GrpcSimulatorClient(_GrpcBase):
                 state.check_finished()
                 return
             except grpc.RpcError as exc:
-                if not state.chunks and attempt < self.retry.retries and _retryable(exc):
-                    time.sleep(self.retry.delay(attempt))
-                    attempt += 1
-                    continue
-                raise error_from_rpc(exc) from exc
+                delay = self._stream_retry_delay(exc, state, attempt)
             finally:
                 call.cancel()
+            time.sleep(delay)
 
     def create_session(
         self,
@@ -525,9 +436,8 @@ class GrpcSimulatorClient(_GrpcBase):
     ) -> StepOutcome:
         """See `wmpo_client.http.SimulatorClient.step`."""
         rid = check_request_id(request_id)
-        request = self._step_request(
-            {"session_id": session_id}, actions, rid, expected_chunks_stepped
-        )
+        target = {"session_id": session_id}
+        request = self._step_request(target, actions, rid, expected_chunks_stepped)
         idempotent = expected_chunks_stepped is not None
         return self._parse.step(self._unary(self._stub.StepSession, request, rid, idempotent))
 
@@ -568,19 +478,11 @@ class GrpcSimulatorClient(_GrpcBase):
         request = pb.CloseSessionRequest(group_id=group_id)
         return list(self._unary(self._stub.CloseSession, request).closed_session_ids)
 
-    def health(self) -> HealthStatus:
-        """Readiness (no API key needed, no retries)."""
-        try:
-            resp = self._stub.Health(pb.HealthRequest(), timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
-        return _health(resp)
-
 
 # -------------------------------------------------------------------- async
 
 
-class AsyncGrpcSimulatorClient(_GrpcBase):
+class AsyncGrpcSimulatorClient(AsyncGrpc, _SimulatorGrpc):
     """Asynchronous (grpc.aio) gRPC client; same arguments and methods as `GrpcSimulatorClient`.
 
     The channel is opened on first use, inside the running event loop; close
@@ -603,59 +505,10 @@ class AsyncGrpcSimulatorClient(_GrpcBase):
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         super().__init__(
-            api_key,
-            timeout,
-            retries,
-            backoff,
-            max_backoff,
-            frame_encoding,
-            max_send_bytes,
-            max_receive_bytes,
-            options,
+            target, api_key, timeout, retries, backoff, max_backoff, frame_encoding,
+            max_send_bytes, max_receive_bytes, options,
         )
-        self.target = _strip_scheme(target)
-        self._credentials = credentials
-        self._channel: grpc.aio.Channel | None = None
-        self._stub_: simulator_pb2_grpc.SimulatorStub | None = None
-
-    @property
-    def _stub(self) -> simulator_pb2_grpc.SimulatorStub:
-        if self._stub_ is None:
-            self._channel = (
-                grpc.aio.secure_channel(self.target, self._credentials, self._options)
-                if self._credentials is not None
-                else grpc.aio.insecure_channel(self.target, self._options)
-            )
-            self._stub_ = simulator_pb2_grpc.SimulatorStub(self._channel)
-        return self._stub_
-
-    async def __aenter__(self) -> AsyncGrpcSimulatorClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the channel (if one was opened)."""
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
-            self._stub_ = None
-
-    async def _unary(
-        self, rpc: Callable[..., Any], request: Any, request_id: str = "", idempotent: bool = False
-    ) -> Any:
-        metadata = self._metadata(request_id)
-        attempt = 0
-        while True:
-            try:
-                return await rpc(request, metadata=metadata, timeout=self.timeout)
-            except grpc.RpcError as exc:
-                if attempt < self.retry.retries and _retryable(exc, idempotent):
-                    await asyncio.sleep(self.retry.delay(attempt))
-                    attempt += 1
-                    continue
-                raise error_from_rpc(exc) from exc
+        self._connect(credentials)
 
     async def imagine(
         self,
@@ -694,8 +547,7 @@ class AsyncGrpcSimulatorClient(_GrpcBase):
         request = self._imagine_request(
             frame, instruction, candidates, horizon, seed, rid, verify, verify_threshold
         )
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             call = self._stub.ImagineStream(
                 request, metadata=self._metadata(rid), timeout=self.timeout
             )
@@ -706,13 +558,10 @@ class AsyncGrpcSimulatorClient(_GrpcBase):
                 state.check_finished()
                 return
             except grpc.RpcError as exc:
-                if not state.chunks and attempt < self.retry.retries and _retryable(exc):
-                    await asyncio.sleep(self.retry.delay(attempt))
-                    attempt += 1
-                    continue
-                raise error_from_rpc(exc) from exc
+                delay = self._stream_retry_delay(exc, state, attempt)
             finally:
                 call.cancel()
+            await asyncio.sleep(delay)
 
     async def create_session(
         self,
@@ -750,9 +599,8 @@ class AsyncGrpcSimulatorClient(_GrpcBase):
     ) -> StepOutcome:
         """See `wmpo_client.http.SimulatorClient.step`."""
         rid = check_request_id(request_id)
-        request = self._step_request(
-            {"session_id": session_id}, actions, rid, expected_chunks_stepped
-        )
+        target = {"session_id": session_id}
+        request = self._step_request(target, actions, rid, expected_chunks_stepped)
         idempotent = expected_chunks_stepped is not None
         return self._parse.step(await self._unary(self._stub.StepSession, request, rid, idempotent))
 
@@ -792,11 +640,3 @@ class AsyncGrpcSimulatorClient(_GrpcBase):
     async def close_group(self, group_id: str) -> list[str]:
         request = pb.CloseSessionRequest(group_id=group_id)
         return list((await self._unary(self._stub.CloseSession, request)).closed_session_ids)
-
-    async def health(self) -> HealthStatus:
-        """Readiness (no API key needed, no retries)."""
-        try:
-            resp = await self._stub.Health(pb.HealthRequest(), timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
-        return _health(resp)

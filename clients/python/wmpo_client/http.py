@@ -23,37 +23,31 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import fields
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 import numpy as np
 
 from wmpo_client._common import (
-    API_KEY_HEADER,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT_S,
-    REQUEST_ID_HEADER,
-    RETRY_HTTP_STATUSES,
     FrameEncoding,
-    RetryPolicy,
     action_array,
     check_expected_chunks,
+    check_frame_encoding,
     check_request_id,
     frame_array,
-    parse_retry_after,
 )
+from wmpo_client._http import AsyncHttp, Call, HttpConfig, SyncHttp
 from wmpo_client.codec import from_json, to_json
-from wmpo_client.errors import CODE_BY_HTTP_STATUS, SimulatorError
+from wmpo_client.errors import SimulatorError
 from wmpo_client.results import (
     CandidateResult,
     CreateSessionResult,
-    HealthStatus,
     ImagineChunk,
     ImagineEvent,
     ImagineResult,
@@ -65,43 +59,7 @@ from wmpo_client.results import (
 
 __all__ = ["AsyncSimulatorClient", "SimulatorClient"]
 
-T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8000"
-_READINESS_PATH = "/readyz"
-
-
-# ------------------------------------------------------------------- errors
-
-
-def error_from_response(response: httpx.Response) -> SimulatorError:
-    """The `SimulatorError` for a non-2xx response whose body has been read.
-
-    The service's body is `{"error": {"code", "message", "request_id"}}`; any
-    other body (a proxy's page) keeps a code derived from the status.
-    """
-    status = response.status_code
-    code = CODE_BY_HTTP_STATUS.get(status, "INTERNAL" if status >= 500 else f"HTTP_{status}")
-    message = response.reason_phrase or f"HTTP {status}"
-    request_id = response.headers.get(REQUEST_ID_HEADER)
-    try:
-        data = response.json()
-    except ValueError:
-        text = response.text.strip()
-        if text:
-            message = text[:300]
-    else:
-        err = data.get("error") if isinstance(data, dict) else None
-        if isinstance(err, dict):
-            code = str(err.get("code") or code)
-            message = str(err.get("message") or message)
-            request_id = err.get("request_id") or request_id
-    return SimulatorError(code, message, request_id, http_status=status)
-
-
-def _transport_error(exc: httpx.HTTPError, url: str) -> SimulatorError:
-    if isinstance(exc, httpx.TimeoutException):
-        return SimulatorError("DEADLINE_EXCEEDED", f"no answer from {url} in time ({exc!r})")
-    return SimulatorError("UNAVAILABLE", f"cannot reach the simulator at {url} ({exc!r})")
 
 
 # ------------------------------------------------------------------ parsing
@@ -185,18 +143,6 @@ def _replay_result(data: dict[str, Any], max_bytes: int) -> ReplayResult:
     )
 
 
-def _health(response: httpx.Response) -> HealthStatus:
-    if response.status_code not in (200, 503):
-        response.read()
-        raise error_from_response(response)
-    try:
-        data = response.json()
-    except ValueError:
-        data = {}
-    reason = str(data.get("reason", "")) if isinstance(data, dict) else ""
-    return HealthStatus(ready=response.status_code == 200, reason=reason)
-
-
 class _StreamAssembler:
     """Turns NDJSON lines of `/v1/imagine/stream` into events; the last is the full result."""
 
@@ -238,17 +184,25 @@ class _StreamAssembler:
 # ----------------------------------------------------------------- requests
 
 
-@dataclass(frozen=True)
-class _Call:
-    method: str
-    path: str
-    body: dict[str, Any] | None
-    request_id: str
-    idempotent: bool = False  # safe to re-send after a timeout or a lost connection
+def _segment(identifier: str) -> str:
+    if not identifier:
+        raise ValueError("an id is required")
+    return quote(identifier, safe="")
 
 
-class _HttpBase:
-    """Configuration and request bodies shared by the sync and async clients."""
+def _sessions(data: dict[str, Any]) -> list[SessionInfo]:
+    return [_session_info(s) for s in data["sessions"]]
+
+
+def _closed(response: httpx.Response) -> list[str]:
+    return list(response.json()["closed_session_ids"])
+
+
+class _SimulatorHttp(HttpConfig):
+    """Configuration, requests and parsing shared by the sync and async clients; the retry
+    loop is `wmpo_client._http.exchange`, run by `SyncHttp` or `AsyncHttp`."""
+
+    service = "simulator"
 
     def __init__(
         self,
@@ -262,19 +216,32 @@ class _HttpBase:
         frame_encoding: FrameEncoding,
         max_response_bytes: int,
     ) -> None:
-        if frame_encoding not in ("raw", "png"):
-            raise ValueError(f"frame_encoding must be 'raw' or 'png', got {frame_encoding!r}")
-        self.base_url = base_url.rstrip("/")
-        self.retry = RetryPolicy(retries, backoff, max_backoff)
-        self.frame_encoding: FrameEncoding = frame_encoding
+        self.frame_encoding: FrameEncoding = check_frame_encoding(frame_encoding)
         self.max_response_bytes = max_response_bytes
-        self._timeout = httpx.Timeout(timeout, connect=min(connect_timeout, timeout))
-        self._headers = {API_KEY_HEADER: api_key} if api_key else {}
+        http_timeout = httpx.Timeout(timeout, connect=min(connect_timeout, timeout))
+        super().__init__(base_url, api_key, http_timeout, retries, backoff, max_backoff)
 
-    def _request_headers(self, request_id: str) -> dict[str, str]:
-        # The header ties the server's logs (and error bodies) to this call.
-        return {REQUEST_ID_HEADER: request_id} if request_id else {}
+    def _transport_error(self, exc: httpx.HTTPError) -> SimulatorError:
+        if isinstance(exc, httpx.TimeoutException):
+            return SimulatorError(
+                "DEADLINE_EXCEEDED", f"no answer from {self.base_url} in time ({exc!r})"
+            )
+        return super()._transport_error(exc)
 
+    # ---------------------------------------------------------- parsing
+    def _imagine_result(self, response: httpx.Response) -> ImagineResult:
+        return _imagine_result(response.json(), self.max_response_bytes)
+
+    def _create_result(self, response: httpx.Response) -> CreateSessionResult:
+        return _create_result(response.json(), self.max_response_bytes)
+
+    def _step_outcome(self, response: httpx.Response) -> StepOutcome:
+        return _step_outcome(response.json(), self.max_response_bytes)
+
+    def _replay_result(self, response: httpx.Response) -> ReplayResult:
+        return _replay_result(response.json(), self.max_response_bytes)
+
+    # ---------------------------------------------------------- requests
     def _imagine_call(
         self,
         path: str,
@@ -286,7 +253,7 @@ class _HttpBase:
         request_id: str | None,
         verify: bool = False,
         verify_threshold: float | None = None,
-    ) -> _Call:
+    ) -> Call:
         rid = check_request_id(request_id)
         body: dict[str, Any] = {
             "start_frames": to_json(frame_array(frame), "frame", self.frame_encoding),
@@ -302,7 +269,7 @@ class _HttpBase:
             body["verify"] = True
         if verify_threshold is not None:
             body["verify_threshold"] = float(verify_threshold)
-        return _Call("POST", path, body, rid)
+        return Call("POST", path, body, rid)
 
     def _create_call(
         self,
@@ -312,7 +279,7 @@ class _HttpBase:
         group_size: int,
         max_chunks: int,
         request_id: str | None,
-    ) -> _Call:
+    ) -> Call:
         rid = check_request_id(request_id)
         body: dict[str, Any] = {
             "start_frames": to_json(frame_array(frame), "frame", self.frame_encoding),
@@ -324,7 +291,7 @@ class _HttpBase:
         }
         if seed is not None:
             body["seed"] = seed
-        return _Call("POST", "/v1/sessions", body, rid)
+        return Call("POST", "/v1/sessions", body, rid)
 
     def _step_call(
         self,
@@ -333,7 +300,7 @@ class _HttpBase:
         actions: Any,
         request_id: str | None,
         expected_chunks_stepped: int | None,
-    ) -> _Call:
+    ) -> Call:
         rid = check_request_id(request_id)
         body: dict[str, Any] = {
             "actions": to_json(action_array(actions), "actions"),
@@ -343,30 +310,20 @@ class _HttpBase:
         if expected_chunks_stepped is not None:
             body["expected_chunks_stepped"] = check_expected_chunks(expected_chunks_stepped)
         idempotent = expected_chunks_stepped is not None
-        return _Call("POST", f"/v1/{kind}/{_segment(target)}/step", body, rid, idempotent)
+        return Call("POST", f"/v1/{kind}/{_segment(target)}/step", body, rid, idempotent)
 
-    def _replay_call(self, session_id: str, seed: int | None, request_id: str | None) -> _Call:
+    def _replay_call(self, session_id: str, seed: int | None, request_id: str | None) -> Call:
         rid = check_request_id(request_id)
         body: dict[str, Any] = {"request_id": rid, "frame_encoding": self.frame_encoding}
         if seed is not None:
             body["seed"] = seed
-        return _Call("POST", f"/v1/sessions/{_segment(session_id)}/replay", body, rid)
-
-
-def _segment(identifier: str) -> str:
-    if not identifier:
-        raise ValueError("an id is required")
-    return quote(identifier, safe="")
-
-
-def _sessions(data: dict[str, Any]) -> list[SessionInfo]:
-    return [_session_info(s) for s in data["sessions"]]
+        return Call("POST", f"/v1/sessions/{_segment(session_id)}/replay", body, rid)
 
 
 # --------------------------------------------------------------------- sync
 
 
-class SimulatorClient(_HttpBase):
+class SimulatorClient(SyncHttp, _SimulatorHttp):
     """Synchronous HTTP client of the simulator service (thread-safe, like httpx.Client).
 
     Args:
@@ -400,78 +357,10 @@ class SimulatorClient(_HttpBase):
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__(
-            base_url,
-            api_key,
-            timeout,
-            connect_timeout,
-            retries,
-            backoff,
-            max_backoff,
-            frame_encoding,
-            max_response_bytes,
+            base_url, api_key, timeout, connect_timeout, retries, backoff, max_backoff,
+            frame_encoding, max_response_bytes,
         )
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            headers=self._headers,
-            timeout=self._timeout,
-            transport=transport or httpx.HTTPTransport(retries=retries),
-        )
-
-    # ---------------------------------------------------------- plumbing
-    def __enter__(self) -> SimulatorClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the connection pool."""
-        self._http.close()
-
-    def _send(self, call: _Call, stream: bool = False) -> httpx.Response:
-        """Send with retries on 429/503; returns a 2xx response (open if `stream`)."""
-        request = self._http.build_request(
-            call.method, call.path, json=call.body, headers=self._request_headers(call.request_id)
-        )
-        attempt = 0
-        while True:
-            try:
-                response = self._http.send(request, stream=True)
-            except httpx.TransportError as exc:
-                if call.idempotent and attempt < self.retry.retries:
-                    time.sleep(self.retry.delay(attempt))
-                    attempt += 1
-                    continue
-                raise _transport_error(exc, self.base_url) from exc
-            except httpx.HTTPError as exc:
-                raise _transport_error(exc, self.base_url) from exc
-            if response.status_code in RETRY_HTTP_STATUSES and attempt < self.retry.retries:
-                response.close()
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
-                time.sleep(self.retry.delay(attempt, retry_after))
-                attempt += 1
-                continue
-            try:
-                if not stream or not response.is_success:
-                    response.read()
-            except httpx.TransportError as exc:
-                response.close()
-                if call.idempotent and attempt < self.retry.retries:
-                    time.sleep(self.retry.delay(attempt))
-                    attempt += 1
-                    continue
-                raise _transport_error(exc, self.base_url) from exc
-            except httpx.HTTPError as exc:
-                response.close()
-                raise _transport_error(exc, self.base_url) from exc
-            if not response.is_success:
-                response.close()
-                raise error_from_response(response)
-            return response
-
-    def _json(self, call: _Call, parse: Callable[[dict[str, Any]], T]) -> T:
-        response = self._send(call)
-        return parse(response.json())
+        self._open(transport, retries)
 
     # ---------------------------------------------------------- imagine
     def imagine(
@@ -503,17 +392,10 @@ class SimulatorClient(_HttpBase):
                 for "execute"; None: the judge's own threshold.
         """
         call = self._imagine_call(
-            "/v1/imagine",
-            frame,
-            instruction,
-            candidates,
-            horizon,
-            seed,
-            request_id,
-            verify,
-            verify_threshold,
+            "/v1/imagine", frame, instruction, candidates, horizon, seed, request_id,
+            verify, verify_threshold,
         )
-        return self._json(call, lambda d: _imagine_result(d, self.max_response_bytes))
+        return self._run(call, self._imagine_result)
 
     def imagine_stream(
         self,
@@ -532,17 +414,10 @@ class SimulatorClient(_HttpBase):
         iteration starts. Breaking out of the loop closes the response, which cancels the
         rest of the work on the server."""
         call = self._imagine_call(
-            "/v1/imagine/stream",
-            frame,
-            instruction,
-            candidates,
-            horizon,
-            seed,
-            request_id,
-            verify,
-            verify_threshold,
+            "/v1/imagine/stream", frame, instruction, candidates, horizon, seed, request_id,
+            verify, verify_threshold,
         )
-        response = self._send(call, stream=True)
+        response = self._run(call, lambda r: r, stream=True)
         assembler = _StreamAssembler(self.max_response_bytes)
         try:
             for line in response.iter_lines():
@@ -551,7 +426,7 @@ class SimulatorClient(_HttpBase):
                     yield event
             assembler.check_finished()
         except httpx.HTTPError as exc:
-            raise _transport_error(exc, self.base_url) from exc
+            raise self._transport_error(exc) from exc
         finally:
             response.close()
 
@@ -566,7 +441,7 @@ class SimulatorClient(_HttpBase):
     ) -> CreateSessionResult:
         """Open one session from a start frame; `max_chunks` 0 takes the server's budget."""
         call = self._create_call(frame, instruction, seed, 1, max_chunks, request_id)
-        return self._json(call, lambda d: _create_result(d, self.max_response_bytes))
+        return self._run(call, self._create_result)
 
     def create_group(
         self,
@@ -579,7 +454,7 @@ class SimulatorClient(_HttpBase):
     ) -> CreateSessionResult:
         """Fork `group_size` sessions from one encoded start (they differ in noise and actions)."""
         call = self._create_call(frame, instruction, seed, group_size, max_chunks, request_id)
-        return self._json(call, lambda d: _create_result(d, self.max_response_bytes))
+        return self._run(call, self._create_result)
 
     def step(
         self,
@@ -597,7 +472,7 @@ class SimulatorClient(_HttpBase):
         connections too; any other count raises SimulatorError FAILED_PRECONDITION.
         """
         call = self._step_call("sessions", session_id, actions, request_id, expected_chunks_stepped)
-        return self._json(call, lambda d: _step_outcome(d, self.max_response_bytes))
+        return self._run(call, self._step_outcome)
 
     def step_group(
         self,
@@ -611,50 +486,40 @@ class SimulatorClient(_HttpBase):
         `expected_chunks_stepped`: every member's chunks_stepped before this step (see `step`).
         """
         call = self._step_call("groups", group_id, actions, request_id, expected_chunks_stepped)
-        return self._json(call, lambda d: _step_outcome(d, self.max_response_bytes))
+        return self._run(call, self._step_outcome)
 
     def replay(
         self, session_id: str, seed: int | None = None, request_id: str | None = None
     ) -> ReplayResult:
         """Replay a session's recorded actions from its start under fresh noise."""
-        call = self._replay_call(session_id, seed, request_id)
-        return self._json(call, lambda d: _replay_result(d, self.max_response_bytes))
+        return self._run(self._replay_call(session_id, seed, request_id), self._replay_result)
 
     def get_session(self, session_id: str) -> SessionInfo:
-        call = _Call("GET", f"/v1/sessions/{_segment(session_id)}", None, "")
-        return self._json(call, _session_info)
+        call = Call("GET", f"/v1/sessions/{_segment(session_id)}")
+        return self._run(call, lambda r: _session_info(r.json()))
 
     def get_group(self, group_id: str) -> list[SessionInfo]:
-        return self._json(_Call("GET", f"/v1/groups/{_segment(group_id)}", None, ""), _sessions)
+        call = Call("GET", f"/v1/groups/{_segment(group_id)}")
+        return self._run(call, lambda r: _sessions(r.json()))
 
     def close_session(self, session_id: str) -> list[str]:
         """Close a session; returns the ids closed."""
-        call = _Call("DELETE", f"/v1/sessions/{_segment(session_id)}", None, "")
-        return self._json(call, lambda d: list(d["closed_session_ids"]))
+        return self._run(Call("DELETE", f"/v1/sessions/{_segment(session_id)}"), _closed)
 
     def close_group(self, group_id: str) -> list[str]:
         """Close every session of a group; returns the ids closed."""
-        call = _Call("DELETE", f"/v1/groups/{_segment(group_id)}", None, "")
-        return self._json(call, lambda d: list(d["closed_session_ids"]))
-
-    # ---------------------------------------------------------- health
-    def health(self) -> HealthStatus:
-        """Readiness (no API key needed, no retries: "not ready" is an answer)."""
-        try:
-            response = self._http.get(_READINESS_PATH)
-        except httpx.HTTPError as exc:
-            raise _transport_error(exc, self.base_url) from exc
-        return _health(response)
+        return self._run(Call("DELETE", f"/v1/groups/{_segment(group_id)}"), _closed)
 
 
 # -------------------------------------------------------------------- async
 
 
-class AsyncSimulatorClient(_HttpBase):
+class AsyncSimulatorClient(AsyncHttp, _SimulatorHttp):
     """Asynchronous HTTP client of the simulator service; same methods as `SimulatorClient`.
 
     Use `async with AsyncSimulatorClient(...) as sim:` or call `await sim.aclose()`.
     `transport` may be an httpx.AsyncBaseTransport, e.g. httpx.ASGITransport(app).
+    Requests, retries and parsing are `SimulatorClient`'s (shared code); only sending differs.
     """
 
     def __init__(
@@ -672,76 +537,10 @@ class AsyncSimulatorClient(_HttpBase):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(
-            base_url,
-            api_key,
-            timeout,
-            connect_timeout,
-            retries,
-            backoff,
-            max_backoff,
-            frame_encoding,
-            max_response_bytes,
+            base_url, api_key, timeout, connect_timeout, retries, backoff, max_backoff,
+            frame_encoding, max_response_bytes,
         )
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=self._headers,
-            timeout=self._timeout,
-            transport=transport or httpx.AsyncHTTPTransport(retries=retries),
-        )
-
-    async def __aenter__(self) -> AsyncSimulatorClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._http.aclose()
-
-    async def _send(self, call: _Call, stream: bool = False) -> httpx.Response:
-        request = self._http.build_request(
-            call.method, call.path, json=call.body, headers=self._request_headers(call.request_id)
-        )
-        attempt = 0
-        while True:
-            try:
-                response = await self._http.send(request, stream=True)
-            except httpx.TransportError as exc:
-                if call.idempotent and attempt < self.retry.retries:
-                    await asyncio.sleep(self.retry.delay(attempt))
-                    attempt += 1
-                    continue
-                raise _transport_error(exc, self.base_url) from exc
-            except httpx.HTTPError as exc:
-                raise _transport_error(exc, self.base_url) from exc
-            if response.status_code in RETRY_HTTP_STATUSES and attempt < self.retry.retries:
-                await response.aclose()
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
-                await asyncio.sleep(self.retry.delay(attempt, retry_after))
-                attempt += 1
-                continue
-            try:
-                if not stream or not response.is_success:
-                    await response.aread()
-            except httpx.TransportError as exc:
-                await response.aclose()
-                if call.idempotent and attempt < self.retry.retries:
-                    await asyncio.sleep(self.retry.delay(attempt))
-                    attempt += 1
-                    continue
-                raise _transport_error(exc, self.base_url) from exc
-            except httpx.HTTPError as exc:
-                await response.aclose()
-                raise _transport_error(exc, self.base_url) from exc
-            if not response.is_success:
-                await response.aclose()
-                raise error_from_response(response)
-            return response
-
-    async def _json(self, call: _Call, parse: Callable[[dict[str, Any]], T]) -> T:
-        response = await self._send(call)
-        return parse(response.json())
+        self._open(transport, retries)
 
     async def imagine(
         self,
@@ -757,17 +556,10 @@ class AsyncSimulatorClient(_HttpBase):
     ) -> ImagineResult:
         """See `SimulatorClient.imagine`."""
         call = self._imagine_call(
-            "/v1/imagine",
-            frame,
-            instruction,
-            candidates,
-            horizon,
-            seed,
-            request_id,
-            verify,
-            verify_threshold,
+            "/v1/imagine", frame, instruction, candidates, horizon, seed, request_id,
+            verify, verify_threshold,
         )
-        return await self._json(call, lambda d: _imagine_result(d, self.max_response_bytes))
+        return await self._run(call, self._imagine_result)
 
     async def imagine_stream(
         self,
@@ -785,17 +577,10 @@ class AsyncSimulatorClient(_HttpBase):
         server's work at once, wrap it in `contextlib.aclosing(...)` (an abandoned async
         generator is only closed when it is garbage-collected)."""
         call = self._imagine_call(
-            "/v1/imagine/stream",
-            frame,
-            instruction,
-            candidates,
-            horizon,
-            seed,
-            request_id,
-            verify,
-            verify_threshold,
+            "/v1/imagine/stream", frame, instruction, candidates, horizon, seed, request_id,
+            verify, verify_threshold,
         )
-        response = await self._send(call, stream=True)
+        response = await self._run(call, lambda r: r, stream=True)
         assembler = _StreamAssembler(self.max_response_bytes)
         try:
             async for line in response.aiter_lines():
@@ -804,7 +589,7 @@ class AsyncSimulatorClient(_HttpBase):
                     yield event
             assembler.check_finished()
         except httpx.HTTPError as exc:
-            raise _transport_error(exc, self.base_url) from exc
+            raise self._transport_error(exc) from exc
         finally:
             await response.aclose()
 
@@ -818,7 +603,7 @@ class AsyncSimulatorClient(_HttpBase):
     ) -> CreateSessionResult:
         """See `SimulatorClient.create_session`."""
         call = self._create_call(frame, instruction, seed, 1, max_chunks, request_id)
-        return await self._json(call, lambda d: _create_result(d, self.max_response_bytes))
+        return await self._run(call, self._create_result)
 
     async def create_group(
         self,
@@ -831,7 +616,7 @@ class AsyncSimulatorClient(_HttpBase):
     ) -> CreateSessionResult:
         """See `SimulatorClient.create_group`."""
         call = self._create_call(frame, instruction, seed, group_size, max_chunks, request_id)
-        return await self._json(call, lambda d: _create_result(d, self.max_response_bytes))
+        return await self._run(call, self._create_result)
 
     async def step(
         self,
@@ -842,7 +627,7 @@ class AsyncSimulatorClient(_HttpBase):
     ) -> StepOutcome:
         """See `SimulatorClient.step`."""
         call = self._step_call("sessions", session_id, actions, request_id, expected_chunks_stepped)
-        return await self._json(call, lambda d: _step_outcome(d, self.max_response_bytes))
+        return await self._run(call, self._step_outcome)
 
     async def step_group(
         self,
@@ -853,35 +638,25 @@ class AsyncSimulatorClient(_HttpBase):
     ) -> StepOutcome:
         """See `SimulatorClient.step_group`."""
         call = self._step_call("groups", group_id, actions, request_id, expected_chunks_stepped)
-        return await self._json(call, lambda d: _step_outcome(d, self.max_response_bytes))
+        return await self._run(call, self._step_outcome)
 
     async def replay(
         self, session_id: str, seed: int | None = None, request_id: str | None = None
     ) -> ReplayResult:
         """See `SimulatorClient.replay`."""
         call = self._replay_call(session_id, seed, request_id)
-        return await self._json(call, lambda d: _replay_result(d, self.max_response_bytes))
+        return await self._run(call, self._replay_result)
 
     async def get_session(self, session_id: str) -> SessionInfo:
-        call = _Call("GET", f"/v1/sessions/{_segment(session_id)}", None, "")
-        return await self._json(call, _session_info)
+        call = Call("GET", f"/v1/sessions/{_segment(session_id)}")
+        return await self._run(call, lambda r: _session_info(r.json()))
 
     async def get_group(self, group_id: str) -> list[SessionInfo]:
-        call = _Call("GET", f"/v1/groups/{_segment(group_id)}", None, "")
-        return await self._json(call, _sessions)
+        call = Call("GET", f"/v1/groups/{_segment(group_id)}")
+        return await self._run(call, lambda r: _sessions(r.json()))
 
     async def close_session(self, session_id: str) -> list[str]:
-        call = _Call("DELETE", f"/v1/sessions/{_segment(session_id)}", None, "")
-        return await self._json(call, lambda d: list(d["closed_session_ids"]))
+        return await self._run(Call("DELETE", f"/v1/sessions/{_segment(session_id)}"), _closed)
 
     async def close_group(self, group_id: str) -> list[str]:
-        call = _Call("DELETE", f"/v1/groups/{_segment(group_id)}", None, "")
-        return await self._json(call, lambda d: list(d["closed_session_ids"]))
-
-    async def health(self) -> HealthStatus:
-        """See `SimulatorClient.health`."""
-        try:
-            response = await self._http.get(_READINESS_PATH)
-        except httpx.HTTPError as exc:
-            raise _transport_error(exc, self.base_url) from exc
-        return _health(response)
+        return await self._run(Call("DELETE", f"/v1/groups/{_segment(group_id)}"), _closed)

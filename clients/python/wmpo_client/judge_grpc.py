@@ -6,7 +6,7 @@ metadata, a request id as `x-request-id`. Every failure is a `SimulatorError`
 whose `code` is the gRPC status name (the code the HTTP API uses for the same
 error). Requests, retries (RESOURCE_EXHAUSTED from the service and UNAVAILABLE,
 never grpcio's own "larger than max") and parsing are written once
-(`_JudgeGrpcBase`); the two classes only differ in how they call and sleep.
+(`_JudgeGrpc`, `wmpo_client._grpc`); the two classes only differ in how they call and sleep.
 
 Example:
     with GrpcJudgeClient("127.0.0.1:50052", api_key="...") as judge:
@@ -16,25 +16,21 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
 
 from wmpo_client._common import (
-    API_KEY_HEADER,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_TIMEOUT_S,
-    REQUEST_ID_HEADER,
-    RETRY_CODES,
     FrameEncoding,
-    RetryPolicy,
+    check_frame_encoding,
     check_request_id,
 )
-from wmpo_client._driver import Exchange, run_async, run_sync
+from wmpo_client._grpc import AsyncGrpc, GrpcConfig, SyncGrpc, size_options
 from wmpo_client.codec import to_proto
-from wmpo_client.grpc import error_from_rpc, open_channel
 from wmpo_client.judge_results import (
     GroupJudgement,
     JudgeResult,
@@ -46,12 +42,10 @@ from wmpo_client.judge_results import (
     video_array,
 )
 from wmpo_client.proto import judge_pb2 as pb
-from wmpo_client.proto import judge_pb2_grpc, simulator_pb2
-from wmpo_client.results import HealthStatus
+from wmpo_client.proto import judge_pb2_grpc
 
 __all__ = ["AsyncGrpcJudgeClient", "GrpcJudgeClient"]
 
-T = TypeVar("T")
 DEFAULT_TARGET = "127.0.0.1:50052"
 # Responses carry no frames: the default receive limit is plenty, requests carry videos.
 _DEFAULT_MAX_RECEIVE_BYTES = 16 * 1024**2
@@ -63,14 +57,6 @@ _REWARDS = {
     "score": pb.REWARD_KIND_SCORE,
 }
 _REWARD_NAMES = {v: k for k, v in _REWARDS.items()}
-
-
-def _retryable(exc: grpc.RpcError) -> bool:
-    code = exc.code() if hasattr(exc, "code") else None
-    if not isinstance(code, grpc.StatusCode) or code.name not in RETRY_CODES:
-        return False
-    # grpcio's size-limit errors are RESOURCE_EXHAUSTED too; re-sending cannot help.
-    return "larger than max" not in (exc.details() or "")
 
 
 # ------------------------------------------------------------------ parsing
@@ -139,16 +125,13 @@ def _group(resp: pb.JudgeGroupResponse) -> GroupJudgement:
     )
 
 
-def _health(resp: simulator_pb2.HealthResponse) -> HealthStatus:
-    ready = resp.status == simulator_pb2.HealthResponse.SERVING_STATUS_SERVING
-    return HealthStatus(ready=ready, reason=resp.reason, version=resp.version or None)
-
-
 # ----------------------------------------------------------------- requests
 
 
-class _JudgeGrpcBase:
-    """Configuration, request messages and the exchange shared by the sync and async clients."""
+class _JudgeGrpc(GrpcConfig):
+    """Configuration and request messages shared by the sync and async clients."""
+
+    stub_class = judge_pb2_grpc.JudgeStub
 
     def __init__(
         self,
@@ -163,27 +146,10 @@ class _JudgeGrpcBase:
         max_receive_bytes: int,
         options: Sequence[tuple[str, Any]],
     ) -> None:
-        if frame_encoding not in ("raw", "png"):
-            raise ValueError(f"frame_encoding must be 'raw' or 'png', got {frame_encoding!r}")
-        self.target = target.removeprefix("grpc://")
-        self.timeout = timeout
-        self.retry = RetryPolicy(retries, backoff, max_backoff)
-        self.frame_encoding: FrameEncoding = frame_encoding
+        self.frame_encoding: FrameEncoding = check_frame_encoding(frame_encoding)
         self.max_send_bytes = max_send_bytes
-        self._api_key = api_key
-        self._options: list[tuple[str, Any]] = [
-            ("grpc.max_send_message_length", max_send_bytes),
-            ("grpc.max_receive_message_length", max_receive_bytes),
-            *options,
-        ]
-
-    def _metadata(self, request_id: str = "") -> tuple[tuple[str, str], ...]:
-        md: list[tuple[str, str]] = []
-        if self._api_key:
-            md.append((API_KEY_HEADER, self._api_key))
-        if request_id:
-            md.append((REQUEST_ID_HEADER, request_id))
-        return tuple(md)
+        opts = size_options(max_send_bytes, max_receive_bytes, options)
+        super().__init__(target, api_key, timeout, retries, backoff, max_backoff, opts)
 
     def _video(self, video: Any, name: str) -> Any:
         return to_proto(video_array(video, name), name, self.frame_encoding, self.max_send_bytes)
@@ -240,22 +206,8 @@ class _JudgeGrpcBase:
             request_id=request_id,
         )
 
-    def _exchange(self, parse: Callable[[Any], T]) -> Exchange[T]:
-        """Call; retry RESOURCE_EXHAUSTED/UNAVAILABLE with backoff; map failures; parse."""
-        attempt = 0
-        while True:
-            try:
-                response = yield None
-            except grpc.RpcError as exc:
-                if attempt < self.retry.retries and _retryable(exc):
-                    yield self.retry.delay(attempt)
-                    attempt += 1
-                    continue
-                raise error_from_rpc(exc) from exc
-            return parse(response)
 
-
-class GrpcJudgeClient(_JudgeGrpcBase):
+class GrpcJudgeClient(SyncGrpc, _JudgeGrpc):
     """Synchronous gRPC client of the judge service.
 
     Args:
@@ -285,35 +237,10 @@ class GrpcJudgeClient(_JudgeGrpcBase):
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         super().__init__(
-            target,
-            api_key,
-            timeout,
-            retries,
-            backoff,
-            max_backoff,
-            frame_encoding,
-            max_send_bytes,
-            max_receive_bytes,
-            options,
+            target, api_key, timeout, retries, backoff, max_backoff, frame_encoding,
+            max_send_bytes, max_receive_bytes, options,
         )
-        self._channel = open_channel(self.target, credentials, self._options)
-        self._stub = judge_pb2_grpc.JudgeStub(self._channel)
-
-    def __enter__(self) -> GrpcJudgeClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
-
-    def _run(self, rpc: Callable[..., Any], request: Any, parse: Callable[[Any], T]) -> T:
-        md = self._metadata(request.request_id)
-        return run_sync(
-            self._exchange(parse), lambda: rpc(request, metadata=md, timeout=self.timeout)
-        )
+        self._connect(credentials)
 
     def judge(
         self,
@@ -336,7 +263,7 @@ class GrpcJudgeClient(_JudgeGrpcBase):
             clip_temperature,
             check_request_id(request_id),
         )
-        return self._run(self._stub.Judge, request, _result)
+        return _result(self._unary(self._stub.Judge, request, request.request_id))
 
     def judge_group(
         self,
@@ -365,18 +292,10 @@ class GrpcJudgeClient(_JudgeGrpcBase):
             max_flags,
             check_request_id(request_id),
         )
-        return self._run(self._stub.JudgeGroup, request, _group)
-
-    def health(self) -> HealthStatus:
-        """Readiness (no API key needed, no retries)."""
-        try:
-            resp = self._stub.Health(simulator_pb2.HealthRequest(), timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
-        return _health(resp)
+        return _group(self._unary(self._stub.JudgeGroup, request, request.request_id))
 
 
-class AsyncGrpcJudgeClient(_JudgeGrpcBase):
+class AsyncGrpcJudgeClient(AsyncGrpc, _JudgeGrpc):
     """Asynchronous (grpc.aio) gRPC judge client; same arguments and methods as `GrpcJudgeClient`.
 
     The channel is opened on first use, inside the running event loop; close it
@@ -399,50 +318,10 @@ class AsyncGrpcJudgeClient(_JudgeGrpcBase):
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         super().__init__(
-            target,
-            api_key,
-            timeout,
-            retries,
-            backoff,
-            max_backoff,
-            frame_encoding,
-            max_send_bytes,
-            max_receive_bytes,
-            options,
+            target, api_key, timeout, retries, backoff, max_backoff, frame_encoding,
+            max_send_bytes, max_receive_bytes, options,
         )
-        self._credentials = credentials
-        self._channel: grpc.aio.Channel | None = None
-        self._stub_: judge_pb2_grpc.JudgeStub | None = None
-
-    @property
-    def _stub(self) -> judge_pb2_grpc.JudgeStub:
-        if self._stub_ is None:
-            self._channel = (
-                grpc.aio.secure_channel(self.target, self._credentials, self._options)
-                if self._credentials is not None
-                else grpc.aio.insecure_channel(self.target, self._options)
-            )
-            self._stub_ = judge_pb2_grpc.JudgeStub(self._channel)
-        return self._stub_
-
-    async def __aenter__(self) -> AsyncGrpcJudgeClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the channel (if one was opened)."""
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
-            self._stub_ = None
-
-    async def _run(self, rpc: Callable[..., Any], request: Any, parse: Callable[[Any], T]) -> T:
-        md = self._metadata(request.request_id)
-        return await run_async(
-            self._exchange(parse), lambda: rpc(request, metadata=md, timeout=self.timeout)
-        )
+        self._connect(credentials)
 
     async def judge(
         self,
@@ -465,7 +344,7 @@ class AsyncGrpcJudgeClient(_JudgeGrpcBase):
             clip_temperature,
             check_request_id(request_id),
         )
-        return await self._run(self._stub.Judge, request, _result)
+        return _result(await self._unary(self._stub.Judge, request, request.request_id))
 
     async def judge_group(
         self,
@@ -494,12 +373,4 @@ class AsyncGrpcJudgeClient(_JudgeGrpcBase):
             max_flags,
             check_request_id(request_id),
         )
-        return await self._run(self._stub.JudgeGroup, request, _group)
-
-    async def health(self) -> HealthStatus:
-        """Readiness (no API key needed, no retries)."""
-        try:
-            resp = await self._stub.Health(simulator_pb2.HealthRequest(), timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
-        return _health(resp)
+        return _group(await self._unary(self._stub.JudgeGroup, request, request.request_id))

@@ -5,9 +5,9 @@ Both speak the judge's JSON API (`POST /v1/judge`, `POST /v1/judge/group`,
 `wmpo_client.judge_results`. Every failure is a `SimulatorError` (the client
 package's one error type) carrying the server's code, message and request id.
 
-Request bodies, the retry policy and parsing are written once (`_JudgeHttpBase`,
-an exchange run by `wmpo_client._driver`); the two classes only differ in how
-they send and sleep. Retries follow `wmpo_client._common`: 429 and 503 (the judge refused before
+Request bodies, the retry policy and parsing are written once (`_JudgeHttp`, and
+the exchange of `wmpo_client._http` run by `wmpo_client._driver`); the two classes
+only differ in how they send and sleep. Retries follow `wmpo_client._common`: 429 and 503 (the judge refused before
 starting work) with capped, jittered exponential backoff that honours
 `Retry-After`. Judging has no side effects, so calls lost in transit (a failed
 connection, a dropped keep-alive connection; not a timeout) are re-sent too; a
@@ -21,27 +21,21 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import httpx
 import numpy as np
 
 from wmpo_client._common import (
-    API_KEY_HEADER,
     DEFAULT_TIMEOUT_S,
-    REQUEST_ID_HEADER,
-    RETRY_HTTP_STATUSES,
     FrameEncoding,
-    RetryPolicy,
+    check_frame_encoding,
     check_request_id,
-    parse_retry_after,
 )
-from wmpo_client._driver import Exchange, run_async, run_sync
+from wmpo_client._driver import Exchange
+from wmpo_client._http import AsyncHttp, Call, HttpConfig, SyncHttp, exchange
 from wmpo_client.codec import to_json
-from wmpo_client.errors import SimulatorError
-from wmpo_client.http import error_from_response
 from wmpo_client.judge_results import (
     GroupJudgement,
     JudgeResult,
@@ -52,43 +46,24 @@ from wmpo_client.judge_results import (
     result_from_json,
     video_array,
 )
-from wmpo_client.results import HealthStatus
 
 __all__ = ["AsyncJudgeClient", "JudgeClient"]
 
-T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8001"
-_READINESS_PATH = "/readyz"
 
 
-@dataclass(frozen=True)
-class _Call:
-    path: str
-    body: dict[str, Any]
-    request_id: str
+def _result(response: httpx.Response) -> JudgeResult:
+    return result_from_json(response.json())
 
 
-def _transport_error(exc: httpx.HTTPError, url: str) -> SimulatorError:
-    if isinstance(exc, httpx.TimeoutException):
-        return SimulatorError(
-            "DEADLINE_EXCEEDED", f"no answer from the judge at {url} in time ({exc!r})"
-        )
-    return SimulatorError("UNAVAILABLE", f"cannot reach the judge at {url} ({exc!r})")
+def _group(response: httpx.Response) -> GroupJudgement:
+    return group_from_json(response.json())
 
 
-def _health(response: httpx.Response) -> HealthStatus:
-    if response.status_code not in (200, 503):
-        raise error_from_response(response)
-    try:
-        data = response.json()
-    except ValueError:
-        data = {}
-    reason = str(data.get("reason", "")) if isinstance(data, dict) else ""
-    return HealthStatus(ready=response.status_code == 200, reason=reason)
+class _JudgeHttp(HttpConfig):
+    """Configuration, request bodies and the retry rule shared by the sync and async clients."""
 
-
-class _JudgeHttpBase:
-    """Configuration, request bodies and the exchange shared by the sync and async clients."""
+    service = "judge"
 
     def __init__(
         self,
@@ -101,13 +76,18 @@ class _JudgeHttpBase:
         max_backoff: float,
         frame_encoding: FrameEncoding,
     ) -> None:
-        if frame_encoding not in ("raw", "png"):
-            raise ValueError(f"frame_encoding must be 'raw' or 'png', got {frame_encoding!r}")
-        self.base_url = base_url.rstrip("/")
-        self.retry = RetryPolicy(retries, backoff, max_backoff)
-        self.frame_encoding: FrameEncoding = frame_encoding
-        self._timeout = httpx.Timeout(timeout, connect=min(connect_timeout, timeout))
-        self._headers = {API_KEY_HEADER: api_key} if api_key else {}
+        self.frame_encoding: FrameEncoding = check_frame_encoding(frame_encoding)
+        http_timeout = httpx.Timeout(timeout, connect=min(connect_timeout, timeout))
+        super().__init__(base_url, api_key, http_timeout, retries, backoff, max_backoff)
+
+    def _exchange(self, call: Call) -> Exchange[httpx.Response]:
+        # Judging has no side effects, so a call lost in transit is re-sent; the common
+        # case is a pooled keep-alive connection the server closed as the request left
+        # (httpx ReadError / RemoteProtocolError), which its transport does not retry.
+        # Not a timeout: a judge too slow to answer is not helped by more work.
+        return exchange(
+            self.retry, self._transport_error, resend_lost=True, resend_timeouts=False
+        )
 
     # ---------------------------------------------------------- bodies
     def _video(self, video: Any, name: str) -> dict[str, Any]:
@@ -139,14 +119,14 @@ class _JudgeHttpBase:
         threshold: float | None,
         clip_temperature: float | None,
         request_id: str | None,
-    ) -> _Call:
+    ) -> Call:
         rid = check_request_id(request_id)
         body = {
             "frames": self._video(frames, "frames"),
             "instruction": instruction,
             **self._options(kind, frame_stride, threshold, clip_temperature, rid),
         }
-        return _Call("/v1/judge", body, rid)
+        return Call("POST", "/v1/judge", body, rid)
 
     def _group_call(
         self,
@@ -160,7 +140,7 @@ class _JudgeHttpBase:
         clip_temperature: float | None,
         max_flags: int | None,
         request_id: str | None,
-    ) -> _Call:
+    ) -> Call:
         rid = check_request_id(request_id)
         body: dict[str, Any] = {
             "videos": [self._video(v, f"video {i}") for i, v in enumerate(videos)],
@@ -174,43 +154,10 @@ class _JudgeHttpBase:
         }
         if max_flags is not None:
             body["max_flags"] = max_flags
-        return _Call("/v1/judge/group", body, rid)
-
-    # ---------------------------------------------------------- exchange
-    def _request(self, http: httpx.Client | httpx.AsyncClient, call: _Call) -> httpx.Request:
-        headers = {REQUEST_ID_HEADER: call.request_id} if call.request_id else {}
-        return http.build_request("POST", call.path, json=call.body, headers=headers)
-
-    def _exchange(self, parse: Callable[[dict[str, Any]], T]) -> Exchange[T]:
-        """Send; retry 429/503 with backoff; map failures; parse the JSON body."""
-        attempt = 0
-        while True:
-            try:
-                response: httpx.Response = yield None
-            except httpx.TransportError as exc:
-                # Judging has no side effects, so a call lost in transit is re-sent; the common
-                # case is a pooled keep-alive connection the server closed as the request left
-                # (httpx ReadError / RemoteProtocolError), which its transport does not retry.
-                # Not a timeout: a judge too slow to answer is not helped by more work.
-                timed_out = isinstance(exc, httpx.TimeoutException)
-                if not timed_out and attempt < self.retry.retries:
-                    yield self.retry.delay(attempt)
-                    attempt += 1
-                    continue
-                raise _transport_error(exc, self.base_url) from exc
-            except httpx.HTTPError as exc:
-                raise _transport_error(exc, self.base_url) from exc
-            if response.status_code in RETRY_HTTP_STATUSES and attempt < self.retry.retries:
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
-                yield self.retry.delay(attempt, retry_after)
-                attempt += 1
-                continue
-            if not response.is_success:
-                raise error_from_response(response)
-            return parse(response.json())
+        return Call("POST", "/v1/judge/group", body, rid)
 
 
-class JudgeClient(_JudgeHttpBase):
+class JudgeClient(SyncHttp, _JudgeHttp):
     """Synchronous HTTP client of the judge service (thread-safe, like httpx.Client).
 
     Args:
@@ -238,35 +185,10 @@ class JudgeClient(_JudgeHttpBase):
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__(
-            base_url,
-            api_key,
-            timeout,
-            connect_timeout,
-            retries,
-            backoff,
-            max_backoff,
+            base_url, api_key, timeout, connect_timeout, retries, backoff, max_backoff,
             frame_encoding,
         )
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            headers=self._headers,
-            timeout=self._timeout,
-            transport=transport or httpx.HTTPTransport(retries=retries),
-        )
-
-    def __enter__(self) -> JudgeClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the connection pool."""
-        self._http.close()
-
-    def _run(self, call: _Call, parse: Callable[[dict[str, Any]], T]) -> T:
-        request = self._request(self._http, call)
-        return run_sync(self._exchange(parse), lambda: self._http.send(request))
+        self._open(transport, retries)
 
     def judge(
         self,
@@ -293,7 +215,7 @@ class JudgeClient(_JudgeHttpBase):
         call = self._judge_call(
             frames, instruction, kind, frame_stride, threshold, clip_temperature, request_id
         )
-        return self._run(call, result_from_json)
+        return self._run(call, _result)
 
     def judge_group(
         self,
@@ -332,18 +254,10 @@ class JudgeClient(_JudgeHttpBase):
             max_flags,
             request_id,
         )
-        return self._run(call, group_from_json)
-
-    def health(self) -> HealthStatus:
-        """Readiness (no API key needed, no retries: "not ready" is an answer)."""
-        try:
-            response = self._http.get(_READINESS_PATH)
-        except httpx.HTTPError as exc:
-            raise _transport_error(exc, self.base_url) from exc
-        return _health(response)
+        return self._run(call, _group)
 
 
-class AsyncJudgeClient(_JudgeHttpBase):
+class AsyncJudgeClient(AsyncHttp, _JudgeHttp):
     """Asynchronous HTTP client of the judge; same arguments and methods as `JudgeClient`.
 
     Use `async with AsyncJudgeClient(...) as judge:` or `await judge.aclose()`.
@@ -363,35 +277,10 @@ class AsyncJudgeClient(_JudgeHttpBase):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(
-            base_url,
-            api_key,
-            timeout,
-            connect_timeout,
-            retries,
-            backoff,
-            max_backoff,
+            base_url, api_key, timeout, connect_timeout, retries, backoff, max_backoff,
             frame_encoding,
         )
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=self._headers,
-            timeout=self._timeout,
-            transport=transport or httpx.AsyncHTTPTransport(retries=retries),
-        )
-
-    async def __aenter__(self) -> AsyncJudgeClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._http.aclose()
-
-    async def _run(self, call: _Call, parse: Callable[[dict[str, Any]], T]) -> T:
-        request = self._request(self._http, call)
-        return await run_async(self._exchange(parse), lambda: self._http.send(request))
+        self._open(transport, retries)
 
     async def judge(
         self,
@@ -408,7 +297,7 @@ class AsyncJudgeClient(_JudgeHttpBase):
         call = self._judge_call(
             frames, instruction, kind, frame_stride, threshold, clip_temperature, request_id
         )
-        return await self._run(call, result_from_json)
+        return await self._run(call, _result)
 
     async def judge_group(
         self,
@@ -437,12 +326,4 @@ class AsyncJudgeClient(_JudgeHttpBase):
             max_flags,
             request_id,
         )
-        return await self._run(call, group_from_json)
-
-    async def health(self) -> HealthStatus:
-        """See `JudgeClient.health`."""
-        try:
-            response = await self._http.get(_READINESS_PATH)
-        except httpx.HTTPError as exc:
-            raise _transport_error(exc, self.base_url) from exc
-        return _health(response)
+        return await self._run(call, _group)

@@ -26,11 +26,10 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-from wmpo_client._common import API_KEY_HEADER, DEFAULT_TIMEOUT_S, RetryPolicy
-from wmpo_client.grpc import error_from_rpc, open_channel, unary_with_retry
-from wmpo_client.proto import simulator_pb2, trainer_pb2_grpc
+from wmpo_client._common import DEFAULT_TIMEOUT_S
+from wmpo_client._grpc import SyncGrpc, error_from_rpc
 from wmpo_client.proto import trainer_pb2 as pb
-from wmpo_client.results import HealthStatus
+from wmpo_client.proto import trainer_pb2_grpc
 from wmpo_client.trainer_results import (
     INT_KEYS,
     JOB_STATES,
@@ -180,7 +179,7 @@ def _job(msg: pb.Job) -> TrainerJob:
 # ------------------------------------------------------------------- client
 
 
-class GrpcTrainerClient(JobMethods):
+class GrpcTrainerClient(SyncGrpc, JobMethods):
     """Synchronous gRPC client of the trainer service.
 
     Args:
@@ -191,6 +190,8 @@ class GrpcTrainerClient(JobMethods):
         credentials: TLS channel credentials; None: plaintext.
         options: extra channel options.
     """
+
+    stub_class = trainer_pb2_grpc.TrainerStub
 
     def __init__(
         self,
@@ -204,30 +205,12 @@ class GrpcTrainerClient(JobMethods):
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self.target = target.removeprefix("grpc://")
-        self.timeout = timeout
-        self.retry = RetryPolicy(retries, backoff, max_backoff)
-        self._metadata = ((API_KEY_HEADER, api_key),) if api_key else ()
-        opts = list(options)
-        self._channel = open_channel(self.target, credentials, opts)
-        self._stub = trainer_pb2_grpc.TrainerStub(self._channel)
-
-    def __enter__(self) -> GrpcTrainerClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
-
-    def _unary(self, rpc: Callable[..., T], request: Any) -> T:
-        return unary_with_retry(rpc, request, self._metadata, self.timeout, self.retry)
+        super().__init__(target, api_key, timeout, retries, backoff, max_backoff, list(options))
+        self._connect(credentials)
 
     def _stream(self, rpc: Callable[..., Iterator[Any]], request: Any) -> Iterator[Any]:
         try:
-            yield from rpc(request, metadata=self._metadata)
+            yield from rpc(request, metadata=self._metadata())
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
 
@@ -266,12 +249,3 @@ class GrpcTrainerClient(JobMethods):
     def download_file(self, job_id: str, name: str) -> bytes:
         request = pb.DownloadCheckpointFileRequest(job_id=job_id, name=name)
         return b"".join(c.data for c in self._stream(self._stub.DownloadCheckpointFile, request))
-
-    def health(self) -> HealthStatus:
-        """Readiness (no API key needed)."""
-        try:
-            resp = self._stub.Health(simulator_pb2.HealthRequest(), timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
-        ready = resp.status == simulator_pb2.HealthResponse.SERVING_STATUS_SERVING
-        return HealthStatus(ready=ready, reason=resp.reason, version=resp.version or None)

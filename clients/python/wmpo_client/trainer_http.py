@@ -29,17 +29,9 @@ from urllib.parse import quote
 
 import httpx
 
-from wmpo_client._common import (
-    API_KEY_HEADER,
-    DEFAULT_TIMEOUT_S,
-    RETRY_HTTP_STATUSES,
-    RetryPolicy,
-    parse_retry_after,
-)
-from wmpo_client._driver import Exchange, run_sync
+from wmpo_client._common import DEFAULT_TIMEOUT_S
+from wmpo_client._http import Call, SyncHttp
 from wmpo_client.errors import SimulatorError
-from wmpo_client.http import error_from_response
-from wmpo_client.results import HealthStatus
 from wmpo_client.trainer_results import (
     Checkpoint,
     JobEvent,
@@ -54,12 +46,6 @@ __all__ = ["TrainerClient"]
 
 T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8002"
-
-
-def _transport_error(exc: httpx.HTTPError, url: str) -> SimulatorError:
-    if isinstance(exc, httpx.TimeoutException):
-        return SimulatorError("DEADLINE_EXCEEDED", f"no answer from the trainer at {url} in time ({exc!r})")
-    return SimulatorError("UNAVAILABLE", f"cannot reach the trainer at {url} ({exc!r})")
 
 
 def _segment(value: str) -> str:
@@ -87,7 +73,7 @@ def event_from_json(data: dict[str, Any]) -> JobEvent:
     raise SimulatorError("INTERNAL", f"unknown stream event {kind!r}")
 
 
-class TrainerClient(JobMethods):
+class TrainerClient(SyncHttp, JobMethods):
     """Synchronous HTTP client of the trainer service (thread-safe, like httpx.Client).
 
     Args:
@@ -101,6 +87,8 @@ class TrainerClient(JobMethods):
         transport: an httpx transport instead of the default one (e.g. for tests).
     """
 
+    service = "trainer"
+
     def __init__(
         self,
         base_url: str = DEFAULT_URL,
@@ -113,51 +101,9 @@ class TrainerClient(JobMethods):
         max_backoff: float = 8.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.retry = RetryPolicy(retries, backoff, max_backoff)
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            headers={API_KEY_HEADER: api_key} if api_key else {},
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            transport=transport or httpx.HTTPTransport(retries=retries),
-        )
-
-    def __enter__(self) -> TrainerClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the connection pool."""
-        self._http.close()
-
-    # ---------------------------------------------------------- plumbing
-    def _exchange(self, parse: Callable[[httpx.Response], T], idempotent: bool) -> Exchange[T]:
-        attempt = 0
-        while True:
-            try:
-                response: httpx.Response = yield None
-            except httpx.TransportError as exc:
-                # Lost in transit (e.g. a keep-alive connection the server closed as the request
-                # left): re-sent only when a repeat cannot do anything twice.
-                if idempotent and attempt < self.retry.retries:
-                    yield self.retry.delay(attempt)
-                    attempt += 1
-                    continue
-                raise _transport_error(exc, self.base_url) from exc
-            except httpx.HTTPError as exc:
-                raise _transport_error(exc, self.base_url) from exc
-            if response.status_code in RETRY_HTTP_STATUSES and attempt < self.retry.retries:
-                response.close()
-                yield self.retry.delay(attempt, parse_retry_after(response.headers.get("retry-after")))
-                attempt += 1
-                continue
-            if not response.is_success:
-                response.read()  # a streamed response has not read its error body yet
-                response.close()
-                raise error_from_response(response)
-            return parse(response)
+        http_timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        super().__init__(base_url, api_key, http_timeout, retries, backoff, max_backoff)
+        self._open(transport, retries)
 
     def _call(
         self,
@@ -167,10 +113,10 @@ class TrainerClient(JobMethods):
         body: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
     ) -> T:
-        request = self._http.build_request(method, path, json=body, params=params)
-        # Reads and cancel are idempotent, and so is a submit that names its job_id.
+        # Reads and cancel are idempotent, and so is a submit that names its job_id: those
+        # are re-sent when lost in transit (the default exchange's rule for idempotent calls).
         idempotent = body is None or bool(body.get("job_id"))
-        return run_sync(self._exchange(parse, idempotent), lambda: self._http.send(request))
+        return self._run(Call(method, path, body, idempotent=idempotent, params=params), parse)
 
     # ---------------------------------------------------------- jobs
     def submit(self, policy: str, *, job_id: str | None = None, **options: Any) -> TrainerJob:
@@ -203,14 +149,14 @@ class TrainerClient(JobMethods):
         """Progress events until the job ends: "step" per completed step (after `after_step`),
         "state" on a state change, and last "end" with the final job."""
         path = f"/v1/jobs/{_segment(job_id)}/events"
-        request = self._http.build_request("GET", path, params={"after_step": after_step})
-        response = run_sync(self._exchange(lambda r: r, True), lambda: self._http.send(request, stream=True))
+        call = Call("GET", path, idempotent=True, params={"after_step": after_step})
+        response = self._run(call, lambda r: r, stream=True)
         try:
             for line in response.iter_lines():
                 if line.strip():
                     yield event_from_json(json.loads(line))
         except httpx.HTTPError as exc:
-            raise _transport_error(exc, self.base_url) from exc
+            raise self._transport_error(exc) from exc
         finally:
             response.close()
 
@@ -224,14 +170,3 @@ class TrainerClient(JobMethods):
         """One checkpoint file's raw bytes (model.safetensors, config.json, manifest.json)."""
         path = f"/v1/jobs/{_segment(job_id)}/checkpoint/{_segment(name)}"
         return self._call("GET", path, lambda r: r.content)
-
-    def health(self) -> HealthStatus:
-        """Readiness (no API key needed, no retries: "not ready" is an answer)."""
-        try:
-            response = self._http.get("/readyz")
-        except httpx.HTTPError as exc:
-            raise _transport_error(exc, self.base_url) from exc
-        if response.status_code not in (200, 503):
-            raise error_from_response(response)
-        data = response.json() if response.content else {}
-        return HealthStatus(ready=response.status_code == 200, reason=str(data.get("reason", "")))
