@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from wmpo_client.errors import SimulatorError
+
 # The service's defaults (WMPO_MAX_REQUEST_BYTES, WMPO_MAX_RESPONSE_BYTES):
 # responses carry frames and may be larger than requests.
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024**2
@@ -114,3 +116,26 @@ def check_frame_encoding(value: str) -> FrameEncoding:
     if value not in ("raw", "png"):
         raise ValueError(f"frame_encoding must be 'raw' or 'png', got {value!r}")
     return value  # type: ignore[return-value]
+
+
+class ChunkStream:
+    """The frame chunks of an imagine stream so far: its result carries them all."""
+
+    def __init__(self) -> None:
+        self.chunks: list[np.ndarray] = []  # (N, F, H, W, 3) each
+        self.done = False
+
+    def add(self, frames: np.ndarray) -> np.ndarray:
+        self.chunks.append(frames)
+        return frames
+
+    def result_frames(self) -> list[np.ndarray]:
+        """Every candidate's (T, H, W, 3) frames, at the stream's result."""
+        self.done = True
+        if not self.chunks:
+            raise SimulatorError("INTERNAL", "the stream ended without frames")
+        return list(np.concatenate(self.chunks, axis=1))  # (N, T, H, W, 3)
+
+    def check_finished(self) -> None:
+        if not self.done:
+            raise SimulatorError("UNAVAILABLE", "the stream ended before its result")

@@ -7,7 +7,8 @@ to have the driver sleep before trying again; its return value is the result.
 Retry decisions, error mapping and parsing then live once in the exchange, and
 the sync and async clients differ only in which driver runs it (`run_sync`
 with a blocking send and `time.sleep`, `run_async` with an awaitable send and
-`asyncio.sleep`).
+`asyncio.sleep`). The exchanges of every client are `wmpo_client._http.exchange`
+and `wmpo_client._grpc.exchange`.
 """
 
 from __future__ import annotations

@@ -57,6 +57,17 @@ def error_from_response(response: httpx.Response) -> SimulatorError:
     return SimulatorError(code, message, request_id, http_status=status)
 
 
+def error_from_event(event: dict[str, Any]) -> SimulatorError:
+    """The `SimulatorError` of an in-band "error" event of an NDJSON stream (after a 200)."""
+    err = event.get("error") or {}
+    return SimulatorError(
+        str(err.get("code") or "INTERNAL"),
+        str(err.get("message") or "the stream failed"),
+        err.get("request_id"),
+        http_status=200,
+    )
+
+
 def health_from_response(response: httpx.Response) -> HealthStatus:
     """`/readyz`: 200 is ready, 503 not ready (with a reason); anything else is an error."""
     if response.status_code not in (200, 503):

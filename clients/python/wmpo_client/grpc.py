@@ -17,6 +17,10 @@ shares RESOURCE_EXHAUSTED and would fail again. A stream is retried only
 before its first message. A step that names `expected_chunks_stepped` is
 idempotent on the service, so it is also retried on DEADLINE_EXCEEDED.
 
+Request messages, parsing and the retry rules are written once (`_SimulatorGrpc` and
+`wmpo_client._grpc`, whose unary exchange `wmpo_client._driver` runs); the sync and
+async classes only differ in how they call and sleep.
+
 Example:
     with GrpcSimulatorClient("127.0.0.1:50051", api_key="...") as sim:
         session = sim.create_session(frame, "open the drawer", seed=0)
@@ -38,6 +42,7 @@ from wmpo_client._common import (
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT_S,
+    ChunkStream,
     FrameEncoding,
     action_array,
     check_expected_chunks,
@@ -167,31 +172,21 @@ class _Parser:
         )
 
 
-class _StreamState:
-    """Collects a stream's chunks so its final event carries every frame."""
+class _StreamState(ChunkStream):
+    """Turns a stream's messages into events; the last is the full result."""
 
     def __init__(self, parser: _Parser) -> None:
+        super().__init__()
         self.parser = parser
-        self.chunks: list[np.ndarray] = []
-        self.done = False
 
     def event(self, msg: pb.ImagineStreamResponse) -> ImagineEvent:
         kind = msg.WhichOneof("event")
         if kind == "frames":
-            frames = self.parser.frames(msg.frames.frames, "frames")
-            self.chunks.append(frames)
+            frames = self.add(self.parser.frames(msg.frames.frames, "frames"))
             return ImagineChunk(msg.frames.request_id, msg.frames.chunk_index, frames)
         if kind == "result":
-            self.done = True
-            if not self.chunks:
-                raise SimulatorError("INTERNAL", "the stream ended without frames")
-            full = np.concatenate(self.chunks, axis=1)  # (N, T, H, W, 3)
-            return self.parser.imagine(msg.result, frames=list(full))
+            return self.parser.imagine(msg.result, frames=self.result_frames())
         raise SimulatorError("INTERNAL", f"unknown stream event {kind!r}")
-
-    def check_finished(self) -> None:
-        if not self.done:
-            raise SimulatorError("UNAVAILABLE", "the stream ended before its result")
 
 
 # ----------------------------------------------------------------- requests

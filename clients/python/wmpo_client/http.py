@@ -15,6 +15,10 @@ work may have been done; except for a session or group step that names
 `expected_chunks_stepped`, which the service makes idempotent (a repeat returns
 the stored result of the step instead of advancing twice), so it is retried too.
 
+Requests, parsing and the retry loop are written once (`_SimulatorHttp` and the
+exchange of `wmpo_client._http`, run by `wmpo_client._driver`); the sync and async
+classes only differ in how they send and sleep.
+
 Example:
     with SimulatorClient("http://127.0.0.1:8000", api_key="...") as sim:
         result = sim.imagine(frame, "open the drawer", candidates, seed=0)
@@ -35,6 +39,7 @@ import numpy as np
 from wmpo_client._common import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT_S,
+    ChunkStream,
     FrameEncoding,
     action_array,
     check_expected_chunks,
@@ -42,7 +47,7 @@ from wmpo_client._common import (
     check_request_id,
     frame_array,
 )
-from wmpo_client._http import AsyncHttp, Call, HttpConfig, SyncHttp
+from wmpo_client._http import AsyncHttp, Call, HttpConfig, SyncHttp, error_from_event
 from wmpo_client.codec import from_json, to_json
 from wmpo_client.errors import SimulatorError
 from wmpo_client.results import (
@@ -143,13 +148,12 @@ def _replay_result(data: dict[str, Any], max_bytes: int) -> ReplayResult:
     )
 
 
-class _StreamAssembler:
+class _StreamAssembler(ChunkStream):
     """Turns NDJSON lines of `/v1/imagine/stream` into events; the last is the full result."""
 
     def __init__(self, max_bytes: int) -> None:
+        super().__init__()
         self.max_bytes = max_bytes
-        self.chunks: list[np.ndarray] = []  # (N, F, H, W, 3) each
-        self.done = False
 
     def feed(self, line: str) -> ImagineEvent | None:
         if not line.strip():
@@ -157,28 +161,13 @@ class _StreamAssembler:
         event = json.loads(line)
         kind = event.get("event")
         if kind == "frames":
-            frames = _frames(event["frames"], "frames", self.max_bytes)
-            self.chunks.append(frames)
+            frames = self.add(_frames(event["frames"], "frames", self.max_bytes))
             return ImagineChunk(event["request_id"], int(event["chunk_index"]), frames)
         if kind == "result":
-            self.done = True
-            if not self.chunks:
-                raise SimulatorError("INTERNAL", "the stream ended without frames")
-            full = np.concatenate(self.chunks, axis=1)  # (N, T, H, W, 3)
-            return _imagine_result(event, self.max_bytes, frames=list(full))
+            return _imagine_result(event, self.max_bytes, frames=self.result_frames())
         if kind == "error":
-            err = event.get("error") or {}
-            raise SimulatorError(
-                str(err.get("code") or "INTERNAL"),
-                str(err.get("message") or "the stream failed"),
-                err.get("request_id"),
-                http_status=200,
-            )
+            raise error_from_event(event)
         raise SimulatorError("INTERNAL", f"unknown stream event {kind!r}")
-
-    def check_finished(self) -> None:
-        if not self.done:
-            raise SimulatorError("UNAVAILABLE", "the stream ended before its result")
 
 
 # ----------------------------------------------------------------- requests

@@ -30,7 +30,7 @@ from urllib.parse import quote
 import httpx
 
 from wmpo_client._common import DEFAULT_TIMEOUT_S
-from wmpo_client._http import Call, SyncHttp
+from wmpo_client._http import Call, SyncHttp, error_from_event
 from wmpo_client.errors import SimulatorError
 from wmpo_client.trainer_results import (
     Checkpoint,
@@ -63,13 +63,7 @@ def event_from_json(data: dict[str, Any]) -> JobEvent:
         job = job_from_json(data["job"])
         return JobEvent(kind, job.job_id, job=job)
     if kind == "error":
-        err = data.get("error") or {}
-        raise SimulatorError(
-            str(err.get("code") or "INTERNAL"),
-            str(err.get("message") or "the stream failed"),
-            err.get("request_id"),
-            http_status=200,
-        )
+        raise error_from_event(data)
     raise SimulatorError("INTERNAL", f"unknown stream event {kind!r}")
 
 
