@@ -134,6 +134,14 @@ def cmd_eval_world_model(a: argparse.Namespace) -> None:
         print(f"wrote {a.json}")
 
 
+def cmd_train_trajectory_vae(a: argparse.Namespace) -> None:
+    from wmpo.train.trajectory_vae import TrajectoryVAETrainConfig, train_trajectory_vae
+
+    cfg = TrajectoryVAETrainConfig(data=a.data, out=a.out, preset=a.preset, steps=a.steps,
+                                   batch_size=a.batch_size, lr=a.lr, seed=a.seed)
+    print(json.dumps(train_trajectory_vae(cfg), indent=2))
+
+
 def cmd_train_judge(a: argparse.Namespace) -> None:
     from wmpo.train.success_classifier import JudgeTrainConfig, train_success_classifier
 
@@ -377,6 +385,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-command", default=None,
                    help="how to rebuild the data (recorded; default: read from collect-play's play.json)")
     p.set_defaults(func=cmd_train_world_model)
+
+    p = tr.add_parser("trajectory-vae", help="the action optimizer's trajectory VAE: action windows of the "
+                      "datasets <-> a few latent tokens")
+    p.add_argument("--data", nargs="+", required=True, help="dataset directories (their actions are read)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--preset", default="small", help="tiny, small (4 chunks -> 4 tokens of 32), long (12 chunks)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_trajectory_vae)
 
     p = tr.add_parser("judge", help="success classifier on real rollouts (resumes from <out>/train_state.pt)")
     p.add_argument("--data", required=True, nargs="+", help="training dataset directories")
