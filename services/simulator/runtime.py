@@ -234,6 +234,11 @@ class SimulatorRuntime:
             return Readiness(False, problem)
         if self._worker is not None and self._worker.done():
             return Readiness(False, "the imagine queue worker stopped")
+        # A remote backend (WMPO_BACKEND=triton) is ready only while its server's models are.
+        backend_problem = getattr(self.engine.world_model, "problem", None)
+        problem = backend_problem() if callable(backend_problem) else None
+        if problem:
+            return Readiness(False, problem)
         return Readiness(True)
 
 

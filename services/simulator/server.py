@@ -51,12 +51,18 @@ def load_world_model(
 
 
 def world_model_from_settings(settings: SimulatorSettings) -> WorldModel:
-    """`load_world_model` with the checkpoint and sampler overrides of the settings."""
-    return load_world_model(
+    """`load_world_model` with the checkpoint and sampler overrides of the settings, its DiT on
+    the settings' backend (WMPO_BACKEND: torch, onnx or triton; see `backends`)."""
+    model = load_world_model(
         settings.checkpoint,
         sampler_steps=settings.sampler_steps,
         action_guidance=settings.action_guidance,
     )
+    if settings.backend == "torch":
+        return model
+    from services.simulator.backends import exported_world_model
+
+    return exported_world_model(model, settings)
 
 
 def build_app(

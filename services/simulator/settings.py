@@ -6,7 +6,10 @@ come from `ServiceSettings`; the fields here only make sense for a simulator.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+import re
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from services.common.settings import ServiceSettings
 
@@ -71,7 +74,48 @@ class SimulatorSettings(ServiceSettings):
         None, description="API key the simulator sends to the judge service."
     )
 
-    @field_validator("judge_url", mode="before")
+    backend: Literal["torch", "onnx", "triton"] = Field(
+        "torch",
+        description="Where the DiT runs: torch (in process), onnx (in process on ONNX Runtime) or "
+        "triton (each denoising step one call to a Triton server, see triton_url); the "
+        "autoencoder and the sampling loop stay in process.",
+    )
+    onnx_dir: str | None = Field(
+        None,
+        description="backend=onnx: a `wmpo export onnx` directory of the checkpoint to reuse "
+        "(exported there at startup if empty); unset: exported once into a cache directory "
+        "under the system temp directory, keyed by the checkpoint's hash.",
+    )
+    onnx_threads: int = Field(
+        0, ge=0, le=256, description="backend=onnx: ONNX Runtime intra-op threads (0: its choice)."
+    )
+    triton_url: str | None = Field(
+        None,
+        description="backend=triton: the Triton server, host:port of its gRPC endpoint "
+        "(grpc://host:port also works), or http://host:port for its HTTP endpoint.",
+    )
+    triton_model_version: str = Field(
+        "",
+        pattern=r"^[0-9]*$",
+        description="backend=triton: the model version to call (empty: the newest ready version, "
+        "found at startup and then pinned).",
+    )
+    triton_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="backend=triton: the most one Triton call may take; slower calls fail the "
+        "request with 503 (UNAVAILABLE).",
+    )
+    triton_startup_timeout_s: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="backend=triton: how long startup waits for Triton's models to be ready "
+        "(their checkpoint hash is checked then) before it gives up.",
+    )
+
+    @field_validator("judge_url", "onnx_dir", "triton_url", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -82,3 +126,22 @@ class SimulatorSettings(ServiceSettings):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError(f"must be an http(s) URL such as http://judge:8001, got {value!r}")
         return value
+
+    @field_validator("triton_url")
+    @classmethod
+    def _triton_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        rest = value.split("://", 1)[1] if "://" in value else value
+        scheme = value.split("://", 1)[0] if "://" in value else "grpc"
+        if scheme not in ("grpc", "http") or not re.fullmatch(r"[^\s/:]+:\d{1,5}", rest):
+            raise ValueError(
+                f"must be host:port (gRPC), grpc://host:port or http://host:port, got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> SimulatorSettings:
+        if self.backend == "triton" and not self.triton_url:
+            raise ValueError("backend=triton needs WMPO_TRITON_URL (host:port of Triton's gRPC endpoint)")
+        return self
