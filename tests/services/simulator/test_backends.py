@@ -310,3 +310,45 @@ def test_triton_slower_than_the_timeout_gives_503(triton) -> None:
         assert s.status_code == 503, s.text
         assert s.json()["error"]["code"] == "UNAVAILABLE"
         assert "did not answer" in s.json()["error"]["message"] and "Deadline" in s.json()["error"]["message"]
+
+
+@needs_triton
+def test_triton_killed_mid_request_gives_503_then_recovers(triton, triton_repo) -> None:
+    """Triton is killed while a group step's denoising calls are running: that request gets 503
+    naming Triton (not 500), and once Triton is back the group steps again."""
+    import threading
+
+    import tritonclient.grpc as grpcclient
+
+    def denoiser_calls() -> int:
+        c = grpcclient.InferenceServerClient(triton.grpc_url)
+        try:
+            stats = c.get_inference_statistics("dit_denoiser", as_json=True)["model_stats"][0]
+            return int(stats.get("inference_count", 0))
+        finally:
+            c.close()
+
+    with app_client(sim_settings(backend="triton", triton_url=triton.grpc_url, sampler_steps=32)) as client:
+        r = client.post("/v1/sessions", headers=HEADERS,
+                        json={"start_frames": to_json(start_frame()), "seed": 5, "group_size": 4})
+        gid = r.json()["group_id"]
+        acts = np.random.default_rng(1).uniform(-1, 1, (4, 4, 8, 4)).astype(np.float32)  # 4 chunks
+        body = {"actions": to_json(acts)}
+        done: dict[str, object] = {}
+        before = denoiser_calls()
+        worker = threading.Thread(target=lambda: done.update(
+            r=client.post(f"/v1/groups/{gid}/step", headers=HEADERS, json=body)))
+        worker.start()
+        deadline = time.monotonic() + 30
+        while denoiser_calls() < before + 4 * 8:  # a few denoising steps in
+            assert time.monotonic() < deadline and worker.is_alive(), "the step never reached Triton"
+            time.sleep(0.005)
+        ports = kill(triton)
+        worker.join(60)
+        r = done["r"]
+        assert r.status_code == 503, r.text  # type: ignore[attr-defined]
+        assert "Triton server at" in r.json()["error"]["message"]  # type: ignore[attr-defined]
+        restart(triton, triton_repo, ports)
+        again = client.post(f"/v1/groups/{gid}/step", headers=HEADERS, json=body)
+        assert again.status_code == 200, again.text
+        assert from_json(again.json()["results"][0]["frames"]).shape == (16, 64, 64, 3)
