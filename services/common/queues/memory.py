@@ -190,6 +190,11 @@ class InProcessQueue(WorkQueue):
                         )
                         await asyncio.sleep(self.config.retry_delay_s)
                         continue
+                    elif isinstance(exc, Unavailable):
+                        # A dependency is down (e.g. the Triton server): after every try the
+                        # callers get the 503 itself, and nothing is stored, so a retry with the
+                        # same id runs again once it is back. Not a poison message.
+                        raise
                     else:
                         record = self._dead_letter(request_id, payload, digest, attempt, exc)
                 break

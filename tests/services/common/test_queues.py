@@ -587,3 +587,29 @@ def test_a_client_facing_redis_error_does_not_name_the_redis_host() -> None:
             await queue.close()
 
     asyncio.run(scenario())
+
+
+def test_in_process_a_dependency_down_is_a_503_after_every_try_and_nothing_is_stored() -> None:
+    """A handler whose dependency is down (Unavailable) is retried, then its callers get the 503
+    itself (not a dead letter, not a 500); once the dependency is back the same id runs again."""
+    calls = 0
+    up = False
+
+    async def handler(payload: Payload) -> Payload:
+        nonlocal calls
+        calls += 1
+        if not up:
+            raise Unavailable("the model server is down")
+        return {"v": payload["v"] + 1}
+
+    async def scenario() -> None:
+        nonlocal up
+        async with Harness("memory", "", "mem") as h:
+            await h.worker(handler)
+            with pytest.raises(Unavailable, match="the model server is down"):
+                await h.producer.submit("dep-1", {"v": 1})
+            assert calls == h.config.max_deliveries and h.producer.stats.dead_lettered == 0
+            up = True
+            assert await h.producer.submit("dep-1", {"v": 1}) == {"v": 2}  # nothing was stored
+
+    asyncio.run(scenario())

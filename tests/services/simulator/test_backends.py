@@ -284,9 +284,6 @@ def test_triton_killed_gives_503_then_recovers(triton, triton_repo, torch_refere
 
 
 @needs_triton
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap outside the simulator: the imagine work queue (services/common/queues) retries a "
-    "503 (Unavailable) WMPO_QUEUE_MAX_DELIVERIES times, then dead-letters it as 500 INTERNAL"))
 def test_queued_imagine_with_triton_down_is_503(triton, triton_repo) -> None:
     with app_client(sim_settings(backend="triton", triton_url=triton.grpc_url,
                                  queue_retry_delay_s=0.1)) as client:
