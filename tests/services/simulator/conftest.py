@@ -54,10 +54,15 @@ class CountingModel:
         self.entered = threading.Event()  # a step call is inside the model
         self.gate = threading.Event()
         self.fail_calls: set[int] = set()  # 1-based step calls that raise
+        self.start_entered = threading.Event()
+        self.start_gate: threading.Event | None = None  # set: encodes wait for it
         if not gated:
             self.gate.set()
 
     def start(self, frames: np.ndarray, seeds: list[int]) -> list[Rollout]:
+        self.start_entered.set()
+        if self.start_gate is not None:  # a test orders encodes on the one model thread
+            assert self.start_gate.wait(10), "test start gate never opened"
         return self.inner.start(frames, seeds)
 
     def fork(self, rollout: Rollout, seeds: list[int]) -> list[Rollout]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -344,8 +346,20 @@ def test_client_disconnect_drops_its_queued_work(world_model) -> None:
         await runtime.start()
         try:
             gone = asyncio.Event()
+            # Encodes and steps share the one model thread, in submission order: hold the
+            # holder's encode until the leaver's encode is queued behind it, so the leaver's
+            # rows are queued while the holder's step is held (under load the leaver's encode
+            # could otherwise land behind that held step).
+            model.start_gate = threading.Event()
             holder = asyncio.create_task(call(app, imagine_body(n=1), None))
+            await asyncio.to_thread(model.start_entered.wait, 30)
             leaver = asyncio.create_task(call(app, imagine_body(n=3, seed=4), gone))
+            executor = runtime.engine._batcher._executor  # test-only: the model thread's queue
+            deadline = time.monotonic() + 30
+            while executor is not None and executor._work_queue.qsize() < 1:
+                assert time.monotonic() < deadline, "the leaver's encode was never queued"
+                await asyncio.sleep(0.01)
+            model.start_gate.set()
             await asyncio.to_thread(model.entered.wait, 5)
             while runtime.engine.queued_rows < 3:
                 await asyncio.sleep(0.01)
