@@ -29,3 +29,16 @@ def test_core_cli_does_not_import_web_dependencies():
     code = ("import sys, wmpo.cli; bad = [m for m in sys.modules if m.split('.')[0] in "
             "('fastapi', 'grpc', 'uvicorn', 'services')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+
+def test_a_closed_pipe_is_not_a_traceback(monkeypatch):
+    class ClosedPipe:  # what stdout is after `wmpo tasks | head -1` has exited
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["tasks"]) == 0

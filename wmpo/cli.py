@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -578,6 +579,9 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     except KeyboardInterrupt:
         print("interrupted; completed work is saved (rerun to resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`wmpo tasks | head`): not an error of ours
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (flushing at exit must not fail again)
+        return 0
     return 0
 
 
