@@ -323,12 +323,13 @@ class RedisWorkQueue(WorkQueue):
         waiter = self._waiters.setdefault(request_id, _Waiter())
         waiter.count += 1
         first = True
-        next_live_check = loop.time()
         try:
             while True:
                 waiter.event.clear()  # before the check: a notification after it is kept
+                # Worker liveness comes from the monitor's last look (no Redis call per request);
+                # only when it saw none does a new request wait briefly for a starting worker.
                 state, value = await self._enqueue_once(
-                    request_id, digest, text, enqueue=not self.config.expect_workers or not first
+                    request_id, digest, text, enqueue=not first or not self._no_live_worker()
                     or await self._has_workers(grace_s=min(self.config.min_idle_s, 2.0))
                 )
                 _raise_if_cancelled()
@@ -338,12 +339,10 @@ class RedisWorkQueue(WorkQueue):
                     return _unpack(request_id, self._decode_record(value), digest)
                 if state == "no-workers":
                     raise self._no_workers()
-                if self.config.expect_workers and loop.time() >= next_live_check:
+                if not first and self._no_live_worker():
                     # Every worker gone while we wait: say so now, not after timeout_s. The
                     # work stays queued; a retry with the same id joins or reads its result.
-                    if not first and not await self._has_workers():
-                        raise _abandoned(self.config, request_id)
-                    next_live_check = loop.time() + min(self.config.min_idle_s / 3, 2.0)
+                    raise _abandoned(self.config, request_id)
                 if first:
                     if state == "queued":
                         self.stats.enqueued += 1
@@ -359,6 +358,10 @@ class RedisWorkQueue(WorkQueue):
             waiter.count -= 1
             if waiter.count == 0:
                 self._waiters.pop(request_id, None)
+
+    def _no_live_worker(self) -> bool:
+        """The monitor's last look found no live worker (and this replica serves none)."""
+        return self.config.expect_workers and not self._serving and self._workers_problem is not None
 
     async def _has_workers(self, grace_s: float = 0.0) -> bool:
         """Whether a worker is alive, waiting up to `grace_s` for one (a worker starting)."""
