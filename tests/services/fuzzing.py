@@ -55,3 +55,21 @@ def fuzz(schema: Any, call: Callable[[Any], None], examples: int) -> None:
             call(case)
 
         run()
+
+
+PUBLIC = frozenset({"/healthz", "/readyz"})
+
+
+def fuzz_without_a_key(schema: Any, statuses: Statuses, examples: int) -> None:
+    """Every operation without credentials: never a 5xx, and 401 on every route but health.
+    Auth comes first; only an over-size body is refused earlier (413)."""
+    from schemathesis.checks import not_a_server_error
+
+    def call(case: Any) -> None:
+        drop_credentials(case)
+        response = case.call_and_validate(checks=[not_a_server_error])
+        record(statuses, "no key", case, response.status_code)
+        if case.path not in PUBLIC:
+            assert response.status_code in (401, 413), (case.path, response.status_code)
+
+    fuzz(schema, call, examples)
