@@ -47,11 +47,18 @@ log = logging.getLogger("wmpo.queues")
 
 # ------------------------------------------------------------------ Redis
 
-# KEYS: result, inflight, stream. ARGV: rid, digest, payload, inflight_ttl_ms, max_length,
-# enqueue (0: only read a stored result or join one in flight; nothing is added).
+# KEYS: result, inflight, stream, unavailable. ARGV: rid, digest, payload, inflight_ttl_ms,
+# max_length, enqueue (0: only read a stored result or join one in flight; nothing is added),
+# waiting (1: the caller waits for a run it queued or joined; 0: a new submit, which runs again).
 _ENQUEUE = """
 local stored = redis.call('GET', KEYS[1])
 if stored then return {'result', stored} end
+if ARGV[7] == '1' then
+  local failed = redis.call('GET', KEYS[4])
+  if failed then return {'unavailable', failed} end
+else
+  redis.call('DEL', KEYS[4])
+end
 local inflight = redis.call('GET', KEYS[2])
 if inflight then return {'inflight', inflight} end
 if ARGV[6] == '0' then return {'no-workers', ''} end
@@ -75,6 +82,19 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 if stored then return 1 end
 return 0
+"""
+
+# KEYS: stream, unavailable, inflight. ARGV: group, msg_id, record, unavailable_ttl_ms,
+# channel, rid. A dependency was down on every delivery: the 503 goes to the callers that
+# wait (under the short-lived unavailable key), no result is stored and nothing is
+# dead-lettered, so a new submit of the id runs again (as in process).
+_UNAVAILABLE = """
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+redis.call('DEL', KEYS[3])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
 """
 
 # KEYS: stream. ARGV: group, consumer, msg_id, idle_ms.
@@ -181,6 +201,7 @@ class RedisWorkQueue(WorkQueue):
         self.channel = f"{base}:done"
         self._enqueue_script = self._redis.register_script(_ENQUEUE)
         self._finish_script = self._redis.register_script(_FINISH)
+        self._unavailable_script = self._redis.register_script(_UNAVAILABLE)
         self._renew_script = self._redis.register_script(_RENEW)
         self._claim_script = self._redis.register_script(_CLAIM)
         self._prune_script = self._redis.register_script(_PRUNE)
@@ -203,6 +224,15 @@ class RedisWorkQueue(WorkQueue):
 
     def inflight_key(self, request_id: str) -> str:
         return f"{self.base}:inflight:{request_id}"
+
+    def unavailable_key(self, request_id: str) -> str:
+        return f"{self.base}:unavailable:{request_id}"
+
+    @property
+    def _unavailable_ttl_ms(self) -> int:
+        # Long enough for every waiting producer to poll it (notified at once, else every
+        # poll_s); short, since a new submit of the id deletes it and runs again anyway.
+        return _ms(max(10 * self.config.poll_s, 30.0))
 
     @property
     def problem(self) -> str | None:
@@ -330,13 +360,16 @@ class RedisWorkQueue(WorkQueue):
                 # only when it saw none does a new request wait briefly for a starting worker.
                 state, value = await self._enqueue_once(
                     request_id, digest, text, enqueue=not first or not self._no_live_worker()
-                    or await self._has_workers(grace_s=min(self.config.min_idle_s, 2.0))
+                    or await self._has_workers(grace_s=min(self.config.min_idle_s, 2.0)),
+                    waiting=not first,
                 )
                 _raise_if_cancelled()
                 if state == "result":
                     if first:
                         self.stats.stored_hits += 1
                     return _unpack(request_id, self._decode_record(value), digest)
+                if state == "unavailable":  # the run ended on a dependency's 503: raise it
+                    _unpack(request_id, self._decode_record(value), digest)
                 if state == "no-workers":
                     raise self._no_workers()
                 if not first and self._no_live_worker():
@@ -379,16 +412,22 @@ class RedisWorkQueue(WorkQueue):
             await asyncio.sleep(0.05)
 
     async def _enqueue_once(
-        self, request_id: str, digest: str, text: str, enqueue: bool = True
+        self, request_id: str, digest: str, text: str, enqueue: bool = True, waiting: bool = False
     ) -> tuple[str, str]:
         """One run of the enqueue script: ("result", record), ("inflight", digest) or
         ("queued", message id), or ("no-workers", "") where `enqueue` is false and there is
-        nothing to join; a full queue or an id reused for another payload raises."""
+        nothing to join; ("unavailable", record) where `waiting` and the run waited for ended
+        on a dependency's 503. A full queue or an id reused for another payload raises."""
         from redis.exceptions import RedisError
 
         try:
             state, value = await self._enqueue_script(
-                keys=[self.result_key(request_id), self.inflight_key(request_id), self.stream_key],
+                keys=[
+                    self.result_key(request_id),
+                    self.inflight_key(request_id),
+                    self.stream_key,
+                    self.unavailable_key(request_id),
+                ],
                 args=[
                     request_id,
                     digest,
@@ -396,6 +435,7 @@ class RedisWorkQueue(WorkQueue):
                     _ms(self.config.inflight_ttl_s),
                     self.config.max_length,
                     1 if enqueue else 0,
+                    1 if waiting else 0,
                 ],
             )
         except RedisError as exc:
@@ -675,6 +715,8 @@ class RedisWorkQueue(WorkQueue):
             if _is_final(exc):
                 assert isinstance(exc, ServiceError)
                 await self._finish(msg_id, request_id, _error_record(digest, exc))
+            elif deliveries >= self.config.max_deliveries and isinstance(exc, Unavailable):
+                await self._give_up_unavailable(msg_id, request_id, digest, exc)
             elif deliveries >= self.config.max_deliveries:
                 await self._dead_letter(msg_id, fields, deliveries, f"{type(exc).__name__}: {exc}")
             else:
@@ -695,6 +737,29 @@ class RedisWorkQueue(WorkQueue):
         finally:
             await _cancel_and_wait([lease])
         await self._finish(msg_id, request_id, _ok_record(digest, result))
+
+    async def _give_up_unavailable(
+        self, msg_id: str, request_id: str, digest: str, exc: Unavailable
+    ) -> None:
+        """A dependency (e.g. the Triton server) was down on every delivery: the waiting callers
+        get its 503, nothing is stored or dead-lettered (not a poison message), and a new
+        submit of the same id runs again once the dependency is back."""
+        log.warning(
+            "queue %s: request %s: a dependency was unavailable on all %d deliveries (%s); "
+            "answered 503, not stored",
+            self.base,
+            request_id,
+            self.config.max_deliveries,
+            exc.message,
+            extra={"request_id": request_id},
+        )
+        text = encode_payload(_error_record(digest, exc), self.config.max_payload_bytes)
+        await self._unavailable_script(
+            keys=[self.stream_key, self.unavailable_key(request_id), self.inflight_key(request_id)],
+            args=[
+                self.config.group, msg_id, text, self._unavailable_ttl_ms, self.channel, request_id
+            ],
+        )
 
     async def _keep_lease(self, msg_id: str, work: asyncio.Task[Payload]) -> None:
         from redis.exceptions import RedisError

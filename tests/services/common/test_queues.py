@@ -589,7 +589,9 @@ def test_a_client_facing_redis_error_does_not_name_the_redis_host() -> None:
     asyncio.run(scenario())
 
 
-def test_in_process_a_dependency_down_is_a_503_after_every_try_and_nothing_is_stored() -> None:
+def test_a_dependency_down_is_a_503_after_every_try_and_nothing_is_stored(
+    backend: Backend,
+) -> None:
     """A handler whose dependency is down (Unavailable) is retried, then its callers get the 503
     itself (not a dead letter, not a 500); once the dependency is back the same id runs again."""
     calls = 0
@@ -604,12 +606,25 @@ def test_in_process_a_dependency_down_is_a_503_after_every_try_and_nothing_is_st
 
     async def scenario() -> None:
         nonlocal up
-        async with Harness("memory", "", "mem") as h:
-            await h.worker(handler)
-            with pytest.raises(Unavailable, match="the model server is down"):
-                await h.producer.submit("dep-1", {"v": 1})
-            assert calls == h.config.max_deliveries and h.producer.stats.dead_lettered == 0
+        async with Harness(*backend) as h:
+            worker, _ = await h.worker(handler)
+            # Two callers of one id (the second joins the first's run): both get the 503.
+            first = asyncio.create_task(h.producer.submit("dep-1", {"v": 1}))
+            await eventually(lambda: calls >= 1)
+            joined = asyncio.create_task(h.producer.submit("dep-1", {"v": 1}))
+            for caller in (first, joined):
+                with pytest.raises(Unavailable, match="the model server is down"):
+                    await caller
+            assert calls == h.config.max_deliveries and worker.stats.dead_lettered == 0
+            if isinstance(h.producer, RedisWorkQueue):
+                r = redis_client(backend[1])
+                assert r.xlen(h.producer.dead_key) == 0  # not a poison message
+                assert r.xlen(h.producer.stream_key) == 0  # acknowledged, not pending
+                assert r.xpending(h.producer.stream_key, "workers")["pending"] == 0
+                assert not r.exists(h.producer.result_key("dep-1"))
+                r.close()
             up = True
             assert await h.producer.submit("dep-1", {"v": 1}) == {"v": 2}  # nothing was stored
+            assert calls == h.config.max_deliveries + 1
 
     asyncio.run(scenario())

@@ -284,15 +284,23 @@ def test_triton_killed_gives_503_then_recovers(triton, triton_repo, torch_refere
 
 
 @needs_triton
-def test_queued_imagine_with_triton_down_is_503(triton, triton_repo) -> None:
+@pytest.mark.parametrize("queue", ["memory", "redis"])
+def test_queued_imagine_with_triton_down_is_503(triton, triton_repo, queue, request) -> None:
+    """Both imagine queues (in process and Redis Streams) answer Triton's 503 after their tries,
+    naming Triton, not a dead-lettered 500."""
+    redis = {}
+    if queue == "redis":
+        redis = {"redis_url": request.getfixturevalue("redis_url"), "queue_min_idle_s": 0.6,
+                 "queue_prefix": request.getfixturevalue("redis_prefix")}
     with app_client(sim_settings(backend="triton", triton_url=triton.grpc_url,
-                                 queue_retry_delay_s=0.1)) as client:
+                                 queue_retry_delay_s=0.1, **redis)) as client:
         imagine_frames(client)
         ports = kill(triton)
         try:
             r = imagine(client)
             assert "Traceback" not in r.text
             assert r.status_code == 503, r.text
+            assert "Triton" in r.json()["error"]["message"], r.text
         finally:
             restart(triton, triton_repo, ports)
 
