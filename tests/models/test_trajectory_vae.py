@@ -74,3 +74,20 @@ def test_bad_configs_and_inputs_are_refused() -> None:
         vae.encode(torch.zeros(1, 3, 8, 4))
     with pytest.raises(ConfigError, match="not a trajectory-vae"):
         TrajectoryVAE.from_config({"kind": "policy"})
+
+
+def test_load_round_trip_and_wrong_kind(tmp_path):
+    from wmpo.errors import CheckpointError
+    from wmpo.models.trajectory_vae import TrajectoryVAE
+    from wmpo.utils.checkpoint import save_checkpoint
+
+    model = TrajectoryVAE(PRESETS["tiny"]).eval()
+    sha = save_checkpoint(tmp_path / "vae", {k: v.half() for k, v in model.state_dict().items()},
+                          model.checkpoint_config(), {"kind": "trajectory-vae"})
+    loaded, short = TrajectoryVAE.load(tmp_path / "vae")
+    assert short == sha[:12]
+    x = torch.rand(2, model.cfg.steps, model.cfg.action_dim) * 2 - 1
+    assert torch.allclose(loaded.encode(x)[0], model.encode(x)[0], atol=2e-2)
+    save_checkpoint(tmp_path / "other", {}, {"kind": "autoencoder"}, {})
+    with pytest.raises(CheckpointError, match="trajectory-vae"):
+        TrajectoryVAE.load(tmp_path / "other")

@@ -118,3 +118,70 @@ def test_presets_scale_by_configuration():
     play = PRESETS["play"]  # world model v2: 8x8-pixel tokens, about as many parameters
     assert play.tokens_per_frame == 4 * PRESETS["small"].tokens_per_frame
     assert 2e6 < sum(p.numel() for p in VideoDiT(play).parameters()) < 5e6
+
+
+# ---------------------------------------------------------------- plan conditioning (optimizer)
+def plan_config(text_dim: int = 6) -> VideoDiTConfig:
+    return PRESETS["tiny"].with_plan(tokens=2, plan_dim=3, plan_frames=8, text_dim=text_dim)
+
+
+def plan_inputs(cfg: VideoDiTConfig, b: int = 2, f: int = 5, seed: int = 1):
+    from wmpo.models.video_dit import PlanCondition
+
+    g = torch.Generator().manual_seed(seed)
+    return PlanCondition(torch.randn(b, cfg.plan_tokens, cfg.plan_dim, generator=g),
+                         torch.ones(b, dtype=torch.bool), torch.arange(f).expand(b, f).clone(),
+                         torch.randn(b, cfg.text_dim, generator=g))
+
+
+def test_plan_conditioning_starts_as_the_world_model_it_is_fine_tuned_from():
+    base = randomized(VideoDiT(PRESETS["tiny"]))
+    model = VideoDiT(plan_config()).eval()
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith(("plan_", "null_plan", "text_proj", "consistency_head"))
+                                  or ".cross." in k for k in missing)
+    z, t, a, has, pos = inputs(base.config)
+    assert torch.equal(model(z, t, a, has, pos, plan_inputs(model.config)), base(z, t, a, has, pos))
+
+
+def test_plan_tokens_condition_and_the_null_plan_ignores_them():
+    model = randomized(VideoDiT(plan_config()))
+    z, t, a, has, pos = inputs(model.config)
+    plan = plan_inputs(model.config)
+    other = plan_inputs(model.config, seed=2)
+    other.text = plan.text
+    out = model(z, t, a, has, pos, plan)
+    assert not torch.allclose(out, model(z, t, a, has, pos, other))  # the trajectory matters
+    plan.has_plan[:] = False
+    other.has_plan[:] = False
+    assert torch.equal(model(z, t, a, has, pos, plan), model(z, t, a, has, pos, other))  # null plan
+    other.text = -plan.text
+    assert not torch.allclose(model(z, t, a, has, pos, plan), model(z, t, a, has, pos, other))  # instruction
+
+
+def test_plan_cached_context_equals_full_sequence_and_consistency_head_shape():
+    model = randomized(VideoDiT(plan_config()))
+    z, t, a, has, pos = inputs(model.config, f=7)
+    plan = plan_inputs(model.config, f=7)
+    full, feats = model(z, t, a, has, pos, plan, return_features=True)
+    cache = model.build_cache(z[:, :3], t[:, :3], a[:, :3], has[:, :3], pos[:, :3], plan.select(slice(0, 3)))
+    part = model.forward_cached(z[:, 3:], t[:, 3:], a[:, 3:], has[:, 3:], pos[:, 3:], cache, plan.select(slice(3, None)))
+    assert torch.allclose(full[:, 3:], part, atol=1e-5)
+    gen = (torch.arange(7) >= 3).float().expand(2, 7)
+    assert model.consistency(feats, gen).shape == (2, 2, 3)
+
+
+def test_plan_conditioning_errors_are_clear():
+    z, t, a, has, pos = inputs(PRESETS["tiny"])
+    with pytest.raises(ValueError, match="no plan conditioning"):
+        VideoDiT(PRESETS["tiny"])(z, t, a, has, pos, plan_inputs(plan_config()))
+    model = VideoDiT(plan_config())
+    plan = plan_inputs(model.config)
+    plan.text = None
+    with pytest.raises(ValueError, match="instruction embedding"):
+        model(z, t, a, has, pos, plan)
+    with pytest.raises(ValueError, match="plan tokens must be"):
+        model(z, t, a, has, pos, plan_inputs(plan_config(), b=2).__class__(
+            torch.zeros(2, 5, 3), torch.ones(2, dtype=torch.bool), pos, torch.zeros(2, 6)))
+    with pytest.raises(ConfigError, match="text_dim > 0 needs plan_tokens"):
+        VideoDiTConfig(text_dim=4)

@@ -89,14 +89,22 @@ class LatentEpisodes:
         return len(self.starts)
 
     def sample(self, batch_size: int, window: int, gen: torch.Generator,
-               episodes: np.ndarray | None = None) -> FlowBatch:
-        """Random windows: [anchor, w_1..w_window] with a random context/generation split."""
+               episodes: np.ndarray | None = None, plan_frames: int = 0) -> FlowBatch:
+        """Random windows: [anchor, w_1..w_window] with a random context/generation split.
+
+        ``plan_frames > 0`` (training the action optimizer's plan generator) adds a plan per
+        window: a start frame p drawn so that every generated frame lies in (p, p + plan_frames],
+        the plan_frames * stride env actions after p (zeros past the episode's end), each
+        frame's index in the plan, and the episode's task; frames then carry no per-frame
+        actions (the plan is the only action input). Its random numbers are drawn after the
+        others, so plain windows come out the same with or without this feature."""
         pool = episodes if episodes is not None else np.arange(len(self))
         picks = pool[torch.randint(0, len(pool), (batch_size,), generator=gen).numpy()]
-        lat, act, has, pos = [], [], [], []
+        lat, act, has, pos, js = [], [], [], [], []
         for e in picks:
             s, n = int(self.starts[e]), int(self.lengths[e])
             j = int(torch.randint(0, n - window + 1, (1,), generator=gen))
+            js.append(j)
             rows = np.concatenate([[s], s + j + np.arange(window)])
             lat.append(self.latents[rows])
             act.append(self.actions[rows])
@@ -107,4 +115,30 @@ class LatentEpisodes:
         n_ctx = 1 + torch.randint(1, window, (batch_size,), generator=gen)
         acts = torch.stack(act)
         has_t = torch.stack(has)
-        return FlowBatch(torch.stack(lat).float(), acts * has_t[..., None], has_t, torch.stack(pos), n_ctx)
+        batch = FlowBatch(torch.stack(lat).float(), acts * has_t[..., None], has_t, torch.stack(pos), n_ctx)
+        if plan_frames > 0:
+            self._add_plans(batch, picks, js, window, plan_frames, gen)
+        return batch
+
+    def _add_plans(self, batch: FlowBatch, picks: np.ndarray, js: list[int], window: int, plan_frames: int,
+                   gen: torch.Generator) -> None:
+        width = self.actions.shape[1]  # stride * 4
+        plan_actions, index = [], []
+        for i, (e, j) in enumerate(zip(picks, js, strict=True)):
+            s, n = int(self.starts[e]), int(self.lengths[e])
+            first_gen = j + int(batch.n_context[i]) - 1  # episode frame of the first generated frame
+            last_gen = j + window - 1
+            lo, hi = max(0, last_gen - plan_frames), first_gen - 1
+            p = lo + int(torch.randint(0, hi - lo + 1, (1,), generator=gen))
+            a = torch.zeros(plan_frames, width)
+            rows = np.arange(p + 1, min(p + plan_frames, n - 1) + 1)  # actions leading into frames p+1..
+            a[: len(rows)] = self.actions[s + rows]
+            plan_actions.append(a.reshape(plan_frames * width // 4, 4))
+            frames = np.concatenate([[0], j + np.arange(window)])  # episode frame of each window frame
+            index.append(torch.from_numpy(np.clip(frames - p, 0, plan_frames)))
+            index[-1][0] = 0  # the anchor (episode frame 0) is never inside a plan that starts later
+        batch.plan_actions = torch.stack(plan_actions)
+        batch.plan_index = torch.stack(index).long()
+        batch.tasks = [self.tasks[int(e)] for e in picks]
+        batch.actions = torch.zeros_like(batch.actions)
+        batch.has_action = torch.zeros_like(batch.has_action)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from wmpo.models.video_dit import VideoDiT
+from wmpo.models.video_dit import PlanCondition, VideoDiT
 
 
 @dataclass
@@ -33,6 +33,10 @@ class FlowBatch:
     has_action: torch.Tensor  # (B, F) bool
     positions: torch.Tensor  # (B, F) long
     n_context: torch.Tensor  # (B,) frames [0, n_context) are context (anchor included)
+    # Plan-generator training only (``LatentEpisodes.sample(plan_frames=...)``):
+    plan_actions: torch.Tensor | None = None  # (B, plan_frames * stride, 4) env actions of the plan
+    plan_index: torch.Tensor | None = None  # (B, F) long: each frame's index in the plan
+    tasks: list[str] | None = None
 
 
 def noise_like(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
@@ -51,9 +55,12 @@ def moving_mask(z0: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 def flow_errors(model: VideoDiT, batch: FlowBatch, gen: torch.Generator | None = None,
-                context_noise_max: float = 0.3, action_dropout: float = 0.0
+                context_noise_max: float = 0.3, action_dropout: float = 0.0,
+                plan: PlanCondition | None = None, features: list[torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared velocity errors (B, F, C, h, w) and the generated-frame mask (B, F) as floats."""
+    """Squared velocity errors (B, F, C, h, w) and the generated-frame mask (B, F) as floats.
+    ``plan``: the plan generator's condition; ``features``: a list that receives the last
+    block's tokens (for the latent-consistency head)."""
     z0 = batch.latents
     b, f = z0.shape[:2]
     is_ctx = torch.arange(f)[None, :] < batch.n_context[:, None]  # (B, F)
@@ -67,19 +74,48 @@ def flow_errors(model: VideoDiT, batch: FlowBatch, gen: torch.Generator | None =
     eps = noise_like(z0, gen)
     tt = t[..., None, None, None]
     zt = (1 - tt) * z0 + tt * eps
-    v = model(zt, t, batch.actions, has_action, batch.positions)
+    if features is None:
+        v = model(zt, t, batch.actions, has_action, batch.positions, plan)
+    else:
+        v, x = model(zt, t, batch.actions, has_action, batch.positions, plan, return_features=True)
+        features.append(x)
     return (v - (eps - z0)) ** 2, (~is_ctx).float()  # (B, F, C, h, w), (B, F)
 
 
 def flow_matching_loss(model: VideoDiT, batch: FlowBatch, gen: torch.Generator | None = None,
                        context_noise_max: float = 0.3, action_dropout: float = 0.0,
-                       moving_weight: float = 0.0, moving_threshold: float = 0.1) -> torch.Tensor:
+                       moving_weight: float = 0.0, moving_threshold: float = 0.1,
+                       plan: PlanCondition | None = None, features: list[torch.Tensor] | None = None
+                       ) -> torch.Tensor:
     """MSE of the velocity on the generated frames; moving latent pixels weighted by
     ``1 + moving_weight`` (0: the plain MSE of the papers)."""
-    sq, gen_mask = flow_errors(model, batch, gen, context_noise_max, action_dropout)
+    sq, gen_mask = flow_errors(model, batch, gen, context_noise_max, action_dropout, plan, features)
     if moving_weight <= 0:
         err = sq.mean((2, 3, 4))  # (B, F)
         return (err * gen_mask).sum() / gen_mask.sum()
     w = 1.0 + moving_weight * moving_mask(batch.latents, moving_threshold)  # (B, F, 1, h, w)
     w = w * gen_mask[..., None, None, None]
     return (sq * w).sum() / (w.sum() * sq.shape[2])
+
+
+def plan_generator_loss(model: VideoDiT, batch: FlowBatch, tokens: torch.Tensor, text: torch.Tensor | None,
+                        drop_prob: float, consistency_weight: float, gen: torch.Generator | None = None,
+                        moving_weight: float = 0.0, moving_threshold: float = 0.1
+                        ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The plan generator's objective (MVISTA-4D section 4.3): the flow loss conditioned on the
+    trajectory tokens (B, S, Z) and the instruction, with the whole plan replaced by the null
+    plan with probability ``drop_prob`` per sample, plus ``consistency_weight`` x the MSE of the
+    latent-consistency head's tokens on the samples that kept their plan."""
+    b = tokens.shape[0]
+    keep = torch.rand(b, generator=gen) >= drop_prob  # (B,)
+    plan = PlanCondition(tokens, keep, batch.plan_index, text)
+    feats: list[torch.Tensor] = []
+    flow = flow_matching_loss(model, batch, gen, moving_weight=moving_weight, moving_threshold=moving_threshold,
+                              plan=plan, features=feats)
+    f = batch.latents.shape[1]
+    gen_frames = (torch.arange(f)[None, :] >= batch.n_context[:, None]).float()  # (B, F)
+    pred = model.consistency(feats[0], gen_frames)  # (B, S, Z)
+    per_sample = ((pred - tokens) ** 2).mean((1, 2))  # (B,)
+    cons = (per_sample * keep).sum() / keep.sum().clamp_min(1)
+    return flow + consistency_weight * cons, {"flow": float(flow), "consistency": float(cons),
+                                              "kept": float(keep.float().mean())}

@@ -21,13 +21,14 @@ One file per architecture (config, blocks, init, presets), as the other models h
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wmpo.errors import ConfigError
+from wmpo.errors import CheckpointError, ConfigError
 
 
 @dataclass
@@ -163,6 +164,20 @@ class TrajectoryVAE(nn.Module):
         if config.get("kind") != "trajectory-vae":
             raise ConfigError(f"not a trajectory-vae config (kind={config.get('kind')!r})")
         return cls(TrajectoryVAEConfig(**{k: v for k, v in config.items() if k != "kind"}))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> tuple[TrajectoryVAE, str]:
+        """A trained VAE from its checkpoint directory (fp16 on disk, float32 here), in eval
+        mode, and its short weights hash (provenance)."""
+        from wmpo.utils.checkpoint import load_checkpoint
+
+        tensors, config, manifest = load_checkpoint(directory)
+        try:
+            model = cls.from_config(config)
+            model.load_state_dict({k: v.float() for k, v in tensors.items()})
+        except (ConfigError, TypeError, RuntimeError) as e:
+            raise CheckpointError(f"trajectory-vae checkpoint {directory} does not match this code: {e}") from e
+        return model.eval(), manifest.get("weights_sha256", "")[:12]
 
 
 def smoothness(actions: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,21 @@ frames never attend to generated ones, so their keys and values do not change wh
 generated frames are denoised; ``build_cache`` computes them once per autoregressive step and
 ``forward_cached`` reuses them at every denoising step (exact, not an approximation).
 
+Plan conditioning (the action optimizer's generator, MVISTA-4D section 4.3; off unless
+``plan_tokens > 0``): a trajectory latent of S tokens of width Z (``wmpo.models.trajectory_vae``)
+and, when ``text_dim > 0``, the instruction's sentence embedding become a small set of context
+tokens that every block reads through cross-attention (after self-attention, before the MLP).
+Each trajectory token gets a learned embedding of its index, and each frame's queries a learned
+embedding of the frame's position in the plan (0 = at or before the plan's start, then 1..
+``plan_frames``), so a frame can find the part of the trajectory that leads into it. A learned
+null plan (S tokens) stands for "no trajectory"; with it the model generates the
+instruction-only future. The cross-attention output projections start at zero, so a world
+model fine-tuned with plan conditioning switched on starts as exactly the world model. The
+latent-consistency head (training only) predicts the trajectory tokens from the mean of the
+last block's generated-frame tokens. Departures from the paper: frames still carry their
+per-frame action inputs, which the plan generator leaves empty (the null action); MVISTA-4D's
+generator has none.
+
 Shapes: latents (B, F, C, h, w); tokens per frame N = (h/p) * (w/p); sequence L = F * N.
 """
 
@@ -41,6 +56,12 @@ class VideoDiTConfig:
     action_dim: int = 4
     frame_stride: int = 2  # env steps per latent frame; each frame is conditioned on this many actions
     max_frames: int = 16  # temporal positions: 0 is the anchor, 1.. the window
+    # Plan conditioning (off when plan_tokens == 0): S trajectory tokens of width plan_dim that
+    # cover plan_frames latent frames, and an instruction embedding of width text_dim (0: none).
+    plan_tokens: int = 0
+    plan_dim: int = 32
+    plan_frames: int = 16
+    text_dim: int = 0
 
     def __post_init__(self) -> None:
         problems = []
@@ -48,9 +69,15 @@ class VideoDiTConfig:
             problems.append(f"latent_size={self.latent_size} not divisible by patch={self.patch}")
         if self.dim % self.heads:
             problems.append(f"dim={self.dim} not divisible by heads={self.heads}")
-        for name in ("latent_channels", "dim", "depth", "heads", "action_dim", "frame_stride", "max_frames"):
+        for name in ("latent_channels", "dim", "depth", "heads", "action_dim", "frame_stride", "max_frames",
+                     "plan_dim", "plan_frames"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("plan_tokens", "text_dim"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}={getattr(self, name)} must be >= 0")
+        if self.text_dim and not self.plan_tokens:
+            problems.append("text_dim > 0 needs plan_tokens > 0 (the instruction is a plan condition)")
         if problems:
             raise ConfigError("invalid VideoDiTConfig: " + "; ".join(problems))
 
@@ -62,8 +89,18 @@ class VideoDiTConfig:
     def frame_action_dim(self) -> int:
         return self.action_dim * self.frame_stride
 
+    @property
+    def has_plan(self) -> bool:
+        return self.plan_tokens > 0
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def with_plan(self, tokens: int, plan_dim: int, plan_frames: int, text_dim: int) -> VideoDiTConfig:
+        """This shape with plan conditioning switched on (to fine-tune a world model into the
+        optimizer's generator)."""
+        return VideoDiTConfig(**{**asdict(self), "plan_tokens": tokens, "plan_dim": plan_dim,
+                                 "plan_frames": plan_frames, "text_dim": text_dim})
 
 
 PRESETS: dict[str, VideoDiTConfig] = {
@@ -106,11 +143,48 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, h * hd))
 
 
+@dataclass
+class PlanCondition:
+    """What the plan generator is conditioned on, per sample, besides frames and time."""
+
+    tokens: torch.Tensor  # (B, S, Z) trajectory latent (ignored where has_plan is False)
+    has_plan: torch.Tensor  # (B,) bool; False: the learned null plan (instruction-only future)
+    frame_index: torch.Tensor  # (B, F) long: 0 at/before the plan's start, 1..plan_frames inside
+    text: torch.Tensor | None = None  # (B, text_dim) instruction embedding
+
+    def select(self, frames: slice) -> PlanCondition:
+        """The same condition for a subset of the window's frames."""
+        return PlanCondition(self.tokens, self.has_plan, self.frame_index[:, frames], self.text)
+
+
+class CrossAttention(nn.Module):
+    """Frame tokens (queries) read the plan's context tokens; the output projection starts at
+    zero so the block starts as the unconditioned block."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, query_pos: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """x (B, L, dim), query_pos (B, L, dim), ctx (B, M, dim) -> x + cross-attention."""
+        b, n, d = x.shape
+        hd = d // self.heads
+        q = self.q(self.norm(x) + query_pos).view(b, n, self.heads, hd).transpose(1, 2)  # (B, h, L, hd)
+        k, v = self.kv(ctx).view(b, ctx.shape[1], 2, self.heads, hd).permute(2, 0, 3, 1, 4)  # (B, h, M, hd)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, L, hd)
+        return x + self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
 class DiTBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, cross: bool = False) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, heads)
+        self.cross = CrossAttention(dim, heads) if cross else None
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
@@ -128,14 +202,20 @@ class DiTBlock(nn.Module):
         shift, scale = mods[0], mods[1]
         return self.norm1(x) * (1 + scale) + shift
 
-    def post_attn(self, x: torch.Tensor, attn_out: torch.Tensor, mods: list[torch.Tensor]) -> torch.Tensor:
+    def post_attn(self, x: torch.Tensor, attn_out: torch.Tensor, mods: list[torch.Tensor],
+                  plan: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``plan``: (query positions (B, L, dim), context tokens (B, M, dim)) for the
+        cross-attention of a plan-conditioned model."""
         gate_a, shift_m, scale_m, gate_m = mods[2], mods[3], mods[4], mods[5]
         x = x + gate_a * attn_out
+        if self.cross is not None and plan is not None:
+            x = self.cross(x, *plan)
         return x + gate_m * self.mlp(self.norm2(x) * (1 + scale_m) + shift_m)
 
-    def forward(self, x: torch.Tensor, mods: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mods: list[torch.Tensor], mask: torch.Tensor,
+                plan: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         q, k, v = self.attn.qkv_heads(self.pre_attn(x, mods))
-        return self.post_attn(x, self.attn.attend(q, k, v, mask), mods)
+        return self.post_attn(x, self.attn.attend(q, k, v, mask), mods, plan)
 
 
 def block_causal_mask(frames_q: int, frames_k: int, n_tok: int, device: torch.device | None = None,
@@ -166,10 +246,19 @@ class VideoDiT(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(c.dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
         self.action_mlp = nn.Sequential(nn.Linear(c.frame_action_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
         self.null_action = nn.Parameter(torch.zeros(c.dim))  # frames with no preceding action
-        self.blocks = nn.ModuleList([DiTBlock(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth)])
+        self.blocks = nn.ModuleList([DiTBlock(c.dim, c.heads, c.mlp_ratio, cross=c.has_plan)
+                                     for _ in range(c.depth)])
         self.final_norm = nn.LayerNorm(c.dim, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, 2 * c.dim))
         self.final_proj = nn.Linear(c.dim, patch_dim)
+        if c.has_plan:
+            self.plan_proj = nn.Linear(c.plan_dim, c.dim)
+            self.plan_token_pos = nn.Parameter(torch.zeros(c.plan_tokens, c.dim))
+            self.null_plan = nn.Parameter(torch.zeros(c.plan_tokens, c.dim))  # "no trajectory"
+            self.plan_frame_pos = nn.Embedding(c.plan_frames + 1, c.dim)
+            self.text_proj = nn.Linear(c.text_dim, c.dim) if c.text_dim else None
+            # Latent-consistency head (training only): trajectory tokens from the last block.
+            self.consistency_head = nn.Linear(c.dim, c.plan_tokens * c.plan_dim)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -193,6 +282,14 @@ class VideoDiT(nn.Module):
         nn.init.zeros_(self.final_ada[-1].bias)
         nn.init.zeros_(self.final_proj.weight)
         nn.init.zeros_(self.final_proj.bias)
+        if self.config.has_plan:
+            # Small embeddings, and zero cross-attention outputs: a freshly switched-on plan
+            # condition changes nothing until training teaches it to.
+            for p in (self.plan_token_pos, self.null_plan, self.plan_frame_pos.weight):
+                nn.init.normal_(p, std=0.02)
+            for block in self.blocks:
+                nn.init.zeros_(block.cross.proj.weight)
+                nn.init.zeros_(block.cross.proj.bias)
 
     # ------------------------------------------------------------------ token plumbing
     def patchify(self, z: torch.Tensor) -> torch.Tensor:
@@ -222,6 +319,41 @@ class VideoDiT(nn.Module):
         a_emb = torch.where(has_action[..., None], a_emb, self.null_action.expand_as(a_emb))
         return x + pos, t_emb, a_emb
 
+    def plan_context(self, plan: PlanCondition | None, b: int, f: int
+                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(query positions (B, F*N, dim), context tokens (B, M, dim)) for the blocks' cross-
+        attention; the null plan where there is none. None for a model without plan conditioning."""
+        c = self.config
+        if not c.has_plan:
+            if plan is not None:
+                raise ValueError("this model has no plan conditioning (plan_tokens=0)")
+            return None
+        if plan is None:
+            plan = PlanCondition(torch.zeros(b, c.plan_tokens, c.plan_dim), torch.zeros(b, dtype=torch.bool),
+                                 torch.zeros(b, f, dtype=torch.long))
+        if tuple(plan.tokens.shape) != (b, c.plan_tokens, c.plan_dim):
+            raise ValueError(f"plan tokens must be (B, {c.plan_tokens}, {c.plan_dim}), got {tuple(plan.tokens.shape)}")
+        if tuple(plan.has_plan.shape) != (b,) or tuple(plan.frame_index.shape) != (b, f):
+            raise ValueError(f"has_plan must be (B,)=({b},) and frame_index (B, F)=({b}, {f})")
+        tokens = self.plan_proj(plan.tokens.float())  # (B, S, dim)
+        tokens = torch.where(plan.has_plan[:, None, None], tokens, self.null_plan.expand_as(tokens))
+        ctx = tokens + self.plan_token_pos
+        if self.text_proj is not None:
+            if plan.text is None or tuple(plan.text.shape) != (b, c.text_dim):
+                raise ValueError(f"this model needs the instruction embedding (B, {c.text_dim})")
+            ctx = torch.cat([self.text_proj(plan.text.float())[:, None], ctx], dim=1)  # (B, 1+S, dim)
+        index = plan.frame_index.clamp(0, c.plan_frames)
+        query_pos = self.plan_frame_pos(index).repeat_interleave(c.tokens_per_frame, dim=1)  # (B, F*N, dim)
+        return query_pos, ctx
+
+    def consistency(self, x: torch.Tensor, gen_frames: torch.Tensor) -> torch.Tensor:
+        """Last-block tokens (B, F*N, dim) and a (B, F) float mask of generated frames ->
+        predicted trajectory tokens (B, S, Z)."""
+        c = self.config
+        w = gen_frames.repeat_interleave(c.tokens_per_frame, dim=1)[..., None]  # (B, F*N, 1)
+        pooled = (x * w).sum(1) / w.sum(1).clamp_min(1.0)  # (B, dim)
+        return self.consistency_head(pooled).view(-1, c.plan_tokens, c.plan_dim)
+
     def head(self, x: torch.Tensor, t_emb: torch.Tensor, frames: int) -> torch.Tensor:
         n = self.config.tokens_per_frame
         shift, scale = self.final_ada(t_emb).repeat_interleave(n, dim=1).chunk(2, dim=-1)
@@ -241,26 +373,32 @@ class VideoDiT(nn.Module):
 
     # ------------------------------------------------------------------ forward passes
     def forward(self, z: torch.Tensor, t: torch.Tensor, actions: torch.Tensor, has_action: torch.Tensor,
-                positions: torch.Tensor) -> torch.Tensor:
+                positions: torch.Tensor, plan: PlanCondition | None = None,
+                return_features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Velocity prediction for every frame of a window. All inputs per frame:
-        z (B, F, C, h, w), t (B, F), actions (B, F, stride*4), has_action (B, F) bool, positions (B, F) long."""
+        z (B, F, C, h, w), t (B, F), actions (B, F, stride*4), has_action (B, F) bool, positions (B, F) long;
+        ``plan`` for a plan-conditioned model (None: the null plan). ``return_features`` also
+        returns the last block's tokens (B, F*N, dim), for the consistency head."""
         self.check_inputs(z, t, actions, has_action, positions)
-        f = z.shape[1]
+        b, f = z.shape[:2]
         n = self.config.tokens_per_frame
         x, t_emb, a_emb = self.embed(z, t, actions, has_action, positions)
         mask = block_causal_mask(f, f, n, z.device)
+        ctx = self.plan_context(plan, b, f)
         for block in self.blocks:
-            x = block(x, block.modulation(t_emb, a_emb, n), mask)
-        return self.head(x, t_emb, f)
+            x = block(x, block.modulation(t_emb, a_emb, n), mask, ctx)
+        v = self.head(x, t_emb, f)
+        return (v, x) if return_features else v
 
     def build_cache(self, z: torch.Tensor, t: torch.Tensor, actions: torch.Tensor, has_action: torch.Tensor,
-                    positions: torch.Tensor) -> KVCache:
+                    positions: torch.Tensor, plan: PlanCondition | None = None) -> KVCache:
         """Run the context frames once and keep every layer's keys and values."""
         self.check_inputs(z, t, actions, has_action, positions)
-        f = z.shape[1]
+        b, f = z.shape[:2]
         n = self.config.tokens_per_frame
         x, t_emb, a_emb = self.embed(z, t, actions, has_action, positions)
         mask = block_causal_mask(f, f, n, z.device)
+        ctx = self.plan_context(plan, b, f)
         keys, values = [], []
         for i, block in enumerate(self.blocks):
             mods = block.modulation(t_emb, a_emb, n)
@@ -268,24 +406,25 @@ class VideoDiT(nn.Module):
             keys.append(k)
             values.append(v)
             if i + 1 < len(self.blocks):  # the last block's output is never needed
-                x = block.post_attn(x, block.attn.attend(q, k, v, mask), mods)
+                x = block.post_attn(x, block.attn.attend(q, k, v, mask), mods, ctx)
         return KVCache(keys, values, f)
 
     def forward_cached(self, z: torch.Tensor, t: torch.Tensor, actions: torch.Tensor, has_action: torch.Tensor,
-                       positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
+                       positions: torch.Tensor, cache: KVCache, plan: PlanCondition | None = None) -> torch.Tensor:
         """Velocity for the generated frames only, attending to cached context keys/values."""
         self.check_inputs(z, t, actions, has_action, positions)
-        f = z.shape[1]
+        b, f = z.shape[:2]
         n = self.config.tokens_per_frame
         if cache.keys[0].shape[0] != z.shape[0]:
             raise ValueError(f"cache batch {cache.keys[0].shape[0]} != latents batch {z.shape[0]}")
         x, t_emb, a_emb = self.embed(z, t, actions, has_action, positions)
         mask = block_causal_mask(f, cache.frames + f, n, z.device, offset=cache.frames)
+        ctx = self.plan_context(plan, b, f)
         for block, ck, cv in zip(self.blocks, cache.keys, cache.values, strict=True):
             mods = block.modulation(t_emb, a_emb, n)
             q, k, v = block.attn.qkv_heads(block.pre_attn(x, mods))
             out = block.attn.attend(q, torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2), mask)
-            x = block.post_attn(x, out, mods)
+            x = block.post_attn(x, out, mods, ctx)
         return self.head(x, t_emb, f)
 
     def checkpoint_config(self) -> dict[str, Any]:

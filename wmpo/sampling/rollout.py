@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from wmpo.models.video_dit import VideoDiT
+from wmpo.models.video_dit import PlanCondition, VideoDiT
 from wmpo.sampling.schedule import euler_step, flow_timesteps
 
 
@@ -120,30 +120,9 @@ def _step_group(model: VideoDiT, rollouts: list[Rollout], actions: torch.Tensor,
     # Noise in a fixed order per rollout: context corruption, then the generation start.
     ctx_eps = torch.stack([torch.randn((f_ctx, *shape), generator=r.generator) for r in rollouts])
     z = torch.stack([torch.randn((n_new, *shape), generator=r.generator) for r in rollouts])
-    tt = ctx_t[..., None, None, None]
-    ctx_noisy = (1 - tt) * ctx + tt * ctx_eps
-    ctx_pos = torch.arange(f_ctx).expand(b, f_ctx)
-    gen_pos = torch.arange(f_ctx, f_ctx + n_new).expand(b, n_new)
     gen_act = actions.reshape(b, n_new, mc.frame_action_dim).float()
     gen_has = torch.ones(b, n_new, dtype=torch.bool)
-
-    cache = model.build_cache(ctx_noisy, ctx_t, ctx_act, ctx_has, ctx_pos) if cfg.use_cache else None
-    times = flow_timesteps(cfg.steps, cfg.shift)
-    for i in range(cfg.steps):
-        t_now, t_next = float(times[i]), float(times[i + 1])
-        t_gen = torch.full((b, n_new), t_now)
-        def velocity(z: torch.Tensor, t_gen: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
-            if cache is not None:
-                return model.forward_cached(z, t_gen, gen_act, has, gen_pos, cache)
-            return model(torch.cat([ctx_noisy, z], 1), torch.cat([ctx_t, t_gen], 1),
-                         torch.cat([ctx_act, gen_act], 1), torch.cat([ctx_has, has], 1),
-                         torch.cat([ctx_pos, gen_pos], 1))[:, f_ctx:]
-
-        v = velocity(z, t_gen, gen_has)
-        if cfg.action_guidance != 1.0:  # the context (and its cache) is shared by both passes
-            v_free = velocity(z, t_gen, torch.zeros_like(gen_has))
-            v = v_free + cfg.action_guidance * (v - v_free)
-        z = euler_step(z, v, t_now, t_next)
+    z = denoise_frames(model, ctx, ctx_act, ctx_has, ctx_t, ctx_eps, z, gen_act, gen_has, cfg)
 
     for r, new, a in zip(rollouts, z, gen_act, strict=True):
         keep = cfg.context_frames
@@ -151,4 +130,41 @@ def _step_group(model: VideoDiT, rollouts: list[Rollout], actions: torch.Tensor,
         r.history_actions = torch.cat([r.history_actions, a])[-keep:]
         r.history_has_action = torch.cat([r.history_has_action, torch.ones(n_new, dtype=torch.bool)])[-keep:]
         r.ar_step += 1
+    return z
+
+
+def denoise_frames(model: VideoDiT, ctx: torch.Tensor, ctx_act: torch.Tensor, ctx_has: torch.Tensor,
+                   ctx_t: torch.Tensor, ctx_eps: torch.Tensor, z: torch.Tensor, gen_act: torch.Tensor,
+                   gen_has: torch.Tensor, cfg: SamplerConfig, plan: PlanCondition | None = None) -> torch.Tensor:
+    """One AR step's sampling loop: the context (B, F_ctx, C, h, w) corrupted to its levels
+    ``ctx_t`` with ``ctx_eps``, then ``cfg.steps`` Euler steps from the noise ``z``
+    (B, F_new, C, h, w) to the new frames. Differentiable when called with gradients enabled
+    (the action optimizer backpropagates through it); ``plan`` covers context and new frames."""
+    b, f_ctx = ctx.shape[:2]
+    n_new = z.shape[1]
+    tt = ctx_t[..., None, None, None]
+    ctx_noisy = (1 - tt) * ctx + tt * ctx_eps
+    ctx_pos = torch.arange(f_ctx).expand(b, f_ctx)
+    gen_pos = torch.arange(f_ctx, f_ctx + n_new).expand(b, n_new)
+    ctx_plan = plan.select(slice(0, f_ctx)) if plan is not None else None
+    gen_plan = plan.select(slice(f_ctx, None)) if plan is not None else None
+
+    cache = model.build_cache(ctx_noisy, ctx_t, ctx_act, ctx_has, ctx_pos, ctx_plan) if cfg.use_cache else None
+    times = flow_timesteps(cfg.steps, cfg.shift)
+    for i in range(cfg.steps):
+        t_now, t_next = float(times[i]), float(times[i + 1])
+        t_gen = torch.full((b, n_new), t_now)
+
+        def velocity(z: torch.Tensor, t_gen: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+            if cache is not None:
+                return model.forward_cached(z, t_gen, gen_act, has, gen_pos, cache, gen_plan)
+            return model(torch.cat([ctx_noisy, z], 1), torch.cat([ctx_t, t_gen], 1),
+                         torch.cat([ctx_act, gen_act], 1), torch.cat([ctx_has, has], 1),
+                         torch.cat([ctx_pos, gen_pos], 1), plan)[:, f_ctx:]
+
+        v = velocity(z, t_gen, gen_has)
+        if cfg.action_guidance != 1.0:  # the context (and its cache) is shared by both passes
+            v_free = velocity(z, t_gen, torch.zeros_like(gen_has))
+            v = v_free + cfg.action_guidance * (v - v_free)
+        z = euler_step(z, v, t_now, t_next)
     return z
