@@ -28,6 +28,7 @@ dropped; rows already in a running batch finish (the caller can see which via
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -218,6 +219,13 @@ class ChunkHandle:
     def started(self) -> list[bool]:
         """Per rollout: whether its row went into a model call (its state has advanced)."""
         return [r.started for r in self._rows]
+
+    async def settled(self) -> None:
+        """Wait until no row of this chunk is still inside a model call (after a failure, rows
+        in another batch of the same chunk may still be running and changing their rollouts)."""
+        running = [r.future for r in self._rows if r.started and not r.future.done()]
+        if running:
+            await asyncio.wait(running)
 
     async def result(self) -> ChunkResult:
         # Cancelled (client gone) or failed: rows still queued are dropped.

@@ -33,7 +33,10 @@ the result of its last step that named a count (only the last one). Any other
 count is a `Conflict` (409 / FAILED_PRECONDITION) that says where the session
 is. Such a step also runs to completion when its caller goes away, so that the
 retry finds its result instead of a session advanced with the frames lost.
-A group step names the count of every member (they step together).
+A group step names the count of every member (they step together). A step that
+fails (a model call raised, e.g. the Triton server is down) leaves its sessions
+as they were, count, recorded actions and rollout state, so its retry with the
+same count runs it again.
 """
 
 from __future__ import annotations
@@ -174,6 +177,11 @@ class Session:
         self.actions.append(chunk)
         self.actions_nbytes += chunk.nbytes
 
+    def forget_after(self, chunks: int) -> None:
+        """Drop the recorded chunks after the first `chunks` (a failed step's)."""
+        del self.actions[chunks:]
+        self.actions_nbytes = sum(a.nbytes for a in self.actions)
+
     def nbytes(self) -> int:
         return (
             self.rollout.nbytes()
@@ -245,6 +253,20 @@ class ReplayResult:
     seed: int
     provenance: dict[str, str]
     timing: dict[str, float]
+
+
+_RolloutState = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]
+
+
+def _rollout_state(r: Rollout) -> _RolloutState:
+    """What a step changes in a rollout (its noise generator, history and AR step); the
+    sampler replaces these tensors rather than writing into them, so references suffice."""
+    return r.generator.get_state(), r.history, r.history_actions, r.history_has_action, r.ar_step
+
+
+def _restore_rollout(r: Rollout, state: _RolloutState) -> None:
+    generator, r.history, r.history_actions, r.history_has_action, r.ar_step = state
+    r.generator.set_state(generator)
 
 
 def _show(identifier: str) -> str:
@@ -627,19 +649,32 @@ class SessionManager:
                 s.last_step = None  # superseded, whatever happens below
             frames: list[np.ndarray] = []
             queue_s = model_s = 0.0
+            before = [(s.chunks_stepped, _rollout_state(s.rollout)) for s in sessions]
             with self.engine.admit(b):
                 for ci in range(c):
                     handle = self.engine.submit([s.rollout for s in sessions], acts[:, ci])
                     try:
                         res = await handle.result()
-                    finally:
-                        # A rollout that went into a model call has advanced, even if
-                        # the caller went away: record its chunk so state and record agree.
+                    except Exception:
+                        # A failed step (e.g. the model server down) leaves its sessions as
+                        # they were, state and count, so a retry with the same
+                        # expected_chunks_stepped runs it again instead of getting a 409.
+                        await handle.settled()
+                        for s, (n, state) in zip(sessions, before, strict=True):
+                            _restore_rollout(s.rollout, state)
+                            s.forget_after(n)
+                        raise
+                    except BaseException:
+                        # Cancelled (the caller went away): a rollout that went into a model
+                        # call advances anyway; record its chunk so state and record agree.
                         for s, ran, chunk in zip(
                             sessions, handle.started, acts[:, ci], strict=True
                         ):
                             if ran:
                                 s.record(chunk)
+                        raise
+                    for s, chunk in zip(sessions, acts[:, ci], strict=True):
+                        s.record(chunk)
                     frames.append(res.frames)  # (B, F, H, W, 3)
                     queue_s += res.queue_s
                     model_s += res.model_s

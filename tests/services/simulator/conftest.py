@@ -54,6 +54,7 @@ class CountingModel:
         self.entered = threading.Event()  # a step call is inside the model
         self.gate = threading.Event()
         self.fail_calls: set[int] = set()  # 1-based step calls that raise
+        self.fail_after_step = False  # those calls advance their rollouts, then raise
         self.start_entered = threading.Event()
         self.start_gate: threading.Event | None = None  # set: encodes wait for it
         if not gated:
@@ -73,6 +74,8 @@ class CountingModel:
         self.entered.set()
         assert self.gate.wait(10), "test gate never opened"
         if len(self.calls) in self.fail_calls:  # a backend failure (e.g. a lost GPU)
+            if self.fail_after_step:
+                self.inner.step(rollouts, actions)
             raise RuntimeError("secret backend detail: CUDA error at /srv/model.py:42")
         return self.inner.step(rollouts, actions)
 

@@ -9,7 +9,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.common.errors import Conflict, InvalidArgument, NotFound, ResourceExhausted
+from services.common.errors import (
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+)
 from services.simulator.engine import EngineConfig, SimulatorEngine, member_seed
 from services.simulator.sessions import SessionConfig, SessionManager
 from tests.services.simulator.conftest import CountingModel, actions, frames
@@ -267,6 +273,39 @@ def test_a_repeated_step_returns_the_stored_result_and_does_not_advance(world_mo
         with pytest.raises(Conflict, match=r"only its last step \(from 1 chunks\)"):
             await m.step_session(sid, acts[0], expected_chunks_stepped=0)
         assert m.get(sid).chunks_stepped == 3
+
+    with_manager(world_model, scenario)
+
+
+def test_a_failed_step_does_not_advance_and_its_retry_runs_it_again(world_model) -> None:
+    """A step whose model call fails (here after the sampler advanced the rollouts, in the
+    second of its two chunks) leaves the group as it was: the count, the recorded actions and
+    the rollouts' state, so the retry with the same expected count runs (no 409) and gives the
+    frames of a group that never failed."""
+    acts = actions(2, 3, 8, seed=6)  # 2 members, 3 chunks
+
+    async def scenario(m: SessionManager, model: CountingModel) -> None:
+        async def group() -> str:
+            return str((await m.create(frames(), seed=3, group_size=2)).group_id)
+
+        clean = await group()
+        await m.step_group(clean, acts[:, :1], expected_chunks_stepped=0)
+        want = await m.step_group(clean, acts[:, 1:], expected_chunks_stepped=1)
+
+        gid = await group()
+        await m.step_group(gid, acts[:, :1], expected_chunks_stepped=0)
+        model.fail_calls, model.fail_after_step = {len(model.calls) + 2}, True
+        with pytest.raises(ServiceError):
+            await m.step_group(gid, acts[:, 1:], expected_chunks_stepped=1)
+        members = m._members(gid)
+        assert [s.chunks_stepped for s in members] == [1, 1]
+        assert [s.rollout.ar_step for s in members] == [1, 1]  # the failed chunk put back
+        assert [s.actions_nbytes for s in members] == [8 * 4 * 4] * 2
+
+        again = await m.step_group(gid, acts[:, 1:], expected_chunks_stepped=1)
+        assert not again.replayed and [r.chunks_stepped for r in again.results] == [3, 3]
+        for got, ref in zip(again.results, want.results, strict=True):
+            assert np.array_equal(got.frames, ref.frames)
 
     with_manager(world_model, scenario)
 
