@@ -110,7 +110,9 @@ def cmd_train_world_model(a: argparse.Namespace) -> None:
                                 log_every=a.log_every, init=a.init, heldout_data=a.heldout_data,
                                 moving_weight=a.moving_weight, moving_threshold=a.moving_threshold,
                                 lr_schedule=a.lr_schedule, warmup=a.warmup, export=a.export, rewarm=a.rewarm,
-                                data_command=a.data_command or data_command(a.data + (a.heldout_data or [])))
+                                data_command=a.data_command or data_command(a.data + (a.heldout_data or [])),
+                                trajectory_vae=a.trajectory_vae, plan_drop_max=a.plan_drop_max,
+                                consistency_weight=a.consistency_weight)
     print(json.dumps(train_world_model(cfg), indent=2))
 
 
@@ -385,6 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rewarm", type=int, default=100, help="LR re-warmup steps after resuming from --export")
     p.add_argument("--data-command", default=None,
                    help="how to rebuild the data (recorded; default: read from collect-play's play.json)")
+    p.add_argument("--trajectory-vae", default=None,
+                   help="train the action optimizer's plan generator: the DiT conditioned on this trajectory "
+                   "VAE's tokens and the instruction (usually with --init, fine-tuning a world model)")
+    p.add_argument("--plan-drop-max", type=float, default=0.5,
+                   help="plan generator: the null-plan probability grows linearly from 0 to this")
+    p.add_argument("--consistency-weight", type=float, default=0.1,
+                   help="plan generator: weight of the latent-consistency head's loss")
     p.set_defaults(func=cmd_train_world_model)
 
     p = tr.add_parser("trajectory-vae", help="the action optimizer's trajectory VAE: action windows of the "

@@ -72,3 +72,31 @@ def test_eval_against_the_real_simulator_runs_and_reports(pipeline, tmp_path):
     assert len(r["fidelity"]["psnr"]) == 8 and (tmp_path / "s.png").exists()
     # A copy of the last frame is a real baseline: its error grows with the horizon on average.
     assert r["fidelity"]["copy_psnr"][0] >= r["fidelity"]["copy_psnr"][-1] - 1.0
+
+
+def test_plan_generator_fine_tunes_from_a_world_model(pipeline):
+    """The action optimizer's generator: a world model fine-tuned with plan conditioning on a
+    trajectory VAE's tokens; the checkpoint records the VAE, and bad combinations are refused."""
+    from wmpo.errors import ConfigError
+    from wmpo.models.trajectory_vae import PRESETS as VAE_PRESETS
+    from wmpo.models.trajectory_vae import TrajectoryVAE
+    from wmpo.utils.checkpoint import save_checkpoint
+
+    root, data, _ = pipeline
+    common = dict(data=[data], autoencoder=str(root / "ae"), preset="tiny", batch_size=4, window=4,
+                  log_every=2, eval_every=2, save_every=100)
+    train_world_model(WorldModelTrainConfig(out=str(root / "wm0"), steps=2, **common), progress=False)
+    vae = TrajectoryVAE(VAE_PRESETS["tiny"])  # 2 chunks x 8 actions -> 2 tokens of 8: plans of 8 latent frames
+    vae_sha = save_checkpoint(root / "vae", {k: v.half() for k, v in vae.state_dict().items()},
+                              vae.checkpoint_config(), {"kind": "trajectory-vae"})
+    r = train_world_model(WorldModelTrainConfig(out=str(root / "plan"), steps=4, init=str(root / "wm0"),
+                                                trajectory_vae=str(root / "vae"), **common), progress=False)
+    assert r["val_loss"] > 0 and r["init_val_loss"] > 0
+    wm = TorchWorldModel.load(root / "plan")
+    c = wm.dit.config
+    assert (c.plan_tokens, c.plan_dim, c.plan_frames, c.text_dim) == (2, 8, 8, 384)
+    manifest = json.loads((root / "plan" / "manifest.json").read_text())
+    assert manifest["trajectory_vae_sha256"] == vae_sha[:12]
+    with pytest.raises(ConfigError, match="more frames than a plan covers"):
+        train_world_model(WorldModelTrainConfig(out=str(root / "bad"), steps=2, trajectory_vae=str(root / "vae"),
+                                                **{**common, "window": 12}), progress=False)

@@ -117,5 +117,5 @@ def plan_generator_loss(model: VideoDiT, batch: FlowBatch, tokens: torch.Tensor,
     pred = model.consistency(feats[0], gen_frames)  # (B, S, Z)
     per_sample = ((pred - tokens) ** 2).mean((1, 2))  # (B,)
     cons = (per_sample * keep).sum() / keep.sum().clamp_min(1)
-    return flow + consistency_weight * cons, {"flow": float(flow), "consistency": float(cons),
+    return flow + consistency_weight * cons, {"flow": float(flow.detach()), "consistency": float(cons.detach()),
                                               "kept": float(keep.float().mean())}

@@ -41,8 +41,16 @@ from wmpo.data.latents import LatentEpisodes
 from wmpo.data.play import expand_datasets
 from wmpo.errors import CheckpointError, ConfigError
 from wmpo.models.autoencoder import FrameAutoencoder
-from wmpo.models.flow import FlowBatch, flow_errors, flow_matching_loss, moving_mask
-from wmpo.models.video_dit import PRESETS, VideoDiT, VideoDiTConfig
+from wmpo.models.flow import (
+    FlowBatch,
+    flow_errors,
+    flow_matching_loss,
+    moving_mask,
+    plan_generator_loss,
+)
+from wmpo.models.text import EMBED_DIM
+from wmpo.models.trajectory_vae import TrajectoryVAE
+from wmpo.models.video_dit import PRESETS, PlanCondition, VideoDiT, VideoDiTConfig
 from wmpo.sampling.rollout import SamplerConfig
 from wmpo.sampling.world_model import TorchWorldModel
 from wmpo.train.common import JsonlLog, cosine_lr, load_train_state, save_train_state, wsd_lr
@@ -83,6 +91,12 @@ class WorldModelTrainConfig:
     export: str | None = None  # repository directory: usable checkpoint + compact resume state
     rewarm: int = 100  # LR re-warmup steps after resuming from the export (fresh AdamW moments)
     data_command: str | None = None  # how the data is rebuilt on a new machine (recorded)
+    # The action optimizer's plan generator (issue 17): a trajectory VAE checkpoint switches the
+    # DiT's plan conditioning on (usually with --init, fine-tuning the world model); the plan is
+    # dropped with a probability growing linearly from 0 to plan_drop_max over the run.
+    trajectory_vae: str | None = None
+    plan_drop_max: float = 0.5
+    consistency_weight: float = 0.1
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
@@ -98,6 +112,9 @@ class WorldModelTrainConfig:
             raise ConfigError(f"--decay-frac must be in (0, 1] and --rewarm >= 1, got {self.decay_frac}, {self.rewarm}")
         if not 2 <= self.window < PRESETS[self.preset].max_frames:
             raise ConfigError(f"--window must be in [2, {PRESETS[self.preset].max_frames - 1}]")
+        if not 0 <= self.plan_drop_max <= 1 or self.consistency_weight < 0:
+            raise ConfigError(f"--plan-drop-max must be in [0, 1] and --consistency-weight >= 0, got "
+                              f"{self.plan_drop_max}, {self.consistency_weight}")
 
 
 def load_autoencoder(directory: str) -> tuple[FrameAutoencoder, str]:
@@ -118,15 +135,19 @@ def validation_episodes(n_episodes: int, val_episodes: int, seed: int) -> np.nda
 
 
 def validation_losses(model: VideoDiT, eps: LatentEpisodes, pool: np.ndarray | None, batch_size: int,
-                      window: int, moving_threshold: float) -> tuple[float, float]:
+                      window: int, moving_threshold: float, planner: PlanInputs | None = None
+                      ) -> tuple[float, float]:
     """Plain velocity MSE on generated frames, and the same on moving latent pixels only, over
-    4 batches of fixed windows and noise (the same every time, so runs and checkpoints compare)."""
+    4 batches of fixed windows and noise (the same every time, so runs and checkpoints compare).
+    A plan generator is validated with its plans (never dropped)."""
     g = torch.Generator().manual_seed(1234)
     tot, n_tot, mov, n_mov = 0.0, 0.0, 0.0, 0.0
     with torch.no_grad():
         for _ in range(4):
-            batch: FlowBatch = eps.sample(batch_size, window, g, pool)
-            sq, gen_mask = flow_errors(model, batch, g)
+            batch: FlowBatch = eps.sample(batch_size, window, g, pool,
+                                          plan_frames=planner.frames if planner else 0)
+            plan = planner.condition(batch, keep=True) if planner else None
+            sq, gen_mask = flow_errors(model, batch, g, plan=plan)
             gm = gen_mask[..., None, None, None]  # (B, F, 1, 1, 1)
             m = moving_mask(batch.latents, moving_threshold) * gm
             tot += float((sq * gm).sum())
@@ -134,6 +155,32 @@ def validation_losses(model: VideoDiT, eps: LatentEpisodes, pool: np.ndarray | N
             mov += float((sq * m).sum())
             n_mov += float(m.sum()) * sq.shape[2]
     return tot / n_tot, mov / max(n_mov, 1.0)
+
+
+class PlanInputs:
+    """Turns plan windows into the plan generator's inputs: the trajectory VAE's token means of
+    each window's plan actions, and the instruction embeddings of its tasks (computed once)."""
+
+    def __init__(self, vae: TrajectoryVAE, stride: int, tasks: list[str]) -> None:
+        from wmpo.envs.tasks import instruction
+        from wmpo.models.text import embed_instructions
+
+        self.vae = vae.eval()
+        self.frames = vae.cfg.steps // stride
+        names = sorted(set(tasks))
+        table = torch.from_numpy(embed_instructions([instruction(t) for t in names]))
+        self.text = {t: table[i] for i, t in enumerate(names)}
+
+    @torch.no_grad()
+    def tokens(self, batch: FlowBatch) -> torch.Tensor:
+        return self.vae.encode(batch.plan_actions)[0]  # (B, S, Z) means
+
+    def texts(self, batch: FlowBatch) -> torch.Tensor:
+        return torch.stack([self.text[t] for t in batch.tasks])
+
+    def condition(self, batch: FlowBatch, keep: bool) -> PlanCondition:
+        b = len(batch.tasks)
+        return PlanCondition(self.tokens(batch), torch.full((b,), keep), batch.plan_index, self.texts(batch))
 
 
 def check_resumable(saved: dict[str, Any] | None, cfg: WorldModelTrainConfig, where: Path) -> None:
@@ -220,6 +267,15 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
         dit_cfg = VideoDiTConfig(**{**asdict(PRESETS[cfg.preset]),
                                     "latent_channels": ae.config.latent_channels,
                                     "latent_size": ae.config.latent_size})
+    vae, vae_sha = TrajectoryVAE.load(cfg.trajectory_vae) if cfg.trajectory_vae else (None, "")
+    if vae is not None and not dit_cfg.has_plan:
+        vc = vae.cfg
+        if vc.steps % dit_cfg.frame_stride or vc.action_dim != dit_cfg.action_dim:
+            raise ConfigError(f"--trajectory-vae {cfg.trajectory_vae}: {vc.steps} actions of width {vc.action_dim} do "
+                              f"not fit the DiT's frame stride {dit_cfg.frame_stride} / action width {dit_cfg.action_dim}")
+        dit_cfg = dit_cfg.with_plan(vc.tokens, vc.latent_dim, vc.steps // dit_cfg.frame_stride, EMBED_DIM)
+    if vae is not None and cfg.window - 1 > dit_cfg.plan_frames:
+        raise ConfigError(f"--window {cfg.window} generates more frames than a plan covers ({dit_cfg.plan_frames})")
     t_enc = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -238,8 +294,13 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
 
     dit = VideoDiT(dit_cfg)
     if cfg.init:
-        dit.load_state_dict(init_wm.dit.state_dict())
+        # strict=False only for the plan-conditioning parameters a world model does not have yet.
+        missing, unexpected = dit.load_state_dict(init_wm.dit.state_dict(), strict=not dit_cfg.has_plan)
+        if unexpected or any(not (k.startswith(("plan_", "null_plan", "text_proj", "consistency_head"))
+                                  or ".cross." in k) for k in missing):
+            raise ConfigError(f"--init {cfg.init} does not fit this DiT: missing {missing}, unexpected {unexpected}")
         del init_wm
+    planner = PlanInputs(vae, dit_cfg.frame_stride, data.tasks + (heldout.tasks if heldout else [])) if vae else None
     ema = copy.deepcopy(dit).eval()
     opt = torch.optim.AdamW(dit.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -284,7 +345,7 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
         return lr
 
     def eval_losses(model: VideoDiT, eps: LatentEpisodes, pool: np.ndarray | None) -> tuple[float, float]:
-        return validation_losses(model, eps, pool, cfg.batch_size, cfg.window, cfg.moving_threshold)
+        return validation_losses(model, eps, pool, cfg.batch_size, cfg.window, cfg.moving_threshold, planner)
 
     def val_loss() -> float:
         return eval_losses(ema, data, val_eps)[0]
@@ -309,6 +370,7 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
                      "heldout_tasks": sorted(set(heldout.tasks)) if heldout is not None else []},
             "autoencoder_sha256": ae_sha,
             "init_world_model_sha256": init_sha or None,
+            "trajectory_vae_sha256": vae_sha or None,
             "environment": environment_info(),
         }
         return TorchWorldModel(ae, ema, SamplerConfig()).save(where or out, manifest)
@@ -336,9 +398,15 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        loss = flow_matching_loss(dit, data.sample(cfg.batch_size, cfg.window, gen, train_eps), gen,
-                                  action_dropout=cfg.action_dropout, moving_weight=cfg.moving_weight,
-                                  moving_threshold=cfg.moving_threshold)
+        if planner is None:
+            loss = flow_matching_loss(dit, data.sample(cfg.batch_size, cfg.window, gen, train_eps), gen,
+                                      action_dropout=cfg.action_dropout, moving_weight=cfg.moving_weight,
+                                      moving_threshold=cfg.moving_threshold)
+        else:
+            batch = data.sample(cfg.batch_size, cfg.window, gen, train_eps, plan_frames=planner.frames)
+            loss, _ = plan_generator_loss(dit, batch, planner.tokens(batch), planner.texts(batch),
+                                          cfg.plan_drop_max * step / cfg.steps, cfg.consistency_weight, gen,
+                                          cfg.moving_weight, cfg.moving_threshold)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)

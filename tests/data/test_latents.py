@@ -1,0 +1,45 @@
+"""Training windows of ``LatentEpisodes.sample``, with and without the plan generator's plans."""
+
+import numpy as np
+import torch
+
+from wmpo.data.latents import LatentEpisodes
+
+
+def episodes(lengths=(30, 25), stride=2) -> LatentEpisodes:
+    m = sum(lengths)
+    latents = torch.arange(m, dtype=torch.float16)[:, None, None, None].expand(m, 1, 2, 2).clone()
+    actions = torch.arange(m * stride * 4, dtype=torch.float32).view(m, stride * 4) / 1000
+    starts = np.cumsum([0, *lengths[:-1]])
+    for s in starts:
+        actions[s] = 0  # frame 0 of an episode has no action
+    return LatentEpisodes(latents, actions, starts, np.asarray(lengths), ["a-v3", "b-v3"])
+
+
+def test_plan_windows_leave_plain_windows_unchanged():
+    data = episodes()
+    plain = data.sample(8, 6, torch.Generator().manual_seed(3))
+    planned = data.sample(8, 6, torch.Generator().manual_seed(3), plan_frames=8)
+    assert torch.equal(plain.latents, planned.latents) and torch.equal(plain.n_context, planned.n_context)
+    assert plain.plan_actions is None and planned.plan_actions.shape == (8, 16, 4)
+    assert not planned.has_action.any() and not planned.actions.any()  # the plan is the only action input
+
+
+def test_plans_cover_the_generated_frames_and_hold_their_actions():
+    data = episodes()
+    b = data.sample(64, 6, torch.Generator().manual_seed(0), plan_frames=8)
+    for i in range(64):
+        frame = b.latents[i, :, 0, 0, 0].long()  # each latent holds its global row number
+        e = 0 if b.tasks[i] == "a-v3" else 1
+        s, n = int(data.starts[e]), int(data.lengths[e])
+        local = frame - s
+        idx = b.plan_index[i]
+        gen = slice(int(b.n_context[i]), None)
+        assert (idx[gen] >= 1).all() and (idx[gen] <= 8).all()  # generated frames lie inside the plan
+        assert idx[0] == 0
+        p = int(local[-1] - idx[-1])  # the plan's start frame
+        # The plan's actions are the env actions leading into frames p+1 .. p+8 (zeros past the end).
+        want = torch.zeros(8, 8)
+        rows = np.arange(p + 1, min(p + 8, n - 1) + 1)
+        want[: len(rows)] = data.actions[s + rows]
+        assert torch.equal(b.plan_actions[i], want.reshape(16, 4))
