@@ -23,6 +23,7 @@ from wmpo.errors import ConfigError, WmpoError
 BUNDLED_POLICY = Path(__file__).resolve().parent.parent / "checkpoints" / "policy-base"
 BUNDLED_WORLD_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "world-model"
 BUNDLED_JUDGE = Path(__file__).resolve().parent.parent / "checkpoints" / "judge"
+BUNDLED_TRAJECTORY_VAE = Path(__file__).resolve().parent.parent / "checkpoints" / "trajectory-vae"
 
 
 CALIBRATION_HELP = ("per task: run the start policy in MetaWorld as GRPO samples it (temperature, horizon) "
@@ -143,6 +144,17 @@ def cmd_train_trajectory_vae(a: argparse.Namespace) -> None:
     cfg = TrajectoryVAETrainConfig(data=a.data, out=a.out, preset=a.preset, steps=a.steps,
                                    batch_size=a.batch_size, lr=a.lr, seed=a.seed)
     print(json.dumps(train_trajectory_vae(cfg), indent=2))
+
+
+def cmd_train_inverse_dynamics(a: argparse.Namespace) -> None:
+    from wmpo.train.inverse_dynamics import InverseDynamicsTrainConfig, train_inverse_dynamics
+
+    cfg = InverseDynamicsTrainConfig(
+        data=a.data, out=a.out, heldout_data=a.heldout_data or [], trajectory_vae=a.trajectory_vae,
+        autoencoder=a.autoencoder, frame_stride=a.frame_stride, preset=a.preset, variants=a.variants,
+        steps=a.steps, batch_size=a.batch_size, lr=a.lr, prior_noise=a.prior_noise, prior_draws=a.prior_draws,
+        seed=a.seed)
+    print(json.dumps(train_inverse_dynamics(cfg), indent=2))
 
 
 def cmd_train_judge(a: argparse.Namespace) -> None:
@@ -289,6 +301,21 @@ def cmd_export_triton(a: argparse.Namespace) -> None:
     print(repository_tree(a.repo))
 
 
+def cmd_export_lerobot(a: argparse.Namespace) -> None:
+    from wmpo.data.lerobot import VideoSettings, export_lerobot
+
+    video = VideoSettings(pix_fmt=a.pix_fmt, crf=a.crf)
+    print(json.dumps(export_lerobot(a.data, a.out, video, robot_type=a.robot_type), indent=2))
+
+
+def cmd_import_lerobot(a: argparse.Namespace) -> None:
+    from wmpo.data.lerobot import import_lerobot
+
+    print(json.dumps(import_lerobot(a.data, a.out, image_size=a.image_size, camera=a.camera,
+                                    action_key=a.action_key, episodes_succeed=a.episodes_succeed,
+                                    max_episodes=a.max_episodes), indent=2))
+
+
 def cmd_tasks(a: argparse.Namespace) -> None:
     from wmpo.envs.tasks import INSTRUCTIONS, POLICY_TASKS
 
@@ -406,6 +433,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train_trajectory_vae)
+
+    p = tr.add_parser("inverse-dynamics", help="the action optimizer's residual inverse dynamics (latent "
+                      "transition + the VAE's prior action -> correction) and the full-IDM baseline")
+    p.add_argument("--data", nargs="+", required=True, help="dataset directories, or directories of them")
+    p.add_argument("--heldout-data", nargs="+", default=None, help="datasets of tasks never trained on "
+                   "(validation only)")
+    p.add_argument("--out", required=True, help="<out>/residual and <out>/full checkpoints, <out>/cache latents")
+    p.add_argument("--trajectory-vae", default=str(BUNDLED_TRAJECTORY_VAE), help="decodes the priors")
+    p.add_argument("--autoencoder", default=str(BUNDLED_WORLD_MODEL),
+                   help="frozen frame autoencoder (or a world model, for its autoencoder)")
+    p.add_argument("--frame-stride", type=int, default=2, help="env steps per latent frame (the world model's)")
+    p.add_argument("--preset", default="small", help="tiny, small, small-stack (3 frames before the step)")
+    p.add_argument("--variants", nargs="+", default=["residual", "full"], help="residual and/or full")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--prior-noise", type=float, default=1.0,
+                   help="largest std of the noise added to the VAE latent before decoding priors")
+    p.add_argument("--prior-draws", type=int, default=4, help="noisy decodes of each action window")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_inverse_dynamics)
 
     p = tr.add_parser("judge", help="success classifier on real rollouts (resumes from <out>/train_state.pt)")
     p.add_argument("--data", required=True, nargs="+", help="training dataset directories")
@@ -535,8 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(wmpo imagine-dataset); judged successes are imagined again under noise --seed")
     p.set_defaults(func=cmd_eval_judge)
 
-    ex = sub.add_parser("export", help="the fast path: ONNX graphs and Triton model repositories of a "
-                        "world model").add_subparsers(dest="what", required=True)
+    ex = sub.add_parser("export", help="the fast path (ONNX graphs and Triton model repositories of a "
+                        "world model) and datasets as LeRobot v3").add_subparsers(dest="what", required=True)
     p = ex.add_parser("onnx", help="the DiT's context and cached-denoiser calls and the autoencoder's encoder "
                       "and decoder as ONNX graphs (dynamic batch), checked against torch with ONNX Runtime")
     p.add_argument("--checkpoint", default=None, help="world-model checkpoint (default: the bundled one)")
@@ -567,6 +615,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: GPU for tensorrt_plan and onnxruntime_onnx, CPU for python")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads per instance (0: auto)")
     p.set_defaults(func=cmd_export_triton)
+    p = ex.add_parser("lerobot", help="a wmpo dataset (collected, imagined or policy rollouts) as a "
+                      "LeRobotDataset v3.0: parquet frames and actions, mp4 videos, provenance in info.json")
+    p.add_argument("--data", required=True, help="wmpo dataset directory")
+    p.add_argument("--out", required=True, help="LeRobot dataset directory (created; must not exist)")
+    p.add_argument("--pix-fmt", default="yuv444p", choices=["yuv444p", "yuv420p", "rgb24"],
+                   help="yuv444p: no chroma subsampling, frames back within 2 levels at crf 0; yuv420p: "
+                   "what browsers play; rgb24: lossless RGB (libx264rgb, exact frames, larger files)")
+    p.add_argument("--crf", type=int, default=0, help="H.264 quality, 0 = no quantization (default: %(default)s)")
+    p.add_argument("--robot-type", default="sawyer", help="info.json's robot_type (default: %(default)s)")
+    p.set_defaults(func=cmd_export_lerobot)
+
+    im = sub.add_parser("import", help="datasets from other formats").add_subparsers(dest="what", required=True)
+    p = im.add_parser("lerobot", help="a LeRobotDataset v3 (a camera, a 4-D action, tasks) as a wmpo dataset "
+                      "that `wmpo train` reads")
+    p.add_argument("--data", required=True, help="LeRobot v3 dataset directory")
+    p.add_argument("--out", required=True, help="wmpo dataset directory (created; must not exist)")
+    p.add_argument("--camera", default=None, help="camera feature, e.g. observation.images.top "
+                   "(default: the first video or image feature)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="frames are center-cropped to a square and resized to this (default: the "
+                   "camera's size; the bundled models use 64)")
+    p.add_argument("--action-key", default="action", help="the 4-D action feature (default: %(default)s)")
+    p.add_argument("--episodes-succeed", action="store_true",
+                   help="label every episode's last frame a success (demonstrations without success labels)")
+    p.add_argument("--max-episodes", type=int, default=None, help="import only the first N episodes")
+    p.set_defaults(func=cmd_import_lerobot)
 
     p = sub.add_parser("tasks", help="list MetaWorld tasks and their instructions")
     p.set_defaults(func=cmd_tasks)
