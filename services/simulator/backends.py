@@ -15,6 +15,9 @@ loaded. Afterwards a Triton that is down, not ready or slower than `triton_timeo
 batch's requests with `Unavailable` (HTTP 503 / gRPC UNAVAILABLE) and a message naming Triton;
 the next batch reconnects, so the service recovers by itself when Triton returns. `problem()`
 is what readiness reports: Triton's own model readiness, checked at most once a second.
+`triton_shm` (auto|on|off) decides at startup whether the context's keys/values go through a
+system shared-memory region (the Triton server must map this process's /dev/shm: same host, a
+shared /dev/shm) or travel in every denoising request; provenance says which.
 """
 
 from __future__ import annotations
@@ -156,7 +159,8 @@ class TritonWorldModel(ExportedDiTWorldModel):
     backend = "triton"
 
     def __init__(self, base: TorchWorldModel, url: str, checkpoint_sha256: str, *, model_version: str = "",
-                 timeout_s: float = 30.0, startup_timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 30.0, startup_timeout_s: float = 60.0,
+                 shared_memory: str = "auto") -> None:
         self.url = url
         self.protocol, self.address = parse_triton_url(url)
         self.timeout_s = timeout_s
@@ -168,8 +172,10 @@ class TritonWorldModel(ExportedDiTWorldModel):
         self._problem: str | None = None
         self._problem_at = -1.0
         self.model_version = self._wait_and_check(checkpoint_sha256, model_version, startup_timeout_s)
+        self.shared_memory = self._resolve_shared_memory(shared_memory)
         super().__init__(base, {
             "triton_url": url, "triton_protocol": self.protocol,
+            "triton_shared_memory": "on" if self.shared_memory else "off",
             "triton_models": {g: self.model_version for g in DIT_GRAPHS},
             "triton_checkpoint_sha256": checkpoint_sha256[:12],
         })
@@ -252,6 +258,38 @@ class TritonWorldModel(ExportedDiTWorldModel):
                  version, checkpoint_sha256[:12])
         return version
 
+    def _resolve_shared_memory(self, mode: str) -> bool:
+        """Whether to send the keys/values through system shared memory: `mode` on/off, or auto
+        (on when the server can map a region this process creates, i.e. it shares /dev/shm)."""
+        if mode == "off":
+            return False
+        if mode not in ("on", "auto"):
+            raise ConfigError(f"triton_shm must be auto, on or off, got {mode!r}")
+        try:
+            import tritonclient.utils.shared_memory as shm
+
+            name = f"wmpo_probe_{os.getpid()}_{id(self):x}"
+            handle = shm.create_shared_memory_region(name, f"/{name}", 64)
+            try:
+                # Triton maps the region when it is registered: this fails on another host or
+                # behind a private /dev/shm.
+                self._probe.register_system_shared_memory(name, f"/{name}", 64, **self._probe_kwargs())
+                self._probe.unregister_system_shared_memory(name, **self._probe_kwargs())
+            finally:
+                shm.destroy_shared_memory_region(handle)
+        except Exception as e:  # the native shm helper or the registration failed
+            if mode == "on":
+                raise ConfigError(
+                    f"WMPO_TRITON_SHM=on, but Triton at {self.url} cannot use this process's "
+                    f"system shared memory ({_short(e)}): run Triton on this host with a shared "
+                    "/dev/shm, or set WMPO_TRITON_SHM=auto or off") from None
+            log.info("Triton at %s cannot map this process's shared memory (%s): the keys/values "
+                     "travel in each request", self.url, _short(e))
+            return False
+        log.info("Triton at %s maps this process's shared memory: the keys/values go through it",
+                 self.url)
+        return True
+
     # -------------------------------------------------------------- readiness
     def _check_ready(self, version: str) -> str | None:
         """None when Triton and both models are ready, else why not (one probe round)."""
@@ -282,7 +320,8 @@ class TritonWorldModel(ExportedDiTWorldModel):
             from wmpo.export.runtimes import TritonDiT
 
             dit = self._local.dit = TritonDiT(self.config_dit, self.address, protocol=self.protocol,
-                                              model_version=self.model_version, timeout_s=self.timeout_s)
+                                              model_version=self.model_version, timeout_s=self.timeout_s,
+                                              shared_memory=self.shared_memory)
         return dit
 
     def _drop_client(self) -> None:
@@ -330,5 +369,6 @@ def exported_world_model(base: TorchWorldModel, settings: Any) -> TorchWorldMode
         sha = file_sha256(Path(settings.checkpoint) / WEIGHTS)
         return TritonWorldModel(base, settings.triton_url, sha, model_version=settings.triton_model_version,
                                 timeout_s=settings.triton_timeout_s,
-                                startup_timeout_s=settings.triton_startup_timeout_s)
+                                startup_timeout_s=settings.triton_startup_timeout_s,
+                                shared_memory=settings.triton_shm)
     raise ConfigError(f"unknown backend {settings.backend!r}: torch, onnx or triton")

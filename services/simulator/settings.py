@@ -107,6 +107,14 @@ class SimulatorSettings(ServiceSettings):
         description="backend=triton: the most one Triton call may take; slower calls fail the "
         "request with 503 (UNAVAILABLE).",
     )
+    triton_shm: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="backend=triton: send the context's keys/values through system shared memory "
+        "(written once per autoregressive step, referenced by every denoising call) instead of in "
+        "each request. on: required (startup fails if Triton cannot map this process's /dev/shm, "
+        "i.e. it is not on this host with a shared /dev/shm); auto: on when Triton can, else off "
+        "(checked at startup); off: never.",
+    )
     triton_startup_timeout_s: float = Field(
         60.0,
         ge=0,

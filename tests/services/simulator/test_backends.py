@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -188,14 +189,17 @@ def test_onnx_backend_matches_torch(onnx_dir, torch_reference) -> None:
 
 # ---------------------------------------------------------------------------- triton
 @needs_triton
-@pytest.mark.parametrize("scheme", ["", "http://"])
-def test_triton_backend_matches_torch(triton, torch_reference, scheme) -> None:
+@pytest.mark.parametrize(("scheme", "shm"), [("", "auto"), ("http://", "off"), ("", "on")])
+def test_triton_backend_matches_torch(triton, torch_reference, scheme, shm) -> None:
+    """gRPC and HTTP, with the keys/values in shared memory (auto finds Triton on this host,
+    on requires it) or in every request (off): the same frames."""
     url = scheme + (triton.http_url if scheme else triton.grpc_url)
-    with app_client(sim_settings(backend="triton", triton_url=url)) as client:
+    with app_client(sim_settings(backend="triton", triton_url=url, triton_shm=shm)) as client:
         assert client.get("/readyz").status_code == 200
         frames, prov = imagine_frames(client)
         assert prov["backend"] == "triton"
         assert prov["triton_protocol"] == ("http" if scheme else "grpc")
+        assert prov["triton_shared_memory"] == ("off" if shm == "off" else "on")
         assert prov["triton_checkpoint_sha256"] == prov["world_model_sha256"]
         assert prov["triton_models"] == '{"dit_context": "1", "dit_denoiser": "1"}'
         compare(frames, torch_reference["imagine"], f"triton {prov['triton_protocol']} /v1/imagine")
@@ -221,6 +225,32 @@ def test_triton_down_at_startup_is_a_clear_error() -> None:
         world_model_from_settings(sim_settings(backend="triton", triton_url=url, triton_startup_timeout_s=0))
 
 
+class PrivateShmTritonServer(TritonServer):
+    """tritonserver in its own mount namespace with a private /dev/shm: as far as shared
+    memory goes, a Triton on another host (or in another pod)."""
+
+    def command(self, backend_dir: Path) -> list[str]:
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                'mount -t tmpfs wmpo-shm /dev/shm && exec "$@"', "sh", *super().command(backend_dir)]
+
+
+@needs_triton
+def test_triton_shm_on_another_host_auto_falls_back_and_on_refuses(triton_repo) -> None:
+    probe = subprocess.run(["unshare", "--mount", "sh", "-c", "mount -t tmpfs x /dev/shm"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("needs unshare + mount (root) to give tritonserver a private /dev/shm")
+    with PrivateShmTritonServer(triton_repo, install=INSTALL) as server:
+        server.wait_ready(DIT_GRAPHS, timeout=90)
+        with pytest.raises(ConfigError, match="WMPO_TRITON_SHM=on, but Triton at .* cannot use"):
+            world_model_from_settings(sim_settings(backend="triton", triton_url=server.grpc_url,
+                                                   triton_shm="on"))
+        with app_client(sim_settings(backend="triton", triton_url=server.grpc_url)) as client:
+            r = imagine(client)  # auto: off, and the frames still come
+            assert r.status_code == 200, r.text
+            assert r.json()["provenance"]["triton_shared_memory"] == "off"
+
+
 def kill(server: TritonServer) -> tuple[int, int, int]:
     """SIGKILL the server (no graceful unload: the process is just gone); returns its ports."""
     os.killpg(server.process.pid, signal.SIGKILL)
@@ -239,17 +269,16 @@ def restart(server: TritonServer, repo: Path, ports: tuple[int, int, int]) -> No
 
 def step_group(client: TestClient, gid: str, i: int):
     acts = np.random.default_rng(20 + i).uniform(-1, 1, (4, 8, 4)).astype(np.float32)
-    return client.post(f"/v1/groups/{gid}/step", headers=HEADERS, json={"actions": to_json(acts)})
+    return client.post(f"/v1/groups/{gid}/step", headers=HEADERS,
+                       json={"actions": to_json(acts), "expected_chunks_stepped": i})
 
 
 @needs_triton
 def test_triton_killed_gives_503_then_recovers(triton, triton_repo, torch_reference) -> None:
     """A forked group is stepped, Triton is killed, the next step gets 503 naming Triton and
     readiness turns false; Triton comes back on the same ports, readiness returns and the same
-    step succeeds, with the frames the torch backend gives (the backend puts back the noise and
-    history the failed step had drawn). The session manager still counts the failed chunk in
-    chunks_stepped (it records any chunk that entered a model call), so the test steps without
-    expected_chunks_stepped."""
+    step, retried with the same expected_chunks_stepped (the failed step did not advance the
+    group), succeeds with the frames the torch backend gives."""
     ref = torch_reference["group"]
     with app_client(sim_settings(backend="triton", triton_url=triton.grpc_url)) as client:
         r = client.post("/v1/sessions", headers=HEADERS,
