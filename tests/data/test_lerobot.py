@@ -295,3 +295,19 @@ def test_export_refuses_existing_out_and_missing_data(tmp_path, exported):
         export_lerobot(tmp_path / "wmpo", exported, progress=False)
     with pytest.raises(DatasetError, match="missing meta/info.json"):
         export_lerobot(tmp_path / "nothing", tmp_path / "x", progress=False)
+
+
+def test_files_roll_over_at_the_size_limit(tmp_path):
+    """Past data_files_size_in_mb / video_files_size_in_mb a new file starts; import follows the
+    episodes metadata across files (and the doctor counts each file's frames)."""
+    src = make_dataset(tmp_path / "wmpo", [[episode(3 + i, i) for i in range(3)]])
+    out = tmp_path / "lerobot"
+    export_lerobot(src, out, data_file_mb=1e-6, video_file_mb=1e-6, progress=False)
+    eps = pq.read_table(out / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()
+    assert [e["data/file_index"] for e in eps] == [0, 1, 2]
+    assert [e[f"videos/{KEY}/file_index"] for e in eps] == [0, 1, 2]
+    assert all(e[f"videos/{KEY}/from_timestamp"] == 0 for e in eps)
+    assert len(list((out / "videos" / KEY / "chunk-000").glob("file-*.mp4"))) == 3
+    assert doctor(out)["Video Integrity"]["severity"] == "PASS"
+    import_lerobot(out, tmp_path / "back", progress=False)
+    compare(src, tmp_path / "back", max_abs=3)
