@@ -314,7 +314,7 @@ class VideoDiT(nn.Module):
         b, f = z.shape[:2]
         x = self.patch_embed(self.patchify(z))  # (B, F*N, dim)
         pos = self.spatial_pos.repeat(1, f, 1) + self.frame_pos(positions).repeat_interleave(c.tokens_per_frame, 1)
-        t_emb = self.time_mlp(timestep_embedding(t, c.dim))  # (B, F, dim)
+        t_emb = self.time_mlp(timestep_embedding(t, c.dim).to(x.dtype))  # (B, F, dim)
         a_emb = self.action_mlp(actions)  # (B, F, dim)
         a_emb = torch.where(has_action[..., None], a_emb, self.null_action.expand_as(a_emb))
         return x + pos, t_emb, a_emb
@@ -335,13 +335,14 @@ class VideoDiT(nn.Module):
             raise ValueError(f"plan tokens must be (B, {c.plan_tokens}, {c.plan_dim}), got {tuple(plan.tokens.shape)}")
         if tuple(plan.has_plan.shape) != (b,) or tuple(plan.frame_index.shape) != (b, f):
             raise ValueError(f"has_plan must be (B,)=({b},) and frame_index (B, F)=({b}, {f})")
-        tokens = self.plan_proj(plan.tokens.float())  # (B, S, dim)
+        dtype = self.plan_proj.weight.dtype
+        tokens = self.plan_proj(plan.tokens.to(dtype))  # (B, S, dim)
         tokens = torch.where(plan.has_plan[:, None, None], tokens, self.null_plan.expand_as(tokens))
         ctx = tokens + self.plan_token_pos
         if self.text_proj is not None:
             if plan.text is None or tuple(plan.text.shape) != (b, c.text_dim):
                 raise ValueError(f"this model needs the instruction embedding (B, {c.text_dim})")
-            ctx = torch.cat([self.text_proj(plan.text.float())[:, None], ctx], dim=1)  # (B, 1+S, dim)
+            ctx = torch.cat([self.text_proj(plan.text.to(dtype))[:, None], ctx], dim=1)  # (B, 1+S, dim)
         index = plan.frame_index.clamp(0, c.plan_frames)
         query_pos = self.plan_frame_pos(index).repeat_interleave(c.tokens_per_frame, dim=1)  # (B, F*N, dim)
         return query_pos, ctx
