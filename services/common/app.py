@@ -2,7 +2,8 @@
 
 `create_app` gives every service the same behaviour: API key required on every
 route except health (the OpenAPI schema too, unless WMPO_API_DOCS=public), request-body size limit, request ids and JSON access
-logs, one JSON error body, Prometheus metrics, health and readiness probes.
+logs, one JSON error body, Prometheus metrics, health and readiness probes, and, for a
+service that passes `viewer`, the rollout viewer page at /viewer (`services.common.viewer`).
 The service then only includes its own routers. `runtime_lifespan` is the
 lifespan every service's app has: start the runtime (and the gRPC server), stop
 both however the app ends. `worker_app` is a pure queue worker's app (probes and
@@ -27,6 +28,8 @@ from services.common.limits import BodySizeLimitMiddleware
 from services.common.logging import RequestIdMiddleware
 from services.common.metrics import MetricsMiddleware, metrics_router
 from services.common.settings import ServiceSettings
+from services.common.viewer import PUBLIC_PATHS as VIEWER_PUBLIC_PATHS
+from services.common.viewer import viewer_router
 
 # Seconds uvicorn keeps an idle keep-alive connection open. Longer than httpx clients keep
 # theirs (5 s), so a client closes an idle connection before the server does and never sends
@@ -41,12 +44,17 @@ def create_app(
     version: str = "0.1.0",
     readiness: ReadinessCheck | None = None,
     public_paths: Collection[str] = HEALTH_PATHS,
+    viewer: Callable[[], dict[str, Any]] | None = None,
     **fastapi_kwargs: Any,
 ) -> FastAPI:
     """A FastAPI app for `service` (e.g. "simulator"); extra kwargs go to FastAPI (lifespan, ...).
 
-    `public_paths` are the route paths reachable without an API key.
+    `public_paths` are the route paths reachable without an API key. `viewer`: serve the
+    rollout viewer at /viewer, `viewer()` describing what this service shows (see
+    `services.common.viewer`); its page and static files are public, its config is keyed.
     """
+    if viewer is not None:
+        public_paths = frozenset({*public_paths, *VIEWER_PUBLIC_PATHS})
     auth = ApiKeyAuth.from_settings(settings)
     public_docs = settings.api_docs == "public"
     app = FastAPI(
@@ -73,6 +81,8 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health_router(readiness))
     app.include_router(metrics_router())
+    if viewer is not None:
+        app.include_router(viewer_router(service, version, viewer))
     if settings.api_docs == "keyed":
         # Only the schema: the HTML pages would fetch it from a browser, which sends no key.
         @app.get("/openapi.json", include_in_schema=False)

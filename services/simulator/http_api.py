@@ -21,6 +21,10 @@ Routes (all need an API key; health and readiness come from `create_app`):
   `expected_chunks_stepped` is idempotent: retried after a timeout, it returns the
   stored result (`replayed: true`) instead of advancing the session twice; a count
   that is neither the session's nor its last step's is a 409.
+- recorded runs for the viewer (`services.common.viewer.runs`): `GET /v1/runs`,
+  `/v1/runs/episodes`, `/v1/runs/episode`, read-only under `WMPO_RUNS_DIR`;
+- the rollout viewer page at `/viewer` (`services.common.viewer`; the page is public, its
+  config and everything it shows need the key).
 
 Tensors use the JSON form of the wire codec (`wmpo_client.codec.TensorJSON`).
 Request models decode them and check dtype, shape and finiteness, so a bad
@@ -56,6 +60,8 @@ from services.common.errors import (
 )
 from services.common.http_util import until_disconnect
 from services.common.logging import current_request_id
+from services.common.viewer import example_frames
+from services.common.viewer.runs import RunStore, runs_router
 from services.simulator.engine import (
     SEED_LIMIT,
     ImagineChunk,
@@ -684,13 +690,32 @@ def create_simulator_app(
         finally:
             await runtime.stop()
 
+    def viewer_config() -> dict[str, Any]:
+        engine = runtime.engine
+        return {
+            "panels": ["imagine", "runs"],
+            "image_size": engine.image_size,
+            "frame_stride": engine.frame_stride,
+            # Actions per generated chunk: 8 (the policy's) or the model's most, whole frames.
+            "chunk_length": max(
+                engine.frame_stride,
+                min(8, engine.max_chunk_length or 8) // engine.frame_stride * engine.frame_stride,
+            ),
+            "max_chunks": settings.max_chunks_per_request,
+            "verify": runtime.judge is not None,
+            "runs": settings.runs_dir is not None,
+            "examples": example_frames(),
+        }
+
     app = create_app(
         settings,
         service=SERVICE,
         version=VERSION,
         readiness=runtime.readiness,
         lifespan=lifespan or default_lifespan,
+        viewer=viewer_config,
     )
     app.state.runtime = runtime
     app.include_router(simulator_router())
+    app.include_router(runs_router(RunStore(settings.runs_dir)))
     return app

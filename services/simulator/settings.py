@@ -122,8 +122,14 @@ class SimulatorSettings(ServiceSettings):
         description="backend=triton: how long startup waits for Triton's models to be ready "
         "(their checkpoint hash is checked then) before it gives up.",
     )
+    runs_dir: str | None = Field(
+        None,
+        description="Directory of recorded runs (episode datasets, e.g. real data and its "
+        "imagined replays) the rollout viewer may list and show, read-only (GET /v1/runs); "
+        "unset: none.",
+    )
 
-    @field_validator("judge_url", "onnx_dir", "triton_url", mode="before")
+    @field_validator("judge_url", "onnx_dir", "triton_url", "runs_dir", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -14,6 +14,8 @@ Routes (all need an API key; health, readiness and metrics come from `create_app
 - `GET /v1/jobs/{job_id}/checkpoint`: the policy checkpoint's files (name, size,
   sha256) and the step it holds; `GET /v1/jobs/{job_id}/checkpoint/{name}`: one
   file's raw bytes (model.safetensors, config.json, manifest.json).
+- the rollout viewer page at `/viewer` (`services.common.viewer`): a job's progress and
+  per-step metrics as live plots, from the events stream above.
 
 A malformed job is a 422 naming the field (types, ranges, unknown fields); a
 well-formed one the trainer cannot run (unknown task, no policy checkpoint at
@@ -214,6 +216,7 @@ def create_trainer_app(
         version=VERSION,
         readiness=runtime.readiness,
         lifespan=lifespan or runtime_lifespan(runtime),
+        viewer=lambda: {"panels": ["jobs"]},
     )
     app.state.runtime = runtime
     app.include_router(trainer_router())

@@ -71,7 +71,9 @@ class Service:
 
 
 SERVICES = {
-    "simulator": Service(SimulatorSettings, None, COMMON_MANAGED | {"checkpoint", "judge_api_key"}),
+    # runs_dir: the rollout viewer's recorded runs need a volume of datasets the chart has not.
+    "simulator": Service(SimulatorSettings, None, COMMON_MANAGED | {"checkpoint", "judge_api_key"},
+                         frozenset({"runs_dir"})),
     "judge": Service(JudgeSettings, "judge", COMMON_MANAGED | {"checkpoint", "vlm_api_key"}),
     # The chart always gives the trainer a simulator and a judge: no per-job embedded stack.
     "trainer": Service(TrainerSettings, "trainer",
