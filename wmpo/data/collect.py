@@ -113,19 +113,21 @@ class SourceSpec:
     simulator_url: str | None = None  # verified-policy: the simulator service with a judge
     candidates: int = 4
     max_attempts: int = 3
+    # optimizer: generator, vae, idm, variant, steps, execute_chunks (wmpo.optimize.source)
+    optimizer: dict[str, Any] | None = None
 
     def build(self) -> ActionSource:
         return make_source(self.kind, noise_std=self.noise_std, perturb_prob=self.perturb_prob,
                            checkpoint=self.checkpoint, temperature=self.temperature,
                            simulator_url=self.simulator_url, candidates=self.candidates,
-                           max_attempts=self.max_attempts)
+                           max_attempts=self.max_attempts, optimizer=self.optimizer)
 
 
 def _worker(spec: SourceSpec, env_kwargs: dict[str, Any], jobs: list[tuple[str, int]],
             store: tuple[str, int] | None, wid: int, out_q: mp.Queue) -> None:
     from wmpo.envs import make_env
 
-    if spec.kind in ("policy", "verified-policy"):
+    if spec.kind in ("policy", "verified-policy", "optimizer"):
         import torch
 
         torch.set_num_threads(1)  # one core per worker process

@@ -18,7 +18,7 @@ import numpy as np
 
 from wmpo.errors import ConfigError
 
-SOURCE_KINDS = ("expert", "noisy", "random-walk", "perturbed", "policy", "verified-policy")
+SOURCE_KINDS = ("expert", "noisy", "random-walk", "perturbed", "policy", "verified-policy", "optimizer")
 
 
 class ActionSource(Protocol):
@@ -183,7 +183,7 @@ class VerifiedPolicySource(PolicySource):
 
 def make_source(kind: str, *, noise_std: float = 0.5, perturb_prob: float = 0.5,
                 checkpoint: str | None = None, temperature: float = 1.0, simulator_url: str | None = None,
-                candidates: int = 4, max_attempts: int = 3) -> ActionSource:
+                candidates: int = 4, max_attempts: int = 3, optimizer: dict[str, Any] | None = None) -> ActionSource:
     if kind == "expert":
         return ExpertSource(0.0)
     if kind == "noisy":
@@ -206,4 +206,11 @@ def make_source(kind: str, *, noise_std: float = 0.5, perturb_prob: float = 0.5,
         if candidates < 1 or max_attempts < 1:
             raise ConfigError(f"--candidates and --max-attempts must be >= 1, got {candidates}, {max_attempts}")
         return VerifiedPolicySource(checkpoint, temperature, simulator_url, candidates, max_attempts)
+    if kind == "optimizer":  # the action optimizer in closed loop (wmpo.optimize.source)
+        from wmpo.optimize.source import OptimizerSource
+
+        opt = dict(optimizer or {})
+        if not opt.get("generator") or not opt.get("vae"):
+            raise ConfigError("the optimizer source needs a plan generator and a trajectory VAE checkpoint")
+        return OptimizerSource(policy=checkpoint, temperature=temperature, **opt)
     raise ConfigError(f"unknown source {kind!r}; valid sources: {', '.join(SOURCE_KINDS)}")

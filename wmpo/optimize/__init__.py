@@ -1,0 +1,1 @@
+"""The action optimizer: trajectory-latent optimization through the frozen plan generator."""

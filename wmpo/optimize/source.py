@@ -1,0 +1,94 @@
+"""The action optimizer in the real simulator's closed loop: an ``ActionSource`` for
+``wmpo eval policy`` and ``wmpo collect`` that plans, executes the first chunks and re-plans.
+
+Variants (MVISTA-4D's ablations, section 5.2):
+
+- ``full``: latent optimization from a random latent toward the instruction-only future,
+  then the inverse-dynamics model (residual with a residual IDM checkpoint);
+- ``full-init``: the same, the latent initialized from the policy's chunks (+ActionInit): the
+  policy acts on the current frame and on the target future's frames at the chunk boundaries,
+  and the VAE encodes the 4 chunks;
+- ``act-head``: no optimization: the policy's chunks through the VAE and the residual IDM;
+- ``full-idm``: a full inverse-dynamics model (no prior) reads the target future directly.
+
+Every plan is seeded from the episode's seed, so an evaluation is reproducible.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from wmpo.errors import ConfigError
+from wmpo.optimize.planner import Planner, PlannerConfig, PlanRequest
+
+VARIANTS = ("full", "full-init", "act-head", "full-idm")
+
+
+class OptimizerSource:
+    def __init__(self, generator: str, vae: str, idm: str | None, variant: str = "full-init",
+                 policy: str | None = None, steps: int | None = None, execute_chunks: int = 1,
+                 temperature: float = 0.0) -> None:
+        if variant not in VARIANTS:
+            raise ConfigError(f"unknown optimizer variant {variant!r}; valid: {', '.join(VARIANTS)}")
+        if variant in ("full-init", "act-head") and not policy:
+            raise ConfigError(f"the {variant} variant needs a policy checkpoint (--checkpoint)")
+        if variant == "full-idm" and not idm:
+            raise ConfigError("the full-idm variant needs a full inverse-dynamics checkpoint")
+        cfg = PlannerConfig(idm_input="target" if variant == "full-idm" else "plan")
+        default_steps = {"full": 100, "full-init": 15, "act-head": 0, "full-idm": 0}[variant]
+        self.steps = default_steps if steps is None else steps
+        self.planner = Planner.load(generator, vae, idm, cfg)
+        if execute_chunks < 1 or execute_chunks > self.planner.chunks:
+            raise ConfigError(f"execute_chunks must be in [1, {self.planner.chunks}], got {execute_chunks}")
+        self.variant, self.execute_chunks, self.temperature = variant, execute_chunks, temperature
+        self.policy = None
+        if policy:
+            from wmpo.models.policy import Policy
+
+            self.policy, _ = Policy.from_checkpoint(policy)
+        self.plan_seconds: list[float] = []
+
+    def reset(self, rng: np.random.Generator) -> None:
+        import torch
+
+        self._seed = int(rng.integers(0, 2**31 - 1))
+        self._gen = torch.Generator().manual_seed(self._seed)
+        self._queue: list[np.ndarray] = []
+        self._plans = 0
+
+    def _policy_guess(self, frame: np.ndarray, target: np.ndarray, instruction: str) -> np.ndarray:
+        """The policy's chunk at the current frame and at each later chunk's start in the target."""
+        p = self.planner
+        starts = [frame] + [target[c * p.chunk_frames - 1] for c in range(1, p.chunks)]
+        chunks = self.policy.act(np.stack(starts), [instruction] * p.chunks, self.temperature, self._gen)
+        return np.concatenate(list(chunks))[: p.horizon]
+
+    def act(self, env: Any, frame: np.ndarray) -> np.ndarray:
+        if not self._queue:
+            import time
+
+            t0 = time.perf_counter()
+            p = self.planner
+            req = PlanRequest(frame, env.instruction, seed=self._seed + 101 * self._plans)
+            [problem] = p.prepare([req])
+            if self.policy is not None:
+                target = p.generator.decode(problem.target)  # (P, H, W, 3)
+                p.initialize(problem, self._policy_guess(frame, target, env.instruction))
+            while problem.steps_done < self.steps:
+                p.step([problem])
+            [result] = p.finish([problem])
+            self._plans += 1
+            self.plan_seconds.append(time.perf_counter() - t0)
+            k = p.vae.cfg.chunk_length
+            self._queue = list(result.actions[: self.execute_chunks * k])
+        return self._queue.pop(0)
+
+    def episode_stats(self) -> dict[str, Any]:
+        return {"plans": self._plans, "plan_seconds": [round(s, 3) for s in self.plan_seconds[-self._plans:]]}
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "optimizer", "variant": self.variant, "steps": self.steps,
+                "execute_chunks": self.execute_chunks, **self.planner.provenance()}
+
