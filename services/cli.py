@@ -50,25 +50,35 @@ def _settings(module: str, name: str, a: argparse.Namespace, overrides: dict[str
     return settings
 
 
-def _listening(what: str, settings: Any, worker: bool, detail: str) -> None:
+def _listening(what: str, settings: Any, worker: bool, detail: str, viewer: bool = False) -> None:
     if worker:
         print(f"{what} queue worker: probes and metrics on {settings.host}:{settings.port}, {detail}",
               file=sys.stderr)
-    else:
-        print(f"{what}: HTTP on {settings.host}:{settings.port}, gRPC on {settings.host}:"
-              f"{settings.grpc_port}, {detail}", file=sys.stderr)
+        return
+    print(f"{what}: HTTP on {settings.host}:{settings.port}, gRPC on {settings.host}:"
+          f"{settings.grpc_port}, {detail}", file=sys.stderr)
+    if viewer:
+        print(viewer_line(settings.host, settings.port, bool(settings.api_keys)), file=sys.stderr)
+
+
+def viewer_line(host: str, port: int, keyed: bool) -> str:
+    """Where the rollout viewer is, and how it gets the key (never printed)."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    key = " (it asks for an API key; or open .../viewer/#key=KEY)" if keyed else ""
+    return f"rollout viewer: http://{shown}:{port}/viewer/{key}"
 
 
 def cmd_serve_simulator(a: argparse.Namespace) -> None:
     settings = _settings(
         "services.simulator.settings", "SimulatorSettings", a,
         {"checkpoint": a.checkpoint, "host": a.host, "port": a.port, "grpc_port": a.grpc_port,
-         "redis_url": a.redis_url},
+         "redis_url": a.redis_url, "runs_dir": a.runs_dir},
         {"checkpoint": str(BUNDLED_WORLD_MODEL)}, queue="imagine")
     from services.simulator.server import serve, world_model_from_settings
 
     model = world_model_from_settings(settings)  # fail fast, before binding ports
-    _listening("simulator", settings, a.worker, f"checkpoint {settings.checkpoint}")
+    _listening("simulator", settings, a.worker, f"checkpoint {settings.checkpoint}", viewer=True)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn has already shut down gracefully
         serve(settings, model, worker=a.worker)
 
@@ -99,7 +109,8 @@ def cmd_serve_trainer(a: argparse.Namespace) -> None:
     from services.trainer.server import serve
 
     where = settings.simulator_url or "an embedded stack per job"
-    _listening("trainer", settings, False, f"jobs in {settings.trainer_dir}, imagination: {where}")
+    _listening("trainer", settings, False, f"jobs in {settings.trainer_dir}, imagination: {where}",
+               viewer=True)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn has already shut down gracefully
         serve(settings)
 
@@ -149,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker", action="store_true",
                    help="a pure queue worker: consume imagine work from Redis, serve only "
                    "health/readiness/metrics over HTTP (needs a Redis URL)")
+    p.add_argument("--runs-dir", default=None,
+                   help="recorded runs (episode datasets) the rollout viewer at /viewer/ may show, "
+                   "read-only (default: WMPO_RUNS_DIR; unset: none)")
     p.set_defaults(func=cmd_serve_simulator)
     p = sv.add_parser("judge", help="rewards for rollouts: success classifier, VLM judge, "
                       "dual-noise verification",

@@ -6,7 +6,8 @@
 3. The robot-team flow: start the embedded simulator service, let the base policy propose
    candidate action chunks from a real MetaWorld frame, ``POST /v1/imagine`` them through the
    light client, replay the same actions in MetaWorld, and write real vs imagined frames to a
-   PNG a person can look at.
+   PNG a person can look at; the world model's replays of step 1's episodes go to
+   ``imagined/`` for the rollout viewer (``wmpo serve simulator --runs-dir OUT``, ``/viewer/``).
 4. Verify before execute: the base policy on one task, with and without the judge choosing
    among imagined candidate chunks (embedded simulator + judge), success in the real simulator.
 5. GRPO in imagination: a short job (a few steps) trains the base policy inside the world model
@@ -168,6 +169,13 @@ def run_demo(episodes: int = 20, workers: int = 2, out: str = "outputs/demo",
               f"(copying the start frame: {imagine['psnr_copy_start_frame']} dB)")
         print(f"      service timing: {imagine['timing']}")
         print(f"      real (odd rows) vs imagined (even rows): {imagine['png']}")
+        # The expert episodes replayed by the world model, for the rollout viewer's recorded runs.
+        from wmpo.eval.judge import write_imagined_dataset
+
+        shutil.rmtree(out_dir / "imagined", ignore_errors=True)
+        write_imagined_dataset(str(world_model), str(out_dir / "data"), str(out_dir / "imagined"),
+                               progress=False)
+        print(f"      the world model's replays of step 1's episodes: {out_dir / 'imagined'}")
     else:
         imagine = {"skipped": f"no world model at {world_model}"}
         print(f"      skipped: {imagine['skipped']}")
@@ -204,4 +212,7 @@ def run_demo(episodes: int = 20, workers: int = 2, out: str = "outputs/demo",
          "grpo": grpo},
         indent=2, default=str))
     print(f"wrote {out_dir / 'report.json'}")
+    print(f"to look at it in the rollout viewer: wmpo serve simulator --dev --runs-dir {out_dir}, then "
+          "open http://127.0.0.1:8000/viewer/ (imagine from example frames; recorded runs: step 1's "
+          "episodes next to their imagined replays)")
     return report

@@ -26,3 +26,26 @@ def test_the_core_cli_alone_refuses_an_embedded_stack_with_a_clear_error(capsys,
 
     assert core_main(["train", "grpo", "--out", str(tmp_path / "o"), "--steps", "1"]) == 2
     assert "embedded stack" in capsys.readouterr().err
+
+
+def test_serve_prints_the_rollout_viewers_url_and_passes_the_runs_directory(
+    capsys, tmp_path, monkeypatch
+):
+    """The model load and the server are replaced (this test is about the command line); the
+    settings the server would get are the real ones."""
+    import services.simulator.server as server
+
+    for name in [n for n in __import__("os").environ if n.startswith("WMPO_")]:
+        monkeypatch.delenv(name)
+    served = []
+    monkeypatch.setattr(server, "world_model_from_settings", lambda settings: None)
+    monkeypatch.setattr(server, "serve", lambda settings, model, worker: served.append(settings))
+    assert main(["serve", "simulator", "--dev", "--port", "8123", "--runs-dir", str(tmp_path)]) == 0
+    assert served[0].runs_dir == str(tmp_path)
+    err = capsys.readouterr().err
+    assert "rollout viewer: http://127.0.0.1:8123/viewer/\n" in err
+    monkeypatch.setenv("WMPO_API_KEYS", "cli-key-0123456789abcdef")
+    assert main(["serve", "simulator", "--host", "0.0.0.0", "--port", "8124"]) == 0
+    err = capsys.readouterr().err
+    assert "rollout viewer: http://127.0.0.1:8124/viewer/ (it asks for an API key" in err
+    assert "cli-key" not in err

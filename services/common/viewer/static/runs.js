@@ -35,6 +35,9 @@ export class RunsPanel {
         select.append(el("option", { value: run.name },
           `${run.name} (${run.kind}${paired}, ${run.episodes} episodes)`));
       }
+      // First shown: an imagined run with its real run here (the side-by-side view), if any.
+      const paired = out.runs.find((run) => run.real_run);
+      if (paired) select.value = paired.name;
       await this.loadEpisodes();
     } catch (err) {
       this.showError(describeError(err));
