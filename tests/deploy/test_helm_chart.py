@@ -7,7 +7,10 @@ which it has no schema for, get checks of their own against the service's code. 
 (simulator API and workers, judge, trainer) exact argv and environment are run through the
 real `wmpo` CLI, its probes are sent to the real app built from the settings that produced,
 and the URLs and keys the services call each other with resolve to the chart's Services
-and are accepted by the settings of the pods behind them.
+and are accepted by the settings of the pods behind them. With `triton.enabled` the chart
+also deploys Triton (the official image, the model repository built by init containers that
+run the real `wmpo export triton`), points the simulator at its gRPC port and adds a
+`helm test` pod running the simulator's smoke check.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 import services.judge.server as judge_server
+import services.simulator.backends as backends
 import services.simulator.server as server
 import services.trainer.server as trainer_server
 from services import cli
@@ -44,9 +48,11 @@ from services.judge.settings import JudgeSettings
 from services.simulator.imagine_queue import IMAGINE_QUEUE
 from services.simulator.runtime import SimulatorRuntime
 from services.simulator.settings import SimulatorSettings
+from services.simulator.smoke import KEY_ENV as SMOKE_KEY_ENV
 from services.trainer.runtime import TrainerRuntime
 from services.trainer.settings import TrainerSettings
 from tests.deploy.conftest import ALL_FEATURES, CHART, REDIS_URL, REPO
+from wmpo.export.triton_repo import TRT_SCRIPT
 from wmpo.judge.success import SuccessJudge
 from wmpo.sampling.world_model import WorldModel
 
@@ -174,6 +180,7 @@ class Pod:
     settings: Any  # the service's settings class
     worker: bool
     checkpoint: str | None  # the checkpoint it loads (None: the trainer, a VLM-only judge)
+    backend: str | None = None  # the simulator's DiT backend (WMPO_BACKEND)
 
 
 def launch(
@@ -195,8 +202,13 @@ def launch(
     def serve(settings: ServiceSettings, *_model: Any, worker: bool = False) -> None:
         captured.update(settings=settings, worker=worker)
 
+    def exported_world_model(base: WorldModel, settings: Any) -> WorldModel:
+        captured["backend"] = settings.backend  # no Triton to connect to here
+        return base
+
     for module in (server, judge_server, trainer_server):
         monkeypatch.setattr(module, "serve", serve)
+    monkeypatch.setattr(backends, "exported_world_model", exported_world_model)
     monkeypatch.setattr(server, "load_world_model", load_world_model)
     monkeypatch.setattr(judge_server, "load_classifier", load_classifier)
     for name in [n for n in os.environ if n.startswith("WMPO_")]:
@@ -211,7 +223,8 @@ def launch(
     except SystemExit:  # argparse refused the arguments
         pytest.fail(f"`{' '.join(argv)}` rejected by wmpo's parser: {capsys.readouterr().err}")
     assert code == 0, f"`{' '.join(argv)}` failed: {capsys.readouterr().err}"
-    return Pod(argv[2], captured["settings"], captured["worker"], captured.get("checkpoint"))
+    return Pod(argv[2], captured["settings"], captured["worker"], captured.get("checkpoint"),
+               captured.get("backend"))
 
 
 @pytest.fixture
@@ -273,10 +286,12 @@ def test_rendered_resources(default_docs, all_docs) -> None:
     base = {"ServiceAccount", "Secret", "ConfigMap", "Service", "Deployment", "PodDisruptionBudget",
             "PersistentVolumeClaim"}
     assert {d["kind"] for d in default_docs} == base
-    assert {d["kind"] for d in all_docs} == base | {"HorizontalPodAutoscaler"} | CUSTOM_KINDS
+    # The Pod: the `helm test` hook of Triton (helm template renders test hooks).
+    assert {d["kind"] for d in all_docs} == base | {"HorizontalPodAutoscaler", "Pod"} | CUSTOM_KINDS
     names = ["wmpo-judge", "wmpo-simulator", "wmpo-trainer"]
     assert sorted(d["metadata"]["name"] for d in kinds(default_docs, "Deployment")) == names
-    assert sorted(d["metadata"]["name"] for d in kinds(all_docs, "Deployment")) == names + ["wmpo-worker"]
+    assert sorted(d["metadata"]["name"] for d in kinds(all_docs, "Deployment")) == sorted(
+        names + ["wmpo-worker", "wmpo-triton"])
 
 
 def kube_versions() -> list[str]:
@@ -326,6 +341,11 @@ def test_schema_validation_is_not_vacuous(default_docs) -> None:
         (["trainer.settings.stream_poll_s=60"], "stream_poll_s"),
         (["trainer.persistence.accessModes[0]=RWX"], "accessModes"),
         (["trainer.resources.requests.cpu=lots"], "cpu"),
+        (["triton.build.variant=tensorrt"], "variant"),
+        (["triton.ports.metrics=0"], "triton.ports.metrics"),
+        (["triton.gpus=1"], "gpus"),  # an unknown key
+        (["triton.image.tag="], "tag"),  # Triton's image has no default tag of the chart's
+        (["triton.extraArgs[0]=log-verbose=1"], "extraArgs"),
     ],
 )
 def test_bad_values_fail_lint(helm: str, args: list[str], message: str) -> None:
@@ -388,7 +408,8 @@ def test_settings_schema_mirrors_the_service_settings(name: str) -> None:
 
 
 def deployments(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return kinds(docs, "Deployment")
+    """The Deployments of the wmpo image's services (Triton's is apart: `triton_deployment`)."""
+    return [d for d in kinds(docs, "Deployment") if component(d) in SERVICE_OF]
 
 
 def test_pods_start_with_real_cli_flags_and_valid_settings(case, start, capsys) -> None:
@@ -435,6 +456,10 @@ def test_pods_start_with_real_cli_flags_and_valid_settings(case, start, capsys) 
             assert (REPO / "checkpoints" / pod.checkpoint.removeprefix("/app/checkpoints/")).is_dir()
         env = {e["name"] for e in container["env"]}
         assert "WMPO_API_KEYS" in env and ("WMPO_REDIS_URL" in env) == bool(values)
+        if service == "simulator":  # the DiT on the chart's Triton when it deploys one
+            triton = values.get("triton", {}).get("enabled", False)
+            assert settings.backend == ("triton" if triton else "torch")
+            assert pod.backend == ("triton" if triton else None)  # torch: loaded as it is
 
 
 def resolve(docs: list[dict[str, Any]], url: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -635,14 +660,18 @@ def selects(selector: dict[str, str], deployment: dict[str, Any]) -> bool:
 
 def test_services_and_budgets_select_the_right_pods(docs) -> None:
     """Each Service and budget selects exactly its own Deployment (the workers get no API
-    traffic); the API Services send HTTP and gRPC to the container's ports."""
+    traffic); the API Services send HTTP and gRPC to the container's ports (Triton's also its
+    metrics)."""
     for service in kinds(docs, "Service"):
-        matched = [d for d in deployments(docs) if selects(service["spec"]["selector"], d)]
+        matched = [d for d in kinds(docs, "Deployment") if selects(service["spec"]["selector"], d)]
         assert [d["metadata"]["name"] for d in matched] == [service["metadata"]["name"]]
         container_ports = {p["name"] for p in the_container(matched[0])["ports"]}
         targets = {p["targetPort"] for p in service["spec"]["ports"]}
         headless = service["spec"].get("clusterIP") == "None"  # the workers' /metrics only
-        assert targets == container_ports == ({"http"} if headless else {"http", "grpc"})
+        expected = {"http"} if headless else {"http", "grpc"}
+        if component(matched[0]) == "triton":
+            expected = {"http", "grpc", "metrics"}
+        assert targets == container_ports == expected
     spec = named(docs, "Service", "wmpo-simulator")["spec"]
     assert spec["sessionAffinity"] == "ClientIP"  # sessions are replica-local
     for name in ("wmpo-judge", "wmpo-trainer"):  # stateless for their clients: any replica
@@ -710,13 +739,28 @@ def test_keda_address_from_a_tls_url(helm: str) -> None:
         assert "pw" not in str(meta)  # the password never leaves the Secret
 
 
+def monitored(monitor: dict[str, Any], docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Services a ServiceMonitor's selector picks (matchLabels and NotIn expressions)."""
+    selector = monitor["spec"]["selector"]
+    picked = []
+    for service in kinds(docs, "Service"):
+        labels = service["metadata"]["labels"]
+        if not all(labels.get(k) == v for k, v in selector["matchLabels"].items()):
+            continue
+        for expression in selector.get("matchExpressions", []):
+            assert expression["operator"] == "NotIn", expression  # the only one used
+            if labels.get(expression["key"]) in expression["values"]:
+                break
+        else:
+            picked.append(service)
+    return picked
+
+
 def test_service_monitor_scrapes_every_component(all_docs) -> None:
-    monitor = kinds(all_docs, "ServiceMonitor")[0]
+    monitor = named(all_docs, "ServiceMonitor", "wmpo")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
-    selector = monitor["spec"]["selector"]["matchLabels"]
-    services = [s for s in kinds(all_docs, "Service")
-                if all(s["metadata"]["labels"].get(k) == v for k, v in selector.items())]
+    services = monitored(monitor, all_docs)
     assert sorted(s["metadata"]["name"] for s in services) == [
         "wmpo-judge", "wmpo-simulator", "wmpo-trainer", "wmpo-worker"]
     (endpoint,) = monitor["spec"]["endpoints"]
@@ -741,3 +785,158 @@ def test_notes_render(helm: str, tmp_path: Path) -> None:
         notes = yaml.safe_load(out.stdout)["notes"]
         assert "port-forward svc/wmpo-simulator" in notes and "metrics-api-key" in notes
         assert "wmpo-judge." in notes and "PVC wmpo-trainer-data" in notes
+
+
+# ------------------------------------------------------------------ Triton
+
+
+def triton_deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return named(docs, "Deployment", "wmpo-triton")
+
+
+def test_triton_is_not_rendered_when_disabled(default_docs) -> None:
+    """triton.enabled=false (the default): no Triton object, no test pod, and the simulator
+    keeps its in-process DiT (no WMPO_BACKEND from the chart)."""
+    assert not [d for d in default_docs if "triton" in d["metadata"]["name"]]
+    assert not [d for d in default_docs if d["metadata"].get("labels", {}).get(
+        "app.kubernetes.io/component") == "triton"]
+    assert kinds(default_docs, "Pod") == []
+    data = named(default_docs, "ConfigMap", "wmpo-simulator-settings")["data"] or {}
+    assert not {k for k in data if k.startswith("WMPO_TRITON") or k == "WMPO_BACKEND"}
+
+
+def test_triton_pod_ports_probes_and_gpu(all_docs) -> None:
+    """The official image serving the repository volume, KServe v2 health probes on its HTTP
+    port, HTTP/gRPC/metrics ports behind its Service, and its GPUs requested (= limits)."""
+    values = yaml.safe_load(ALL_FEATURES.read_text())["triton"]
+    deployment = triton_deployment(all_docs)
+    pod = deployment["spec"]["template"]["spec"]
+    container = the_container(deployment)
+    assert container["image"].startswith("nvcr.io/nvidia/tritonserver:") and container["image"].endswith("-py3")
+    assert container["command"] == ["tritonserver"]
+    args = container["args"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert f"--http-port={ports['http']}" in args and f"--grpc-port={ports['grpc']}" in args
+    assert f"--metrics-port={ports['metrics']}" in args and "--strict-readiness=true" in args
+    assert "--log-verbose=0" in args  # triton.extraArgs
+    probes = {kind: container[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert probes["readinessProbe"] == {"path": "/v2/health/ready", "port": "http"}
+    assert probes["startupProbe"] == {"path": "/v2/health/ready", "port": "http"}
+    assert probes["livenessProbe"] == {"path": "/v2/health/live", "port": "http"}
+    resources = container["resources"]
+    assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == 1
+    assert resources["requests"]["memory"] == "4Gi"  # the role's own resources stay
+    # The repository: the PVC of the values, read-only for Triton, at its --model-repository.
+    (repo,) = [a.split("=", 1)[1] for a in args if a.startswith("--model-repository=")]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "models"]
+    assert mount["mountPath"] == repo == values["modelRepository"]["mountPath"] and mount["readOnly"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "models"]
+    assert volume["persistentVolumeClaim"] == values["modelRepository"]["volume"]["persistentVolumeClaim"]
+    assert pod["nodeSelector"] == values["nodeSelector"] and pod["tolerations"] == values["tolerations"]
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    service = named(all_docs, "Service", "wmpo-triton")
+    assert selects(service["spec"]["selector"], deployment)
+    assert {(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        ("http", 8000, "http"), ("grpc", 8001, "grpc"), ("metrics", 8002, "metrics")}
+
+
+def test_triton_repository_is_built_by_the_real_export_and_tensorrt(all_docs, entrypoint) -> None:
+    """The init containers: `wmpo export triton` (the wmpo image, parsed by the real CLI) from
+    the simulator's own checkpoint into the repository volume, then the TensorRT build script
+    that export writes, run on the GPU in the TensorRT image of Triton's release."""
+    values = yaml.safe_load(ALL_FEATURES.read_text())
+    deployment = triton_deployment(all_docs)
+    export, build = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert export["image"] == the_container(named(all_docs, "Deployment", "wmpo-simulator"))["image"]
+    assert export["command"] == [entrypoint[0]]  # wmpo, not `wmpo serve`
+    a = cli.build_parser().parse_args(export["args"])
+    assert (a.checkpoint, a.variant) == (values["checkpoint"]["path"], "tensorrt_plan")
+    assert (a.max_batch, a.opt_batch, a.version) == (64, 32, 2)
+    mounts = {m["name"]: m["mountPath"] for m in export["volumeMounts"]}
+    assert a.repo == mounts["models"] and a.checkpoint.startswith(mounts["checkpoint"] + "/")
+    assert "nvidia.com/gpu" not in str(export["resources"])  # the export runs on the CPU
+
+    triton_tag = the_container(deployment)["image"].split(":")[1]
+    assert build["image"] == f"nvcr.io/nvidia/tensorrt:{triton_tag}"
+    assert build["command"] == ["sh", f"{a.repo}/{TRT_SCRIPT}", a.repo]
+    assert build["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {m["name"]: m["mountPath"] for m in build["volumeMounts"]}["models"] == a.repo
+    # The simulator's settings and the repository name the same checkpoint: the hash the
+    # simulator checks at startup matches.
+    sim = named(all_docs, "ConfigMap", "wmpo-simulator-settings")["data"]
+    assert "WMPO_CHECKPOINT" not in sim  # the simulator's --checkpoint flag, below
+    args = the_container(named(all_docs, "Deployment", "wmpo-simulator"))["args"]
+    assert args[args.index("--checkpoint") + 1] == a.checkpoint
+
+
+def test_the_simulator_and_its_workers_call_triton_over_grpc(all_docs, start) -> None:
+    """With triton.enabled the simulator API and its queue workers run their DiT on the chart's
+    Triton: WMPO_TRITON_URL names its Service's gRPC port, which reaches the container's."""
+    for name in ("wmpo-simulator", "wmpo-worker"):
+        pod = start(all_docs, named(all_docs, "Deployment", name))
+        settings = pod.settings
+        assert (settings.backend, pod.backend, settings.triton_shm) == ("triton", "triton", "off")
+        host, port = settings.triton_url.split(":")
+        service = named(all_docs, "Service", host)
+        (target,) = [p["targetPort"] for p in service["spec"]["ports"] if p["port"] == int(port)]
+        assert target == "grpc" and selects(service["spec"]["selector"], triton_deployment(all_docs))
+
+
+def test_triton_helm_test_asks_the_simulator_with_an_accepted_key(all_docs, start) -> None:
+    """The `helm test` pod runs the smoke check (services/simulator/smoke.py) against the
+    simulator's Service with a key the simulator accepts, expecting the triton backend."""
+    (pod,) = kinds(all_docs, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "services.simulator.smoke"]
+    args = container["args"]
+    assert args[args.index("--expect-backend") + 1] == "triton"
+    _, deployment = resolve(all_docs, args[args.index("--url") + 1])
+    assert component(deployment) == "simulator"
+    key = container_env(all_docs, container)[SMOKE_KEY_ENV]
+    settings = start(all_docs, deployment).settings
+    assert key in {k.get_secret_value() for k in (*settings.api_keys, *settings.service_api_keys)}
+
+
+def test_triton_metrics_are_scraped_from_its_metrics_port(all_docs) -> None:
+    """Triton's metrics port gets a ServiceMonitor of its own (no key: Triton's metrics are
+    open); the services' ServiceMonitor, with its key, leaves Triton out."""
+    assert "wmpo-triton" not in [s["metadata"]["name"] for s in monitored(named(all_docs, "ServiceMonitor", "wmpo"), all_docs)]
+    monitor = named(all_docs, "ServiceMonitor", "wmpo-triton")
+    assert [s["metadata"]["name"] for s in monitored(monitor, all_docs)] == ["wmpo-triton"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    assert "authorization" not in endpoint
+
+
+def test_triton_on_the_cpu_with_an_emptydir_repository(helm: str) -> None:
+    """gpu 0 and the onnxruntime_onnx variant: no GPU anywhere, no TensorRT build, CPU
+    instances; no volume: the build fills an emptyDir."""
+    docs = render(helm, "--set", "triton.enabled=true", "--set", "triton.gpu=0",
+                  "--set", "triton.build.variant=onnxruntime_onnx")
+    deployment = triton_deployment(docs)
+    assert "nvidia.com/gpu" not in str(deployment)
+    (export,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    a = cli.build_parser().parse_args(export["args"])
+    assert (a.variant, a.instance_kind) == ("onnxruntime_onnx", "cpu")
+    (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "models"]
+    assert volume == {"name": "models", "emptyDir": {}}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["settings.backend=onnx"], "triton.enabled runs the simulator's DiT on the chart's Triton"),
+        (["triton.gpu=0"], "set triton.gpu"),
+        (["triton.build.enabled=false"], "set triton.modelRepository.volume"),
+        (["settings.max_batch_size=128"], "exceeds triton.build.maxBatch=64"),
+        (["triton.build.optBatch=128"], "must not exceed triton.build.maxBatch"),
+    ],
+)
+def test_bad_triton_combinations_fail_rendering(helm: str, args: list[str], message: str) -> None:
+    sets = [a for arg in ["triton.enabled=true", *args] for a in ("--set", arg)]
+    out = helm_run(helm, "template", RELEASE, str(CHART), *sets)
+    assert out.returncode != 0, f"helm template accepted {args}"
+    assert message in out.stderr

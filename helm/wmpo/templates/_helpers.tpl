@@ -40,6 +40,10 @@ judge, trainer. Call "wmpo.componentName" with (dict "root" $ "component" NAME).
 {{- include "wmpo.componentName" (dict "root" . "component" "trainer") }}
 {{- end }}
 
+{{- define "wmpo.tritonName" -}}
+{{- include "wmpo.componentName" (dict "root" . "component" "triton") }}
+{{- end }}
+
 {{- define "wmpo.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{ include "wmpo.selectorLabels" . }}
@@ -136,6 +140,12 @@ the URLs of the chart's other services (a URL set in `settings` wins). Call with
 {{- $_ := set $urls "judge_url" (include "wmpo.url" (dict "root" .root "component" "judge" "port" $v.judge.ports.http)) }}
 {{- end }}
 {{- if eq .component "simulator" }}
+{{- if $v.triton.enabled }}
+{{- /* The DiT on the chart's Triton (gRPC); Triton is in another pod: no shared memory. */}}
+{{- $_ := set $urls "backend" "triton" }}
+{{- $_ := set $urls "triton_url" (printf "%s:%v" (include "wmpo.tritonName" .root) $v.triton.ports.grpc) }}
+{{- $_ := set $urls "triton_shm" "off" }}
+{{- end }}
 {{- merge (deepCopy $v.settings) $urls | toJson }}
 {{- else if eq .component "judge" }}
 {{- $v.judge.settings | toJson }}
@@ -276,6 +286,24 @@ readinessProbe:
 {{- include "wmpo.validateCheckpoint" (dict "checkpoint" .Values.judge.checkpoint "prefix" "judge.checkpoint") }}
 {{- if and (not .Values.judge.checkpoint.path) (not .Values.judge.settings.vlm_url) }}
 {{- fail "judge.checkpoint.path is empty (no classifier): set judge.settings.vlm_url for a VLM-only judge" }}
+{{- end }}
+{{- end }}
+{{- if .Values.triton.enabled }}
+{{- $t := .Values.triton }}
+{{- if and .Values.settings.backend (ne .Values.settings.backend "triton") }}
+{{- fail (printf "triton.enabled runs the simulator's DiT on the chart's Triton, but settings.backend=%s: remove it (or disable triton)" .Values.settings.backend) }}
+{{- end }}
+{{- if and $t.build.enabled (eq $t.build.variant "tensorrt_plan") (eq (int $t.gpu) 0) }}
+{{- fail "triton.build.variant=tensorrt_plan builds and serves TensorRT plans on a GPU: set triton.gpu (or variant onnxruntime_onnx for CPU)" }}
+{{- end }}
+{{- if and (not $t.build.enabled) (not $t.modelRepository.volume) }}
+{{- fail "triton.build.enabled=false needs a prepared repository: set triton.modelRepository.volume (else Triton serves an empty emptyDir)" }}
+{{- end }}
+{{- if and $t.build.enabled (gt (int (default 16 .Values.settings.max_batch_size)) (int $t.build.maxBatch)) }}
+{{- fail (printf "settings.max_batch_size=%v exceeds triton.build.maxBatch=%v: each denoising call sends up to max_batch_size rollouts, more than Triton's max_batch_size" (default 16 .Values.settings.max_batch_size) $t.build.maxBatch) }}
+{{- end }}
+{{- if gt (int $t.build.optBatch) (int $t.build.maxBatch) }}
+{{- fail (printf "triton.build.optBatch=%v must not exceed triton.build.maxBatch=%v" $t.build.optBatch $t.build.maxBatch) }}
 {{- end }}
 {{- end }}
 {{- if and .Values.apiKeys.serviceKeySecretKey (not .Values.apiKeys.existingSecret) }}
