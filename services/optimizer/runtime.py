@@ -1,0 +1,199 @@
+"""The object both transports share: the optimizer engine and the request checks.
+
+Built once per process (in the app lifespan, see `server`); HTTP and gRPC handlers only
+decode, call `open_plan` / `plan` and map results and errors. Validation lives here, so both
+transports refuse the same requests with the same messages (InvalidArgument: 400 /
+INVALID_ARGUMENT, each message naming the field).
+
+There is no queue mode yet: plans run in this process (WMPO_REDIS_URL is refused at startup
+rather than ignored).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from services.common.errors import InvalidArgument
+from services.common.health import Readiness
+from services.common.metrics import ServiceMetrics
+from services.optimizer.engine import OptimizerEngine, OptimizerEngineConfig, PlanOutcome, PlanRun
+from services.optimizer.settings import MAX_INSTRUCTION_CHARS, OptimizerSettings
+from wmpo.errors import ConfigError
+from wmpo.optimize.planner import Planner, PlanRequest
+
+SERVICE = "optimizer"
+VERSION = "0.1.0"
+SEED_LIMIT = 2**32  # the planner seeds torch generators with seed and seed + a constant
+
+log = logging.getLogger("wmpo.optimizer.runtime")
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise InvalidArgument(message)
+
+
+# ------------------------------------------------------------- validation
+# Checks that need no model; the HTTP models and the gRPC servicer call them at decoding.
+
+
+def check_frame(frame: np.ndarray, name: str = "frame") -> np.ndarray:
+    """uint8 (H, W, 3) or (1, H, W, 3) -> (H, W, 3)."""
+    _require(frame.dtype == np.uint8, f"{name}: dtype must be uint8, got {frame.dtype.name}")
+    if frame.ndim == 4 and frame.shape[0] == 1:
+        frame = frame[0]
+    _require(
+        frame.ndim == 3 and frame.shape[-1] == 3,
+        f"{name}: expected one RGB frame (H, W, 3) or (1, H, W, 3), got shape {frame.shape}",
+    )
+    return frame
+
+
+def check_target_frames(frames: np.ndarray, name: str = "target_frames") -> np.ndarray:
+    """uint8 (n, H, W, 3), n >= 1."""
+    _require(frames.dtype == np.uint8, f"{name}: dtype must be uint8, got {frames.dtype.name}")
+    _require(
+        frames.ndim == 4 and frames.shape[-1] == 3,
+        f"{name}: expected RGB frames (n, H, W, 3), got shape {frames.shape}",
+    )
+    _require(frames.shape[0] >= 1, f"{name}: no frames (n=0); omit the field for a plan from text")
+    return frames
+
+
+def check_init_actions(actions: np.ndarray, name: str = "init_actions") -> np.ndarray:
+    """float32 (T, 4), finite, in [-1, 1]."""
+    _require(actions.dtype == np.float32, f"{name}: dtype must be float32, got {actions.dtype.name}")
+    _require(
+        actions.ndim == 2 and actions.shape[-1] == 4,
+        f"{name}: expected (T, 4) actions (xyz delta, gripper), got shape {actions.shape}",
+    )
+    bad = ~np.isfinite(actions)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InvalidArgument(f"{name}: {int(bad.sum())} non-finite values (NaN or inf), first at index {first}")
+    _require(
+        bool(np.all(np.abs(actions) <= 1)),
+        f"{name}: actions must be in [-1, 1], got values up to {float(np.abs(actions).max()):.3g}",
+    )
+    return actions
+
+
+@dataclass(frozen=True)
+class PlannerInfo:
+    """What a caller needs to build a request for this deployment."""
+
+    horizon: int  # actions per plan (T)
+    image_size: int  # frames are image_size x image_size
+    plan_frames: int  # frames of the imagined future (P); target clips have 1..P frames
+    max_steps: int
+    default_steps: int
+    residual_idm: bool
+    provenance: dict[str, str]
+
+
+class OptimizerRuntime:
+    def __init__(self, planner: Planner, settings: OptimizerSettings) -> None:
+        if settings.redis_url:
+            raise ConfigError("the optimizer has no queue mode yet: unset WMPO_REDIS_URL "
+                              "(plans run in this process)")
+        self.settings = settings
+        self.planner = planner
+        self.metrics = ServiceMetrics(SERVICE)
+        self.engine = OptimizerEngine(planner, OptimizerEngineConfig.from_settings(settings),
+                                      self.metrics)
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        await self.engine.start()
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+
+    def readiness(self) -> Readiness:
+        if not self.engine.running:
+            return Readiness(False, "the optimizer engine is not running")
+        return Readiness(True)
+
+    def info(self) -> PlannerInfo:
+        p = self.planner
+        prov = {k: v if isinstance(v, str) else str(v) for k, v in p.provenance().items()
+                if k != "planner"}
+        return PlannerInfo(p.horizon, p.image_size, p.plan_frames, self.settings.max_steps,
+                           self.settings.default_steps, p.idm is not None, prov)
+
+    # ------------------------------------------------------------ validation
+    def request(
+        self,
+        frame: np.ndarray,
+        instruction: str,
+        *,
+        target_frames: np.ndarray | None = None,
+        init_actions: np.ndarray | None = None,
+        steps: int | None = None,
+        seed: int | None = None,
+    ) -> tuple[PlanRequest, int]:
+        """Check a plan request against this deployment -> (the planner's request, steps)."""
+        size = self.planner.image_size
+        frame = check_frame(frame)
+        _require(
+            frame.shape[:2] == (size, size),
+            f"frame: the planner takes {size}x{size} frames, got {frame.shape[0]}x{frame.shape[1]} "
+            "(resize before sending)",
+        )
+        _require(
+            isinstance(instruction, str) and bool(instruction.strip()),
+            "instruction is required: the task in natural language, e.g. 'push the puck to the goal'",
+        )
+        _require(
+            len(instruction) <= MAX_INSTRUCTION_CHARS,
+            f"instruction is {len(instruction)} characters, at most {MAX_INSTRUCTION_CHARS}",
+        )
+        if target_frames is not None:
+            target_frames = check_target_frames(target_frames)
+            n, p = len(target_frames), self.planner.plan_frames
+            _require(
+                target_frames.shape[1:3] == (size, size),
+                f"target_frames: the planner takes {size}x{size} frames, got "
+                f"{target_frames.shape[1]}x{target_frames.shape[2]} (resize before sending)",
+            )
+            _require(n <= p, f"target_frames: 1 (a goal image) to {p} frames (the plan's future), got {n}")
+        if init_actions is not None:
+            init_actions = check_init_actions(init_actions)
+            t = self.planner.horizon
+            _require(
+                init_actions.shape == (t, 4),
+                f"init_actions: this planner's horizon is {t} actions, expected shape ({t}, 4), "
+                f"got {init_actions.shape}",
+            )
+        limit = self.settings.max_steps
+        n_steps = self.settings.default_steps if steps is None else steps
+        _require(1 <= n_steps <= limit, f"steps must be in [1, {limit}] (WMPO_MAX_STEPS), got {n_steps}")
+        if seed is None:
+            seed = secrets.randbelow(SEED_LIMIT)
+        _require(0 <= seed < SEED_LIMIT, f"seed must be in [0, 2**32), got {seed}")
+        req = PlanRequest(np.ascontiguousarray(frame), instruction, target_frames, init_actions,
+                          n_steps, int(seed))
+        try:
+            self.planner.check(req)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        return req, n_steps
+
+    # ------------------------------------------------------------ plans
+    def open_plan(self, frame: np.ndarray, instruction: str, **options: Any) -> PlanRun:
+        """Validate and admit a plan (400 / 429 here, before any response starts) and run it."""
+        req, steps = self.request(frame, instruction, **options)
+        return self.engine.open(req, steps)
+
+    async def plan(self, frame: np.ndarray, instruction: str, **options: Any) -> PlanOutcome:
+        """Plan to the end; a cancelled caller cancels the plan."""
+        run = self.open_plan(frame, instruction, **options)
+        try:
+            return await run.result()
+        finally:
+            run.close()

@@ -1,0 +1,53 @@
+"""Run the action optimizer: HTTP (uvicorn) and gRPC in one process over one runtime.
+
+`build_app` gives an ASGI app whose lifespan starts the runtime (the engine) and the gRPC
+server, and stops both on shutdown; `serve` runs it with uvicorn. The checkpoints are loaded
+before the server starts (`load_planner`), so a missing or mismatched one fails fast with one
+clear error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from services.common.app import run_app, runtime_lifespan
+from services.common.logging import configure_logging
+from services.optimizer.grpc_api import create_grpc_server
+from services.optimizer.http_api import create_optimizer_app
+from services.optimizer.runtime import OptimizerRuntime
+from services.optimizer.settings import OptimizerSettings
+from wmpo.errors import CheckpointError, ConfigError
+from wmpo.optimize.planner import Planner
+
+
+def load_planner(settings: OptimizerSettings) -> Planner:
+    """The planner from the settings' checkpoints; ConfigError / CheckpointError naming what
+    is missing."""
+    if not settings.generator or not settings.trajectory_vae:
+        raise ConfigError(
+            "the optimizer needs a plan generator and its trajectory VAE: set WMPO_GENERATOR and "
+            "WMPO_TRAJECTORY_VAE (or --generator/--trajectory-vae); none is bundled yet, train one "
+            "with `wmpo train trajectory-vae` and `wmpo train world-model --trajectory-vae ...`"
+        )
+    for name, path in (("generator", settings.generator), ("trajectory VAE", settings.trajectory_vae),
+                       ("inverse-dynamics model", settings.inverse_dynamics)):
+        if path is not None and not Path(path).exists():
+            raise CheckpointError(f"no {name} checkpoint at {path}")
+    return Planner.load(settings.generator, settings.trajectory_vae, settings.inverse_dynamics)
+
+
+def build_app(runtime: OptimizerRuntime, settings: OptimizerSettings, serve_grpc: bool = True) -> FastAPI:
+    """The HTTP app; its lifespan also runs the gRPC server on settings.grpc_port."""
+    grpc_server = (lambda: create_grpc_server(runtime, settings)) if serve_grpc else None
+    lifespan = runtime_lifespan(runtime, grpc_server, settings.grpc_grace_s)
+    return create_optimizer_app(settings, runtime, lifespan=lifespan)
+
+
+def serve(settings: OptimizerSettings, planner: Planner | None = None) -> None:
+    """Serve until interrupted (SIGINT/SIGTERM shut down gracefully); `planner`: already
+    loaded (else loaded from the settings)."""
+    configure_logging(settings.log_level)
+    model = planner if planner is not None else load_planner(settings)
+    run_app(build_app(OptimizerRuntime(model, settings), settings), settings)
