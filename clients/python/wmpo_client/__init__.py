@@ -12,6 +12,9 @@ trainers on other machines can talk to the services with a small footprint.
 - `wmpo_client.trainer_http`: `TrainerClient`; `wmpo_client.trainer_grpc`:
   `GrpcTrainerClient` (GRPO jobs: submit, stream, cancel, checkpoints); results
   in `wmpo_client.trainer_results`;
+- `wmpo_client.optimizer_http`: `OptimizerClient`, `AsyncOptimizerClient`;
+  `wmpo_client.optimizer_grpc`: `GrpcOptimizerClient`, `AsyncGrpcOptimizerClient` (the action
+  optimizer: plan actions toward a goal); results in `wmpo_client.optimizer_results`;
 - `wmpo_client.results`: what the clients return; `wmpo_client.errors`: `SimulatorError`;
 - `wmpo_client.codec`: numpy arrays <-> wire tensors; `wmpo-client`: the CLI;
 - `connect(url)`: the sync client for an http(s):// or grpc:// URL.
@@ -41,6 +44,10 @@ _EXPORTS = {
     "AsyncGrpcJudgeClient": "wmpo_client.judge_grpc",
     "TrainerClient": "wmpo_client.trainer_http",
     "GrpcTrainerClient": "wmpo_client.trainer_grpc",
+    "OptimizerClient": "wmpo_client.optimizer_http",
+    "AsyncOptimizerClient": "wmpo_client.optimizer_http",
+    "GrpcOptimizerClient": "wmpo_client.optimizer_grpc",
+    "AsyncGrpcOptimizerClient": "wmpo_client.optimizer_grpc",
     "Simulator": "wmpo_client.protocols",
     "Judge": "wmpo_client.protocols",
 }

@@ -1,7 +1,10 @@
-"""`wmpo-client`: imagine an action file against a frame and write a GIF; check health.
+"""`wmpo-client`: imagine an action file against a frame and write a GIF; plan actions toward
+a goal with the action optimizer; check health.
 
     wmpo-client imagine --url http://127.0.0.1:8000 --api-key KEY \\
         --frame frame.png --actions actions.npy --horizon 2 --seed 0 --gif out.gif
+    wmpo-client plan --url http://127.0.0.1:8003 --frame frame.png --goal goal.png \\
+        --instruction "push the puck to the goal" --steps 15 --actions-out plan.npy --stream
     wmpo-client health --url grpc://127.0.0.1:50051
 
 `--url` picks the transport: http(s)://... for HTTP, grpc://host:port for
@@ -13,7 +16,7 @@ start frame. A JSON summary (seed, provenance, timing, judge fields) goes to
 stdout; errors go to stderr with exit status 1 (service) or 2 (input).
 
 argparse rather than click/typer: the client package stays at its six
-dependencies, and two subcommands need nothing more.
+dependencies, and three subcommands need nothing more.
 """
 
 from __future__ import annotations
@@ -157,6 +160,77 @@ def _imagine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _optimizer(url: str, api_key: str | None, timeout: float, retries: int) -> Any:
+    if url.startswith("grpc://"):
+        from wmpo_client.optimizer_grpc import GrpcOptimizerClient
+
+        return GrpcOptimizerClient(url, api_key, timeout=timeout, retries=retries)
+    if url.startswith(("http://", "https://")):
+        from wmpo_client.optimizer_http import OptimizerClient
+
+        return OptimizerClient(url, api_key, timeout=timeout, retries=retries)
+    raise ValueError(f"url must start with http://, https:// or grpc://, got {url!r}")
+
+
+def load_init_actions(path: str | Path) -> np.ndarray:
+    """Initial actions (T, 4) from .npy or .json (a nested list)."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        raw: Any = np.load(path, allow_pickle=False)
+    elif path.suffix.lower() == ".json":
+        raw = json.loads(path.read_text())
+    else:
+        raise ValueError(f"{path}: initial actions must be a .npy or .json file")
+    try:
+        actions = np.asarray(raw, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a rectangular array of numbers ({exc})") from None
+    if actions.ndim != 2 or actions.shape[-1] != 4:
+        raise ValueError(f"{path}: initial actions must have shape (T, 4), got {actions.shape}")
+    return actions
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from wmpo_client.optimizer_results import Plan
+
+    frame = load_frame(args.frame, args.resize)
+    goal = load_frame(args.goal, args.resize) if args.goal else None
+    target = np.load(args.target, allow_pickle=False) if args.target else None
+    init = load_init_actions(args.init_actions) if args.init_actions else None
+    options = {"target_frames": target, "goal": goal, "init_actions": init, "steps": args.steps,
+               "seed": args.seed}
+    with _optimizer(args.url, args.api_key, args.timeout, args.retries) as optimizer:
+        if args.stream:
+            plan = None
+            for event in optimizer.plan_stream(frame, args.instruction, **options):
+                if isinstance(event, Plan):
+                    plan = event
+                else:
+                    print(json.dumps({"step": event.step, "steps": event.steps,
+                                      "objective": event.objective}), file=sys.stderr)
+            assert plan is not None  # the stream raises if it ends without its result
+        else:
+            plan = optimizer.plan(frame, args.instruction, **options)
+    if args.actions_out:
+        Path(args.actions_out).parent.mkdir(parents=True, exist_ok=True)
+        np.save(args.actions_out, plan.actions)
+    gif = write_gif(args.gif, plan.frames[None], frame, args.scale, args.fps) if args.gif else None
+    print(json.dumps({
+        "request_id": plan.request_id,
+        "steps": plan.steps,
+        "seed": plan.seed,
+        "actions": plan.actions.round(4).tolist(),
+        "objective_first": plan.objective[0] if plan.objective else None,
+        "objective_last": plan.objective[-1] if plan.objective else None,
+        "frames": list(plan.frames.shape),
+        "provenance": plan.provenance,
+        "timing": plan.timing,
+        "actions_out": args.actions_out,
+        "gif": str(gif) if gif else None,
+    }, indent=2))
+    return 0
+
+
 def _health(args: argparse.Namespace) -> int:
     with _client(args.url, args.api_key, args.timeout, 0) as sim:
         status: HealthStatus = sim.health()
@@ -179,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
 
     parser = argparse.ArgumentParser(
-        prog="wmpo-client", description="Call the wmpo simulator service."
+        prog="wmpo-client", description="Call the wmpo services (simulator, action optimizer)."
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -199,6 +273,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imagine.add_argument("--retries", type=int, default=3, help="retries on busy (429/503)")
     imagine.set_defaults(run=_imagine)
+
+    plan = sub.add_parser(
+        "plan",
+        help="plan actions with the action optimizer (from a frame toward a goal or a clip)",
+        description="Plan the next T actions from a frame: toward a goal image (--goal), a clip of "
+        "future frames (--target), or the instruction-only future the generator imagines.",
+    )
+    plan.add_argument(
+        "--url",
+        default=os.environ.get("WMPO_OPTIMIZER_URL", "http://127.0.0.1:8003"),
+        help="the optimizer: http(s)://host:port or grpc://host:port (default: "
+        "$WMPO_OPTIMIZER_URL or %(default)s)",
+    )
+    plan.add_argument("--api-key", default=os.environ.get("WMPO_API_KEY"),
+                      help="API key (default: $WMPO_API_KEY)")
+    plan.add_argument("--timeout", type=float, default=600.0, help="seconds per call (default 600)")
+    plan.add_argument("--frame", required=True, help="the current camera frame (PNG, JPEG, ...)")
+    plan.add_argument("--instruction", required=True, help="the task in words")
+    plan.add_argument("--goal", default=None, help="a goal image: where the plan should end")
+    plan.add_argument("--target", default=None, help="future frames to reach, uint8 (n, H, W, 3) .npy")
+    plan.add_argument("--init-actions", default=None,
+                      help="initial actions (T, 4) as .npy or .json, e.g. the policy's chunk")
+    plan.add_argument("--steps", type=int, default=None, help="optimization steps (default: the service's)")
+    plan.add_argument("--seed", type=int, default=None, help="seed (default: drawn)")
+    plan.add_argument("--stream", action="store_true", help="print the objective per step to stderr")
+    plan.add_argument("--actions-out", default=None, help="write the actions (T, 4) here as .npy")
+    plan.add_argument("--gif", default=None, help="write the imagined future here")
+    plan.add_argument("--scale", type=int, default=2, help="GIF pixel scale (default 2)")
+    plan.add_argument("--fps", type=float, default=5.0, help="GIF frames per second")
+    plan.add_argument("--resize", type=int, default=None,
+                      help="resize the frame (and goal) to N x N (the model's size)")
+    plan.add_argument("--retries", type=int, default=3, help="retries on busy (429/503)")
+    plan.set_defaults(run=_plan)
 
     health = sub.add_parser("health", parents=[common], help="is the service ready?")
     health.set_defaults(run=_health)
