@@ -292,7 +292,7 @@ def cmd_export_triton(a: argparse.Namespace) -> None:
 def cmd_export_lerobot(a: argparse.Namespace) -> None:
     from wmpo.data.lerobot import VideoSettings, export_lerobot
 
-    video = VideoSettings(pix_fmt=a.pix_fmt, crf=a.crf)
+    video = VideoSettings(codec={"h264": "libx264", "av1": "libsvtav1"}[a.codec], pix_fmt=a.pix_fmt, crf=a.crf)
     print(json.dumps(export_lerobot(a.data, a.out, video, robot_type=a.robot_type), indent=2))
 
 
@@ -590,7 +590,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pix-fmt", default="yuv444p", choices=["yuv444p", "yuv420p", "rgb24"],
                    help="yuv444p: no chroma subsampling, frames back within 2 levels at crf 0; yuv420p: "
                    "what browsers play; rgb24: lossless RGB (libx264rgb, exact frames, larger files)")
-    p.add_argument("--crf", type=int, default=0, help="H.264 quality, 0 = no quantization (default: %(default)s)")
+    p.add_argument("--codec", default="h264", choices=["h264", "av1"],
+                   help="h264 (libx264, default) or av1 (SVT-AV1, yuv420p only: what LeRobot's hub datasets use)")
+    p.add_argument("--crf", type=int, default=0,
+                   help="quality, 0 = no quantization for h264 (default: %(default)s; LeRobot uses 30 for av1)")
     p.add_argument("--robot-type", default="sawyer", help="info.json's robot_type (default: %(default)s)")
     p.set_defaults(func=cmd_export_lerobot)
 

@@ -311,3 +311,46 @@ def test_files_roll_over_at_the_size_limit(tmp_path):
     assert doctor(out)["Video Integrity"]["severity"] == "PASS"
     import_lerobot(out, tmp_path / "back", progress=False)
     compare(src, tmp_path / "back", max_abs=3)
+
+
+def test_av1_as_on_lerobots_hub_reads_back(tmp_path, capsys):
+    """SVT-AV1 in yuv420p is what LeRobot's own datasets use: import decodes it (lossy: PSNR only)."""
+    src = make_dataset(tmp_path / "wmpo", [[episode(4, 0), episode(3, 1)]])
+    out = tmp_path / "lerobot"
+    assert main(["export", "lerobot", "--data", str(src), "--out", str(out), "--codec", "av1",
+                 "--pix-fmt", "yuv420p", "--crf", "30"]) == 0
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["features"][KEY]["info"]["video.codec"] == "av1"
+    import_lerobot(out, tmp_path / "back", progress=False)
+    a, b = EpisodeDataset.load(src), EpisodeDataset.load(tmp_path / "back")
+    mse = np.mean([((a.episode(i).frames.astype(float) - b.episode(i).frames) ** 2).mean() for i in range(2)])
+    assert 10 * np.log10(255**2 / mse) > 20 and a.episode(1).actions.tobytes() == b.episode(1).actions.tobytes()
+    capsys.readouterr()
+    assert main(["export", "lerobot", "--data", str(src), "--out", str(tmp_path / "x"), "--codec", "av1"]) == 2
+    assert "SVT-AV1 encodes yuv420p only" in capsys.readouterr().err
+
+
+def test_import_of_image_features(tmp_path):
+    """Image features (PNG bytes inside the data parquet) instead of videos."""
+    import io
+
+    from PIL import Image
+
+    src = make_dataset(tmp_path / "wmpo", [[episode(4, 0), episode(3, 1)]])
+    out = tmp_path / "lerobot"
+    export_lerobot(src, out, progress=False)
+    shutil.rmtree(out / "videos")
+    info = json.loads((out / "meta" / "info.json").read_text())
+    info["features"][KEY]["dtype"] = "image"
+    del info["video_path"]
+    (out / "meta" / "info.json").write_text(json.dumps(info))
+    frames_all = np.concatenate([EpisodeDataset.load(src).episode(i).frames for i in range(2)])
+    pngs = []
+    for f in frames_all:
+        buf = io.BytesIO()
+        Image.fromarray(f).save(buf, format="PNG")
+        pngs.append({"bytes": buf.getvalue(), "path": None})
+    path = out / "data" / "chunk-000" / "file-000.parquet"
+    pq.write_table(pq.read_table(path).append_column(KEY, pa.array(pngs)), path)
+    import_lerobot(out, tmp_path / "back", progress=False)
+    compare(src, tmp_path / "back", max_abs=0)  # PNG is lossless

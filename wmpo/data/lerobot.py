@@ -115,17 +115,27 @@ class VideoSettings:
     gop: int = 2  # LeRobot's default: a keyframe every 2 frames keeps random access by timestamp cheap
 
     def __post_init__(self) -> None:
-        if self.pix_fmt == "rgb24":  # lossless RGB needs x264's RGB flavour
+        if self.pix_fmt == "rgb24" and self.codec == "libx264":  # lossless RGB needs x264's RGB flavour
             self.codec = "libx264rgb"
+
+    @property
+    def codec_name(self) -> str:
+        """The name info.json gives the codec, as LeRobot writes it."""
+        return "av1" if "av1" in self.codec else "h264"
 
     def check(self) -> None:
         av = _av()
+        if self.codec not in ("libx264", "libx264rgb", "libsvtav1"):
+            raise ConfigError(f"video codec {self.codec!r} is not supported; valid: libx264, libsvtav1")
         if self.codec not in av.codecs_available:
             raise ConfigError(f"video codec {self.codec!r} is not available in this PyAV build; try libx264")
-        if not 0 <= self.crf <= 51:
-            raise ConfigError(f"--crf must be in [0, 51], got {self.crf}")
+        top = 63 if self.codec == "libsvtav1" else 51
+        if not 0 <= self.crf <= top:
+            raise ConfigError(f"--crf must be in [0, {top}] for {self.codec}, got {self.crf}")
         if self.pix_fmt not in ("yuv444p", "yuv420p", "rgb24"):
             raise ConfigError(f"--pix-fmt must be yuv444p, yuv420p or rgb24, got {self.pix_fmt!r}")
+        if self.codec == "libsvtav1" and self.pix_fmt != "yuv420p":
+            raise ConfigError(f"SVT-AV1 encodes yuv420p only, not {self.pix_fmt}; pass --pix-fmt yuv420p")
 
 
 class _RunningStats:
@@ -417,7 +427,7 @@ def export_lerobot(data: str | Path, out: str | Path, video: VideoSettings | Non
     rows.close()
 
     features[key]["info"] = {"video.height": features[key]["shape"][0], "video.width": features[key]["shape"][1],
-                             "video.codec": "h264" if "264" in video.codec else video.codec,
+                             "video.codec": video.codec_name,
                              "video.pix_fmt": video.pix_fmt, "video.is_depth_map": False, "video.fps": fps,
                              "video.channels": 3, "has_audio": False, "video.crf": video.crf}
     pq = pa.parquet
