@@ -354,3 +354,8 @@ def test_import_of_image_features(tmp_path):
     pq.write_table(pq.read_table(path).append_column(KEY, pa.array(pngs)), path)
     import_lerobot(out, tmp_path / "back", progress=False)
     compare(src, tmp_path / "back", max_abs=0)  # PNG is lossless
+
+
+def test_import_corrupt_data_file(tmp_path, exported, capsys):
+    (exported / "data" / "chunk-000" / "file-000.parquet").write_bytes(b"PAR1 truncated")
+    assert "file-000.parquet is not a readable parquet file" in run_import(tmp_path, exported, capsys)

@@ -476,6 +476,14 @@ def _read_parquet(path: Path, columns: list[str] | None = None, filters: Any = N
         raise DatasetError(f"{path} is not a readable parquet file: {e}") from None
 
 
+def _parquet_names(path: Path) -> list[str]:
+    pa = _pa()
+    try:
+        return list(pa.parquet.read_schema(path).names)
+    except (pa.ArrowException, OSError) as e:
+        raise DatasetError(f"{path} is not a readable parquet file: {e}") from None
+
+
 @dataclass
 class _Source:
     """A checked LeRobot v3 dataset: what import needs from its metadata."""
@@ -647,7 +655,11 @@ def import_lerobot(data: str | Path, out: str | Path, image_size: int | None = N
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     init_dataset(tmp, image_size, camera_meta, fps=int(wmpo_info.get("fps") or round(fps)))
+    pa = _pa()
     reader = _VideoReader()
+    file_path: Path | None = None  # the data file in memory (one at a time, a few 100 MB at most)
+    file_table: Any = None
+    file_episodes = np.zeros(0, np.int64)
     buffer: list[Episode] = []
     shards = frames_total = successes = 0
 
@@ -664,12 +676,15 @@ def import_lerobot(data: str | Path, out: str | Path, image_size: int | None = N
             what = f"{data} episode {e}"
             path = data / info["data_path"].format(chunk_index=row["data/chunk_index"],
                                                    file_index=row["data/file_index"])
-            table = _read_parquet(path, filters=[("episode_index", "=", e)]) if path.exists() else None
-            if table is None:
-                raise DatasetError(f"{what}: data file {path} is missing")
-            if missing := [c for c in columns if c not in table.column_names]:
-                raise DatasetError(f"{path} lacks the columns {missing}")
-            table = table.select(columns)
+            if path != file_path:  # episodes of one file come one after another: read it once
+                if not path.exists():
+                    raise DatasetError(f"{what}: data file {path} is missing")
+                names = _parquet_names(path)
+                if missing := [c for c in columns + ["episode_index"] if c not in names]:
+                    raise DatasetError(f"{path} lacks the columns {missing}")
+                file_table, file_path = _read_parquet(path, columns=columns + ["episode_index"]), path
+                file_episodes = np.asarray(file_table.column("episode_index").to_numpy())
+            table = file_table.filter(pa.array(file_episodes == e)).select(columns)
             n = table.num_rows
             if n != row["length"] or n < 2:
                 raise DatasetError(f"{what}: {path} has {n} rows, the episodes metadata says {row['length']}"
