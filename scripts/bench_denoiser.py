@@ -7,6 +7,11 @@ on loopback. Medians over interleaved repeats, the machine's measured float32 ma
 
     python scripts/bench_denoiser.py [--checkpoint checkpoints/world-model] [--repeats 30]
         [--onnx DIR] [--out outputs/bench/denoiser.json]
+        [--triton-grpc HOST:PORT [--triton-http HOST:PORT]]
+
+With --triton-grpc the Triton rows are a running server's `dit_denoiser` (e.g. the TensorRT
+plans of scripts/gpu_check.sh) instead of the wheel's tritonserver started here; the hop columns
+are then left out (that server runs other kernels than in-process ONNX Runtime).
 
 The Triton hop (Triton minus in-process ONNX Runtime, the same graph and kernels) is the cost of
 serialization, the socket and the server's scheduling per denoising step; the kv cache input
@@ -16,6 +21,7 @@ is 0.6 MB per rollout, so most of it grows with the batch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -70,7 +76,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads for ONNX Runtime and torch")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--compile", action="store_true", help="also torch.compile (compiles once per batch size)")
+    ap.add_argument("--triton-grpc", default=None,
+                    help="host:port of a running Triton serving dit_denoiser (default: start the wheel's)")
+    ap.add_argument("--triton-http", default=None, help="with --triton-grpc: its HTTP host:port")
     a = ap.parse_args()
+    external = a.triton_grpc is not None
 
     torch.set_num_threads(a.threads)
     wm, sha = load_world_model(a.checkpoint)
@@ -81,8 +91,9 @@ def main() -> None:
         export_onnx(a.checkpoint, onnx_dir, graphs=(DENOISER, CONTEXT), log=lambda *_: None)
     manifest = read_manifest(onnx_dir)
     repo = Path(tmp.name) / "repo"
-    write_repository(a.checkpoint, repo, RepoSettings(variant="python", graphs=(DENOISER,), threads=a.threads,
-                                                      queue_delay_us=0), onnx_dir=onnx_dir, log=lambda *_: None)
+    if not external:
+        write_repository(a.checkpoint, repo, RepoSettings(variant="python", graphs=(DENOISER,), threads=a.threads,
+                                                          queue_delay_us=0), onnx_dir=onnx_dir, log=lambda *_: None)
 
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
@@ -92,11 +103,19 @@ def main() -> None:
     module = graph_module(DENOISER, wm.dit, wm.ae)
     session = ort_session(Path(onnx_dir) / manifest["graphs"][DENOISER]["file"], threads=a.threads)
     results: dict = {"checkpoint_sha256": sha[:12], "threads": a.threads, "repeats": a.repeats,
-                     "load_average_before": os.getloadavg()}
-    with TritonServer(repo) as server:
-        server.wait_ready([DENOISER], timeout=120)
-        clients = {"grpc": grpcclient.InferenceServerClient(server.grpc_url),
-                   "http": httpclient.InferenceServerClient(server.http_url)}
+                     "load_average_before": os.getloadavg(), "triton": a.triton_grpc or "local wheel"}
+    running = contextlib.nullcontext(argparse.Namespace(grpc_url=a.triton_grpc, http_url=a.triton_http))
+    with running if external else TritonServer(repo) as server:
+        if external:
+            probe = grpcclient.InferenceServerClient(server.grpc_url)
+            if not probe.is_model_ready(DENOISER):
+                sys.exit(f"Triton at {server.grpc_url} has no ready {DENOISER}")
+            probe.close()
+        else:
+            server.wait_ready([DENOISER], timeout=120)
+        clients = {"grpc": grpcclient.InferenceServerClient(server.grpc_url)}
+        if server.http_url:
+            clients["http"] = httpclient.InferenceServerClient(server.http_url)
         for batch in (int(b) for b in a.batches.split(",")):
             inputs = example_inputs(spec, wm.dit, wm.ae, batch=batch)
             feed = {k: v.numpy() for k, v in inputs.items()}
@@ -118,16 +137,27 @@ def main() -> None:
             runners |= {
                 "onnxruntime": lambda feed=feed: session.run(None, feed)[0],
                 "triton grpc": lambda feed=feed: infer(grpcclient, clients["grpc"], DENOISER, feed, ["velocity"])[0],
-                "triton http": lambda feed=feed: infer(httpclient, clients["http"], DENOISER, feed, ["velocity"])[0],
             }
+            if "http" in clients:
+                runners["triton http"] = lambda feed=feed: infer(
+                    httpclient, clients["http"], DENOISER, feed, ["velocity"])[0]
             # kv in system shared memory: written once per autoregressive step (timed apart below),
-            # referenced by every denoising call of that step.
+            # referenced by every denoising call of that step. A server that cannot map this
+            # process's /dev/shm (another host, a container without --ipc=host) has no such row.
             shm_dit = TritonDiT(wm.dit.config, server.grpc_url, shared_memory=True)
-            shm_dit.kv_region.write(feed["kv"])
-            small = {k: v for k, v in feed.items() if k != "kv"}
-            kv_ref = {"kv": (shm_dit.kv_region.name, feed["kv"].nbytes, feed["kv"].shape, "FP32")}
-            runners["triton grpc+shm"] = lambda small=small, kv_ref=kv_ref, c=shm_dit.client: infer(
-                grpcclient, c, DENOISER, small, ["velocity"], shm=kv_ref)[0]
+            try:
+                shm_dit.kv_region.write(feed["kv"])
+            except Exception as e:
+                if not external:
+                    raise
+                print(f"no shared-memory row: Triton cannot map this process's /dev/shm ({e})")
+                shm_dit.close()
+                shm_dit = TritonDiT(wm.dit.config, server.grpc_url)
+            else:
+                small = {k: v for k, v in feed.items() if k != "kv"}
+                kv_ref = {"kv": (shm_dit.kv_region.name, feed["kv"].nbytes, feed["kv"].shape, "FP32")}
+                runners["triton grpc+shm"] = lambda small=small, kv_ref=kv_ref, c=shm_dit.client: infer(
+                    grpcclient, c, DENOISER, small, ["velocity"], shm=kv_ref)[0]
             kv_write = []
             ref = torch_eager()
             times: dict[str, list[float]] = {k: [] for k in runners}
@@ -140,15 +170,16 @@ def main() -> None:
                     t = time.perf_counter()
                     run()
                     times[name].append(time.perf_counter() - t)
-                t = time.perf_counter()
-                shm_dit.kv_region.write(feed["kv"])
-                kv_write.append(time.perf_counter() - t)
+                if shm_dit.kv_region is not None:
+                    t = time.perf_counter()
+                    shm_dit.kv_region.write(feed["kv"])
+                    kv_write.append(time.perf_counter() - t)
             shm_dit.close()
             flops = denoiser_flops(wm.dit.config, batch, f_ctx, f_gen)
             results[f"batch{batch}"] = {
                 "shape": {"batch": batch, "ctx_frames": f_ctx, "new_frames": f_gen},
                 "kv_bytes": int(feed["kv"].nbytes), "gflop": flops / 1e9,
-                "kv_shm_write_ms": 1e3 * statistics.median(kv_write),
+                "kv_shm_write_ms": 1e3 * statistics.median(kv_write) if kv_write else None,
                 "runtimes": {name: {"median_ms": 1e3 * statistics.median(ts),
                                     "p90_ms": 1e3 * float(np.percentile(ts, 90)),
                                     "gflops": flops / statistics.median(ts) / 1e9,
@@ -164,7 +195,7 @@ def main() -> None:
         ort_ms = r["runtimes"]["onnxruntime"]["median_ms"]
         for name, v in r["runtimes"].items():
             v["fraction_of_peak"] = v["gflops"] * 1e9 / peak
-            if name.startswith("triton"):
+            if name.startswith("triton") and not external:  # same graph and kernels as ORT
                 v["hop_ms"] = v["median_ms"] - ort_ms
                 v["hop_fraction"] = (v["median_ms"] - ort_ms) / v["median_ms"]
     tmp.cleanup()
@@ -184,7 +215,7 @@ def main() -> None:
             print(f"{r['shape']['batch']:>5} {name:<15} {v['median_ms']:9.2f} {v['p90_ms']:7.2f} {v['gflops']:8.1f} "
                   f"{100 * v['fraction_of_peak']:6.1f}% {hop} {v['max_abs_err_vs_torch']:8.1e}")
     for key, r in results.items():
-        if key.startswith("batch"):
+        if key.startswith("batch") and r["kv_shm_write_ms"] is not None:
             print(f"batch {r['shape']['batch']}: kv {r['kv_bytes'] / 1e6:.1f} MB per call; writing it to shared "
                   f"memory once per autoregressive step takes {r['kv_shm_write_ms']:.2f} ms")
     if a.out:

@@ -41,3 +41,29 @@ def test_bench_denoiser_writes_sane_numbers(tmp_path, onnx_dir, dims):
                 ort = b["runtimes"]["onnxruntime"]["median_ms"]
                 assert v["hop_ms"] == pytest.approx(v["median_ms"] - ort)
     assert "median ms" in proc.stdout and "triton grpc+shm" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_denoiser_against_a_running_triton(tmp_path, onnx_dir, python_repo):
+    """--triton-grpc: the Triton rows are a server already running (as scripts/gpu_check.sh
+    starts with the TensorRT plans); no HTTP row without --triton-http, no hop columns (other
+    kernels than in-process ONNX Runtime), and the numbers still agree with torch."""
+    from wmpo.export.tritonserver import TritonServer
+
+    try:
+        install = find_tritonserver()
+    except TritonUnavailable as e:
+        pytest.skip(f"no tritonserver: {e}")
+    out = tmp_path / "bench.json"
+    with TritonServer(python_repo, install=install) as server:
+        server.wait_ready(["dit_denoiser"], timeout=90)
+        proc = subprocess.run([sys.executable, str(SCRIPT), "--onnx", str(onnx_dir), "--repeats", "2",
+                               "--batches", "2", "--out", str(out), "--triton-grpc", server.grpc_url],
+                              capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["triton"] == server.grpc_url
+    runtimes = r["batch2"]["runtimes"]
+    assert set(runtimes) == {"torch eager", "onnxruntime", "triton grpc", "triton grpc+shm"}
+    for name, v in runtimes.items():
+        assert v["max_abs_err_vs_torch"] < 1e-4 and "hop_ms" not in v, name
