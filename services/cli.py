@@ -1,5 +1,5 @@
 """The ``wmpo`` command: the core library's commands (``wmpo.cli``: collect, train, eval, export,
-tasks) plus those that run services: ``serve simulator|judge|trainer`` and ``demo``.
+tasks) plus those that run services: ``serve simulator|judge|trainer|optimizer`` and ``demo``.
 
 It lives in the services layer because it starts services: the embedded stack that ``train
 grpo``, ``train lifelong`` and ``eval policy --verify`` run against when they name no service
@@ -115,6 +115,23 @@ def cmd_serve_trainer(a: argparse.Namespace) -> None:
         serve(settings)
 
 
+def cmd_serve_optimizer(a: argparse.Namespace) -> None:
+    settings = _settings(
+        "services.optimizer.settings", "OptimizerSettings", a,
+        {"generator": a.generator, "trajectory_vae": a.trajectory_vae,
+         "inverse_dynamics": a.inverse_dynamics, "host": a.host, "port": a.port,
+         "grpc_port": a.grpc_port},
+        {})  # no plan generator is bundled yet
+    from services.optimizer.server import load_planner, serve
+
+    planner = load_planner(settings)  # fail fast, before binding ports
+    idm = settings.inverse_dynamics or "none"
+    _listening("optimizer", settings, False, f"generator {settings.generator}, trajectory VAE "
+               f"{settings.trajectory_vae}, inverse dynamics {idm}, horizon {planner.horizon} actions")
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn has already shut down gracefully
+        serve(settings, planner)
+
+
 def cmd_demo(a: argparse.Namespace) -> None:
     from services.demo import run_demo
 
@@ -208,6 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="durable jobs shared by replicas: records and the job queue in Redis "
                    "(default: WMPO_REDIS_URL; unset: records on disk, one replica)")
     p.set_defaults(func=cmd_serve_trainer)
+    p = sv.add_parser("optimizer", help="the action optimizer: plan actions toward a goal by test-time "
+                      "optimization through the plan generator",
+                      description="Settings come from WMPO_* environment variables (API keys: "
+                      "WMPO_API_KEYS; checkpoints: WMPO_GENERATOR, WMPO_TRAJECTORY_VAE, "
+                      "WMPO_INVERSE_DYNAMICS); these flags override them. No plan generator is "
+                      "bundled yet: train one with `wmpo train world-model --trajectory-vae`.")
+    p.add_argument("--generator", default=None,
+                   help="plan-generator checkpoint (default: WMPO_GENERATOR; required)")
+    p.add_argument("--trajectory-vae", default=None,
+                   help="its trajectory-VAE checkpoint (default: WMPO_TRAJECTORY_VAE; required)")
+    p.add_argument("--inverse-dynamics", default=None,
+                   help="residual inverse-dynamics checkpoint (default: WMPO_INVERSE_DYNAMICS; "
+                   "unset: the VAE's actions)")
+    p.add_argument("--host", default=None, help="interface to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default: 8003)")
+    p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default: 50054)")
+    p.add_argument("--dev", action="store_true",
+                   help="development mode: allow running without API keys (loopback only)")
+    p.set_defaults(func=cmd_serve_optimizer)
 
 
     p = sub.add_parser("demo", help="the main job on the embedded default (bundled checkpoints)")

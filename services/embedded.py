@@ -8,8 +8,10 @@ ports, in development mode (no API key, loopback only), and yields their address
 talk to them over real sockets, exactly as they would to a deployed cluster.
 The trainer is served the same way by ``services.trainer.server.serve_trainer_in_thread`` (its
 jobs reach the simulator and judge through their URLs, or through ``job_stack``, this stack per
-job); the optimizer will join this stack. Nothing here imports the trainer, so the trainer can
-use this module without an import cycle.
+job). The action optimizer joins the stack only when a plan-generator checkpoint is given
+(``optimizer_generator`` and ``optimizer_vae``): none is bundled yet, the plan generator is not
+trained. Nothing here imports the trainer, so the trainer can use this module without an
+import cycle.
 """
 
 from __future__ import annotations
@@ -48,11 +50,19 @@ class EmbeddedJudge:
 
 
 @dataclass(frozen=True)
+class EmbeddedOptimizer:
+    http_url: str  # http://127.0.0.1:PORT
+    grpc_target: str  # 127.0.0.1:PORT
+    runtime: Any  # services.optimizer.runtime.OptimizerRuntime
+
+
+@dataclass(frozen=True)
 class EmbeddedStack:
     http_url: str  # the simulator: http://127.0.0.1:PORT
     grpc_target: str  # the simulator: 127.0.0.1:PORT
     runtime: SimulatorRuntime
     judge: EmbeddedJudge | None = None  # None: no judge checkpoint
+    optimizer: EmbeddedOptimizer | None = None  # None: no plan-generator checkpoint given
 
     @property
     def judge_http_url(self) -> str | None:
@@ -118,6 +128,21 @@ def serve_judge_in_thread(
         yield EmbeddedJudge(http_url, grpc_target, runtime)
 
 
+@contextmanager
+def serve_optimizer_in_thread(
+    planner: Any, settings: Any, start_timeout_s: float = 60.0
+) -> Iterator[EmbeddedOptimizer]:
+    """Serve the action optimizer (a ``wmpo.optimize.planner.Planner``) until the block ends."""
+    # Imported here: the optimizer's core loads only for a stack that runs it.
+    from services.optimizer.runtime import OptimizerRuntime
+    from services.optimizer.server import build_app as build_optimizer_app
+
+    runtime = OptimizerRuntime(planner, settings)
+    app = build_optimizer_app(runtime, settings)
+    with serve_app_in_thread(app, settings, "optimizer", start_timeout_s) as (http_url, grpc_target):
+        yield EmbeddedOptimizer(http_url, grpc_target, runtime)
+
+
 def _dev_settings(cls: type[Any], values: dict[str, Any]) -> Any:
     """Settings of the embedded default; the caller's ``WMPO_*`` variables are ignored so a
     developer's deployment settings cannot leak into it."""
@@ -150,6 +175,10 @@ def embedded_stack(
     *,
     judge: bool = True,
     judge_overrides: dict[str, Any] | None = None,
+    optimizer_generator: str | Path | None = None,
+    optimizer_vae: str | Path | None = None,
+    optimizer_idm: str | Path | None = None,
+    optimizer_overrides: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> Iterator[EmbeddedStack]:
     """The embedded default: the bundled world model (and judge), dev mode, loopback, free ports.
@@ -162,6 +191,10 @@ def embedded_stack(
     The judge starts first and the simulator gets its URL as ``judge_url``, so ``/v1/imagine``
     with ``verify`` works out of the box (an explicit ``judge_url`` override wins); without a
     judge, verify is refused (FAILED_PRECONDITION). On exit the simulator stops first.
+
+    ``optimizer_generator`` and ``optimizer_vae`` (and optionally ``optimizer_idm``): also serve
+    the action optimizer over these checkpoints (``stack.optimizer``; None without them: no plan
+    generator is bundled yet); ``optimizer_overrides`` go to its settings.
     """
     judge_dir = Path(judge_checkpoint) if judge_checkpoint is not None else BUNDLED_JUDGE
     run_judge = judge and (judge_checkpoint is not None or judge_dir.exists())
@@ -178,8 +211,22 @@ def embedded_stack(
         sim_settings = _dev_settings(
             SimulatorSettings, {"checkpoint": str(checkpoint), **overrides}
         )
+        optimizer: EmbeddedOptimizer | None = None
+        if optimizer_generator is not None:
+            from services.optimizer.server import load_planner
+            from services.optimizer.settings import OptimizerSettings
+
+            opt_settings = _dev_settings(OptimizerSettings, {
+                "generator": str(optimizer_generator),
+                "trajectory_vae": str(optimizer_vae) if optimizer_vae is not None else None,
+                "inverse_dynamics": str(optimizer_idm) if optimizer_idm is not None else None,
+                **(optimizer_overrides or {}),
+            })
+            optimizer = stack.enter_context(
+                serve_optimizer_in_thread(load_planner(opt_settings), opt_settings)
+            )
         sim = stack.enter_context(serve_in_thread(world_model_from_settings(sim_settings), sim_settings))
-        if served is None:
+        if served is None and optimizer is None:
             yield sim
             return
-        yield EmbeddedStack(sim.http_url, sim.grpc_target, sim.runtime, served)
+        yield EmbeddedStack(sim.http_url, sim.grpc_target, sim.runtime, served, optimizer)

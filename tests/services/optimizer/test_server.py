@@ -1,0 +1,75 @@
+"""Serving from checkpoints: `wmpo serve optimizer` (its errors, and the settings and planner it
+serves with), and the embedded stack, which runs the optimizer only when a plan generator is
+given. The tiny planner is saved the way training saves its models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from wmpo_client.optimizer_http import OptimizerClient
+
+from services.cli import main
+from services.embedded import embedded_stack
+from services.optimizer.server import load_planner
+from services.optimizer.settings import OptimizerSettings
+from tests.services.optimizer.conftest import HORIZON, INSTRUCTION, build_planner, frames
+from wmpo.utils.checkpoint import save_checkpoint
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("optimizer-checkpoints")
+    planner = build_planner()
+    planner.generator.save(root / "generator", {"kind": "world-model"}, dtype=torch.float32)
+    vae = planner.vae
+    save_checkpoint(root / "vae", dict(vae.state_dict()), vae.checkpoint_config(), {"kind": "trajectory-vae"})
+    return root / "generator", root / "vae"
+
+
+def test_the_planner_loads_from_checkpoints_with_their_hashes(checkpoints) -> None:
+    generator, vae = checkpoints
+    planner = load_planner(OptimizerSettings(generator=str(generator), trajectory_vae=str(vae), dev_mode=True))
+    assert planner.horizon == HORIZON and planner.idm is None
+    assert len(planner.hashes["generator_sha256"]) == 12 and len(planner.hashes["trajectory_vae_sha256"]) == 12
+
+
+def test_serve_optimizer_command(checkpoints, capsys, monkeypatch) -> None:
+    generator, vae = checkpoints
+    assert main(["serve", "optimizer", "--dev"]) == 2  # nothing configured
+    assert "set WMPO_GENERATOR and WMPO_TRAJECTORY_VAE" in capsys.readouterr().err
+    assert main(["serve", "optimizer", "--dev", "--generator", str(generator), "--trajectory-vae",
+                 str(vae.parent / "nope")]) == 2
+    assert "no trajectory VAE checkpoint at" in capsys.readouterr().err
+    assert main(["serve", "optimizer", "--generator", str(generator), "--trajectory-vae", str(vae)]) == 2
+    assert "API key" in capsys.readouterr().err  # keys are required outside dev mode
+
+    import services.optimizer.server as server
+
+    served = []
+    monkeypatch.setattr(server, "serve", lambda settings, planner: served.append((settings, planner)))
+    monkeypatch.setenv("WMPO_MAX_STEPS", "150")
+    assert main(["serve", "optimizer", "--dev", "--port", "8133", "--generator", str(generator),
+                 "--trajectory-vae", str(vae)]) == 0
+    settings, planner = served[0]
+    assert settings.port == 8133 and settings.max_steps == 150 and settings.generator == str(generator)
+    assert planner.horizon == HORIZON
+    assert "optimizer: HTTP on 127.0.0.1:8133" in capsys.readouterr().err
+
+
+def test_embedded_stack_runs_the_optimizer_only_with_a_plan_generator(checkpoints) -> None:
+    generator, vae = checkpoints
+    world_model = REPO / "checkpoints" / "world-model"
+    with embedded_stack(world_model, judge=False) as stack:
+        assert stack.optimizer is None
+    with embedded_stack(world_model, judge=False, optimizer_generator=generator, optimizer_vae=vae,
+                        optimizer_overrides={"default_steps": 2}) as stack:
+        assert stack.optimizer is not None and stack.judge is None
+        with OptimizerClient(stack.optimizer.http_url) as client:
+            plan = client.plan(frames(1, 0)[0], INSTRUCTION, seed=0)
+        assert plan.actions.shape == (HORIZON, 4) and plan.steps == 2 and np.abs(plan.actions).max() <= 1
+        assert plan.provenance["generator_sha256"] != ""
