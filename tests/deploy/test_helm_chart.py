@@ -35,6 +35,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 import services.judge.server as judge_server
+import services.optimizer.server as optimizer_server
 import services.simulator.backends as backends
 import services.simulator.server as server
 import services.trainer.server as trainer_server
@@ -45,6 +46,8 @@ from services.common.queues import QueueConfig, RedisWorkQueue
 from services.common.settings import ServiceSettings
 from services.judge.runtime import JudgeRuntime
 from services.judge.settings import JudgeSettings
+from services.optimizer.runtime import OptimizerRuntime
+from services.optimizer.settings import OptimizerSettings
 from services.simulator.imagine_queue import IMAGINE_QUEUE
 from services.simulator.runtime import SimulatorRuntime
 from services.simulator.settings import SimulatorSettings
@@ -52,12 +55,14 @@ from services.simulator.smoke import KEY_ENV as SMOKE_KEY_ENV
 from services.trainer.runtime import TrainerRuntime
 from services.trainer.settings import TrainerSettings
 from tests.deploy.conftest import ALL_FEATURES, CHART, REDIS_URL, REPO
+from tests.services.optimizer.conftest import build_planner
 from wmpo.export.triton_repo import TRT_SCRIPT
 from wmpo.judge.success import SuccessJudge
+from wmpo.optimize.planner import Planner
 from wmpo.sampling.world_model import WorldModel
 
-# Names: wmpo-{simulator,worker,judge,trainer} (Deployments, Services), wmpo-secrets,
-# wmpo-{simulator,judge,trainer}-settings (ConfigMaps), wmpo-trainer-data (the PVC).
+# Names: wmpo-{simulator,worker,judge,trainer,optimizer} (Deployments, Services), wmpo-secrets,
+# wmpo-{simulator,judge,trainer,optimizer}-settings (ConfigMaps), wmpo-trainer-data (the PVC).
 RELEASE = "wmpo"
 CUSTOM_KINDS = {"ScaledObject", "ServiceMonitor"}  # CRDs: no schema in kubernetes-validate
 # Settings the chart sets itself in every pod (flags, the Secret, per-role env).
@@ -85,9 +90,15 @@ SERVICES = {
     "trainer": Service(TrainerSettings, "trainer",
                        COMMON_MANAGED | {"trainer_dir", "simulator_api_key", "judge_api_key"},
                        frozenset({"embedded_world_model", "embedded_judge"})),
+    # No queue mode (the chart gives it no Redis) and no sessions.
+    "optimizer": Service(OptimizerSettings, "optimizer",
+                         COMMON_MANAGED | {"generator", "trajectory_vae", "inverse_dynamics"},
+                         frozenset({f for f in OptimizerSettings.model_fields if f.startswith("queue_")}
+                                   | {"max_sessions", "session_ttl_s"}) - COMMON_MANAGED),
 }
 # Which service a Deployment's pods run (the workers are simulators).
-SERVICE_OF = {"simulator": "simulator", "worker": "simulator", "judge": "judge", "trainer": "trainer"}
+SERVICE_OF = {"simulator": "simulator", "worker": "simulator", "judge": "judge", "trainer": "trainer",
+              "optimizer": "optimizer"}
 
 
 def role_values(values: dict[str, Any], service: str) -> dict[str, Any]:
@@ -172,6 +183,12 @@ def bundled_judge() -> SuccessJudge:
     return LOAD_CLASSIFIER(cli.BUNDLED_JUDGE)
 
 
+@cache
+def tiny_planner() -> Planner:
+    """No plan generator is bundled: the optimizer's pods get the tests' tiny planner."""
+    return build_planner()
+
+
 @dataclass
 class Pod:
     """What `wmpo serve SERVICE` did with a pod's argv and environment, up to serving."""
@@ -179,7 +196,8 @@ class Pod:
     service: str
     settings: Any  # the service's settings class
     worker: bool
-    checkpoint: str | None  # the checkpoint it loads (None: the trainer, a VLM-only judge)
+    checkpoint: str | None  # the checkpoint it loads (None: the trainer, a VLM-only judge;
+    # the optimizer: its generator)
     backend: str | None = None  # the simulator's DiT backend (WMPO_BACKEND)
 
 
@@ -202,12 +220,17 @@ def launch(
     def serve(settings: ServiceSettings, *_model: Any, worker: bool = False) -> None:
         captured.update(settings=settings, worker=worker)
 
+    def load_planner(settings: OptimizerSettings) -> Planner:
+        captured["checkpoint"] = settings.generator
+        return tiny_planner()
+
     def exported_world_model(base: WorldModel, settings: Any) -> WorldModel:
         captured["backend"] = settings.backend  # no Triton to connect to here
         return base
 
-    for module in (server, judge_server, trainer_server):
+    for module in (server, judge_server, trainer_server, optimizer_server):
         monkeypatch.setattr(module, "serve", serve)
+    monkeypatch.setattr(optimizer_server, "load_planner", load_planner)
     monkeypatch.setattr(backends, "exported_world_model", exported_world_model)
     monkeypatch.setattr(server, "load_world_model", load_world_model)
     monkeypatch.setattr(judge_server, "load_classifier", load_classifier)
@@ -291,7 +314,7 @@ def test_rendered_resources(default_docs, all_docs) -> None:
     names = ["wmpo-judge", "wmpo-simulator", "wmpo-trainer"]
     assert sorted(d["metadata"]["name"] for d in kinds(default_docs, "Deployment")) == names
     assert sorted(d["metadata"]["name"] for d in kinds(all_docs, "Deployment")) == sorted(
-        names + ["wmpo-worker", "wmpo-triton"])
+        names + ["wmpo-worker", "wmpo-triton", "wmpo-optimizer"])
 
 
 def kube_versions() -> list[str]:
@@ -346,6 +369,11 @@ def test_schema_validation_is_not_vacuous(default_docs) -> None:
         (["triton.gpus=1"], "gpus"),  # an unknown key
         (["triton.image.tag="], "tag"),  # Triton's image has no default tag of the chart's
         (["triton.extraArgs[0]=log-verbose=1"], "extraArgs"),
+        (["optimizer.settings.max_steps=0"], "max_steps"),
+        (["optimizer.settings.generator=/models/g"], "generator"),  # optimizer.checkpoint.generator
+        (["optimizer.settings.queue_prefix=x"], "queue_prefix"),  # no queue mode
+        (["optimizer.checkpoint.generator=models/g"], "optimizer.checkpoint.generator"),
+        (["optimizer.gpu=-1"], "optimizer.gpu"),
     ],
 )
 def test_bad_values_fail_lint(helm: str, args: list[str], message: str) -> None:
@@ -377,6 +405,10 @@ def test_bad_values_fail_lint(helm: str, args: list[str], message: str) -> None:
         (["trainer.replicaCount=2", "redis.url=redis://r:6379/0",
           "trainer.persistence.accessModes[0]=ReadWriteOnce"], "needs ReadWriteMany"),
         (["trainer.terminationGracePeriodSeconds=30"], "trainer.settings.queue_drain_s"),
+        (["optimizer.enabled=true"], "optimizer.enabled needs optimizer.checkpoint.generator"),
+        (["optimizer.enabled=true", "optimizer.checkpoint.generator=/m/g",
+          "optimizer.checkpoint.trajectoryVae=/m/v", "optimizer.checkpoint.volume.emptyDir.medium=Memory"],
+         "optimizer.checkpoint.generator=/m/g is not inside optimizer.checkpoint.mountPath"),
     ],
 )
 def test_bad_combinations_fail_rendering(helm: str, args: list[str], message: str) -> None:
@@ -436,6 +468,12 @@ def test_pods_start_with_real_cli_flags_and_valid_settings(case, start, capsys) 
         role = role_values(values, service)
         for name, value in role.get("settings", {}).items():
             assert getattr(settings, name) == value, name
+        if service == "optimizer":  # no queue mode: never the Redis URL
+            assert settings.redis_url is None and "WMPO_REDIS_URL" not in {e["name"] for e in container["env"]}
+            c = role["checkpoint"]
+            assert (pod.checkpoint, settings.trajectory_vae, settings.inverse_dynamics) == (
+                c["generator"], c["trajectoryVae"], c["inverseDynamics"])
+            continue
         if values:  # Redis: every service's queue (the trainer's job records and queue too)
             assert settings.redis_url == values["redis"]["url"]
             assert settings.queue_worker == (service != "simulator" or pod.worker
@@ -505,6 +543,8 @@ def build_app(pod: Pod, tmp_path: Path) -> Any:
     settings = pod.settings.model_copy(update={"grpc_port": 0})
     if pod.service == "judge":
         return judge_server.build_app(JudgeRuntime(bundled_judge(), settings), settings)
+    if pod.service == "optimizer":
+        return optimizer_server.build_app(OptimizerRuntime(tiny_planner(), settings), settings)
     if pod.service == "trainer":
         # The data volume is a directory here; torch's threads stay the test process's own.
         settings = settings.model_copy(update={"trainer_dir": str(tmp_path / "trainer"),
@@ -554,7 +594,8 @@ def test_gpu_limits(default_docs, all_docs) -> None:
             continue
         assert resources["limits"]["nvidia.com/gpu"] == 1
         assert "nvidia.com/gpu" not in resources.get("requests", {})
-        assert resources["requests"]["memory"] == "2Gi"  # the role's own resources stay
+        # The role's own resources stay.
+        assert resources["requests"]["memory"] == ("4Gi" if component(deployment) == "optimizer" else "2Gi")
 
 
 def test_trainer_data_volume(helm: str, default_docs, all_docs) -> None:
@@ -674,7 +715,9 @@ def test_services_and_budgets_select_the_right_pods(docs) -> None:
         assert targets == container_ports == expected
     spec = named(docs, "Service", "wmpo-simulator")["spec"]
     assert spec["sessionAffinity"] == "ClientIP"  # sessions are replica-local
-    for name in ("wmpo-judge", "wmpo-trainer"):  # stateless for their clients: any replica
+    for name in ("wmpo-judge", "wmpo-trainer", "wmpo-optimizer"):  # stateless for clients: any replica
+        if not [d for d in kinds(docs, "Service") if d["metadata"]["name"] == name]:
+            continue  # the optimizer is off by default
         assert "sessionAffinity" not in named(docs, "Service", name)["spec"]
     for budget in kinds(docs, "PodDisruptionBudget"):
         matched = [d for d in deployments(docs) if selects(budget["spec"]["selector"]["matchLabels"], d)]
@@ -762,7 +805,7 @@ def test_service_monitor_scrapes_every_component(all_docs) -> None:
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     services = monitored(monitor, all_docs)
     assert sorted(s["metadata"]["name"] for s in services) == [
-        "wmpo-judge", "wmpo-simulator", "wmpo-trainer", "wmpo-worker"]
+        "wmpo-judge", "wmpo-optimizer", "wmpo-simulator", "wmpo-trainer", "wmpo-worker"]
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["path"] == METRICS_PATH
     for service in services:
@@ -785,6 +828,7 @@ def test_notes_render(helm: str, tmp_path: Path) -> None:
         notes = yaml.safe_load(out.stdout)["notes"]
         assert "port-forward svc/wmpo-simulator" in notes and "metrics-api-key" in notes
         assert "wmpo-judge." in notes and "PVC wmpo-trainer-data" in notes
+        assert ("wmpo-optimizer." in notes) == bool(values)  # off by default
 
 
 # ------------------------------------------------------------------ Triton

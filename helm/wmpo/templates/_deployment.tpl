@@ -2,7 +2,7 @@
 One Deployment of the chart: the simulator API, its queue workers, the judge or the trainer.
 Call with a dict:
   root          $
-  component     simulator | worker | judge | trainer (labels, names, the container's name)
+  component     simulator | worker | judge | trainer | optimizer (labels, names, the container's name)
   role          the role's values: replicaCount, resources, gpu, terminationGracePeriodSeconds,
                 preStopSleepSeconds, podLabels, podAnnotations, nodeSelector, tolerations,
                 affinity, topologySpreadConstraints

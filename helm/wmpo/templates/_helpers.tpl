@@ -131,7 +131,7 @@ queue as "<queue_prefix>:{<queue name>}:requests"; the imagine queue is
 {{/*
 A service's settings as JSON, its ConfigMap's WMPO_* variables: the role's `settings` over
 the URLs of the chart's other services (a URL set in `settings` wins). Call with
-(dict "root" $ "component" simulator|judge|trainer).
+(dict "root" $ "component" simulator|judge|trainer|optimizer).
 */}}
 {{- define "wmpo.settings" -}}
 {{- $v := .root.Values }}
@@ -149,6 +149,8 @@ the URLs of the chart's other services (a URL set in `settings` wins). Call with
 {{- merge (deepCopy $v.settings) $urls | toJson }}
 {{- else if eq .component "judge" }}
 {{- $v.judge.settings | toJson }}
+{{- else if eq .component "optimizer" }}
+{{- $v.optimizer.settings | toJson }}
 {{- else }}
 {{- $_ := set $urls "simulator_url" (include "wmpo.url" (dict "root" .root "component" "simulator" "port" $v.ports.http)) }}
 {{- merge (deepCopy $v.trainer.settings) $urls | toJson }}
@@ -162,8 +164,9 @@ the URLs of the chart's other services (a URL set in `settings` wins). Call with
 {{/*
 Environment of every container: settings from its ConfigMap (envFrom), secrets by
 reference. Call with (dict "root" $ "consumeQueue" BOOL "serviceKeyEnv" NAMES "extraEnv" LIST
-"acceptServiceKey" BOOL): serviceKeyEnv, the variables that get the service key (e.g.
-WMPO_JUDGE_API_KEY); acceptServiceKey, whether other services call this one with it.
+"acceptServiceKey" BOOL "noRedis" BOOL): serviceKeyEnv, the variables that get the service key
+(e.g. WMPO_JUDGE_API_KEY); acceptServiceKey, whether other services call this one with it;
+noRedis, a service without a queue mode (the optimizer) that must not get the Redis URL.
 */}}
 {{- define "wmpo.env" -}}
 - name: WMPO_API_KEYS
@@ -178,7 +181,7 @@ WMPO_JUDGE_API_KEY); acceptServiceKey, whether other services call this one with
       name: {{ include "wmpo.apiKeysSecretName" .root }}
       key: {{ include "wmpo.serviceKeySecretKey" .root }}
 {{- end }}
-{{- if include "wmpo.redisEnabled" .root }}
+{{- if and (include "wmpo.redisEnabled" .root) (not .noRedis) }}
 - name: WMPO_REDIS_URL
   valueFrom:
     secretKeyRef:
@@ -286,6 +289,18 @@ readinessProbe:
 {{- include "wmpo.validateCheckpoint" (dict "checkpoint" .Values.judge.checkpoint "prefix" "judge.checkpoint") }}
 {{- if and (not .Values.judge.checkpoint.path) (not .Values.judge.settings.vlm_url) }}
 {{- fail "judge.checkpoint.path is empty (no classifier): set judge.settings.vlm_url for a VLM-only judge" }}
+{{- end }}
+{{- end }}
+{{- if .Values.optimizer.enabled }}
+{{- $c := .Values.optimizer.checkpoint }}
+{{- if not (and $c.generator $c.trajectoryVae) }}
+{{- fail "optimizer.enabled needs optimizer.checkpoint.generator and optimizer.checkpoint.trajectoryVae (no plan generator is bundled in the image): mount them with optimizer.checkpoint.volume" }}
+{{- end }}
+{{- range $field := list "generator" "trajectoryVae" "inverseDynamics" }}
+{{- $path := index $c $field }}
+{{- if and $path $c.volume (not (hasPrefix (printf "%s/" (trimSuffix "/" $c.mountPath)) $path)) }}
+{{- fail (printf "optimizer.checkpoint.%s=%s is not inside optimizer.checkpoint.mountPath=%s, where optimizer.checkpoint.volume is mounted" $field $path $c.mountPath) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- if .Values.triton.enabled }}
