@@ -189,7 +189,8 @@ def test_import_of_a_foreign_dataset_trains(tmp_path):
     export_lerobot(src, out, progress=False)
     strip_wmpo(out)
     back = tmp_path / "back"
-    assert import_lerobot(out, back, image_size=64, progress=False)["successes"] == 2
+    summary = import_lerobot(out, back, image_size=64, progress=False)
+    assert summary["successes"] == 2 and summary["not_imported"] == []
     ds = EpisodeDataset.load(back)
     ep = ds.episode(1)
     assert ep.frames.shape == (13, 64, 64, 3) and ep.meta["task"] == "do push-v3" and ep.meta["seed"] == 1
@@ -342,6 +343,7 @@ def test_import_of_image_features(tmp_path):
     shutil.rmtree(out / "videos")
     info = json.loads((out / "meta" / "info.json").read_text())
     info["features"][KEY]["dtype"] = "image"
+    info["features"]["observation.state"] = {"dtype": "float32", "shape": [1], "names": None}
     del info["video_path"]
     (out / "meta" / "info.json").write_text(json.dumps(info))
     frames_all = np.concatenate([EpisodeDataset.load(src).episode(i).frames for i in range(2)])
@@ -351,8 +353,9 @@ def test_import_of_image_features(tmp_path):
         Image.fromarray(f).save(buf, format="PNG")
         pngs.append({"bytes": buf.getvalue(), "path": None})
     path = out / "data" / "chunk-000" / "file-000.parquet"
-    pq.write_table(pq.read_table(path).append_column(KEY, pa.array(pngs)), path)
-    import_lerobot(out, tmp_path / "back", progress=False)
+    table = pq.read_table(path).append_column(KEY, pa.array(pngs))
+    pq.write_table(table.append_column("observation.state", pa.array(np.zeros(len(pngs), np.float32))), path)
+    assert import_lerobot(out, tmp_path / "back", progress=False)["not_imported"] == ["observation.state"]
     compare(src, tmp_path / "back", max_abs=0)  # PNG is lossless
 
 

@@ -33,11 +33,15 @@ cropped to a square and resized to ``image_size``; the last row's action is drop
 T actions for T+1 frames); success labels come from ``success`` or ``next.success`` when the
 dataset has them, else from ``--episodes-succeed`` (demonstration datasets) or stay false.
 
-Both directions stream: one wmpo shard, or one LeRobot episode, in memory at a time. Videos are
-encoded with libx264 at ``crf`` 0 in yuv444p by default: no chroma subsampling and no
-quantization, so the only error left is the RGB -> YUV -> RGB rounding (frames come back within
-a few levels; PSNR is measured in docs/lerobot.md). ``--crf 18 --pix-fmt yuv420p`` gives the
-smaller, browser-playable files LeRobot's hub datasets use, at a larger error.
+Other features (``observation.state``, further cameras) are not imported: wmpo's models see
+one camera and act in 4-D; the summary lists them.
+
+Both directions stream: one wmpo shard, or one LeRobot data file's columns and one episode's
+frames, in memory at a time. Videos are encoded with libx264 at ``crf`` 0 in yuv444p by default:
+no chroma subsampling and no quantization, so the only error left is the RGB -> YUV -> RGB
+rounding (frames come back within 2 levels, 52.9 dB; docs/lerobot.md has the measurements).
+``--codec av1 --pix-fmt yuv420p --crf 30`` gives the small files LeRobot's hub datasets use, at
+a larger error (30 dB at 64x64); ``--pix-fmt rgb24`` is exact.
 """
 
 from __future__ import annotations
@@ -743,5 +747,7 @@ def import_lerobot(data: str | Path, out: str | Path, image_size: int | None = N
     runs = list(wmpo_info.get("runs") or []) + [manifest]
     atomic_write_json(tmp / "meta" / "manifest.json", {"runs": runs})
     tmp.rename(out)
+    used = {src.camera, *columns, *INDEX_FEATURES, "next.done"}
     return {"episodes": len(episodes), "frames": frames_total, "successes": successes,
-            "image_size": image_size, "camera": src.camera, "out": str(out)}
+            "image_size": image_size, "camera": src.camera, "out": str(out),
+            "not_imported": sorted(set(info["features"]) - used)}
