@@ -81,9 +81,10 @@ export class ImaginePanel {
     });
     $("candidates-file").addEventListener("change", (e) => this.readCandidates(e.target.files[0]));
     $("chunks").max = String(config.max_chunks || 8);
-    $("verify").checked = $("verify").disabled = !config.verify;
-    if (config.verify) $("verify").checked = true;
-    else $("verify").parentElement.title = "this simulator has no judge (WMPO_JUDGE_URL)";
+    // Verify only where the simulator has a judge to ask.
+    $("verify").checked = Boolean(config.verify);
+    $("verify").disabled = !config.verify;
+    if (!config.verify) $("verify").parentElement.title = "this simulator has no judge (WMPO_JUDGE_URL)";
     $("imagine-run").addEventListener("click", () => this.run());
     if (select.options.length > 1) this.pickExample();
   }
