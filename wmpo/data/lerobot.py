@@ -354,7 +354,7 @@ def export_lerobot(data: str | Path, out: str | Path, video: VideoSettings | Non
     info_path = data / "meta" / "info.json"
     if not info_path.exists():
         raise DatasetError(f"no wmpo dataset at {data} (missing meta/info.json)")
-    winfo = json.loads(info_path.read_text())
+    winfo = _read_json(info_path)
     if out.exists():
         raise ConfigError(f"{out} already exists; choose a new --out")
     n_episodes, strides, tasks = _scan_wmpo(data)
@@ -463,7 +463,7 @@ def export_lerobot(data: str | Path, out: str | Path, video: VideoSettings | Non
 
 def _read_json(path: Path) -> Any:
     if not path.exists():
-        raise DatasetError(f"not a LeRobot dataset: {path} is missing")
+        raise DatasetError(f"{path} is missing")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
