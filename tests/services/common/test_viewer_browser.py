@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from services.embedded import serve_in_thread, serve_judge_in_thread
 from services.judge.server import load_classifier
@@ -33,9 +34,6 @@ from services.trainer.server import serve_trainer_in_thread
 from services.trainer.settings import TrainerSettings
 from tests.services.simulator.conftest import tiny_world_model
 from wmpo.data.episodes import Episode, ShardWriter, init_dataset
-
-pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]' (playwright)")
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[3]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -55,9 +53,6 @@ JOB: dict[str, Any] = {
 }
 
 torch.set_num_threads(1)
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's chromium (scripts/system_deps.sh)"
-)
 
 
 @dataclass(frozen=True)
@@ -109,6 +104,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():  # never a silent skip: CI installs it with `make setup`
+        pytest.fail(f"the viewer's browser tests need Debian's chromium at {CHROMIUM}: run "
+                    "scripts/system_deps.sh (make setup)", pytrace=False)
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
     SCREENSHOTS.mkdir(parents=True)
     with sync_playwright() as pw:
