@@ -120,16 +120,16 @@ def cmd_serve_optimizer(a: argparse.Namespace) -> None:
         "services.optimizer.settings", "OptimizerSettings", a,
         {"generator": a.generator, "trajectory_vae": a.trajectory_vae,
          "inverse_dynamics": a.inverse_dynamics, "host": a.host, "port": a.port,
-         "grpc_port": a.grpc_port},
-        {})  # no plan generator is bundled yet
+         "grpc_port": a.grpc_port, "redis_url": a.redis_url},
+        {}, queue="plan")  # no plan generator is bundled yet
     from services.optimizer.server import load_planner, serve
 
     planner = load_planner(settings)  # fail fast, before binding ports
     idm = settings.inverse_dynamics or "none"
-    _listening("optimizer", settings, False, f"generator {settings.generator}, trajectory VAE "
+    _listening("optimizer", settings, a.worker, f"generator {settings.generator}, trajectory VAE "
                f"{settings.trajectory_vae}, inverse dynamics {idm}, horizon {planner.horizon} actions")
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn has already shut down gracefully
-        serve(settings, planner)
+        serve(settings, planner, worker=a.worker)
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
@@ -243,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default: 50054)")
     p.add_argument("--dev", action="store_true",
                    help="development mode: allow running without API keys (loopback only)")
+    p.add_argument("--redis-url", default=None,
+                   help="queue mode: share plans with other replicas through Redis Streams "
+                   "(default: WMPO_REDIS_URL; unset: plans run in this process)")
+    p.add_argument("--worker", action="store_true",
+                   help="a pure queue worker: consume plans from Redis, serve only "
+                   "health/readiness/metrics over HTTP (needs a Redis URL)")
     p.set_defaults(func=cmd_serve_optimizer)
 
 

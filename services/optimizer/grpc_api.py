@@ -107,7 +107,7 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
         rid = self._request_id(request.request_id)
         encoding = self._encoding(request)
         frame, instruction, options = self._args(request)
-        out = await self.runtime.plan(frame, instruction, **options)
+        out = await self.runtime.plan(frame, instruction, request_id=request.request_id, **options)
         return self._response(out, rid, request, encoding)
 
     @observed

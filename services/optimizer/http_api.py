@@ -19,7 +19,8 @@ Tensors use the JSON form of the wire codec (`wmpo_client.codec.TensorJSON`), fr
 PNG as `/v1/imagine` takes them. Request models decode them and check dtype, shape and
 finiteness (422 naming the field); checks that need the model (frame size, horizon, target
 length) and the limits (steps) are 400s from the runtime; a full optimizer is a 429 with
-Retry-After. A client that disconnects cancels its plan (499).
+Retry-After. A client that disconnects cancels its plan (499). In queue mode (WMPO_REDIS_URL)
+`/v1/plan` goes through the shared work queue (`plan_queue`); the stream always runs here.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ class PlanBody(BaseModel):
     frame_encoding: FrameEncoding = Field("raw", description="Encoding of the returned frames.")
     include_target: bool = Field(False, description="Also return the target future (decoded).")
     request_id: str = Field("", pattern=r"^[A-Za-z0-9._:-]{0,128}$",
-                            description="Client-chosen id (at most 128 of [A-Za-z0-9._:-]); echoed.")
+                            description="Client-chosen id (at most 128 of [A-Za-z0-9._:-]); in queue mode "
+                            "a retry with the same id gets the first plan. Empty: the server's.")
 
     _frame: np.ndarray = PrivateAttr()
     _target: np.ndarray | None = PrivateAttr(None)
@@ -212,7 +214,8 @@ router = APIRouter(prefix="/v1", tags=["optimizer"], responses=_ERRORS)
              operation_id="plan")
 async def plan(body: PlanBody, rt: Runtime, request: Request) -> PlanOut:
     rid = body.request_id or current_request_id() or ""
-    out = await until_disconnect(request, rt.plan(body._frame, body.instruction, **_options(body)))
+    out = await until_disconnect(
+        request, rt.plan(body._frame, body.instruction, request_id=body.request_id, **_options(body)))
     return PlanOut(**_fields(out, rid, body))
 
 

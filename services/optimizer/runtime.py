@@ -5,14 +5,21 @@ decode, call `open_plan` / `plan` and map results and errors. Validation lives h
 transports refuse the same requests with the same messages (InvalidArgument: 400 /
 INVALID_ARGUMENT, each message naming the field).
 
-There is no queue mode yet: plans run in this process (WMPO_REDIS_URL is refused at startup
-rather than ignored).
+Queue mode (`plan_queue`): with WMPO_REDIS_URL, unary plans go through a Redis Streams work
+queue shared by the replicas; a replica both enqueues and consumes unless
+WMPO_QUEUE_WORKER=false (an API-only replica), and `wmpo serve optimizer --worker` runs a
+replica that only consumes. Without Redis plans run straight on this process's engine.
+Streamed plans always run on the engine of the replica that holds the connection.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import secrets
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +28,15 @@ import numpy as np
 from services.common.errors import InvalidArgument
 from services.common.health import Readiness
 from services.common.metrics import ServiceMetrics
+from services.common.queues import WorkQueue, make_queue
 from services.optimizer.engine import OptimizerEngine, OptimizerEngineConfig, PlanOutcome, PlanRun
+from services.optimizer.plan_queue import (
+    PLAN_QUEUE,
+    outcome_from_payload,
+    plan_handler,
+    plan_payload,
+)
 from services.optimizer.settings import MAX_INSTRUCTION_CHARS, OptimizerSettings
-from wmpo.errors import ConfigError
 from wmpo.optimize.planner import Planner, PlanRequest
 
 SERVICE = "optimizer"
@@ -31,6 +44,13 @@ VERSION = "0.1.0"
 SEED_LIMIT = 2**32  # the planner seeds torch generators with seed and seed + a constant
 
 log = logging.getLogger("wmpo.optimizer.runtime")
+
+
+def seed_for_request(request_id: str) -> int:
+    """The seed of a queued plan that names none: derived from its request id, so a retry with
+    the same id is the same request (same payload digest, same plan)."""
+    digest = hashlib.sha256(f"wmpo-plan-seed:{request_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % SEED_LIMIT
 
 
 def _require(cond: bool, message: str) -> None:
@@ -97,26 +117,61 @@ class PlannerInfo:
 
 
 class OptimizerRuntime:
-    def __init__(self, planner: Planner, settings: OptimizerSettings) -> None:
-        if settings.redis_url:
-            raise ConfigError("the optimizer has no queue mode yet: unset WMPO_REDIS_URL "
-                              "(plans run in this process)")
+    def __init__(self, planner: Planner, settings: OptimizerSettings, *, consume: bool | None = None) -> None:
+        """`consume`: run queued plans here (queue mode only; default `settings.queue_worker`)."""
         self.settings = settings
         self.planner = planner
         self.metrics = ServiceMetrics(SERVICE)
         self.engine = OptimizerEngine(planner, OptimizerEngineConfig.from_settings(settings),
                                       self.metrics)
+        self.queue_mode = settings.redis_url is not None
+        self.queue: WorkQueue | None = (
+            make_queue(PLAN_QUEUE, settings, self.metrics) if self.queue_mode else None
+        )
+        self.consume = self.queue_mode and (settings.queue_worker if consume is None else consume)
+        self._worker: asyncio.Task[None] | None = None
+        self._worker_stop = asyncio.Event()
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        if self.queue is not None:  # first: an unreachable Redis fails startup
+            await self.queue.start()
         await self.engine.start()
+        if self.queue is not None and self.consume:
+            handler = plan_handler(self.engine, self.planner, wait_for_capacity=True)
+            self._worker_stop = asyncio.Event()
+            self._worker = asyncio.create_task(
+                self.queue.serve(handler, stop=self._worker_stop), name="wmpo-optimizer-worker")
+            self._worker.add_done_callback(self._worker_done)
+
+    @staticmethod
+    def _worker_done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the optimizer queue worker stopped", exc_info=task.exception())
 
     async def stop(self) -> None:
+        if self._worker is not None:
+            # Graceful: finish (and acknowledge) what was taken; past the drain time, cancel,
+            # leaving the rest pending for another replica.
+            self._worker_stop.set()
+            try:
+                await asyncio.wait_for(self._worker, self.settings.queue_drain_s)
+            except TimeoutError:
+                log.warning("optimizer worker did not drain in %.0f s", self.settings.queue_drain_s)
+            except Exception:
+                pass  # already logged by _worker_done
+            self._worker = None
         await self.engine.stop()
+        if self.queue is not None:
+            await self.queue.close()
 
     def readiness(self) -> Readiness:
         if not self.engine.running:
             return Readiness(False, "the optimizer engine is not running")
+        if self.queue is not None and (problem := self.queue.problem):
+            return Readiness(False, problem)
+        if self._worker is not None and self._worker.done():
+            return Readiness(False, "the optimizer queue worker stopped")
         return Readiness(True)
 
     def info(self) -> PlannerInfo:
@@ -136,8 +191,10 @@ class OptimizerRuntime:
         init_actions: np.ndarray | None = None,
         steps: int | None = None,
         seed: int | None = None,
+        request_id: str = "",
     ) -> tuple[PlanRequest, int]:
-        """Check a plan request against this deployment -> (the planner's request, steps)."""
+        """Check a plan request against this deployment -> (the planner's request, steps).
+        Without a seed: one derived from `request_id` if given (queue mode), else drawn."""
         size = self.planner.image_size
         frame = check_frame(frame)
         _require(
@@ -174,7 +231,7 @@ class OptimizerRuntime:
         n_steps = self.settings.default_steps if steps is None else steps
         _require(1 <= n_steps <= limit, f"steps must be in [1, {limit}] (WMPO_MAX_STEPS), got {n_steps}")
         if seed is None:
-            seed = secrets.randbelow(SEED_LIMIT)
+            seed = seed_for_request(request_id) if request_id else secrets.randbelow(SEED_LIMIT)
         _require(0 <= seed < SEED_LIMIT, f"seed must be in [0, 2**32), got {seed}")
         req = PlanRequest(np.ascontiguousarray(frame), instruction, target_frames, init_actions,
                           n_steps, int(seed))
@@ -186,14 +243,24 @@ class OptimizerRuntime:
 
     # ------------------------------------------------------------ plans
     def open_plan(self, frame: np.ndarray, instruction: str, **options: Any) -> PlanRun:
-        """Validate and admit a plan (400 / 429 here, before any response starts) and run it."""
+        """Validate and admit a plan (400 / 429 here, before any response starts) and run it
+        on this replica's engine."""
+        options.pop("request_id", None)
         req, steps = self.request(frame, instruction, **options)
         return self.engine.open(req, steps)
 
-    async def plan(self, frame: np.ndarray, instruction: str, **options: Any) -> PlanOutcome:
-        """Plan to the end; a cancelled caller cancels the plan."""
-        run = self.open_plan(frame, instruction, **options)
-        try:
-            return await run.result()
-        finally:
-            run.close()
+    async def plan(self, frame: np.ndarray, instruction: str, *, request_id: str = "",
+                   **options: Any) -> PlanOutcome:
+        """Plan to the end; a cancelled caller cancels the plan. In queue mode the plan goes
+        through the shared queue (`request_id` makes a retry return the stored plan)."""
+        if self.queue is None:
+            run = self.open_plan(frame, instruction, **options)
+            try:
+                return await run.result()
+            finally:
+                run.close()
+        req, steps = self.request(frame, instruction, request_id=request_id, **options)
+        key = request_id or f"anon-{uuid.uuid4().hex}"
+        started = time.perf_counter()
+        out = await self.queue.submit(key, plan_payload(req, steps))
+        return outcome_from_payload(out, time.perf_counter() - started)

@@ -4,6 +4,10 @@
 server, and stops both on shutdown; `serve` runs it with uvicorn. The checkpoints are loaded
 before the server starts (`load_planner`), so a missing or mismatched one fails fast with one
 clear error.
+
+`build_worker_app` / `serve(..., worker=True)` is a pure queue worker (`wmpo serve optimizer
+--worker`): it consumes queued plans from Redis and serves only health, readiness and metrics
+over HTTP, no plan API and no gRPC.
 """
 
 from __future__ import annotations
@@ -12,11 +16,11 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.common.app import run_app, runtime_lifespan
+from services.common.app import run_app, runtime_lifespan, worker_app
 from services.common.logging import configure_logging
 from services.optimizer.grpc_api import create_grpc_server
 from services.optimizer.http_api import create_optimizer_app
-from services.optimizer.runtime import OptimizerRuntime
+from services.optimizer.runtime import SERVICE, VERSION, OptimizerRuntime
 from services.optimizer.settings import OptimizerSettings
 from wmpo.errors import CheckpointError, ConfigError
 from wmpo.optimize.planner import Planner
@@ -45,9 +49,15 @@ def build_app(runtime: OptimizerRuntime, settings: OptimizerSettings, serve_grpc
     return create_optimizer_app(settings, runtime, lifespan=lifespan)
 
 
-def serve(settings: OptimizerSettings, planner: Planner | None = None) -> None:
+def build_worker_app(runtime: OptimizerRuntime, settings: OptimizerSettings) -> FastAPI:
+    """A pure queue worker: the runtime consumes queued plans; HTTP has only probes and metrics."""
+    return worker_app(settings, runtime, service=SERVICE, version=VERSION, what="optimizer")
+
+
+def serve(settings: OptimizerSettings, planner: Planner | None = None, worker: bool = False) -> None:
     """Serve until interrupted (SIGINT/SIGTERM shut down gracefully); `planner`: already
-    loaded (else loaded from the settings)."""
+    loaded (else loaded from the settings); `worker`: a pure queue worker."""
     configure_logging(settings.log_level)
     model = planner if planner is not None else load_planner(settings)
-    run_app(build_app(OptimizerRuntime(model, settings), settings), settings)
+    runtime = OptimizerRuntime(model, settings, consume=True if worker else None)
+    run_app(build_worker_app(runtime, settings) if worker else build_app(runtime, settings), settings)

@@ -166,7 +166,8 @@ Environment of every container: settings from its ConfigMap (envFrom), secrets b
 reference. Call with (dict "root" $ "consumeQueue" BOOL "serviceKeyEnv" NAMES "extraEnv" LIST
 "acceptServiceKey" BOOL "noRedis" BOOL): serviceKeyEnv, the variables that get the service key
 (e.g. WMPO_JUDGE_API_KEY); acceptServiceKey, whether other services call this one with it;
-noRedis, a service without a queue mode (the optimizer) that must not get the Redis URL.
+noRedis, a service the chart runs without queue mode (the optimizer) that must not get the
+Redis URL.
 */}}
 {{- define "wmpo.env" -}}
 - name: WMPO_API_KEYS

@@ -114,10 +114,3 @@ def test_bad_requests_name_the_field(planner, options: dict[str, Any], message: 
     args = {"frame": frames(1, 0)[0], "instruction": INSTRUCTION, **options}
     with pytest.raises(InvalidArgument, match=message):
         rt.request(args.pop("frame"), args.pop("instruction"), **args)
-
-
-def test_queue_mode_is_refused_rather_than_ignored(planner) -> None:
-    from wmpo.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="no queue mode yet"):
-        OptimizerRuntime(planner, settings(redis_url="redis://127.0.0.1:6379/0"))

@@ -51,7 +51,7 @@ def test_serve_optimizer_command(checkpoints, capsys, monkeypatch) -> None:
     import services.optimizer.server as server
 
     served = []
-    monkeypatch.setattr(server, "serve", lambda settings, planner: served.append((settings, planner)))
+    monkeypatch.setattr(server, "serve", lambda settings, planner, worker: served.append((settings, planner)))
     monkeypatch.setenv("WMPO_MAX_STEPS", "150")
     assert main(["serve", "optimizer", "--dev", "--port", "8133", "--generator", str(generator),
                  "--trajectory-vae", str(vae)]) == 0
@@ -59,6 +59,9 @@ def test_serve_optimizer_command(checkpoints, capsys, monkeypatch) -> None:
     assert settings.port == 8133 and settings.max_steps == 150 and settings.generator == str(generator)
     assert planner.horizon == HORIZON
     assert "optimizer: HTTP on 127.0.0.1:8133" in capsys.readouterr().err
+    assert main(["serve", "optimizer", "--dev", "--worker", "--generator", str(generator),
+                 "--trajectory-vae", str(vae)]) == 2
+    assert "--worker consumes plan work from Redis" in capsys.readouterr().err
 
 
 def test_embedded_stack_runs_the_optimizer_only_with_a_plan_generator(checkpoints) -> None:
