@@ -149,7 +149,12 @@ def denoise_frames(model: VideoDiT, ctx: torch.Tensor, ctx_act: torch.Tensor, ct
     ctx_plan = plan.select(slice(0, f_ctx)) if plan is not None else None
     gen_plan = plan.select(slice(f_ctx, None)) if plan is not None else None
 
-    cache = model.build_cache(ctx_noisy, ctx_t, ctx_act, ctx_has, ctx_pos, ctx_plan) if cfg.use_cache else None
+    # Plan arguments only for a plan generator: the exported backends (OrtDiT, TritonDiT) take
+    # the world model's signature.
+    ctx_extra = (ctx_plan,) if plan is not None else ()
+    gen_extra = (gen_plan,) if plan is not None else ()
+    full_extra = (plan,) if plan is not None else ()
+    cache = model.build_cache(ctx_noisy, ctx_t, ctx_act, ctx_has, ctx_pos, *ctx_extra) if cfg.use_cache else None
     times = flow_timesteps(cfg.steps, cfg.shift)
     for i in range(cfg.steps):
         t_now, t_next = float(times[i]), float(times[i + 1])
@@ -157,10 +162,10 @@ def denoise_frames(model: VideoDiT, ctx: torch.Tensor, ctx_act: torch.Tensor, ct
 
         def velocity(z: torch.Tensor, t_gen: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
             if cache is not None:
-                return model.forward_cached(z, t_gen, gen_act, has, gen_pos, cache, gen_plan)
+                return model.forward_cached(z, t_gen, gen_act, has, gen_pos, cache, *gen_extra)
             return model(torch.cat([ctx_noisy, z], 1), torch.cat([ctx_t, t_gen], 1),
                          torch.cat([ctx_act, gen_act], 1), torch.cat([ctx_has, has], 1),
-                         torch.cat([ctx_pos, gen_pos], 1), plan)[:, f_ctx:]
+                         torch.cat([ctx_pos, gen_pos], 1), *full_extra)[:, f_ctx:]
 
         v = velocity(z, t_gen, gen_has)
         if cfg.action_guidance != 1.0:  # the context (and its cache) is shared by both passes
