@@ -44,7 +44,7 @@ class OptimizerSource:
             raise ConfigError(f"execute_chunks must be in [1, {self.planner.chunks}], got {execute_chunks}")
         self.variant, self.execute_chunks, self.temperature = variant, execute_chunks, temperature
         self.policy = None
-        if policy:
+        if variant in ("full-init", "act-head"):  # the others never consult a policy
             from wmpo.models.policy import Policy
 
             self.policy, _ = Policy.from_checkpoint(policy)
