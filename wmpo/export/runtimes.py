@@ -41,6 +41,13 @@ def _feed(z, t, actions, has_action, positions) -> dict[str, np.ndarray]:
             "has_action": arr(has_action, np.bool_), "positions": arr(positions, np.int64)}
 
 
+def _no_plan(plan: Any) -> None:
+    """The sampler passes VideoDiT's optional plan condition (the optimizer's generator); the
+    exported graphs are the world model's, which has none."""
+    if plan is not None:
+        raise NotImplementedError("the exported DiT graphs take no plan condition (plan_tokens=0 models only)")
+
+
 class _GraphDiT:
     """config + build_cache + forward_cached over a ``run(graph, feed) -> array`` method."""
 
@@ -50,11 +57,13 @@ class _GraphDiT:
     def run(self, graph: str, feed: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 
-    def build_cache(self, z, t, actions, has_action, positions) -> PackedCache:
+    def build_cache(self, z, t, actions, has_action, positions, plan=None) -> PackedCache:
+        _no_plan(plan)
         kv = self.run(CONTEXT, _feed(z, t, actions, has_action, positions))
         return PackedCache(kv, kv.shape[3])
 
-    def forward_cached(self, z, t, actions, has_action, positions, cache: PackedCache) -> torch.Tensor:
+    def forward_cached(self, z, t, actions, has_action, positions, cache: PackedCache, plan=None) -> torch.Tensor:
+        _no_plan(plan)
         feed = _feed(z, t, actions, has_action, positions)
         feed["kv"] = cache.kv
         out = self.run(DENOISER, feed)
@@ -116,15 +125,16 @@ class TritonDiT(_GraphDiT):
         return infer(self.client_module, self.client, graph, feed, [self.outputs[graph]],
                      self.model_version, self.timeout_s, shm=shm)[0]
 
-    def build_cache(self, z, t, actions, has_action, positions) -> PackedCache:
-        cache = super().build_cache(z, t, actions, has_action, positions)
+    def build_cache(self, z, t, actions, has_action, positions, plan=None) -> PackedCache:
+        cache = super().build_cache(z, t, actions, has_action, positions, plan)
         if self.kv_region is not None:
             self.kv_region.write(cache.kv)
         return cache
 
-    def forward_cached(self, z, t, actions, has_action, positions, cache: PackedCache) -> torch.Tensor:
+    def forward_cached(self, z, t, actions, has_action, positions, cache: PackedCache, plan=None) -> torch.Tensor:
         if self.kv_region is None:
-            return super().forward_cached(z, t, actions, has_action, positions, cache)
+            return super().forward_cached(z, t, actions, has_action, positions, cache, plan)
+        _no_plan(plan)
         feed = _feed(z, t, actions, has_action, positions)
         shm = {"kv": (self.kv_region.name, cache.kv.nbytes, cache.kv.shape, "FP32")}
         return torch.from_numpy(self.run(DENOISER, feed, shm=shm).copy())
