@@ -921,6 +921,9 @@ def test_the_simulator_and_its_workers_call_triton_over_grpc(all_docs, start) ->
         pod = start(all_docs, named(all_docs, "Deployment", name))
         settings = pod.settings
         assert (settings.backend, pod.backend, settings.triton_shm) == ("triton", "triton", "off")
+        # Waiting for Triton's models ends before the startup probe gives up on the pod.
+        probe = the_container(named(all_docs, "Deployment", name))["startupProbe"]
+        assert 30 <= settings.triton_startup_timeout_s < probe["periodSeconds"] * probe["failureThreshold"]
         host, port = settings.triton_url.split(":")
         service = named(all_docs, "Service", host)
         (target,) = [p["targetPort"] for p in service["spec"]["ports"] if p["port"] == int(port)]

@@ -145,6 +145,10 @@ the URLs of the chart's other services (a URL set in `settings` wins). Call with
 {{- $_ := set $urls "backend" "triton" }}
 {{- $_ := set $urls "triton_url" (printf "%s:%v" (include "wmpo.tritonName" .root) $v.triton.ports.grpc) }}
 {{- $_ := set $urls "triton_shm" "off" }}
+{{- /* Wait for Triton's models (their TensorRT build may still run) within the startup
+  probe's budget, less a minute for loading the checkpoint: after it the pod restarts. */}}
+{{- $budget := mul $v.probes.startup.periodSeconds $v.probes.startup.failureThreshold }}
+{{- $_ := set $urls "triton_startup_timeout_s" (max 30 (sub $budget 60)) }}
 {{- end }}
 {{- merge (deepCopy $v.settings) $urls | toJson }}
 {{- else if eq .component "judge" }}
