@@ -55,14 +55,18 @@ def build_planner() -> Planner:
 
 
 class CountingPlanner(Planner):
-    """The real tiny planner, with the plans of every `step` call recorded (never replaced)."""
+    """The real tiny planner, with the plans of every `step` call recorded (never replaced);
+    `fail` makes a step raise, as a backend failure would."""
 
     def __init__(self, inner: Planner) -> None:
         self.__dict__.update(inner.__dict__)
         self.step_calls: list[int] = []
+        self.fail = False
 
     def step(self, problems: list[Any]) -> None:
         self.step_calls.append(len(problems))
+        if self.fail:
+            raise RuntimeError("secret backend detail at /srv/planner.py:42")
         super().step(problems)
 
 

@@ -161,3 +161,21 @@ def test_two_concurrent_http_plans_share_step_calls(server, planner) -> None:
     calls = planner.step_calls[before:]
     assert sum(calls) == 8 and max(calls) == 2, calls
     assert max(r.json()["timing"]["mean_batch_plans"] for r in results) > 1
+
+
+def test_a_failed_step_is_a_500_naming_the_request_id_and_the_service_goes_on(server, planner) -> None:
+    url, runtime = server
+    planner.fail = True
+    try:
+        resp = httpx.post(f"{url}/v1/plan", json=body(), headers={**AUTH, "x-request-id": "boom-1"}, timeout=60)
+        with httpx.stream("POST", f"{url}/v1/plan/stream", json=body(), headers=AUTH, timeout=60) as r:
+            assert r.status_code == 200  # validated and admitted; the failure comes in-band
+            events = [json.loads(line) for line in r.iter_lines() if line]
+    finally:
+        planner.fail = False
+    assert resp.status_code == 500 and "secret" not in resp.text
+    assert resp.json()["error"]["message"] == "internal error; quote request id boom-1 when reporting it"
+    assert events[-1]["event"] == "error" and events[-1]["error"]["code"] == "INTERNAL"
+    assert "secret" not in json.dumps(events)
+    assert runtime.engine.admitted == 0
+    assert httpx.post(f"{url}/v1/plan", json=body(steps=1), headers=AUTH, timeout=60).status_code == 200
