@@ -470,12 +470,12 @@ def _read_json(path: Path) -> Any:
         raise DatasetError(f"{path} is not valid JSON: {e}") from None
 
 
-def _read_parquet(path: Path, columns: list[str] | None = None, filters: Any = None) -> Any:
+def _read_parquet(path: Path, columns: list[str] | None = None) -> Any:
     pa = _pa()
     if not path.exists():
         raise DatasetError(f"{path} is missing")
     try:
-        return pa.parquet.read_table(path, columns=columns, filters=filters)
+        return pa.parquet.read_table(path, columns=columns)
     except (pa.ArrowException, OSError) as e:
         raise DatasetError(f"{path} is not a readable parquet file: {e}") from None
 
