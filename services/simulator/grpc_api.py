@@ -22,6 +22,7 @@ from services.common.errors import InvalidArgument, grpc_error_boundary
 from services.common.grpc_util import bind_address, observed, server_interceptors
 from services.common.logging import is_valid_request_id, request_id_var
 from services.common.metrics import ServiceMetrics
+from services.simulator.drift import Outcome, check_outcome_frames
 from services.simulator.engine import (
     ImagineChunk,
     check_candidates,
@@ -132,6 +133,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
             instruction=request.instruction,
             verify=request.verify,
             verify_threshold=self._verify_threshold(request),
+            record_id=rid,
         )
         v = result.verification
         return simulator_pb2.ImagineResponse(
@@ -290,6 +292,38 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
         sessions = self.runtime.sessions
         closed = sessions.close(target) if which == "session_id" else sessions.close_group(target)
         return simulator_pb2.CloseSessionResponse(closed_session_ids=closed)
+
+    # ------------------------------------------------------------ outcomes
+    @observed
+    @grpc_error_boundary
+    async def ReportOutcome(
+        self, request: simulator_pb2.ReportOutcomeRequest, context: grpc.aio.ServicerContext
+    ) -> simulator_pb2.ReportOutcomeResponse:
+        if not request.request_id:
+            raise InvalidArgument("request_id: the request_id of the imagine response is required")
+        if not is_valid_request_id(request.request_id):
+            raise InvalidArgument("request_id must be at most 128 characters of [A-Za-z0-9._:-]")
+        if request.candidate < 0:
+            raise InvalidArgument(f"candidate: must be >= 0, got {request.candidate}")
+        frames = self._tensor(request, "frames", "uint8", check_outcome_frames)
+        success = request.success if request.HasField("success") else None
+        f = await self.runtime.report_outcome(
+            Outcome(request.request_id, request.candidate, frames, success)
+        )
+        return simulator_pb2.ReportOutcomeResponse(
+            request_id=f.request_id,
+            candidate=f.candidate,
+            frames_compared=f.frames_compared,
+            psnr_db=f.psnr_db,
+            perceptual=f.perceptual or [],
+            psnr_mean_db=f.psnr_mean_db,
+            perceptual_mean=f.perceptual_mean,
+            confidence=f.confidence,
+            success=f.success,
+            world_model=f.world_model,
+            replayed=f.replayed,
+            has_perceptual=f.perceptual is not None,
+        )
 
     # ------------------------------------------------------------ health
     @grpc_error_boundary

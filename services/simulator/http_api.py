@@ -21,6 +21,12 @@ Routes (all need an API key; health and readiness come from `create_app`):
   `expected_chunks_stepped` is idempotent: retried after a timeout, it returns the
   stored result (`replayed: true`) instead of advancing the session twice; a count
   that is neither the session's nor its last step's is a 409.
+- `POST /v1/outcomes`: what really happened after executing a candidate of a
+  `/v1/imagine` request (its `request_id`, the candidate, the real frames, the real
+  success flag when known) -> per-frame PSNR and perceptual distance against what
+  was imagined, exported as drift metrics (`services.simulator.drift`). 404 for an
+  unknown or expired request id; a repeat of the same report returns the stored
+  answer (`replayed: true`); a different report for the same request is a 409;
 - recorded runs for the viewer (`services.common.viewer.runs`): `GET /v1/runs`,
   `/v1/runs/episodes`, `/v1/runs/episode`, read-only under `WMPO_RUNS_DIR`;
 - the rollout viewer page at `/viewer` (`services.common.viewer`; the page is public, its
@@ -62,6 +68,7 @@ from services.common.http_util import until_disconnect
 from services.common.logging import current_request_id
 from services.common.viewer import example_frames
 from services.common.viewer.runs import RunStore, runs_router
+from services.simulator.drift import Outcome, OutcomeFigures, check_outcome_frames
 from services.simulator.engine import (
     SEED_LIMIT,
     ImagineChunk,
@@ -247,7 +254,66 @@ class ReplayBody(_Body):
     frame_encoding: FrameEncoding = "raw"
 
 
+class OutcomeBody(_Body):
+    model_config = _examples(
+        {
+            "request_id": "my-imagine-1",
+            "candidate": 0,
+            "frames": to_json(np.full((1, 64, 64, 3), 128, np.uint8), "frames", "png"),
+            "success": True,
+        }
+    )
+    request_id: str = Field(
+        pattern=r"^[A-Za-z0-9._:-]{1,128}$",
+        description="The request_id of the /v1/imagine response whose candidate was executed.",
+    )
+    candidate: int = Field(ge=0, lt=2**31, description="The index of the executed candidate.")
+    frames: TensorJSON = Field(
+        description="uint8 (T, H, W, 3), raw or PNG: the real camera frames that followed, one "
+        "per imagined frame (the frame after every frame-stride actions), T at most the "
+        "imagined count (a prefix if the episode ended early)."
+    )
+    success: bool | None = Field(None, description="The real task success, when known.")
+
+    _frames: np.ndarray = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _tensors(self) -> OutcomeBody:
+        self._frames = _decode(self.frames, "frames", "uint8", check_outcome_frames)
+        return self
+
+
 # ----------------------------------------------------------------- responses
+
+
+class OutcomeOut(BaseModel):
+    request_id: str
+    candidate: int
+    frames_compared: int
+    psnr_db: list[float] = Field(description="Per compared frame: PSNR (dB), real vs imagined.")
+    perceptual: list[float] | None = Field(
+        description="Per compared frame: perceptual distance (ae-lpips; null: not on this backend)."
+    )
+    psnr_mean_db: float
+    perceptual_mean: float | None
+    confidence: float | None = Field(
+        description="The judge's confidence for this candidate (null: imagined without verify)."
+    )
+    success: bool | None
+    world_model: str = Field(description="The checkpoint hash that imagined the frames.")
+    replayed: bool = Field(
+        False, description="True: a repeat of an accepted report; its stored answer, counted once."
+    )
+
+
+def outcome_out(f: OutcomeFigures) -> OutcomeOut:
+    return OutcomeOut(
+        request_id=f.request_id, candidate=f.candidate, frames_compared=f.frames_compared,
+        psnr_db=f.psnr_db, perceptual=f.perceptual, psnr_mean_db=f.psnr_mean_db,
+        perceptual_mean=f.perceptual_mean, confidence=f.confidence, success=f.success,
+        world_model=f.world_model, replayed=f.replayed,
+    )
+
 
 
 class CandidateOut(BaseModel):
@@ -445,6 +511,7 @@ async def imagine(body: ImagineBody, rt: Runtime, request: Request) -> ImagineOu
             instruction=body.instruction,
             verify=body.verify,
             verify_threshold=body.verify_threshold,
+            record_id=rid,
         ),
     )
     v = result.verification
@@ -518,6 +585,21 @@ async def imagine_stream(body: ImagineBody, rt: Runtime) -> StreamingResponse:
     # Disconnect cancels the generator (its queued rows are dropped); the
     # response then releases the admission reservation.
     return _ClosingStream(lines(), stream.close)
+
+# -------------------------------------------------------------- outcomes
+@router.post(
+    "/outcomes",
+    response_model=OutcomeOut,
+    summary="Report what really happened after executing an imagined candidate",
+    operation_id="reportOutcome",
+    responses=error_responses(409),
+)
+async def report_outcome(body: OutcomeBody, rt: Runtime) -> OutcomeOut:
+    figures = await rt.report_outcome(
+        Outcome(body.request_id, body.candidate, body._frames, body.success)
+    )
+    return outcome_out(figures)
+
 
 # -------------------------------------------------------------- sessions
 @router.post(

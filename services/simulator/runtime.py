@@ -14,6 +14,11 @@ the replica that accepted the request, after the queue's result: the queued
 payload stays frames-only (a worker needs no judge), and a retried request
 id gets its stored frames judged again (the classifier is deterministic, so
 the same verdict).
+
+Outcomes (`report_outcome`, see `services.simulator.drift`): every `/v1/imagine`
+result is kept by its request id in a bounded TTL store (memory, or Redis with
+WMPO_REDIS_URL so any replica can take the report), and a reported outcome is
+compared with it; the drift monitor exports the figures as metrics.
 """
 
 from __future__ import annotations
@@ -27,10 +32,27 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+    Unavailable,
+)
 from services.common.health import Readiness
 from services.common.metrics import ServiceMetrics
 from services.common.queues import WorkQueue, make_queue
+from services.simulator.drift import (
+    Distance,
+    DriftMonitor,
+    Imagined,
+    ImaginedStore,
+    MemoryImaginedStore,
+    Outcome,
+    OutcomeFigures,
+    RedisImaginedStore,
+    compare,
+)
 from services.simulator.engine import (
     EngineConfig,
     ImagineChunk,
@@ -91,10 +113,18 @@ class SimulatorRuntime:
         self.judge: ImagineJudge | None = (
             ImagineJudge(settings.judge_url, key) if settings.judge_url else None
         )
+        self.imagined: ImaginedStore = (
+            RedisImaginedStore(settings.redis_url, settings.queue_prefix, settings.outcome_ttl_s)
+            if settings.redis_url
+            else MemoryImaginedStore(settings.outcome_ttl_s, settings.outcome_max_records)
+        )
+        self.drift = DriftMonitor(SERVICE, settings.drift_window, settings.drift_log)
+        self._distance: Distance | None = _feature_distance(world_model)
 
     async def start(self) -> None:
         # The queue first: an unreachable Redis fails startup before the model runs.
         await self.imagine_queue.start()
+        await self.imagined.start()
         if self.judge is not None:
             self.judge.start()
         await self.engine.start()
@@ -129,6 +159,7 @@ class SimulatorRuntime:
         await self.sessions.stop()
         await self.engine.stop()
         await self.imagine_queue.close()
+        await self.imagined.close()
         if self.judge is not None:
             await self.judge.close()
 
@@ -143,12 +174,15 @@ class SimulatorRuntime:
         instruction: str = "",
         verify: bool = False,
         verify_threshold: float | None = None,
+        record_id: str = "",
     ) -> ImagineResult:
         """Validate here, run through the imagine queue; `request_id` makes retries idempotent.
 
         Without a request id the request gets a fresh one (no idempotency);
         without a seed, the seed is derived from the request id. `verify`: the
         judge scores every candidate (`result.verification`, see `verified`).
+        `record_id`: the id the caller sees (default `request_id`); what was imagined
+        is kept under it for an outcome report.
         """
         self.check_verify(verify, verify_threshold, instruction)
         key = request_id or f"anon-{uuid.uuid4().hex}"
@@ -160,10 +194,59 @@ class SimulatorRuntime:
         started = time.perf_counter()
         out = await self.imagine_queue.submit(key, imagine_payload(frame, cands, seed))
         result = imagine_result(out, time.perf_counter() - started)
-        if not verify:
-            return result
-        verification = await self.verify(frame, result.frames, instruction, verify_threshold)
-        return self.verified(result, verification)
+        if verify:
+            verification = await self.verify(frame, result.frames, instruction, verify_threshold)
+            result = self.verified(result, verification)
+        await self._record(record_id or request_id, result, instruction)
+        return result
+
+    # ------------------------------------------------------------ outcomes
+    async def _record(self, record_id: str, result: ImagineResult, instruction: str) -> None:
+        """Keep what was imagined for an outcome report; a store outage never fails imagine."""
+        if not record_id:
+            return
+        v = result.verification
+        imagined = Imagined(
+            frames=result.frames,
+            confidences=list(v.confidences) if v else None,
+            instruction=instruction,
+            frame_stride=self.engine.frame_stride,
+            world_model=result.provenance.get("world_model_sha256", ""),
+            created_at=time.time(),
+        )
+        try:
+            await self.imagined.put(record_id, imagined)
+        except Unavailable as exc:
+            log.warning("imagine %s not kept for outcomes: %s", record_id, exc.message)
+
+    async def report_outcome(self, outcome: Outcome) -> OutcomeFigures:
+        """Compare a real outcome with what its imagine request imagined (see `drift`).
+
+        Unknown or expired request id: NotFound; a candidate or frames that do not fit:
+        InvalidArgument; a repeat of an accepted report: its stored answer (`replayed`);
+        another report for the same request: Conflict.
+        """
+        try:
+            imagined = await self.imagined.get(outcome.request_id)
+            if imagined is None:
+                raise NotFound(
+                    f"no imagine request {outcome.request_id!r} to compare with: unknown, or "
+                    f"older than the outcome TTL ({self.settings.outcome_ttl_s:g} s, "
+                    "WMPO_OUTCOME_TTL_S); report outcomes of /v1/imagine requests by the "
+                    "request_id of their response"
+                )
+            figures = await asyncio.to_thread(compare, outcome, imagined, self._distance)
+            stored = await self.imagined.claim(
+                outcome.request_id, outcome.digest(), figures.to_json()
+            )
+        except ServiceError:
+            self.drift.count("rejected")
+            raise
+        if stored is not None:
+            self.drift.count("replayed")
+            return OutcomeFigures(**{**stored, "replayed": True})
+        await self.drift.observe(figures)
+        return figures
 
     def open_imagine_stream(
         self,
@@ -240,6 +323,18 @@ class SimulatorRuntime:
         if problem:
             return Readiness(False, problem)
         return Readiness(True)
+
+
+def _feature_distance(world_model: WorldModel) -> Distance | None:
+    """The perceptual distance on the world model's own encoder (`wmpo.judge.perceptual`);
+    None for a backend without an in-process autoencoder."""
+    ae = getattr(world_model, "ae", None)
+    if ae is None:
+        return None
+    from wmpo.judge.perceptual import FeatureDistance
+
+    hashes = getattr(world_model, "hashes", {}) or {}
+    return FeatureDistance(ae, hashes.get("world_model_sha256", ""))
 
 
 class ImagineStream:

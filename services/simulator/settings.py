@@ -129,7 +129,30 @@ class SimulatorSettings(ServiceSettings):
         "unset: none.",
     )
 
-    @field_validator("judge_url", "onnx_dir", "triton_url", "runs_dir", mode="before")
+    outcome_ttl_s: float = Field(
+        900.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="How long what an imagine request imagined is kept for its outcome report "
+        "(POST /v1/outcomes); later reports are 404. In Redis with WMPO_REDIS_URL (shared by "
+        "replicas), else in memory.",
+    )
+    outcome_max_records: int = Field(
+        256,
+        ge=1,
+        description="In memory: the most imagine requests kept for outcome reports (the oldest "
+        "go first; a 4-candidate 64x64 request holds about 200 KB).",
+    )
+    drift_window: int = Field(
+        200, ge=1, description="Outcomes in the rolling drift figures (wmpo_drift_*_rolling)."
+    )
+    drift_log: str | None = Field(
+        None,
+        description="Append every accepted outcome's figures to this JSONL file (read by "
+        "`wmpo drift report --log`); unset: no log.",
+    )
+
+    @field_validator("judge_url", "onnx_dir", "triton_url", "runs_dir", "drift_log", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -90,6 +90,12 @@ def frame_array(frame: Any, name: str = "frame") -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def outcome_frames(frames: Any, name: str = "frames") -> np.ndarray:
+    """The real frames of an outcome report: uint8 (T, H, W, 3); one (H, W, 3) frame is T=1."""
+    array = frame_array(frames, name)
+    return array[None] if array.ndim == 3 else array
+
+
 def action_array(actions: Any, name: str = "actions") -> np.ndarray:
     """Actions as float32 (lists and float64 arrays are converted; the server checks shapes)."""
     array = np.asarray(actions)

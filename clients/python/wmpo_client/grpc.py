@@ -49,6 +49,7 @@ from wmpo_client._common import (
     check_frame_encoding,
     check_request_id,
     frame_array,
+    outcome_frames,
 )
 from wmpo_client._grpc import (
     AsyncGrpc,
@@ -68,6 +69,7 @@ from wmpo_client.results import (
     ImagineChunk,
     ImagineEvent,
     ImagineResult,
+    OutcomeResult,
     ReplayResult,
     SessionInfo,
     StepOutcome,
@@ -172,6 +174,22 @@ class _Parser:
         )
 
 
+def _outcome_result(resp: pb.ReportOutcomeResponse) -> OutcomeResult:
+    return OutcomeResult(
+        request_id=resp.request_id,
+        candidate=resp.candidate,
+        frames_compared=resp.frames_compared,
+        psnr_db=list(resp.psnr_db),
+        perceptual=list(resp.perceptual) if resp.has_perceptual else None,
+        psnr_mean_db=resp.psnr_mean_db,
+        perceptual_mean=resp.perceptual_mean if resp.HasField("perceptual_mean") else None,
+        confidence=resp.confidence if resp.HasField("confidence") else None,
+        success=resp.success if resp.HasField("success") else None,
+        world_model=resp.world_model,
+        replayed=resp.replayed,
+    )
+
+
 class _StreamState(ChunkStream):
     """Turns a stream's messages into events; the last is the full result."""
 
@@ -251,6 +269,19 @@ class _SimulatorGrpc(GrpcConfig):
             frame_encoding=_ENCODINGS[self.frame_encoding],
             verify=verify,
             verify_threshold=None if verify_threshold is None else float(verify_threshold),
+        )
+
+    def _outcome_request(
+        self, request_id: str, candidate: int, frames: Any, success: bool | None
+    ) -> pb.ReportOutcomeRequest:
+        if not request_id:
+            raise ValueError("request_id: the request_id of the imagine result is required")
+        return pb.ReportOutcomeRequest(
+            request_id=request_id,
+            candidate=int(candidate),
+            frames=to_proto(outcome_frames(frames), "frames", self.frame_encoding,
+                            self.max_send_bytes),
+            success=None if success is None else bool(success),
         )
 
     def _create_request(
@@ -457,6 +488,18 @@ class GrpcSimulatorClient(SyncGrpc, _SimulatorGrpc):
         request = self._replay_request(session_id, seed, rid)
         return self._parse.replay(self._unary(self._stub.ReplaySession, request, rid))
 
+    def report_outcome(
+        self,
+        request_id: str,
+        candidate: int,
+        frames: np.ndarray,
+        success: bool | None = None,
+    ) -> OutcomeResult:
+        """See `wmpo_client.http.SimulatorClient.report_outcome` (retried like it: a repeat
+        returns the stored answer)."""
+        request = self._outcome_request(request_id, candidate, frames, success)
+        return _outcome_result(self._unary(self._stub.ReportOutcome, request, "", True))
+
     def get_session(self, session_id: str) -> SessionInfo:
         resp = self._unary(self._stub.GetSession, pb.GetSessionRequest(session_id=session_id))
         return _session_info(resp.sessions[0])
@@ -619,6 +662,17 @@ class AsyncGrpcSimulatorClient(AsyncGrpc, _SimulatorGrpc):
         rid = check_request_id(request_id)
         request = self._replay_request(session_id, seed, rid)
         return self._parse.replay(await self._unary(self._stub.ReplaySession, request, rid))
+
+    async def report_outcome(
+        self,
+        request_id: str,
+        candidate: int,
+        frames: np.ndarray,
+        success: bool | None = None,
+    ) -> OutcomeResult:
+        """See `wmpo_client.http.SimulatorClient.report_outcome`."""
+        request = self._outcome_request(request_id, candidate, frames, success)
+        return _outcome_result(await self._unary(self._stub.ReportOutcome, request, "", True))
 
     async def get_session(self, session_id: str) -> SessionInfo:
         request = pb.GetSessionRequest(session_id=session_id)

@@ -1,7 +1,7 @@
 """HTTP clients for the simulator service: `SimulatorClient` (sync) and `AsyncSimulatorClient`.
 
 Both speak the service's JSON API (`/v1/imagine`, `/v1/imagine/stream`,
-`/v1/sessions`, `/v1/groups`, `/readyz`) with httpx and return the dataclasses
+`/v1/sessions`, `/v1/groups`, `/v1/outcomes`, `/readyz`) with httpx and return the dataclasses
 of `wmpo_client.results`, with numpy arrays for every tensor. Every failure
 is a `SimulatorError` carrying the server's code, message and request id.
 
@@ -46,6 +46,7 @@ from wmpo_client._common import (
     check_frame_encoding,
     check_request_id,
     frame_array,
+    outcome_frames,
 )
 from wmpo_client._http import AsyncHttp, Call, HttpConfig, SyncHttp, error_from_event
 from wmpo_client.codec import from_json, to_json
@@ -56,6 +57,7 @@ from wmpo_client.results import (
     ImagineChunk,
     ImagineEvent,
     ImagineResult,
+    OutcomeResult,
     ReplayResult,
     SessionInfo,
     StepOutcome,
@@ -105,6 +107,10 @@ def _imagine_result(
         verdict=data.get("verdict"),
         best_candidate=data.get("best_candidate"),
     )
+
+
+def _outcome_result(data: dict[str, Any]) -> OutcomeResult:
+    return OutcomeResult(**{f.name: data[f.name] for f in fields(OutcomeResult)})
 
 
 def _create_result(data: dict[str, Any], max_bytes: int) -> CreateSessionResult:
@@ -259,6 +265,21 @@ class _SimulatorHttp(HttpConfig):
         if verify_threshold is not None:
             body["verify_threshold"] = float(verify_threshold)
         return Call("POST", path, body, rid)
+
+    def _outcome_call(
+        self, request_id: str, candidate: int, frames: Any, success: bool | None
+    ) -> Call:
+        if not request_id:
+            raise ValueError("request_id: the request_id of the imagine result is required")
+        body: dict[str, Any] = {
+            "request_id": request_id,
+            "candidate": int(candidate),
+            "frames": to_json(outcome_frames(frames), "frames", self.frame_encoding),
+        }
+        if success is not None:
+            body["success"] = bool(success)
+        # Safe to retry after a timeout: the service answers a repeat with the stored result.
+        return Call("POST", "/v1/outcomes", body, "", True)
 
     def _create_call(
         self,
@@ -483,6 +504,21 @@ class SimulatorClient(SyncHttp, _SimulatorHttp):
         """Replay a session's recorded actions from its start under fresh noise."""
         return self._run(self._replay_call(session_id, seed, request_id), self._replay_result)
 
+    def report_outcome(
+        self,
+        request_id: str,
+        candidate: int,
+        frames: np.ndarray,
+        success: bool | None = None,
+    ) -> OutcomeResult:
+        """Report what really happened after executing candidate `candidate` of the imagine
+        call whose result had `request_id`: `frames` uint8 (T, H, W, 3), the real frames that
+        followed, one per imagined frame (T at most the imagined count), `success` the real
+        outcome when known. Returns the simulator's comparison (PSNR, perceptual distance);
+        a repeat of the same report returns the stored answer (`replayed`)."""
+        call = self._outcome_call(request_id, candidate, frames, success)
+        return self._run(call, lambda r: _outcome_result(r.json()))
+
     def get_session(self, session_id: str) -> SessionInfo:
         call = Call("GET", f"/v1/sessions/{_segment(session_id)}")
         return self._run(call, lambda r: _session_info(r.json()))
@@ -635,6 +671,17 @@ class AsyncSimulatorClient(AsyncHttp, _SimulatorHttp):
         """See `SimulatorClient.replay`."""
         call = self._replay_call(session_id, seed, request_id)
         return await self._run(call, self._replay_result)
+
+    async def report_outcome(
+        self,
+        request_id: str,
+        candidate: int,
+        frames: np.ndarray,
+        success: bool | None = None,
+    ) -> OutcomeResult:
+        """See `SimulatorClient.report_outcome`."""
+        call = self._outcome_call(request_id, candidate, frames, success)
+        return await self._run(call, lambda r: _outcome_result(r.json()))
 
     async def get_session(self, session_id: str) -> SessionInfo:
         call = Call("GET", f"/v1/sessions/{_segment(session_id)}")

@@ -44,6 +44,23 @@ class ImagineResult:
 
 
 @dataclass(frozen=True)
+class OutcomeResult:
+    """The simulator's comparison of a reported outcome with what it imagined (drift monitor)."""
+
+    request_id: str
+    candidate: int
+    frames_compared: int
+    psnr_db: list[float]  # per compared frame, real vs imagined
+    perceptual: list[float] | None  # per compared frame (ae-lpips); None: not on that backend
+    psnr_mean_db: float
+    perceptual_mean: float | None
+    confidence: float | None  # the judge's for this candidate (None: imagined without verify)
+    success: bool | None
+    world_model: str  # checkpoint hash that imagined the frames
+    replayed: bool = False  # a repeat of an accepted report: its stored answer
+
+
+@dataclass(frozen=True)
 class ImagineChunk:
     """One chunk of a streamed imagine call, for every candidate, as soon as it is generated."""
 

@@ -83,6 +83,46 @@ class ImagineResponse(_message.Message):
     best_candidate: int
     def __init__(self, request_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[CandidateResult, _Mapping]]] = ..., seed: _Optional[int] = ..., provenance: _Optional[_Mapping[str, str]] = ..., timing: _Optional[_Mapping[str, float]] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., best_candidate: _Optional[int] = ...) -> None: ...
 
+class ReportOutcomeRequest(_message.Message):
+    __slots__ = ("request_id", "candidate", "frames", "success")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    candidate: int
+    frames: _tensor_pb2.Tensor
+    success: bool
+    def __init__(self, request_id: _Optional[str] = ..., candidate: _Optional[int] = ..., frames: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., success: _Optional[bool] = ...) -> None: ...
+
+class ReportOutcomeResponse(_message.Message):
+    __slots__ = ("request_id", "candidate", "frames_compared", "psnr_db", "perceptual", "psnr_mean_db", "perceptual_mean", "confidence", "success", "world_model", "replayed", "has_perceptual")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_COMPARED_FIELD_NUMBER: _ClassVar[int]
+    PSNR_DB_FIELD_NUMBER: _ClassVar[int]
+    PERCEPTUAL_FIELD_NUMBER: _ClassVar[int]
+    PSNR_MEAN_DB_FIELD_NUMBER: _ClassVar[int]
+    PERCEPTUAL_MEAN_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    WORLD_MODEL_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    HAS_PERCEPTUAL_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    candidate: int
+    frames_compared: int
+    psnr_db: _containers.RepeatedScalarFieldContainer[float]
+    perceptual: _containers.RepeatedScalarFieldContainer[float]
+    psnr_mean_db: float
+    perceptual_mean: float
+    confidence: float
+    success: bool
+    world_model: str
+    replayed: bool
+    has_perceptual: bool
+    def __init__(self, request_id: _Optional[str] = ..., candidate: _Optional[int] = ..., frames_compared: _Optional[int] = ..., psnr_db: _Optional[_Iterable[float]] = ..., perceptual: _Optional[_Iterable[float]] = ..., psnr_mean_db: _Optional[float] = ..., perceptual_mean: _Optional[float] = ..., confidence: _Optional[float] = ..., success: _Optional[bool] = ..., world_model: _Optional[str] = ..., replayed: _Optional[bool] = ..., has_perceptual: _Optional[bool] = ...) -> None: ...
+
 class ImagineFrames(_message.Message):
     __slots__ = ("request_id", "chunk_index", "frames")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]

@@ -74,6 +74,11 @@ class SimulatorStub:
                 request_serializer=wmpo_dot_v1_dot_simulator__pb2.CloseSessionRequest.SerializeToString,
                 response_deserializer=wmpo_dot_v1_dot_simulator__pb2.CloseSessionResponse.FromString,
                 _registered_method=True)
+        self.ReportOutcome = channel.unary_unary(
+                '/wmpo.v1.Simulator/ReportOutcome',
+                request_serializer=wmpo_dot_v1_dot_simulator__pb2.ReportOutcomeRequest.SerializeToString,
+                response_deserializer=wmpo_dot_v1_dot_simulator__pb2.ReportOutcomeResponse.FromString,
+                _registered_method=True)
         self.Health = channel.unary_unary(
                 '/wmpo.v1.Simulator/Health',
                 request_serializer=wmpo_dot_v1_dot_simulator__pb2.HealthRequest.SerializeToString,
@@ -137,6 +142,16 @@ class SimulatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportOutcome(self, request, context):
+        """What really happened after executing a candidate of an Imagine request:
+        compared with what was imagined (drift monitor). NOT_FOUND for an unknown or
+        expired request id; a repeat of the same report returns the stored answer
+        (replayed); a different report for the same request: FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Health(self, request, context):
         """Readiness; needs no API key.
         """
@@ -181,6 +196,11 @@ def add_SimulatorServicer_to_server(servicer, server):
                     servicer.CloseSession,
                     request_deserializer=wmpo_dot_v1_dot_simulator__pb2.CloseSessionRequest.FromString,
                     response_serializer=wmpo_dot_v1_dot_simulator__pb2.CloseSessionResponse.SerializeToString,
+            ),
+            'ReportOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportOutcome,
+                    request_deserializer=wmpo_dot_v1_dot_simulator__pb2.ReportOutcomeRequest.FromString,
+                    response_serializer=wmpo_dot_v1_dot_simulator__pb2.ReportOutcomeResponse.SerializeToString,
             ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
@@ -380,6 +400,33 @@ class Simulator:
             '/wmpo.v1.Simulator/CloseSession',
             wmpo_dot_v1_dot_simulator__pb2.CloseSessionRequest.SerializeToString,
             wmpo_dot_v1_dot_simulator__pb2.CloseSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wmpo.v1.Simulator/ReportOutcome',
+            wmpo_dot_v1_dot_simulator__pb2.ReportOutcomeRequest.SerializeToString,
+            wmpo_dot_v1_dot_simulator__pb2.ReportOutcomeResponse.FromString,
             options,
             channel_credentials,
             insecure,
