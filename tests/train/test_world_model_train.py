@@ -100,3 +100,20 @@ def test_plan_generator_fine_tunes_from_a_world_model(pipeline):
     with pytest.raises(ConfigError, match="more frames than a plan covers"):
         train_world_model(WorldModelTrainConfig(out=str(root / "bad"), steps=2, trajectory_vae=str(root / "vae"),
                                                 **{**common, "window": 12}), progress=False)
+
+
+def test_plan_generator_action_following_is_evaluated_against_the_simulator(pipeline, tmp_path):
+    """The counterfactual evaluation of the world model, run on the plan generator: sequences
+    go in through the VAE's latents (the previous test's checkpoints: 16 actions per plan)."""
+    root, _, _ = pipeline
+    if not (root / "plan").exists():
+        test_plan_generator_fine_tunes_from_a_world_model(pipeline)
+    r = evaluate_world_model(WorldModelEvalConfig(checkpoint=str(root / "plan"), tasks=["push-v3"], cases=2,
+                                                  trajectory_vae=str(root / "vae")), progress=False)
+    assert r["config"]["horizon"] == 16 and set(r["action_following"]) == {"8", "16"}
+    assert r["action_following"]["16"]["n"] == 8 and len(r["fidelity"]["psnr"]) == 8
+    from wmpo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="plan generator"):
+        evaluate_world_model(WorldModelEvalConfig(checkpoint=str(root / "plan"), tasks=["push-v3"], cases=2),
+                             progress=False)

@@ -52,6 +52,10 @@ class WorldModelEvalConfig:
     action_guidance: float | None = None
     strip: str | None = None
     seed: int = 0
+    # A plan generator (the action optimizer's, issue 17) is evaluated the same way: each action
+    # sequence is encoded by this trajectory VAE and the future imagined from the frame at S
+    # under its latent; the horizon is then the VAE's (chunks x chunk length).
+    trajectory_vae: str | None = None
 
     def validate(self) -> None:
         if self.horizon % 8 or self.horizon < 8:
@@ -106,9 +110,42 @@ def _alternative(kind: str, case: Case, other: Case, seed: int) -> np.ndarray:
     return np.stack([walk.act(None, None) for _ in range(len(case.real_actions))])
 
 
+class PlanImagination:
+    """A plan generator and its trajectory VAE, imagining action sequences through their latents."""
+
+    def __init__(self, wm: TorchWorldModel, vae_dir: str) -> None:
+        from wmpo.models.trajectory_vae import TrajectoryVAE
+
+        if not wm.dit.config.has_plan:
+            raise ConfigError("--trajectory-vae is for a plan generator; this checkpoint has no plan conditioning")
+        self.wm = wm
+        self.vae, _ = TrajectoryVAE.load(vae_dir)
+
+    @torch.no_grad()
+    def imagine(self, frame: np.ndarray, instruction: str, actions: np.ndarray, seeds: list[int]) -> np.ndarray:
+        """Frame (H, W, 3), K sequences (K, T, 4) -> imagined frames (K, T / stride, H, W, 3)."""
+        from wmpo.models.text import embed_instructions
+        from wmpo.sampling.plan import imagine_plan
+
+        k, v = len(actions), self.vae.cfg
+        z = self.vae.encode(torch.as_tensor(np.clip(actions, -1, 1), dtype=torch.float32))[0]
+        start = self.wm.encode(frame[None]).expand(k, -1, -1, -1)
+        text = (torch.from_numpy(embed_instructions([instruction])).expand(k, -1)
+                if self.wm.dit.config.text_dim else None)
+        lat = imagine_plan(self.wm.dit, start, z, torch.ones(k, dtype=torch.bool), text, seeds, self.wm.sampler,
+                           v.chunks, v.chunk_length // self.wm.frame_stride)
+        return self.wm.decode(lat)
+
+
 def evaluate_world_model(cfg: WorldModelEvalConfig, progress: bool = True) -> dict[str, Any]:
     cfg.validate()
     wm = TorchWorldModel.load(cfg.checkpoint).with_sampler(cfg.sampler_steps or None, cfg.action_guidance)
+    plan = PlanImagination(wm, cfg.trajectory_vae) if cfg.trajectory_vae else None
+    if plan is not None:
+        cfg.horizon = plan.vae.cfg.steps
+        cfg.horizons = tuple(h for h in cfg.horizons if h < cfg.horizon) + (cfg.horizon,)
+    elif wm.dit.config.has_plan:
+        raise ConfigError(f"{cfg.checkpoint} is a plan generator: give its --trajectory-vae")
     stride = wm.frame_stride
     n_ctx = wm.sampler.context_frames
     kinds = ("real", *cfg.alternatives)
@@ -135,11 +172,15 @@ def evaluate_world_model(cfg: WorldModelEvalConfig, progress: bool = True) -> di
             idx = [j for j in range(p, 0, -stride)][:n_ctx][::-1]
             hist_acts = np.stack([case.prefix_actions[j - stride:j].reshape(-1) for j in idx])
             t1 = time.time()
-            root = wm.start_with_history(case.prefix_frames[0], case.prefix_frames[idx], hist_acts,
-                                         seed=case.seed)
-            group = wm.fork(root, [case.seed * 10 + k for k in range(len(seqs))])
-            lat = [wm.step(group, np.stack([s[c:c + 8] for s in seqs])) for c in range(0, cfg.horizon, 8)]
-            imagined = wm.decode(torch.cat(lat, 1))  # (K, n_frames, H, W, 3)
+            if plan is not None:  # from the frame at S, under each sequence's trajectory latent
+                imagined = plan.imagine(case.prefix_frames[-1], env.instruction, np.stack(seqs),
+                                        [case.seed * 10 + k for k in range(len(seqs))])
+            else:
+                root = wm.start_with_history(case.prefix_frames[0], case.prefix_frames[idx], hist_acts,
+                                             seed=case.seed)
+                group = wm.fork(root, [case.seed * 10 + k for k in range(len(seqs))])
+                lat = [wm.step(group, np.stack([s[c:c + 8] for s in seqs])) for c in range(0, cfg.horizon, 8)]
+                imagined = wm.decode(torch.cat(lat, 1))  # (K, n_frames, H, W, 3)
             imagine_seconds += time.time() - t1
             im = imagined.astype(np.float32)
             tr = truth_s.astype(np.float32)
