@@ -23,6 +23,7 @@ from wmpo.errors import ConfigError, WmpoError
 BUNDLED_POLICY = Path(__file__).resolve().parent.parent / "checkpoints" / "policy-base"
 BUNDLED_WORLD_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "world-model"
 BUNDLED_JUDGE = Path(__file__).resolve().parent.parent / "checkpoints" / "judge"
+BUNDLED_TRAJECTORY_VAE = Path(__file__).resolve().parent.parent / "checkpoints" / "trajectory-vae"
 
 
 CALIBRATION_HELP = ("per task: run the start policy in MetaWorld as GRPO samples it (temperature, horizon) "
@@ -147,7 +148,7 @@ def cmd_eval_world_model(a: argparse.Namespace) -> None:
     cfg = WorldModelEvalConfig(checkpoint=a.checkpoint, tasks=_tasks(a.tasks), cases=a.cases,
                                horizon=a.horizon, alternatives=alts, sampler_steps=a.sampler_steps,
                                action_guidance=a.action_guidance,
-                               strip=a.strip, trajectory_vae=a.trajectory_vae)
+                               strip=a.strip)
     report = evaluate_world_model(cfg)
     print(format_report(report))
     if a.record:
@@ -167,6 +168,17 @@ def cmd_train_trajectory_vae(a: argparse.Namespace) -> None:
     cfg = TrajectoryVAETrainConfig(data=a.data, out=a.out, preset=a.preset, steps=a.steps,
                                    batch_size=a.batch_size, lr=a.lr, seed=a.seed)
     print(json.dumps(train_trajectory_vae(cfg), indent=2))
+
+
+def cmd_train_inverse_dynamics(a: argparse.Namespace) -> None:
+    from wmpo.train.inverse_dynamics import InverseDynamicsTrainConfig, train_inverse_dynamics
+
+    cfg = InverseDynamicsTrainConfig(
+        data=a.data, out=a.out, heldout_data=a.heldout_data or [], trajectory_vae=a.trajectory_vae,
+        autoencoder=a.autoencoder, frame_stride=a.frame_stride, preset=a.preset, variants=a.variants,
+        steps=a.steps, batch_size=a.batch_size, lr=a.lr, prior_noise=a.prior_noise, prior_draws=a.prior_draws,
+        seed=a.seed)
+    print(json.dumps(train_inverse_dynamics(cfg), indent=2))
 
 
 def cmd_train_judge(a: argparse.Namespace) -> None:
@@ -446,6 +458,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train_trajectory_vae)
 
+    p = tr.add_parser("inverse-dynamics", help="the action optimizer's residual inverse dynamics (latent "
+                      "transition + the VAE's prior action -> correction) and the full-IDM baseline")
+    p.add_argument("--data", nargs="+", required=True, help="dataset directories, or directories of them")
+    p.add_argument("--heldout-data", nargs="+", default=None, help="datasets of tasks never trained on "
+                   "(validation only)")
+    p.add_argument("--out", required=True, help="<out>/residual and <out>/full checkpoints, <out>/cache latents")
+    p.add_argument("--trajectory-vae", default=str(BUNDLED_TRAJECTORY_VAE), help="decodes the priors")
+    p.add_argument("--autoencoder", default=str(BUNDLED_WORLD_MODEL),
+                   help="frozen frame autoencoder (or a world model, for its autoencoder)")
+    p.add_argument("--frame-stride", type=int, default=2, help="env steps per latent frame (the world model's)")
+    p.add_argument("--preset", default="small", help="tiny, small, small-stack (3 frames before the step)")
+    p.add_argument("--variants", nargs="+", default=["residual", "full"], help="residual and/or full")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--prior-noise", type=float, default=1.0,
+                   help="largest std of the noise added to the VAE latent before decoding priors")
+    p.add_argument("--prior-draws", type=int, default=4, help="noisy decodes of each action window")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_inverse_dynamics)
+
 
     p = tr.add_parser("judge", help="success classifier on real rollouts (resumes from <out>/train_state.pt)")
     p.add_argument("--data", required=True, nargs="+", help="training dataset directories")
@@ -568,8 +601,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = ev.add_parser("world-model", help="action following and fidelity against the real simulator")
     p.add_argument("--checkpoint", default=str(BUNDLED_WORLD_MODEL))
-    p.add_argument("--trajectory-vae", default=None, help="the checkpoint is the optimizer's plan generator: "
-                   "sequences go in through this VAE's latents, imagined from the frame at S (horizon: the VAE's)")
     p.add_argument("--tasks", default="policy")
     p.add_argument("--cases", type=int, default=20, help="cases per task")
     p.add_argument("--horizon", type=int, default=48)
