@@ -148,7 +148,7 @@ def cmd_eval_world_model(a: argparse.Namespace) -> None:
     cfg = WorldModelEvalConfig(checkpoint=a.checkpoint, tasks=_tasks(a.tasks), cases=a.cases,
                                horizon=a.horizon, alternatives=alts, sampler_steps=a.sampler_steps,
                                action_guidance=a.action_guidance,
-                               strip=a.strip)
+                               strip=a.strip, trajectory_vae=a.trajectory_vae)
     report = evaluate_world_model(cfg)
     print(format_report(report))
     if a.record:
@@ -479,7 +479,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train_inverse_dynamics)
 
-
     p = tr.add_parser("judge", help="success classifier on real rollouts (resumes from <out>/train_state.pt)")
     p.add_argument("--data", required=True, nargs="+", help="training dataset directories")
     p.add_argument("--val-data", required=True, nargs="+", help="validation datasets (choose the threshold)")
@@ -601,6 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = ev.add_parser("world-model", help="action following and fidelity against the real simulator")
     p.add_argument("--checkpoint", default=str(BUNDLED_WORLD_MODEL))
+    p.add_argument("--trajectory-vae", default=None, help="the checkpoint is the optimizer's plan generator: "
+                   "sequences go in through this VAE's latents, imagined from the frame at S (horizon: the VAE's)")
     p.add_argument("--tasks", default="policy")
     p.add_argument("--cases", type=int, default=20, help="cases per task")
     p.add_argument("--horizon", type=int, default=48)
