@@ -60,7 +60,7 @@ deploy-check: setup
 	for v in $(K8S_VERSIONS); do \
 	    $(VENV)/bin/kubernetes-validate --strict --quiet -k $$v outputs/deploy-check/*.yaml || exit 1; \
 	done
-	@echo "(no Kubernetes schema for KEDA's ScaledObject or the ServiceMonitor: tests/deploy checks them)"
+	@echo "(no Kubernetes schema for KEDA's ScaledObject, the ServiceMonitor or the PrometheusRule: tests/deploy checks them)"
 	$(VENV)/bin/pytest tests/deploy
 
 bench-collect: setup

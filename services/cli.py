@@ -1,5 +1,6 @@
 """The ``wmpo`` command: the core library's commands (``wmpo.cli``: collect, train, eval, export,
-tasks) plus those that run services: ``serve simulator|judge|trainer|optimizer`` and ``demo``.
+tasks) plus those that run services: ``serve simulator|judge|trainer|optimizer`` and ``demo``,
+and ``drift report``, which reads the simulator's drift monitor (its /metrics or its outcome log).
 
 It lives in the services layer because it starts services: the embedded stack that ``train
 grpo``, ``train lifelong`` and ``eval policy --verify`` run against when they name no service
@@ -138,16 +139,60 @@ def cmd_demo(a: argparse.Namespace) -> None:
     run_demo(episodes=a.episodes, workers=a.workers, out=a.out)
 
 
+def cmd_drift_report(a: argparse.Namespace) -> None:
+    import json
+
+    from services.simulator.drift import (
+        format_report,
+        read_log,
+        summarize,
+        summary_from_metrics,
+    )
+
+    if bool(a.metrics_url) == bool(a.log):
+        raise ConfigError("give one of --metrics-url (a simulator's /metrics) or --log (its WMPO_DRIFT_LOG)")
+    lifetime = None
+    if a.log:
+        try:
+            rows = read_log(a.log, a.last)
+        except OSError as e:
+            raise ConfigError(f"cannot read the outcome log {a.log}: {e.strerror}") from None
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        summary, source = summarize(rows), f"log {a.log}" + (f", newest {a.last}" if a.last else "")
+    else:
+        import httpx
+
+        headers = {"x-api-key": a.api_key} if a.api_key else {}
+        try:
+            resp = httpx.get(a.metrics_url, headers=headers, timeout=10.0)
+        except httpx.HTTPError as e:
+            raise ConfigError(f"cannot scrape {a.metrics_url}: {e}") from None
+        if resp.status_code != 200:
+            raise ConfigError(f"{a.metrics_url} answered {resp.status_code}"
+                              + (": pass --api-key or set WMPO_API_KEY" if resp.status_code == 401 else ""))
+        try:
+            summary, lifetime = summary_from_metrics(resp.text)
+        except ValueError as e:
+            raise ConfigError(f"{a.metrics_url}: {e}") from None
+        source = f"rolling window of {a.metrics_url}"
+    if a.json:
+        print(json.dumps({**summary.to_json(), "lifetime": lifetime, "threshold": a.threshold}, indent=2))
+    else:
+        print(format_report(summary, source, lifetime, a.threshold))
+
+
 def _job_stack(cfg: object) -> contextlib.AbstractContextManager[tuple[str, str]]:
     from services.embedded import job_stack  # the web stack only when a stack is started
 
     return job_stack(cfg)
 
 
-def _simulator_stack(world_model: str, judge: str | None) -> contextlib.AbstractContextManager[str]:
+def _simulator_stack(world_model: str, judge: str | None,
+                     **overrides: object) -> contextlib.AbstractContextManager[str]:
     from services.embedded import simulator_stack
 
-    return simulator_stack(world_model, judge)
+    return simulator_stack(world_model, judge, **overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,6 +296,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "health/readiness/metrics over HTTP (needs a Redis URL)")
     p.set_defaults(func=cmd_serve_optimizer)
 
+
+    dr = sub.add_parser("drift", help="the drift monitor: imagination vs what really happened").add_subparsers(
+        dest="drift_command", required=True)
+    p = dr.add_parser("report", help="print the drift figures (PSNR, perceptual distance, calibration) from "
+                      "a simulator's /metrics or from its outcome log")
+    p.add_argument("--metrics-url", default=None, help="a simulator's metrics, e.g. http://HOST:8000/metrics "
+                   "(the rolling window of that replica, and its counts since start)")
+    p.add_argument("--api-key", default=os.environ.get("WMPO_API_KEY"),
+                   help="for --metrics-url (default: $WMPO_API_KEY)")
+    p.add_argument("--log", default=None, help="an outcome log (the simulator's WMPO_DRIFT_LOG, JSONL)")
+    p.add_argument("--last", type=int, default=0, help="--log: only the newest N outcomes (0: all)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="the perceptual-distance alert threshold to compare with (the chart's "
+                   "drift.alert.perceptualThreshold)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_drift_report)
 
     p = sub.add_parser("demo", help="the main job on the embedded default (bundled checkpoints)")
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per task")

@@ -162,9 +162,10 @@ def job_stack(cfg: Any) -> Iterator[tuple[str, str]]:
 
 
 @contextmanager
-def simulator_stack(world_model: str | Path, judge: str | Path | None) -> Iterator[str]:
-    """A simulator (with its judge, for verify) served here -> its HTTP URL."""
-    with embedded_stack(world_model, judge) as stack:
+def simulator_stack(world_model: str | Path, judge: str | Path | None, **overrides: Any) -> Iterator[str]:
+    """A simulator (with its judge, for verify) served here -> its HTTP URL; `overrides` go to the
+    simulator's settings (e.g. drift_log)."""
+    with embedded_stack(world_model, judge, **overrides) as stack:
         yield stack.http_url
 
 

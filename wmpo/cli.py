@@ -269,7 +269,11 @@ def cmd_eval_policy(a: argparse.Namespace) -> None:
                 open_stack = getattr(a, "embedded_simulator", None)
                 if open_stack is None:
                     raise ConfigError("--verify without --simulator-url runs an embedded stack: use the wmpo command")
-                url = stack.enter_context(open_stack(a.world_model, a.judge))
+                drift = {"drift_log": a.drift_log} if a.drift_log else {}
+                url = stack.enter_context(open_stack(a.world_model, a.judge, **drift))
+            elif a.drift_log:
+                raise ConfigError("--drift-log sets the embedded simulator's outcome log; a simulator at "
+                                  "--simulator-url writes its own (WMPO_DRIFT_LOG)")
             spec = SourceSpec("verified-policy", checkpoint=a.checkpoint, temperature=a.temperature,
                               simulator_url=url, candidates=a.candidates, max_attempts=a.max_attempts)
         else:
@@ -574,9 +578,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int, default=3, help="--verify: imagine calls per decision before "
                    "executing the best seen anyway")
     p.add_argument("--simulator-url", default=None, help="--verify: simulator service with a judge "
-                   "(default: an embedded stack from --world-model and --judge)")
+                   "(default: an embedded stack from --world-model and --judge); the outcome of every "
+                   "executed chunk is reported to its drift monitor")
     p.add_argument("--world-model", default=str(BUNDLED_WORLD_MODEL))
     p.add_argument("--judge", default=str(BUNDLED_JUDGE))
+    p.add_argument("--drift-log", default=None, help="--verify on the embedded stack: its simulator appends "
+                   "every reported outcome to this JSONL file (read it with `wmpo drift report --log`)")
     p.set_defaults(func=cmd_eval_policy)
 
     p = ev.add_parser("optimizer", help="the action optimizer in closed loop (plan, execute, re-plan) on "

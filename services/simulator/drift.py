@@ -491,3 +491,93 @@ class DriftMonitor:
             CALIBRATION_COUNT.labels(svc, b["bin"]).set(b["count"])
             CALIBRATION_SUCCESS.labels(svc, b["bin"]).set(_nan(b["success_rate"]))
             CALIBRATION_CONFIDENCE.labels(svc, b["bin"]).set(_nan(b["confidence"]))
+
+
+# ------------------------------------------------------------------ report
+
+
+def summary_from_metrics(text: str, service: str = "simulator") -> tuple[DriftSummary, dict[str, Any]]:
+    """The rolling figures from a /metrics scrape (Prometheus text format), and the all-time
+    ones (outcome counts by result; mean PSNR and perceptual distance from the histograms)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("service") != service:
+                continue
+            key = sample.labels.get("bin") or sample.labels.get("result") or ""
+            values[(sample.name, key)] = sample.value
+
+    def get(name: str, key: str = "") -> float | None:
+        value = values.get((name, key))
+        return None if value is None or math.isnan(value) else value
+
+    if ("wmpo_drift_window_outcomes", "") not in values:
+        raise ValueError(f"no wmpo_drift_* metrics for service={service!r} in the scrape: is it "
+                         "a simulator's /metrics?")
+    s = DriftSummary(outcomes=int(get("wmpo_drift_window_outcomes") or 0),
+                     psnr_mean_db=get("wmpo_drift_psnr_rolling_db"),
+                     perceptual_mean=get("wmpo_drift_perceptual_rolling"),
+                     calibration_error=get("wmpo_drift_calibration_error"))
+    for i in range(CALIBRATION_BINS):
+        label = bin_label(i)
+        count = int(get("wmpo_drift_calibration_count", label) or 0)
+        s.calibrated += count
+        s.calibration.append({"bin": label, "count": count,
+                              "confidence": get("wmpo_drift_calibration_confidence", label),
+                              "success_rate": get("wmpo_drift_calibration_success_rate", label)})
+    totals = {r: int(get("wmpo_outcomes_total", r) or 0) for r in OUTCOME_RESULTS}
+    lifetime: dict[str, Any] = {"outcomes_by_result": totals}
+    for name, key in (("wmpo_drift_psnr_db", "psnr_mean_db"), ("wmpo_drift_perceptual", "perceptual_mean")):
+        n, total = get(f"{name}_count"), get(f"{name}_sum")
+        lifetime[key] = round(total / n, 4) if n and total is not None else None
+        lifetime[f"{key}_outcomes"] = int(n or 0)
+    return s, lifetime
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_report(s: DriftSummary, source: str, lifetime: dict[str, Any] | None = None,
+                  threshold: float | None = None) -> str:
+    """The figures as a short table (`wmpo drift report`)."""
+    lines = [f"drift over {s.outcomes} outcome(s) ({source})",
+             f"  PSNR, real vs imagined       {_fmt(s.psnr_mean_db, '.2f')} dB",
+             f"  perceptual distance          {_fmt(s.perceptual_mean, '.4f')}"
+             + ("" if threshold is None or s.perceptual_mean is None else
+                f"   alert threshold {threshold:g}: "
+                + ("ABOVE" if s.perceptual_mean > threshold else "below")),
+             f"  calibration error (ECE)      {_fmt(s.calibration_error, '.4f')}"
+             f"   over {s.calibrated} outcome(s) with a judge confidence and a real success flag"]
+    if s.real_success_rate is not None:
+        lines.append(f"  real success rate            {s.real_success_rate:.1%} of {s.with_success}")
+    if lifetime:
+        by = ", ".join(f"{k} {v}" for k, v in lifetime["outcomes_by_result"].items())
+        lines.append(f"  since start: outcomes {by}; PSNR {_fmt(lifetime['psnr_mean_db'], '.2f')} dB, "
+                     f"perceptual {_fmt(lifetime['perceptual_mean'], '.4f')}")
+    lines.append("  calibration curve: confidence bin, outcomes, mean confidence, real success rate")
+    for b in s.calibration:
+        if b["count"]:
+            lines.append(f"    {b['bin']}   {b['count']:>5}   {_fmt(b['confidence'], '.3f')}   "
+                         f"{_fmt(b['success_rate'], '.3f')}")
+    return "\n".join(lines)
+
+
+def read_log(path: str | Path, last: int = 0) -> list[dict[str, Any]]:
+    """The outcome rows of a JSONL log (WMPO_DRIFT_LOG); `last` > 0: only the newest `last`.
+    ValueError naming the line for a line that is not an outcome."""
+    rows: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+            if not isinstance(row, dict) or "psnr_mean_db" not in row:
+                raise ValueError(f"{path}:{n}: not an outcome line (no psnr_mean_db)")
+            rows.append(row)
+    return rows[-last:] if last > 0 else rows

@@ -83,6 +83,11 @@ def test_execute_at_threshold_zero_after_one_attempt(client) -> None:
     assert decision.confidence == confs[best]
     np.testing.assert_array_equal(decision.chunk, policy.proposed[0][best])
     assert decision.chunk.shape == (8, 4) and decision.seconds > 0
+    # Where the executed chunk was imagined: its outcome can be reported against it.
+    assert decision.request_id and decision.candidate == best and decision.imagined_frames == 4
+    out = client.report_outcome(decision.request_id, decision.candidate, np.zeros((4, 64, 64, 3), np.uint8),
+                                success=False)
+    assert out.confidence == pytest.approx(decision.confidence) and out.frames_compared == 4
 
 
 def test_fallback_after_max_attempts_when_no_candidate_passes(client) -> None:
@@ -105,6 +110,7 @@ def test_fallback_after_max_attempts_when_no_candidate_passes(client) -> None:
     attempt, index = divmod(int(np.argmax(flat)), 2)
     assert decision.confidence == max(flat)
     np.testing.assert_array_equal(decision.chunk, policy.proposed[attempt][index])
+    assert decision.candidate == index and decision.request_id
 
 
 def test_verify_before_execute_with_the_judges_own_threshold(client, stack) -> None:

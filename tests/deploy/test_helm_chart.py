@@ -64,7 +64,7 @@ from wmpo.sampling.world_model import WorldModel
 # Names: wmpo-{simulator,worker,judge,trainer,optimizer} (Deployments, Services), wmpo-secrets,
 # wmpo-{simulator,judge,trainer,optimizer}-settings (ConfigMaps), wmpo-trainer-data (the PVC).
 RELEASE = "wmpo"
-CUSTOM_KINDS = {"ScaledObject", "ServiceMonitor"}  # CRDs: no schema in kubernetes-validate
+CUSTOM_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule"}  # CRDs: no schema in kubernetes-validate
 # Settings the chart sets itself in every pod (flags, the Secret, per-role env).
 COMMON_MANAGED = frozenset({"host", "port", "grpc_port", "api_keys", "service_api_keys", "dev_mode", "redis_url",
                             "queue_worker", "queue_consumer"})
@@ -82,9 +82,10 @@ class Service:
 
 
 SERVICES = {
-    # runs_dir: the rollout viewer's recorded runs need a volume of datasets the chart has not.
+    # runs_dir: the rollout viewer's recorded runs need a volume of datasets the chart has not;
+    # drift_log: a local file per replica (the chart's drift figures are the metrics).
     "simulator": Service(SimulatorSettings, None, COMMON_MANAGED | {"checkpoint", "judge_api_key"},
-                         frozenset({"runs_dir"})),
+                         frozenset({"runs_dir", "drift_log"})),
     "judge": Service(JudgeSettings, "judge", COMMON_MANAGED | {"checkpoint", "vlm_api_key"}),
     # The chart always gives the trainer a simulator and a judge: no per-job embedded stack.
     "trainer": Service(TrainerSettings, "trainer",

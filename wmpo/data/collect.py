@@ -54,6 +54,8 @@ def run_episode(env: Any, source: ActionSource, seed: int, keep_frames: bool = T
         action = source.act(env, frame)
         frame, _, terminated, truncated, info = env.step(action)
         done = terminated or truncated
+        if hasattr(source, "observe"):  # sources that report what really happened (drift)
+            source.observe(frame, bool(info["success"]))
         actions.append(action)
         success.append(info["success"])
         if keep_frames:

@@ -137,7 +137,13 @@ class VerifiedPolicySource(PolicySource):
     """The policy with verify-before-execute: at every chunk, N candidates are sampled, imagined by
     the simulator service at ``simulator_url`` and scored by its judge; the best is executed if the
     judge passes it, else N more are sampled, up to ``max_attempts`` (``wmpo_client.verify``).
-    ``episode_stats`` reports the decisions' latency and outcome for the evaluation."""
+    ``episode_stats`` reports the decisions' latency and outcome for the evaluation.
+
+    After executing a chunk, what really happened goes back to the simulator's drift monitor
+    (``report_outcome``): the real frame after every frame-stride actions (one per imagined
+    frame; fewer if the episode ended mid-chunk) and whether the task succeeded during the chunk.
+    The simulator's answers (PSNR, perceptual distance) are in ``episode_stats``; a failed report
+    is counted, never fatal to the evaluation."""
 
     def __init__(self, checkpoint: str, temperature: float, simulator_url: str, candidates: int = 4,
                  max_attempts: int = 3) -> None:
@@ -153,6 +159,39 @@ class VerifiedPolicySource(PolicySource):
         super().reset(rng)
         self._seed = int(rng.integers(0, 2**31 - 1))
         self._decisions: list[Any] = []
+        self._pending: Any = None  # the decision whose chunk is executing
+        self._real: list[np.ndarray] = []  # frames after each of its actions so far
+        self._real_success = False
+        self._outcomes: list[dict[str, Any]] = []
+        self._outcome_errors: list[str] = []
+
+    def observe(self, frame: np.ndarray, success: bool) -> None:
+        """The frame after an executed action and the task's success flag (from the episode loop)."""
+        if self._pending is None:
+            return
+        self._real.append(frame)
+        self._real_success = self._real_success or success
+        if len(self._real) >= len(self._pending.chunk):
+            self._report()
+
+    def _report(self) -> None:
+        d, real, success = self._pending, self._real, self._real_success
+        self._pending, self._real, self._real_success = None, [], False
+        if d is None or not d.request_id or d.imagined_frames < 1:
+            return
+        stride = max(len(d.chunk) // d.imagined_frames, 1)
+        picked = real[stride - 1::stride][: d.imagined_frames]
+        if not picked:
+            return
+        from wmpo_client.errors import SimulatorError
+
+        try:
+            out = self.client.report_outcome(d.request_id, d.candidate, np.stack(picked), success)
+        except SimulatorError as e:
+            self._outcome_errors.append(f"{e.code}: {e.message}"[:200])
+            return
+        self._outcomes.append({"psnr_mean_db": out.psnr_mean_db, "perceptual_mean": out.perceptual_mean,
+                               "confidence": out.confidence, "success": out.success})
 
     def _propose(self, instruction: str) -> Any:
         def propose(frame: np.ndarray, n: int) -> np.ndarray:
@@ -167,14 +206,17 @@ class VerifiedPolicySource(PolicySource):
             d = verify_before_execute(self.client, self._propose(env.instruction), frame, env.instruction,
                                       self.candidates, self.max_attempts, self._seed + 7 * len(self._decisions))
             self._decisions.append(d)
+            self._pending, self._real, self._real_success = d, [], False
             self._queue = list(d.chunk)
         return self._queue.pop(0)
 
     def episode_stats(self) -> dict[str, Any]:
+        self._report()  # a chunk cut short by the episode's end
         ds = self._decisions
         return {"decisions": len(ds), "decision_seconds": [round(d.seconds, 4) for d in ds],
                 "executed_unverified": sum(d.verdict == "fallback" for d in ds),
-                "imagine_calls": sum(d.attempts for d in ds)}
+                "imagine_calls": sum(d.attempts for d in ds),
+                "outcomes": self._outcomes, "outcome_errors": self._outcome_errors}
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "kind": "verified-policy", "candidates": self.candidates,

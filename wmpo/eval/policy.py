@@ -77,7 +77,13 @@ def verification_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
 
     secs = np.asarray([t for r in results for t in r.get("decision_seconds", [])])
     decisions = sum(r.get("decisions", 0) for r in results)
-    return {
+    outcomes = [o for r in results for o in r.get("outcomes", [])]
+    drift = {"outcomes_reported": len(outcomes),
+             "outcome_errors": [e for r in results for e in r.get("outcome_errors", [])][:5]}
+    for key in ("psnr_mean_db", "perceptual_mean"):
+        vals = [o[key] for o in outcomes if o.get(key) is not None]
+        drift[f"drift_{key}"] = round(float(np.mean(vals)), 4) if vals else None
+    return {**drift,
         "decisions": decisions,
         "decision_seconds_p50": round(float(np.median(secs)), 4) if secs.size else None,
         "decision_seconds_p90": round(float(np.quantile(secs, 0.9)), 4) if secs.size else None,

@@ -33,6 +33,11 @@ class Decision:
     attempts: int  # imagine calls made
     seconds: float  # wall time of the decision (sampling, imagining, judging)
     confidences: list[list[float]] = field(default_factory=list)  # per attempt, per candidate
+    # Where the executed chunk was imagined, for an outcome report (`report_outcome`): the
+    # imagine call's request id, the chunk's candidate index, and how many frames were imagined.
+    request_id: str = ""
+    candidate: int = -1
+    imagined_frames: int = 0
 
 
 def verify_before_execute(client: Simulator, propose: Propose, frame: np.ndarray, instruction: str,
@@ -47,7 +52,7 @@ def verify_before_execute(client: Simulator, propose: Propose, frame: np.ndarray
         raise ValueError("candidates and max_attempts must be >= 1")
     options: dict[str, Any] = {} if threshold is None else {"verify_threshold": threshold}
     t0 = time.perf_counter()
-    best_chunk, best_conf = None, -1.0
+    best_chunk, best_conf, best_at = None, -1.0, ("", -1, 0)
     history: list[list[float]] = []
     for attempt in range(1, max_attempts + 1):
         chunks = np.asarray(propose(frame, candidates), dtype=np.float32)
@@ -61,9 +66,12 @@ def verify_before_execute(client: Simulator, propose: Propose, frame: np.ndarray
         confs = [c.confidence if c.confidence is not None else 0.0 for c in result.candidates]
         history.append(confs)
         i = result.best_candidate
+        where = (result.request_id, i, len(result.candidates[i].frames))
         if confs[i] > best_conf:
-            best_chunk, best_conf = chunks[i], confs[i]
+            best_chunk, best_conf, best_at = chunks[i], confs[i], where
         if result.verdict == "execute":
-            return Decision(chunks[i], confs[i], "execute", attempt, time.perf_counter() - t0, history)
+            return Decision(chunks[i], confs[i], "execute", attempt, time.perf_counter() - t0, history,
+                            *where)
     assert best_chunk is not None
-    return Decision(best_chunk, best_conf, "fallback", max_attempts, time.perf_counter() - t0, history)
+    return Decision(best_chunk, best_conf, "fallback", max_attempts, time.perf_counter() - t0, history,
+                    *best_at)
