@@ -162,7 +162,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
         cands = self._tensor(request, "candidates", "float32", check_candidates)
         stream = self.runtime.open_imagine_stream(
             frames, cands, request.horizon_chunks, self._seed(request), instruction=request.instruction,
-            verify=request.verify, verify_threshold=self._verify_threshold(request),
+            verify=request.verify, verify_threshold=self._verify_threshold(request), record_id=rid,
         )
         try:
             async for event in stream.events():

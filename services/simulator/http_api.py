@@ -552,6 +552,7 @@ async def imagine_stream(body: ImagineBody, rt: Runtime) -> StreamingResponse:
     stream = rt.open_imagine_stream(
         body._frames, body._candidates, body.horizon_chunks, body.seed,
         instruction=body.instruction, verify=body.verify, verify_threshold=body.verify_threshold,
+        record_id=rid,
     )
 
     async def lines() -> AsyncIterator[str]:

@@ -197,11 +197,11 @@ class SimulatorRuntime:
         if verify:
             verification = await self.verify(frame, result.frames, instruction, verify_threshold)
             result = self.verified(result, verification)
-        await self._record(record_id or request_id, result, instruction)
+        await self.record_imagined(record_id or request_id, result, instruction)
         return result
 
     # ------------------------------------------------------------ outcomes
-    async def _record(self, record_id: str, result: ImagineResult, instruction: str) -> None:
+    async def record_imagined(self, record_id: str, result: ImagineResult, instruction: str) -> None:
         """Keep what was imagined for an outcome report; a store outage never fails imagine."""
         if not record_id:
             return
@@ -258,13 +258,15 @@ class SimulatorRuntime:
         instruction: str = "",
         verify: bool = False,
         verify_threshold: float | None = None,
+        record_id: str = "",
     ) -> ImagineStream:
         """Imagine chunk by chunk, for the streaming routes of both transports. Validation and
         admission happen here, before the first chunk, so they are real 4xx / status codes; the
-        stream yields each chunk, then the result (with the judge's answer if `verify`)."""
+        stream yields each chunk, then the result (with the judge's answer if `verify`); what it
+        imagined is kept under `record_id` for an outcome report once the stream is complete."""
         self.check_verify(verify, verify_threshold, instruction)
         run = self.engine.open_imagine(start_frames, candidates, horizon_chunks, seed)
-        return ImagineStream(self, run, instruction, verify, verify_threshold)
+        return ImagineStream(self, run, instruction, verify, verify_threshold, record_id)
 
     # ------------------------------------------------------------ verify
     def check_verify(self, verify: bool, threshold: float | None, instruction: str) -> None:
@@ -343,26 +345,28 @@ class ImagineStream:
     disconnected caller's queued rows are dropped)."""
 
     def __init__(self, runtime: SimulatorRuntime, run: ImagineRun, instruction: str, verify: bool,
-                 threshold: float | None) -> None:
+                 threshold: float | None, record_id: str = "") -> None:
         self.runtime, self.run = runtime, run
         self.instruction, self.verify, self.threshold = instruction, verify, threshold
+        self.record_id = record_id
 
     @property
     def n_candidates(self) -> int:
         return self.run.n_candidates
 
     async def events(self) -> AsyncIterator[ImagineChunk | ImagineResult]:
-        kept: list[np.ndarray] = []  # the chunks, for the judge (verify only)
+        kept: list[np.ndarray] = []  # the chunks, for the judge and the outcome record
         async for chunk in self.run.chunks():
-            if self.verify:
-                kept.append(chunk.frames)
+            kept.append(chunk.frames)
             yield chunk
         provenance, timing = self.run.summary()
         result = ImagineResult(np.empty(0, np.uint8), self.run.seed, provenance, timing)
+        frames = np.concatenate(kept, axis=1)  # (N, T, H, W, 3)
         if self.verify:
-            frames = np.concatenate(kept, axis=1)  # (N, T, H, W, 3)
             verification = await self.runtime.verify(self.run.frame, frames, self.instruction, self.threshold)
             result = self.runtime.verified(result, verification)
+        await self.runtime.record_imagined(self.record_id, dataclasses.replace(result, frames=frames),
+                                   self.instruction)
         yield result
 
     def close(self) -> None:

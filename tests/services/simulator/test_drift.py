@@ -228,3 +228,31 @@ def test_redis_store_is_shared_and_expires(redis_url: str, redis_prefix: str) ->
             await b.close()
 
     asyncio.run(run())
+
+
+def test_a_streamed_imagine_takes_outcomes_too(client: TestClient) -> None:
+    body = {"start_frames": to_json(frames()[0]), "candidates": to_json(actions(2, 2, 8)), "seed": 2,
+            "request_id": "drift-stream"}
+    lines = client.post("/v1/imagine/stream", json=body, headers=AUTH).text.splitlines()
+    chunks = [json.loads(line) for line in lines if json.loads(line)["event"] == "frames"]
+    streamed = np.concatenate([from_json(c["frames"]) for c in chunks], axis=1)  # (N, T, H, W, 3)
+    out = report(client, "drift-stream", 1, streamed[1], success=False)
+    assert out.status_code == 200, out.text
+    assert out.json()["frames_compared"] == streamed.shape[1] == 8
+    assert out.json()["psnr_mean_db"] == PSNR_CAP_DB
+
+
+def test_replicas_share_what_was_imagined_through_redis(world_model: Any, redis_url: str,
+                                                        redis_prefix: str) -> None:
+    """Queue mode: replica A imagines (and runs the work), replica B takes the outcome."""
+    s = {"redis_url": redis_url, "queue_prefix": redis_prefix, "queue_min_idle_s": 0.6,
+         "queue_retry_delay_s": 0.05}
+    with client_for(world_model, **s) as a, client_for(world_model, **s) as b:
+        fake = imagined_frames(imagine(a, "shared-1"), 0)
+        out = report(b, "shared-1", 0, fake, success=True)
+        assert out.status_code == 200, out.text
+        assert out.json()["psnr_mean_db"] == PSNR_CAP_DB
+        again = report(a, "shared-1", 0, fake, success=True)  # the repeat, on the other replica
+        assert again.status_code == 200 and again.json()["replayed"] is True
+        assert report(a, "shared-1", 0, fake, success=False).status_code == 409
+        assert report(b, "never", 0, fake).status_code == 404
