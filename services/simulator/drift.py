@@ -55,7 +55,8 @@ OUTCOME_RESULTS = ("success", "failure", "unknown", "replayed", "rejected")
 OUTCOMES = Counter(
     "wmpo_outcomes_total",
     "Outcome reports by result: success, failure, unknown (no real success flag), "
-    "replayed (a repeat of an accepted report), rejected (4xx).",
+    "replayed (a repeat of an accepted report), rejected (unknown or expired request id, a "
+    "candidate or frames that do not fit what was imagined, a conflicting repeat).",
     ["service", "result"],
 )
 DRIFT_PSNR = Histogram(
