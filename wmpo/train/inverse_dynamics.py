@@ -34,12 +34,12 @@ from tqdm import tqdm
 
 from wmpo.data.latents import LatentEpisodes
 from wmpo.data.play import expand_datasets
-from wmpo.errors import CheckpointError, ConfigError, DatasetError
+from wmpo.errors import ConfigError, DatasetError
 from wmpo.models.inverse_dynamics import PRESETS, InverseDynamics, InverseDynamicsConfig
 from wmpo.models.trajectory_vae import TrajectoryVAE
 from wmpo.train.common import cosine_lr
 from wmpo.train.trajectory_vae import action_windows
-from wmpo.utils.checkpoint import environment_info, load_checkpoint, save_checkpoint
+from wmpo.utils.checkpoint import environment_info, save_checkpoint
 from wmpo.utils.config import bounded, check_bounds
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -77,19 +77,6 @@ class InverseDynamicsTrainConfig:
             problems.append(f"variants (--variants): each must be one of {', '.join(VARIANTS)}, got {self.variants}")
         if problems:
             raise ConfigError("invalid inverse-dynamics training config: " + "; ".join(problems))
-
-
-def load_vae(directory: str) -> tuple[TrajectoryVAE, str]:
-    """The trajectory VAE (fp16 on disk) as a float32 eval model and its weights hash."""
-    tensors, config, manifest = load_checkpoint(directory)
-    if config.get("kind") != "trajectory-vae":
-        raise CheckpointError(f"{directory} is a {config.get('kind')!r} checkpoint, not a trajectory-vae")
-    try:
-        vae = TrajectoryVAE.from_config(config)
-        vae.load_state_dict({k: v.float() for k, v in tensors.items()})
-    except (ConfigError, TypeError, RuntimeError) as e:
-        raise CheckpointError(f"trajectory-vae checkpoint {directory} does not match this code: {e}") from e
-    return vae.eval(), manifest.get("weights_sha256", "")
 
 
 @dataclass
@@ -200,7 +187,7 @@ def train_inverse_dynamics(cfg: InverseDynamicsTrainConfig, progress: bool = Tru
 
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    vae, vae_sha = load_vae(cfg.trajectory_vae)
+    vae, vae_sha = TrajectoryVAE.load(cfg.trajectory_vae)  # fp16 on disk, float32 eval model
     ae, ae_sha = load_autoencoder(cfg.autoencoder)
     vc = vae.cfg
     if vc.action_dim != 4:
