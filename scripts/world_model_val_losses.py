@@ -6,6 +6,9 @@ compare on one footing: e.g. the bundled model against the v2 run on the play da
         --heldout-data datasets/play-v2/heldout --cache runs/world-model-v2/train/cache \\
         checkpoints/world-model checkpoints/world-model-v2
 
+A plan generator (the action optimizer's, ``--trajectory-vae``) is validated on its plans and,
+on the same windows, with the null plan: the gap is what the trajectory latent tells the model.
+
 The checkpoints must share the autoencoder ``--autoencoder`` (the one the run was trained with);
 with the run's ``--data`` and autoencoder, ``--cache`` reuses its encoded latents (a different
 key would replace the run's cache, which then re-encodes once when it restarts).
@@ -21,8 +24,14 @@ import torch
 
 from wmpo.data.latents import LatentEpisodes
 from wmpo.data.play import expand_datasets
+from wmpo.models.trajectory_vae import TrajectoryVAE
 from wmpo.sampling.world_model import TorchWorldModel
-from wmpo.train.world_model import load_autoencoder, validation_episodes, validation_losses
+from wmpo.train.world_model import (
+    PlanInputs,
+    load_autoencoder,
+    validation_episodes,
+    validation_losses,
+)
 
 
 def main() -> None:
@@ -37,6 +46,7 @@ def main() -> None:
     ap.add_argument("--moving-threshold", type=float, default=0.1)
     ap.add_argument("--val-episodes", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--trajectory-vae", default=None, help="the plan generators' VAE")
     a = ap.parse_args()
     torch.set_num_threads(1)
     ae, ae_sha = load_autoencoder(a.autoencoder)
@@ -50,13 +60,20 @@ def main() -> None:
         if wm.ae.config != ae.config:
             raise SystemExit(f"{path} has another autoencoder than {a.autoencoder}")
         dit = wm.dit.eval()
-        v, vm = validation_losses(dit, data, val_eps, a.batch_size, a.window, a.moving_threshold)
+        planner = None
+        if dit.config.has_plan:
+            if not a.trajectory_vae:
+                raise SystemExit(f"{path} is a plan generator: give --trajectory-vae")
+            planner = PlanInputs(TrajectoryVAE.load(a.trajectory_vae)[0], stride,
+                                 data.tasks + (held.tasks if held is not None else []))
         step = json.loads((Path(path) / "manifest.json").read_text()).get("training", {}).get("step")
-        rec = {"checkpoint": path, "step": step,
-               "val_loss": round(v, 4), "val_loss_moving": round(vm, 4)}
-        if held is not None:
-            h, hm = validation_losses(dit, held, None, a.batch_size, a.window, a.moving_threshold)
-            rec |= {"heldout_val_loss": round(h, 4), "heldout_val_loss_moving": round(hm, 4)}
+        rec = {"checkpoint": path, "step": step}
+        for name, eps, pool in (("val", data, val_eps), ("heldout_val", held, None)):
+            if eps is None:
+                continue
+            for keep, suffix in ((True, ""), (False, "_null_plan")) if planner else ((True, ""),):
+                v, vm = validation_losses(dit, eps, pool, a.batch_size, a.window, a.moving_threshold, planner, keep)
+                rec |= {f"{name}_loss{suffix}": round(v, 4), f"{name}_loss_moving{suffix}": round(vm, 4)}
         print(json.dumps(rec))
 
 
