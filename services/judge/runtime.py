@@ -13,7 +13,6 @@ consumes unless WMPO_QUEUE_WORKER=false (an API-only replica);
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -23,7 +22,7 @@ import numpy as np
 from services.common.errors import InvalidArgument
 from services.common.health import Readiness
 from services.common.metrics import ServiceMetrics
-from services.common.queues import WorkQueue, make_queue
+from services.common.queues import QueueWorker, WorkQueue, make_queue
 from services.judge.engine import (
     JudgeEngine,
     JudgeEngineConfig,
@@ -80,8 +79,7 @@ class JudgeRuntime:
         self.consume = (
             True if not self.queue_mode else (settings.queue_worker if consume is None else consume)
         )
-        self._worker: asyncio.Task[None] | None = None
-        self._worker_stop = asyncio.Event()
+        self._worker: QueueWorker | None = None
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -90,28 +88,12 @@ class JudgeRuntime:
         await self.engine.start()
         if self.consume:
             handler = judge_handler(self.engine, wait_for_capacity=self.queue_mode)
-            self._worker_stop = asyncio.Event()
-            self._worker = asyncio.create_task(
-                self.queue.serve(handler, stop=self._worker_stop), name="wmpo-judge-worker"
-            )
-            self._worker.add_done_callback(self._worker_done)
-
-    @staticmethod
-    def _worker_done(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("the judge queue worker stopped", exc_info=task.exception())
+            self._worker = QueueWorker(self.queue, handler, "judge", log)
+            self._worker.start()
 
     async def stop(self) -> None:
         if self._worker is not None:
-            # Graceful: finish (and acknowledge) what was taken; past the drain
-            # time, cancel, leaving the rest pending for another replica.
-            self._worker_stop.set()
-            try:
-                await asyncio.wait_for(self._worker, self.settings.queue_drain_s)
-            except TimeoutError:
-                log.warning("judge worker did not drain in %.0f s", self.settings.queue_drain_s)
-            except Exception:
-                pass  # already logged by _worker_done
+            await self._worker.stop(self.settings.queue_drain_s)
             self._worker = None
         await self.engine.stop()
         await self.queue.close()
@@ -122,8 +104,8 @@ class JudgeRuntime:
         problem = self.queue.problem
         if problem:
             return Readiness(False, problem)
-        if self._worker is not None and self._worker.done():
-            return Readiness(False, "the judge queue worker stopped")
+        if self._worker is not None and (problem := self._worker.problem):
+            return Readiness(False, problem)
         return Readiness(True)
 
     # ------------------------------------------------------------ validation

@@ -14,7 +14,6 @@ Streamed plans always run on the engine of the replica that holds the connection
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import secrets
@@ -28,7 +27,7 @@ import numpy as np
 from services.common.errors import InvalidArgument
 from services.common.health import Readiness
 from services.common.metrics import ServiceMetrics
-from services.common.queues import WorkQueue, make_queue
+from services.common.queues import QueueWorker, WorkQueue, make_queue
 from services.optimizer.engine import OptimizerEngine, OptimizerEngineConfig, PlanOutcome, PlanRun
 from services.optimizer.plan_queue import (
     PLAN_QUEUE,
@@ -129,8 +128,7 @@ class OptimizerRuntime:
             make_queue(PLAN_QUEUE, settings, self.metrics) if self.queue_mode else None
         )
         self.consume = self.queue_mode and (settings.queue_worker if consume is None else consume)
-        self._worker: asyncio.Task[None] | None = None
-        self._worker_stop = asyncio.Event()
+        self._worker: QueueWorker | None = None
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -139,27 +137,12 @@ class OptimizerRuntime:
         await self.engine.start()
         if self.queue is not None and self.consume:
             handler = plan_handler(self.engine, self.planner, wait_for_capacity=True)
-            self._worker_stop = asyncio.Event()
-            self._worker = asyncio.create_task(
-                self.queue.serve(handler, stop=self._worker_stop), name="wmpo-optimizer-worker")
-            self._worker.add_done_callback(self._worker_done)
-
-    @staticmethod
-    def _worker_done(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("the optimizer queue worker stopped", exc_info=task.exception())
+            self._worker = QueueWorker(self.queue, handler, "optimizer", log)
+            self._worker.start()
 
     async def stop(self) -> None:
         if self._worker is not None:
-            # Graceful: finish (and acknowledge) what was taken; past the drain time, cancel,
-            # leaving the rest pending for another replica.
-            self._worker_stop.set()
-            try:
-                await asyncio.wait_for(self._worker, self.settings.queue_drain_s)
-            except TimeoutError:
-                log.warning("optimizer worker did not drain in %.0f s", self.settings.queue_drain_s)
-            except Exception:
-                pass  # already logged by _worker_done
+            await self._worker.stop(self.settings.queue_drain_s)
             self._worker = None
         await self.engine.stop()
         if self.queue is not None:
@@ -170,8 +153,8 @@ class OptimizerRuntime:
             return Readiness(False, "the optimizer engine is not running")
         if self.queue is not None and (problem := self.queue.problem):
             return Readiness(False, problem)
-        if self._worker is not None and self._worker.done():
-            return Readiness(False, "the optimizer queue worker stopped")
+        if self._worker is not None and (problem := self._worker.problem):
+            return Readiness(False, problem)
         return Readiness(True)
 
     def info(self) -> PlannerInfo:

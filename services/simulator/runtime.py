@@ -41,7 +41,7 @@ from services.common.errors import (
 )
 from services.common.health import Readiness
 from services.common.metrics import ServiceMetrics
-from services.common.queues import WorkQueue, make_queue
+from services.common.queues import QueueWorker, WorkQueue, make_queue
 from services.simulator.drift import (
     Distance,
     DriftMonitor,
@@ -107,8 +107,7 @@ class SimulatorRuntime:
         self.consume = (
             True if not self.queue_mode else (settings.queue_worker if consume is None else consume)
         )
-        self._worker: asyncio.Task[None] | None = None
-        self._worker_stop = asyncio.Event()
+        self._worker: QueueWorker | None = None
         key = settings.judge_api_key.get_secret_value() if settings.judge_api_key else None
         self.judge: ImagineJudge | None = (
             ImagineJudge(settings.judge_url, key) if settings.judge_url else None
@@ -131,29 +130,12 @@ class SimulatorRuntime:
         await self.sessions.start()
         if self.consume:
             handler = imagine_handler(self.engine, wait_for_capacity=self.queue_mode)
-            self._worker_stop = asyncio.Event()
-            self._worker = asyncio.create_task(
-                self.imagine_queue.serve(handler, stop=self._worker_stop),
-                name="wmpo-imagine-worker",
-            )
-            self._worker.add_done_callback(self._worker_done)
-
-    @staticmethod
-    def _worker_done(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("the imagine queue worker stopped", exc_info=task.exception())
+            self._worker = QueueWorker(self.imagine_queue, handler, "imagine", log)
+            self._worker.start()
 
     async def stop(self) -> None:
         if self._worker is not None:
-            # Graceful: finish (and acknowledge) what was taken; past the drain
-            # time, cancel, leaving the rest pending for another replica.
-            self._worker_stop.set()
-            try:
-                await asyncio.wait_for(self._worker, self.settings.queue_drain_s)
-            except TimeoutError:
-                log.warning("imagine worker did not drain in %.0f s", self.settings.queue_drain_s)
-            except Exception:
-                pass  # already logged by _worker_done
+            await self._worker.stop(self.settings.queue_drain_s)
             self._worker = None
         # Sessions next: nothing may step them while the engine drains.
         await self.sessions.stop()
@@ -317,8 +299,8 @@ class SimulatorRuntime:
         problem = self.imagine_queue.problem
         if problem:
             return Readiness(False, problem)
-        if self._worker is not None and self._worker.done():
-            return Readiness(False, "the imagine queue worker stopped")
+        if self._worker is not None and (problem := self._worker.problem):
+            return Readiness(False, problem)
         # A remote backend (WMPO_BACKEND=triton) is ready only while its server's models are.
         backend_problem = getattr(self.engine.world_model, "problem", None)
         problem = backend_problem() if callable(backend_problem) else None

@@ -56,7 +56,13 @@ from pydantic import ConfigDict, Field, ValidationError, create_model
 from services.common.errors import Conflict, InvalidArgument, NotFound, Unavailable
 from services.common.health import Readiness
 from services.common.metrics import ServiceMetrics
-from services.common.queues import InProcessQueue, QueueConfig, RedisWorkQueue, WorkQueue
+from services.common.queues import (
+    InProcessQueue,
+    QueueConfig,
+    QueueWorker,
+    RedisWorkQueue,
+    WorkQueue,
+)
 from services.trainer.settings import DEFAULT_ENDPOINT, Endpoints, TrainerSettings
 from services.trainer.store import FINAL_STATES, STATES, JobRecord, make_store
 from wmpo.errors import ConfigError, UnknownTaskError
@@ -367,8 +373,7 @@ class TrainerRuntime:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="wmpo-trainer-job")
         self._stops: dict[str, threading.Event] = {}  # per running job: shutdown / lost lease
         self._shutdown = threading.Event()
-        self._worker: asyncio.Task[None] | None = None
-        self._worker_stop = asyncio.Event()
+        self._worker: QueueWorker | None = None
         self._one_job = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -383,22 +388,17 @@ class TrainerRuntime:
         await self.store.start()
         await self.queue.start()
         if self.consume:
-            self._worker_stop = asyncio.Event()
-            self._worker = asyncio.create_task(
-                self.queue.serve(self._handle, stop=self._worker_stop), name="wmpo-trainer-worker"
+            self._worker = QueueWorker(
+                self.queue, self._handle, "trainer", log,
+                drain_warning="a trainer job did not stop within %.0f s",
             )
-            self._worker.add_done_callback(self._worker_done)
+            self._worker.start()
         if not self.queue_mode:
             # The in-process queue died with the last process; its records did not.
             for record in await self.store.list(None, 10**9):
                 if not record.final:
                     log.info("resuming job %s (%s, step %d)", record.job_id, record.state, record.step)
                     await self.queue.enqueue(record.job_id, {"job_id": record.job_id})
-
-    @staticmethod
-    def _worker_done(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("the trainer queue worker stopped", exc_info=task.exception())
 
     async def stop(self) -> None:
         """Stop running jobs at their next step boundary (their checkpoints stay), hand their
@@ -408,15 +408,7 @@ class TrainerRuntime:
         for stop in list(self._stops.values()):
             stop.set()
         if self._worker is not None:
-            self._worker_stop.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._worker), self.settings.queue_drain_s)
-            except TimeoutError:
-                log.warning("a trainer job did not stop within %.0f s", self.settings.queue_drain_s)
-                self._worker.cancel()
-                await asyncio.gather(self._worker, return_exceptions=True)
-            except Exception:
-                pass  # logged by _worker_done
+            await self._worker.stop(self.settings.queue_drain_s)
             self._worker = None
         await self.queue.close()
         await self.store.close()
@@ -426,8 +418,8 @@ class TrainerRuntime:
         problem = self.store.problem or self.queue.problem
         if problem:
             return Readiness(False, problem)
-        if self._worker is not None and self._worker.done():
-            return Readiness(False, "the trainer queue worker stopped")
+        if self._worker is not None and (problem := self._worker.problem):
+            return Readiness(False, problem)
         return Readiness(True)
 
     # ------------------------------------------------------------ API

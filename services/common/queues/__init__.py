@@ -21,9 +21,10 @@ from services.common.queues.base import (
 )
 from services.common.queues.memory import InProcessQueue
 from services.common.queues.redis_streams import RedisWorkQueue
+from services.common.queues.worker import QueueWorker
 
 __all__ = [
     "REDIS_UNREACHABLE", "DeadLetter", "DeadLettered", "Handler", "InProcessQueue", "Payload",
-    "QueueConfig", "QueueStats", "RedisWorkQueue", "WorkQueue", "decode_payload",
+    "QueueConfig", "QueueStats", "QueueWorker", "RedisWorkQueue", "WorkQueue", "decode_payload",
     "default_consumer_name", "encode_payload", "make_queue", "payload_digest", "redact_url",
 ]
