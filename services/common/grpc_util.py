@@ -1,5 +1,7 @@
 """gRPC pieces a service's servicer shares: latency metrics per RPC, bind addresses, health,
-and the interceptors every server runs (API key, request decoding).
+the interceptors every server runs (API key, request decoding), and the decoding of the
+fields every request has (tensors, request id, frame encoding), so each service refuses them
+with the same messages.
 
 `observed` is the simulator's `_observed` (services/simulator/grpc_api.py) made
 reusable: the judge uses this one; the simulator can switch to it.
@@ -14,13 +16,19 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
-from wmpo_client.proto import simulator_pb2
+import numpy as np
+from wmpo_client.codec import CodecError, DTypeName, from_proto, to_proto
+from wmpo_client.proto import simulator_pb2, tensor_pb2
 
 from services.common.auth import ApiKeyAuth, AsyncApiKeyInterceptor
+from services.common.errors import InvalidArgument
 from services.common.health import Readiness
+from services.common.logging import is_valid_request_id, request_id_var
 from services.common.settings import ServiceSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
+# Outgoing tensors are bounded by the engine (max_response_bytes) and gRPC's send limit.
+OUTPUT_MAX_BYTES = 2**62
 
 
 def observed(method: F) -> F:
@@ -149,3 +157,34 @@ def server_interceptors(settings: ServiceSettings) -> list[grpc.aio.ServerInterc
     """What every service's grpc.aio server runs before its servicer: the API key check, then
     request decoding."""
     return [AsyncApiKeyInterceptor(ApiKeyAuth.from_settings(settings)), RequestDecodeInterceptor()]
+
+
+# ------------------------------------------------------------ request fields
+def decode_tensor(tensor: Any, name: str, max_bytes: int, dtype: DTypeName) -> np.ndarray:
+    """A request's tensor -> array; a malformed one is InvalidArgument naming `name`."""
+    try:
+        return from_proto(tensor, name, max_bytes, expect_dtype=dtype)
+    except CodecError as exc:
+        raise InvalidArgument(str(exc)) from None
+
+
+def encode_tensor(array: np.ndarray, name: str, encoding: str = "raw") -> tensor_pb2.Tensor:
+    return to_proto(array, name, encoding, max_bytes=OUTPUT_MAX_BYTES)  # type: ignore[arg-type]
+
+
+def request_id_arg(given: str) -> str:
+    """The request's own id if valid, else the one the boundary set (or "")."""
+    if given and not is_valid_request_id(given):
+        raise InvalidArgument("request_id must be at most 128 characters of [A-Za-z0-9._:-]")
+    return given or request_id_var.get() or ""
+
+
+def frame_encoding(msg: Any) -> str:
+    """The `frame_encoding` field of a request -> "raw" (unset) or "png"."""
+    value = msg.frame_encoding
+    if value not in tensor_pb2.FrameEncoding.values():  # proto3 keeps unknown enum numbers
+        raise InvalidArgument(
+            f"frame_encoding: unknown value {value}; use FRAME_ENCODING_RAW (1) or "
+            "FRAME_ENCODING_PNG (2), or leave it unset for raw"
+        )
+    return "png" if value == tensor_pb2.FRAME_ENCODING_PNG else "raw"

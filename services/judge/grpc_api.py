@@ -14,13 +14,17 @@ from typing import Any
 
 import grpc
 import numpy as np
-from wmpo_client.codec import CodecError, from_proto
 from wmpo_client.proto import judge_pb2 as pb
 from wmpo_client.proto import judge_pb2_grpc, simulator_pb2
 
 from services.common.errors import InvalidArgument, grpc_error_boundary
-from services.common.grpc_util import bind_address, observed, server_interceptors
-from services.common.logging import is_valid_request_id, request_id_var
+from services.common.grpc_util import (
+    bind_address,
+    decode_tensor,
+    observed,
+    request_id_arg,
+    server_interceptors,
+)
 from services.common.metrics import ServiceMetrics
 from services.judge.engine import check_video
 from services.judge.judge_queue import GroupOutcome, JudgeOutcome
@@ -92,17 +96,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServicer):
         return self._decode(getattr(msg, field), name)
 
     def _decode(self, tensor: Any, name: str) -> np.ndarray:
-        try:
-            array = from_proto(tensor, name, self.max_bytes, expect_dtype="uint8")
-        except CodecError as exc:
-            raise InvalidArgument(str(exc)) from None
-        return check_video(array, name)
-
-    @staticmethod
-    def _request_id(given: str) -> str:
-        if given and not is_valid_request_id(given):
-            raise InvalidArgument("request_id must be at most 128 characters of [A-Za-z0-9._:-]")
-        return given or request_id_var.get() or ""
+        return check_video(decode_tensor(tensor, name, self.max_bytes, "uint8"), name)
 
     # ------------------------------------------------------------ judge
     @observed
@@ -110,7 +104,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServicer):
     async def Judge(
         self, request: pb.JudgeRequest, context: grpc.aio.ServicerContext
     ) -> pb.JudgeResponse:
-        rid = self._request_id(request.request_id)
+        rid = request_id_arg(request.request_id)
         frames = self._video(request, "frames", "frames")
         res: JudgeOutcome = await self.runtime.judge(
             frames,
@@ -134,7 +128,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServicer):
     async def JudgeGroup(
         self, request: pb.JudgeGroupRequest, context: grpc.aio.ServicerContext
     ) -> pb.JudgeGroupResponse:
-        rid = self._request_id(request.request_id)
+        rid = request_id_arg(request.request_id)
         if not request.videos:
             raise InvalidArgument("videos: a group needs at least one video")
         videos = [self._decode(v, f"video {i}") for i, v in enumerate(request.videos)]

@@ -14,13 +14,21 @@ from typing import Any
 
 import grpc
 import numpy as np
-from wmpo_client.codec import CodecError, DTypeName, from_proto, to_proto
+from wmpo_client.codec import DTypeName
 from wmpo_client.proto import optimizer_pb2 as pb
-from wmpo_client.proto import optimizer_pb2_grpc, simulator_pb2, tensor_pb2
+from wmpo_client.proto import optimizer_pb2_grpc, simulator_pb2
 
 from services.common.errors import InvalidArgument, grpc_error_boundary
-from services.common.grpc_util import bind_address, health_response, observed, server_interceptors
-from services.common.logging import is_valid_request_id, request_id_var
+from services.common.grpc_util import (
+    bind_address,
+    decode_tensor,
+    encode_tensor,
+    frame_encoding,
+    health_response,
+    observed,
+    request_id_arg,
+    server_interceptors,
+)
 from services.optimizer.engine import PlanOutcome, PlanProgress
 from services.optimizer.runtime import (
     VERSION,
@@ -30,8 +38,6 @@ from services.optimizer.runtime import (
     check_target_frames,
 )
 from services.optimizer.settings import OptimizerSettings
-
-_OUTPUT_MAX_BYTES = 2**62
 
 
 class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
@@ -45,27 +51,7 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
                 check: Callable[[np.ndarray, str], np.ndarray]) -> np.ndarray | None:
         if not msg.HasField(field):
             return None
-        try:
-            array = from_proto(getattr(msg, field), field, self.max_bytes, expect_dtype=dtype)
-        except CodecError as exc:
-            raise InvalidArgument(str(exc)) from None
-        return check(array, field)
-
-    @staticmethod
-    def _encoding(msg: Any) -> str:
-        value = msg.frame_encoding
-        if value not in tensor_pb2.FrameEncoding.values():  # proto3 keeps unknown enum numbers
-            raise InvalidArgument(
-                f"frame_encoding: unknown value {value}; use FRAME_ENCODING_RAW (1) or "
-                "FRAME_ENCODING_PNG (2), or leave it unset for raw"
-            )
-        return "png" if value == tensor_pb2.FRAME_ENCODING_PNG else "raw"
-
-    @staticmethod
-    def _request_id(given: str) -> str:
-        if given and not is_valid_request_id(given):
-            raise InvalidArgument("request_id must be at most 128 characters of [A-Za-z0-9._:-]")
-        return given or request_id_var.get() or ""
+        return check(decode_tensor(getattr(msg, field), field, self.max_bytes, dtype), field)
 
     def _args(self, request: pb.PlanRequest) -> tuple[np.ndarray, str, dict[str, Any]]:
         frame = self._tensor(request, "frame", "uint8", check_frame)
@@ -79,18 +65,14 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
         }
         return frame, request.instruction, options
 
-    @staticmethod
-    def _out(array: np.ndarray, name: str, encoding: str = "raw") -> tensor_pb2.Tensor:
-        return to_proto(array, name, encoding, max_bytes=_OUTPUT_MAX_BYTES)  # type: ignore[arg-type]
-
     def _response(self, out: PlanOutcome, rid: str, request: pb.PlanRequest, encoding: str) -> pb.PlanResponse:
         r = out.result
         return pb.PlanResponse(
             request_id=rid,
-            actions=self._out(np.asarray(r.actions, np.float32), "actions"),
-            prior_actions=self._out(np.asarray(r.prior_actions, np.float32), "prior_actions"),
-            frames=self._out(r.frames, "frames", encoding),
-            target_frames=self._out(r.target_frames, "target_frames", encoding)
+            actions=encode_tensor(np.asarray(r.actions, np.float32), "actions"),
+            prior_actions=encode_tensor(np.asarray(r.prior_actions, np.float32), "prior_actions"),
+            frames=encode_tensor(r.frames, "frames", encoding),
+            target_frames=encode_tensor(r.target_frames, "target_frames", encoding)
             if request.include_target else None,
             objective=r.objective,
             distance=r.distance,
@@ -104,8 +86,8 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
     @observed
     @grpc_error_boundary
     async def Plan(self, request: pb.PlanRequest, context: grpc.aio.ServicerContext) -> pb.PlanResponse:
-        rid = self._request_id(request.request_id)
-        encoding = self._encoding(request)
+        rid = request_id_arg(request.request_id)
+        encoding = frame_encoding(request)
         frame, instruction, options = self._args(request)
         out = await self.runtime.plan(frame, instruction, request_id=request.request_id, **options)
         return self._response(out, rid, request, encoding)
@@ -114,8 +96,8 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
     @grpc_error_boundary
     async def PlanStream(self, request: pb.PlanRequest,
                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.PlanStreamResponse]:
-        rid = self._request_id(request.request_id)
-        encoding = self._encoding(request)
+        rid = request_id_arg(request.request_id)
+        encoding = frame_encoding(request)
         frame, instruction, options = self._args(request)
         run = self.runtime.open_plan(frame, instruction, **options)
         try:

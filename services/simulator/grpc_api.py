@@ -15,12 +15,20 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-from wmpo_client.codec import CodecError, DTypeName, from_proto, to_proto
-from wmpo_client.proto import simulator_pb2, simulator_pb2_grpc, tensor_pb2
+from wmpo_client.codec import DTypeName
+from wmpo_client.proto import simulator_pb2, simulator_pb2_grpc
 
 from services.common.errors import InvalidArgument, grpc_error_boundary
-from services.common.grpc_util import bind_address, observed, server_interceptors
-from services.common.logging import is_valid_request_id, request_id_var
+from services.common.grpc_util import (
+    bind_address,
+    decode_tensor,
+    encode_tensor,
+    frame_encoding,
+    observed,
+    request_id_arg,
+    server_interceptors,
+)
+from services.common.logging import is_valid_request_id
 from services.common.metrics import ServiceMetrics
 from services.simulator.drift import Outcome, check_outcome_frames
 from services.simulator.engine import (
@@ -36,8 +44,6 @@ from services.simulator.settings import SimulatorSettings
 from services.simulator.verify import Verification
 
 F = TypeVar("F", bound=Callable[..., Any])
-# Outgoing tensors are bounded by the engine (max_response_bytes) and gRPC's send limit.
-_OUTPUT_MAX_BYTES = 2**62
 _Status = simulator_pb2.HealthResponse
 
 
@@ -57,17 +63,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
     ) -> np.ndarray:
         if not msg.HasField(field):
             raise InvalidArgument(f"{field} is required")
-        try:
-            array = from_proto(getattr(msg, field), field, self.max_bytes, expect_dtype=dtype)
-        except CodecError as exc:
-            raise InvalidArgument(str(exc)) from None
-        return check(array, field)
-
-    @staticmethod
-    def _request_id(given: str) -> str:
-        if given and not is_valid_request_id(given):
-            raise InvalidArgument("request_id must be at most 128 characters of [A-Za-z0-9._:-]")
-        return given or request_id_var.get() or ""
+        return check(decode_tensor(getattr(msg, field), field, self.max_bytes, dtype), field)
 
     @staticmethod
     def _seed(msg: Any) -> int | None:
@@ -76,20 +72,6 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
     @staticmethod
     def _verify_threshold(msg: Any) -> float | None:
         return float(msg.verify_threshold) if msg.HasField("verify_threshold") else None
-
-    @staticmethod
-    def _encoding(msg: Any) -> str:
-        value = msg.frame_encoding
-        if value not in tensor_pb2.FrameEncoding.values():  # proto3 keeps unknown enum numbers
-            raise InvalidArgument(
-                f"frame_encoding: unknown value {value}; use FRAME_ENCODING_RAW (1) or "
-                "FRAME_ENCODING_PNG (2), or leave it unset for raw"
-            )
-        return "png" if value == tensor_pb2.FRAME_ENCODING_PNG else "raw"
-
-    @staticmethod
-    def _out(array: np.ndarray, name: str, encoding: str = "raw") -> tensor_pb2.Tensor:
-        return to_proto(array, name, encoding, max_bytes=_OUTPUT_MAX_BYTES)  # type: ignore[arg-type]
 
     @staticmethod
     def _info(info: SessionInfo) -> simulator_pb2.SessionInfo:
@@ -120,8 +102,8 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
     async def Imagine(
         self, request: simulator_pb2.ImagineRequest, context: grpc.aio.ServicerContext
     ) -> simulator_pb2.ImagineResponse:
-        rid = self._request_id(request.request_id)
-        encoding = self._encoding(request)
+        rid = request_id_arg(request.request_id)
+        encoding = frame_encoding(request)
         frames = self._tensor(request, "start_frames", "uint8", check_start_frames)
         cands = self._tensor(request, "candidates", "float32", check_candidates)
         result = await self.runtime.imagine(
@@ -141,7 +123,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
             candidates=[
                 simulator_pb2.CandidateResult(
                     index=i,
-                    frames=self._out(f, f"candidate {i}", encoding),
+                    frames=encode_tensor(f, f"candidate {i}", encoding),
                     confidence=v.confidences[i] if v else None,
                 )
                 for i, f in enumerate(result.frames)
@@ -157,7 +139,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
     async def ImagineStream(
         self, request: simulator_pb2.ImagineRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[simulator_pb2.ImagineStreamResponse]:
-        rid = self._request_id(request.request_id)
+        rid = request_id_arg(request.request_id)
         frames = self._tensor(request, "start_frames", "uint8", check_start_frames)
         cands = self._tensor(request, "candidates", "float32", check_candidates)
         stream = self.runtime.open_imagine_stream(
@@ -171,7 +153,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
                         frames=simulator_pb2.ImagineFrames(
                             request_id=rid,
                             chunk_index=event.chunk_index,
-                            frames=self._out(event.frames, "frames"),
+                            frames=encode_tensor(event.frames, "frames"),
                         )
                     )
                     continue
@@ -200,8 +182,8 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
     async def CreateSession(
         self, request: simulator_pb2.CreateSessionRequest, context: grpc.aio.ServicerContext
     ) -> simulator_pb2.CreateSessionResponse:
-        self._request_id(request.request_id)
-        encoding = self._encoding(request)
+        request_id_arg(request.request_id)
+        encoding = frame_encoding(request)
         frames = self._tensor(request, "start_frames", "uint8", check_start_frames)
         res = await self.runtime.sessions.create(
             frames,
@@ -213,7 +195,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
         return simulator_pb2.CreateSessionResponse(
             group_id=res.group_id or "",
             sessions=[self._info(s) for s in res.sessions],
-            observation=self._out(res.observation, "observation", encoding),
+            observation=encode_tensor(res.observation, "observation", encoding),
             provenance=res.provenance,
             timing=res.timing,
         )
@@ -223,8 +205,8 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
     async def StepSession(
         self, request: simulator_pb2.StepSessionRequest, context: grpc.aio.ServicerContext
     ) -> simulator_pb2.StepSessionResponse:
-        rid = self._request_id(request.request_id)
-        encoding = self._encoding(request)
+        rid = request_id_arg(request.request_id)
+        encoding = frame_encoding(request)
         which, target = self._target(request)
         sessions = self.runtime.sessions
         expected = (
@@ -244,7 +226,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
             results=[
                 simulator_pb2.StepResult(
                     session_id=r.session_id,
-                    frames=self._out(r.frames, "frames", encoding),
+                    frames=encode_tensor(r.frames, "frames", encoding),
                     truncated=r.truncated,
                     chunks_stepped=r.chunks_stepped,
                 )
@@ -259,15 +241,15 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
     async def ReplaySession(
         self, request: simulator_pb2.ReplaySessionRequest, context: grpc.aio.ServicerContext
     ) -> simulator_pb2.ReplaySessionResponse:
-        rid = self._request_id(request.request_id)
-        encoding = self._encoding(request)
+        rid = request_id_arg(request.request_id)
+        encoding = frame_encoding(request)
         if not request.session_id:
             raise InvalidArgument("session_id is required")
         res = await self.runtime.sessions.replay(request.session_id, self._seed(request))
         return simulator_pb2.ReplaySessionResponse(
             request_id=rid,
             session_id=res.session_id,
-            frames=self._out(res.frames, "frames", encoding),
+            frames=encode_tensor(res.frames, "frames", encoding),
             seed=res.seed,
             provenance=res.provenance,
             timing=res.timing,
