@@ -28,13 +28,11 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
-from pydantic_core import PydanticCustomError
-from wmpo_client.codec import CodecError, TensorJSON
+from wmpo_client.codec import TensorJSON
 
 from services.common.app import create_app
-from services.common.errors import InvalidArgument, Unavailable, error_responses
-from services.common.http_util import until_disconnect
-from services.common.logging import current_request_id
+from services.common.errors import error_responses
+from services.common.http_util import app_runtime, decode_tensor, request_id_of, until_disconnect
 from services.judge.engine import check_video
 from services.judge.judge_queue import DEFAULT_MAX_FLAGS, GroupOutcome, JudgeOutcome
 from services.judge.runtime import SERVICE, VERSION, JudgeRuntime
@@ -93,12 +91,7 @@ Kind = Annotated[
 
 
 def _decode_video(tensor: TensorJSON, name: str) -> np.ndarray:
-    """Decode and check a video, as a pydantic error (-> 422) naming it."""
-    try:
-        return check_video(tensor.to_numpy(name, expect_dtype="uint8"), name)
-    except (CodecError, InvalidArgument) as exc:
-        message = exc.message if isinstance(exc, InvalidArgument) else str(exc)
-        raise PydanticCustomError("invalid_tensor", "{message}", {"message": message}) from None
+    return decode_tensor(tensor, name, "uint8", check_video)
 
 
 class _Body(BaseModel):
@@ -235,14 +228,7 @@ class JudgeGroupOut(BaseModel):
 
 
 def _runtime(request: Request) -> JudgeRuntime:
-    runtime = getattr(request.app.state, "runtime", None)
-    if runtime is None:
-        raise Unavailable("the judge is starting up")
-    return runtime
-
-
-def _request_id(body_id: str) -> str:
-    return body_id or current_request_id() or ""
+    return app_runtime(request, "judge")
 
 
 def _round(timing: dict[str, float]) -> dict[str, float]:
@@ -311,7 +297,7 @@ async def judge(body: JudgeBody, rt: Runtime, request: Request) -> JudgeOut:
             request_id=body.request_id,
         ),
     )
-    return _judge_out(res, _request_id(body.request_id))
+    return _judge_out(res, request_id_of(body.request_id))
 
 
 @router.post(
@@ -335,7 +321,7 @@ async def judge_group(body: JudgeGroupBody, rt: Runtime, request: Request) -> Ju
             request_id=body.request_id,
         ),
     )
-    return _group_out(res, _request_id(body.request_id))
+    return _group_out(res, request_id_of(body.request_id))
 
 
 def judge_router() -> APIRouter:

@@ -33,14 +33,20 @@ import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
-from pydantic_core import PydanticCustomError
-from starlette.types import Receive, Scope, Send
-from wmpo_client.codec import CodecError, DTypeName, TensorJSON, to_json
+from wmpo_client.codec import TensorJSON, to_json
 
 from services.common.app import create_app
-from services.common.errors import InvalidArgument, Unavailable, error_responses
-from services.common.http_util import error_line, until_disconnect
-from services.common.logging import current_request_id
+from services.common.errors import error_responses
+from services.common.http_util import (
+    ClosingStream,
+    FrameEncoding,
+    app_runtime,
+    decode_tensor,
+    error_line,
+    request_id_of,
+    tensor_out,
+    until_disconnect,
+)
 from services.optimizer.engine import PlanOutcome, PlanProgress
 from services.optimizer.runtime import (
     SEED_LIMIT,
@@ -52,22 +58,6 @@ from services.optimizer.runtime import (
     check_target_frames,
 )
 from services.optimizer.settings import MAX_INSTRUCTION_CHARS, OptimizerSettings
-
-FrameEncoding = Literal["raw", "png"]
-_OUTPUT_MAX_BYTES = 2**62  # responses are bounded by the planner's fixed horizon
-
-
-def _decode(tensor: TensorJSON | None, name: str, dtype: DTypeName,
-            check: Callable[[np.ndarray, str], np.ndarray]) -> np.ndarray | None:
-    """Decode and check a tensor, as a pydantic error (-> 422) naming it."""
-    if tensor is None:
-        return None
-    try:
-        return check(tensor.to_numpy(name, expect_dtype=dtype), name)
-    except (CodecError, InvalidArgument) as exc:
-        message = exc.message if isinstance(exc, InvalidArgument) else str(exc)
-        raise PydanticCustomError("invalid_tensor", "{message}", {"message": message}) from None
-
 
 # A working example for the OpenAPI page and schema-driven tests: a gray 64x64 frame as PNG.
 _FRAME_EXAMPLE = to_json(np.full((64, 64, 3), 128, np.uint8), "frame", "png")
@@ -105,9 +95,11 @@ class PlanBody(BaseModel):
 
     @model_validator(mode="after")
     def _tensors(self) -> PlanBody:
-        self._frame = _decode(self.frame, "frame", "uint8", check_frame)  # type: ignore[assignment]
-        self._target = _decode(self.target_frames, "target_frames", "uint8", check_target_frames)
-        self._init = _decode(self.init_actions, "init_actions", "float32", check_init_actions)
+        self._frame = decode_tensor(self.frame, "frame", "uint8", check_frame)
+        if self.target_frames is not None:
+            self._target = decode_tensor(self.target_frames, "target_frames", "uint8", check_target_frames)
+        if self.init_actions is not None:
+            self._init = decode_tensor(self.init_actions, "init_actions", "float32", check_init_actions)
         return self
 
 
@@ -155,24 +147,17 @@ class PlannerInfoOut(BaseModel):
 
 
 def _runtime(request: Request) -> OptimizerRuntime:
-    runtime = getattr(request.app.state, "runtime", None)
-    if runtime is None:
-        raise Unavailable("the optimizer is starting up")
-    return runtime
-
-
-def _tensor(array: np.ndarray, name: str, encoding: FrameEncoding = "raw") -> TensorJSON:
-    return TensorJSON.from_numpy(array, name, encoding, max_bytes=_OUTPUT_MAX_BYTES)
+    return app_runtime(request, "optimizer")
 
 
 def _fields(out: PlanOutcome, rid: str, body: PlanBody) -> dict[str, Any]:
     r = out.result
     return {
         "request_id": rid,
-        "actions": _tensor(np.asarray(r.actions, np.float32), "actions"),
-        "prior_actions": _tensor(np.asarray(r.prior_actions, np.float32), "prior_actions"),
-        "frames": _tensor(r.frames, "frames", body.frame_encoding),
-        "target_frames": _tensor(r.target_frames, "target_frames", body.frame_encoding)
+        "actions": tensor_out(np.asarray(r.actions, np.float32), "actions"),
+        "prior_actions": tensor_out(np.asarray(r.prior_actions, np.float32), "prior_actions"),
+        "frames": tensor_out(r.frames, "frames", body.frame_encoding),
+        "target_frames": tensor_out(r.target_frames, "target_frames", body.frame_encoding)
         if body.include_target else None,
         "objective": r.objective,
         "distance": r.distance,
@@ -188,21 +173,6 @@ def _options(body: PlanBody) -> dict[str, Any]:
             "seed": body.seed}
 
 
-class _ClosingStream(StreamingResponse):
-    """Runs `on_close` however the response ends (a generator that never started would not
-    run its own `finally`)."""
-
-    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]) -> None:
-        super().__init__(content, media_type="application/x-ndjson")
-        self._on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._on_close()
-
-
 # -------------------------------------------------------------------- routes
 
 _ERRORS = error_responses(400, 422, 429, 503)
@@ -213,7 +183,7 @@ router = APIRouter(prefix="/v1", tags=["optimizer"], responses=_ERRORS)
 @router.post("/plan", response_model=PlanOut, summary="Plan actions toward a target future",
              operation_id="plan")
 async def plan(body: PlanBody, rt: Runtime, request: Request) -> PlanOut:
-    rid = body.request_id or current_request_id() or ""
+    rid = request_id_of(body.request_id)
     out = await until_disconnect(
         request, rt.plan(body._frame, body.instruction, request_id=body.request_id, **_options(body)))
     return PlanOut(**_fields(out, rid, body))
@@ -231,7 +201,7 @@ async def plan(body: PlanBody, rt: Runtime, request: Request) -> PlanOut:
     }},
 )
 async def plan_stream(body: PlanBody, rt: Runtime) -> StreamingResponse:
-    rid = body.request_id or current_request_id() or ""
+    rid = request_id_of(body.request_id)
     # Validation and admission happen here, so they are real 4xx responses.
     run = rt.open_plan(body._frame, body.instruction, **_options(body))
 
@@ -249,7 +219,7 @@ async def plan_stream(body: PlanBody, rt: Runtime) -> StreamingResponse:
             yield error_line(exc, rid, "plan stream")
 
     # A disconnect cancels the generator; the response then cancels the plan.
-    return _ClosingStream(lines(), run.close)
+    return ClosingStream(lines(), run.close)
 
 
 @router.get("/planner", response_model=PlannerInfoOut, summary="The planner's horizon, sizes and limits",

@@ -51,21 +51,24 @@ import numpy as np
 from fastapi import APIRouter, Body, Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
-from pydantic_core import PydanticCustomError
-from starlette.types import Receive, Scope, Send
-from wmpo_client.codec import CodecError, DTypeName, TensorJSON, to_json
+from wmpo_client.codec import TensorJSON, to_json
 
 from services.common.app import create_app
 from services.common.errors import (
     ErrorDetail,
-    InvalidArgument,
     ServiceError,
-    Unavailable,
     error_responses,
     internal_message,
 )
-from services.common.http_util import until_disconnect
-from services.common.logging import current_request_id
+from services.common.http_util import (
+    ClosingStream,
+    FrameEncoding,
+    app_runtime,
+    decode_tensor,
+    request_id_of,
+    tensor_out,
+    until_disconnect,
+)
 from services.common.viewer import example_frames
 from services.common.viewer.runs import RunStore, runs_router
 from services.simulator.drift import Outcome, OutcomeFigures, check_outcome_frames
@@ -83,9 +86,6 @@ from services.simulator.settings import SimulatorSettings
 
 log = logging.getLogger("wmpo.simulator.http")
 T = TypeVar("T")
-FrameEncoding = Literal["raw", "png"]
-# Large enough for any response the engine admits (it bounds them by max_response_bytes).
-_OUTPUT_MAX_BYTES = 2**62
 
 RequestId = Annotated[
     str,
@@ -118,20 +118,6 @@ ExpectedChunks = Annotated[
         "result (replayed: true) without advancing; any other count is a 409. Absent: no check.",
     ),
 ]
-
-
-def _decode(
-    tensor: TensorJSON,
-    name: str,
-    dtype: DTypeName,
-    check: Callable[[np.ndarray, str], np.ndarray],
-) -> np.ndarray:
-    """Decode and check a tensor, as a pydantic error (-> 422) naming it."""
-    try:
-        return check(tensor.to_numpy(name, expect_dtype=dtype), name)
-    except (CodecError, InvalidArgument) as exc:
-        message = exc.message if isinstance(exc, InvalidArgument) else str(exc)
-        raise PydanticCustomError("invalid_tensor", "{message}", {"message": message}) from None
 
 
 class _Body(BaseModel):
@@ -187,8 +173,8 @@ class ImagineBody(_Body):
 
     @model_validator(mode="after")
     def _tensors(self) -> ImagineBody:
-        self._frames = _decode(self.start_frames, "start_frames", "uint8", check_start_frames)
-        self._candidates = _decode(self.candidates, "candidates", "float32", check_candidates)
+        self._frames = decode_tensor(self.start_frames, "start_frames", "uint8", check_start_frames)
+        self._candidates = decode_tensor(self.candidates, "candidates", "float32", check_candidates)
         return self
 
 
@@ -209,7 +195,7 @@ class CreateSessionBody(_Body):
 
     @model_validator(mode="after")
     def _tensors(self) -> CreateSessionBody:
-        self._frames = _decode(self.start_frames, "start_frames", "uint8", check_start_frames)
+        self._frames = decode_tensor(self.start_frames, "start_frames", "uint8", check_start_frames)
         return self
 
 
@@ -224,7 +210,7 @@ class StepSessionBody(_Body):
 
     @model_validator(mode="after")
     def _tensors(self) -> StepSessionBody:
-        self._actions = _decode(self.actions, "actions", "float32", _session_actions)
+        self._actions = decode_tensor(self.actions, "actions", "float32", _session_actions)
         return self
 
 
@@ -239,7 +225,7 @@ class StepGroupBody(_Body):
 
     @model_validator(mode="after")
     def _tensors(self) -> StepGroupBody:
-        self._actions = _decode(self.actions, "actions", "float32", check_group_actions)
+        self._actions = decode_tensor(self.actions, "actions", "float32", check_group_actions)
         return self
 
 
@@ -279,7 +265,7 @@ class OutcomeBody(_Body):
 
     @model_validator(mode="after")
     def _tensors(self) -> OutcomeBody:
-        self._frames = _decode(self.frames, "frames", "uint8", check_outcome_frames)
+        self._frames = decode_tensor(self.frames, "frames", "uint8", check_outcome_frames)
         return self
 
 
@@ -420,18 +406,7 @@ class ClosedOut(BaseModel):
 
 
 def _runtime(request: Request) -> SimulatorRuntime:
-    runtime = getattr(request.app.state, "runtime", None)
-    if runtime is None:
-        raise Unavailable("the simulator is starting up")
-    return runtime
-
-
-def _request_id(body_id: str) -> str:
-    return body_id or current_request_id() or ""
-
-
-def _tensor(array: np.ndarray, name: str, encoding: FrameEncoding = "raw") -> TensorJSON:
-    return TensorJSON.from_numpy(array, name, encoding, max_bytes=_OUTPUT_MAX_BYTES)
+    return app_runtime(request, "simulator")
 
 
 def _info(info: SessionInfo) -> SessionInfoOut:
@@ -440,21 +415,6 @@ def _info(info: SessionInfo) -> SessionInfoOut:
 
 def _round(timing: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 6) for k, v in timing.items()}
-
-
-class _ClosingStream(StreamingResponse):
-    """Runs `on_close` however the response ends: a generator that never started
-    (client gone before the first byte) would not run its own `finally`."""
-
-    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]) -> None:
-        super().__init__(content, media_type="application/x-ndjson")
-        self._on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._on_close()
 
 
 def _error_line(exc: BaseException, request_id: str) -> str:
@@ -499,7 +459,7 @@ router = APIRouter(prefix="/v1", tags=["simulator"], responses=_ERRORS)
     operation_id="imagine",
 )
 async def imagine(body: ImagineBody, rt: Runtime, request: Request) -> ImagineOut:
-    rid = _request_id(body.request_id)
+    rid = request_id_of(body.request_id)
     result = await until_disconnect(
         request,
         rt.imagine(
@@ -520,7 +480,7 @@ async def imagine(body: ImagineBody, rt: Runtime, request: Request) -> ImagineOu
         candidates=[
             CandidateOut(
                 index=i,
-                frames=_tensor(f, f"candidate {i}", body.frame_encoding),
+                frames=tensor_out(f, f"candidate {i}", body.frame_encoding),
                 confidence=v.confidences[i] if v else None,
             )
             for i, f in enumerate(result.frames)
@@ -547,7 +507,7 @@ async def imagine(body: ImagineBody, rt: Runtime, request: Request) -> ImagineOu
     },
 )
 async def imagine_stream(body: ImagineBody, rt: Runtime) -> StreamingResponse:
-    rid = _request_id(body.request_id)
+    rid = request_id_of(body.request_id)
     # Validation and admission happen here, so they are real 4xx responses.
     stream = rt.open_imagine_stream(
         body._frames, body._candidates, body.horizon_chunks, body.seed,
@@ -562,7 +522,7 @@ async def imagine_stream(body: ImagineBody, rt: Runtime) -> StreamingResponse:
                     yield ImagineFramesEvent(
                         request_id=rid,
                         chunk_index=event.chunk_index,
-                        frames=_tensor(event.frames, "frames"),
+                        frames=tensor_out(event.frames, "frames"),
                     ).model_dump_json() + "\n"
                     continue
                 v = event.verification
@@ -585,7 +545,7 @@ async def imagine_stream(body: ImagineBody, rt: Runtime) -> StreamingResponse:
 
     # Disconnect cancels the generator (its queued rows are dropped); the
     # response then releases the admission reservation.
-    return _ClosingStream(lines(), stream.close)
+    return ClosingStream(lines(), stream.close)
 
 # -------------------------------------------------------------- outcomes
 @router.post(
@@ -618,10 +578,10 @@ async def create_session(body: CreateSessionBody, rt: Runtime, request: Request)
         ),
     )
     return CreateSessionOut(
-        request_id=_request_id(body.request_id),
+        request_id=request_id_of(body.request_id),
         group_id=res.group_id,
         sessions=[_info(s) for s in res.sessions],
-        observation=_tensor(res.observation, "observation", body.frame_encoding),
+        observation=tensor_out(res.observation, "observation", body.frame_encoding),
         provenance=res.provenance,
         timing=_round(res.timing),
     )
@@ -633,7 +593,7 @@ def _step_out(outcome: Any, rid: str, encoding: FrameEncoding) -> StepOut:
         results=[
             StepResultOut(
                 session_id=r.session_id,
-                frames=_tensor(r.frames, "frames", encoding),
+                frames=tensor_out(r.frames, "frames", encoding),
                 reward=r.reward,
                 done=r.done,
                 truncated=r.truncated,
@@ -661,7 +621,7 @@ async def step_session(session_id: str, body: StepSessionBody, rt: Runtime, requ
         request,
         rt.sessions.step_session(session_id, body._actions, body.expected_chunks_stepped),
     )
-    return _step_out(outcome, _request_id(body.request_id), body.frame_encoding)
+    return _step_out(outcome, request_id_of(body.request_id), body.frame_encoding)
 
 
 @router.post(
@@ -678,9 +638,9 @@ async def replay_session(
     body = body or ReplayBody()
     res = await until_disconnect(request, rt.sessions.replay(session_id, body.seed))
     return ReplayOut(
-        request_id=_request_id(body.request_id),
+        request_id=request_id_of(body.request_id),
         session_id=res.session_id,
-        frames=_tensor(res.frames, "frames", body.frame_encoding),
+        frames=tensor_out(res.frames, "frames", body.frame_encoding),
         seed=res.seed,
         provenance=res.provenance,
         timing=_round(res.timing),
@@ -719,7 +679,7 @@ async def step_group(group_id: str, body: StepGroupBody, rt: Runtime, request: R
         request,
         rt.sessions.step_group(group_id, body._actions, body.expected_chunks_stepped),
     )
-    return _step_out(outcome, _request_id(body.request_id), body.frame_encoding)
+    return _step_out(outcome, request_id_of(body.request_id), body.frame_encoding)
 
 
 @router.get(

@@ -33,8 +33,8 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from services.common.app import Lifespan, create_app, runtime_lifespan
-from services.common.errors import Unavailable, error_responses
-from services.common.http_util import error_line
+from services.common.errors import error_responses
+from services.common.http_util import app_runtime, error_line
 from services.common.logging import current_request_id
 from services.trainer.runtime import SERVICE, VERSION, JobSpec, TrainerRuntime, job_view
 from services.trainer.settings import TrainerSettings
@@ -89,10 +89,7 @@ def _out(record: JobRecord) -> JobOut:
 
 
 def _runtime(request: Request) -> TrainerRuntime:
-    runtime = getattr(request.app.state, "runtime", None)
-    if runtime is None:
-        raise Unavailable("the trainer is starting up")
-    return runtime
+    return app_runtime(request, "trainer")
 
 
 _ERRORS = error_responses(400, 404, 409, 422, 429, 503)
