@@ -4,12 +4,17 @@
 - `exchange`: the retry loop of a unary call (see `wmpo_client._driver`);
 - `GrpcConfig`: target, deadline, retry policy, channel options, metadata;
 - `SyncGrpc` / `AsyncGrpc`: the channel (grpc.aio's opened on first use, inside the running
-  loop), `with` / `async with`, unary calls and readiness: the only places sync and async differ.
+  loop), `with` / `async with`, unary calls, server streams (`_messages`: re-opened on a
+  transient failure before the first message) and readiness: the only places sync and async
+  differ.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -140,6 +145,26 @@ class SyncGrpc(GrpcConfig):
         call = exchange(self.retry, idempotent)
         return run_sync(call, lambda: rpc(request, metadata=md, timeout=self.timeout))
 
+    def _messages(self, rpc: Callable[..., Any], request: Any, request_id: str = "") -> Iterator[Any]:
+        """A server stream's messages. A transient failure before the first message opens it
+        again after a backoff (the server did no work we saw); the call is cancelled however
+        iteration ends (close the iterator to cancel at once)."""
+        md = self._metadata(request_id)
+        for attempt in itertools.count():
+            call = rpc(request, metadata=md, timeout=self.timeout)
+            started = False
+            try:
+                for msg in call:
+                    started = True
+                    yield msg
+                return
+            except grpc.RpcError as exc:
+                if started or attempt >= self.retry.retries or not retryable(exc):
+                    raise error_from_rpc(exc) from exc
+            finally:
+                call.cancel()
+            time.sleep(self.retry.delay(attempt))
+
     def health(self) -> HealthStatus:
         """Readiness (no API key needed, no retries)."""
         try:
@@ -188,6 +213,26 @@ class AsyncGrpc(GrpcConfig):
         md = self._metadata(request_id)
         call = exchange(self.retry, idempotent)
         return await run_async(call, lambda: rpc(request, metadata=md, timeout=self.timeout))
+
+    async def _messages(
+        self, rpc: Callable[..., Any], request: Any, request_id: str = ""
+    ) -> AsyncIterator[Any]:
+        """See `SyncGrpc._messages`; consume it inside `contextlib.aclosing`."""
+        md = self._metadata(request_id)
+        for attempt in itertools.count():
+            call = rpc(request, metadata=md, timeout=self.timeout)
+            started = False
+            try:
+                async for msg in call:
+                    started = True
+                    yield msg
+                return
+            except grpc.RpcError as exc:
+                if started or attempt >= self.retry.retries or not retryable(exc):
+                    raise error_from_rpc(exc) from exc
+            finally:
+                call.cancel()
+            await asyncio.sleep(self.retry.delay(attempt))
 
     async def health(self) -> HealthStatus:
         """Readiness (no API key needed, no retries)."""

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -207,6 +207,17 @@ class SyncHttp(HttpConfig):
         request = self._request(self._http, call)
         return parse(run_sync(self._exchange(call), lambda: self._send(request, stream)))
 
+    def _lines(self, call: Call) -> Iterator[str]:
+        """The lines of a streamed response (NDJSON), transport errors as `SimulatorError`;
+        the response is closed however iteration ends (close the iterator to close it at once)."""
+        response = self._run(call, lambda r: r, stream=True)
+        try:
+            yield from response.iter_lines()
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+        finally:
+            response.close()
+
     def health(self) -> HealthStatus:
         """Readiness (no API key needed, no retries: "not ready" is an answer)."""
         try:
@@ -252,6 +263,17 @@ class AsyncHttp(HttpConfig):
     ) -> T:
         request = self._request(self._http, call)
         return parse(await run_async(self._exchange(call), lambda: self._send(request, stream)))
+
+    async def _lines(self, call: Call) -> AsyncIterator[str]:
+        """See `SyncHttp._lines`; consume it inside `contextlib.aclosing`."""
+        response = await self._run(call, lambda r: r, stream=True)
+        try:
+            async for line in response.aiter_lines():
+                yield line
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+        finally:
+            await response.aclose()
 
     async def health(self) -> HealthStatus:
         """Readiness (no API key needed, no retries: "not ready" is an answer)."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, closing
 from dataclasses import fields
 from typing import Any
 from urllib.parse import quote
@@ -427,18 +428,13 @@ class SimulatorClient(SyncHttp, _SimulatorHttp):
             "/v1/imagine/stream", frame, instruction, candidates, horizon, seed, request_id,
             verify, verify_threshold,
         )
-        response = self._run(call, lambda r: r, stream=True)
         assembler = _StreamAssembler(self.max_response_bytes)
-        try:
-            for line in response.iter_lines():
+        with closing(self._lines(call)) as lines:
+            for line in lines:
                 event = assembler.feed(line)
                 if event is not None:
                     yield event
-            assembler.check_finished()
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from exc
-        finally:
-            response.close()
+        assembler.check_finished()
 
     # ---------------------------------------------------------- sessions
     def create_session(
@@ -605,18 +601,13 @@ class AsyncSimulatorClient(AsyncHttp, _SimulatorHttp):
             "/v1/imagine/stream", frame, instruction, candidates, horizon, seed, request_id,
             verify, verify_threshold,
         )
-        response = await self._run(call, lambda r: r, stream=True)
         assembler = _StreamAssembler(self.max_response_bytes)
-        try:
-            async for line in response.aiter_lines():
+        async with aclosing(self._lines(call)) as lines:
+            async for line in lines:
                 event = assembler.feed(line)
                 if event is not None:
                     yield event
-            assembler.check_finished()
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from exc
-        finally:
-            await response.aclose()
+        assembler.check_finished()
 
     async def create_session(
         self,

@@ -14,9 +14,8 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import aclosing, closing
 from typing import Any
 
 import grpc
@@ -31,14 +30,7 @@ from wmpo_client._common import (
     check_request_id,
     frame_array,
 )
-from wmpo_client._grpc import (
-    AsyncGrpc,
-    GrpcConfig,
-    SyncGrpc,
-    error_from_rpc,
-    retryable,
-    size_options,
-)
+from wmpo_client._grpc import AsyncGrpc, GrpcConfig, SyncGrpc, size_options
 from wmpo_client.codec import from_proto, to_proto
 from wmpo_client.optimizer_http import DEFAULT_PLAN_TIMEOUT_S
 from wmpo_client.optimizer_results import Plan, PlanProgress, plan_from_parts, unfinished_stream
@@ -56,14 +48,19 @@ class _OptimizerGrpc(GrpcConfig):
 
     stub_class = optimizer_pb2_grpc.OptimizerStub
 
-    def __init__(self, target: str, api_key: str | None, timeout: float | None, retries: int, backoff: float,
-                 max_backoff: float, frame_encoding: FrameEncoding, max_send_bytes: int,
-                 max_receive_bytes: int, options: Sequence[tuple[str, Any]]) -> None:
+    def __init__(self, target: str = DEFAULT_TARGET, api_key: str | None = None, *,
+                 timeout: float | None = DEFAULT_PLAN_TIMEOUT_S, retries: int = 3, backoff: float = 0.25,
+                 max_backoff: float = 8.0, frame_encoding: FrameEncoding = "raw",
+                 max_send_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 max_receive_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+                 credentials: grpc.ChannelCredentials | None = None,
+                 options: Sequence[tuple[str, Any]] = ()) -> None:
         self.frame_encoding: FrameEncoding = check_frame_encoding(frame_encoding)
         self.max_send_bytes = max_send_bytes
         self.max_receive_bytes = max_receive_bytes
         opts = size_options(max_send_bytes, max_receive_bytes, options)
         super().__init__(target, api_key, timeout, retries, backoff, max_backoff, opts)
+        self._connect(credentials)  # SyncGrpc._connect or AsyncGrpc._connect
 
     def _request(self, frame: Any, instruction: str, target_frames: Any, goal: Any, init_actions: Any,
                  steps: int | None, seed: int | None, include_target: bool,
@@ -118,17 +115,6 @@ class GrpcOptimizerClient(SyncGrpc, _OptimizerGrpc):
         options: extra channel options, after (so overriding) the size limits.
     """
 
-    def __init__(self, target: str = DEFAULT_TARGET, api_key: str | None = None, *,
-                 timeout: float | None = DEFAULT_PLAN_TIMEOUT_S, retries: int = 3, backoff: float = 0.25,
-                 max_backoff: float = 8.0, frame_encoding: FrameEncoding = "raw",
-                 max_send_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-                 max_receive_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-                 credentials: grpc.ChannelCredentials | None = None,
-                 options: Sequence[tuple[str, Any]] = ()) -> None:
-        super().__init__(target, api_key, timeout, retries, backoff, max_backoff, frame_encoding,
-                         max_send_bytes, max_receive_bytes, options)
-        self._connect(credentials)
-
     def plan(self, frame: np.ndarray, instruction: str, *, target_frames: np.ndarray | None = None,
              goal: np.ndarray | None = None, init_actions: np.ndarray | None = None,
              steps: int | None = None, seed: int | None = None, include_target: bool = False,
@@ -146,43 +132,18 @@ class GrpcOptimizerClient(SyncGrpc, _OptimizerGrpc):
         cancels the call and the plan."""
         req = self._request(frame, instruction, target_frames, goal, init_actions, steps, seed,
                             include_target, request_id)
-        md = self._metadata(req.request_id)
-        attempt = 0
-        while True:
-            call = self._stub.PlanStream(req, metadata=md, timeout=self.timeout)
-            started = False
-            try:
-                for msg in call:
-                    started = True
-                    event = self._event(msg)
-                    yield event
-                    if isinstance(event, Plan):
-                        return
-                raise unfinished_stream()
-            except grpc.RpcError as exc:
-                if not started and attempt < self.retry.retries and retryable(exc):
-                    time.sleep(self.retry.delay(attempt))
-                    attempt += 1
-                    continue
-                raise error_from_rpc(exc) from exc
-            finally:
-                call.cancel()
+        with closing(self._messages(self._stub.PlanStream, req, req.request_id)) as messages:
+            for msg in messages:
+                event = self._event(msg)
+                yield event
+                if isinstance(event, Plan):
+                    return
+        raise unfinished_stream()
 
 
 class AsyncGrpcOptimizerClient(AsyncGrpc, _OptimizerGrpc):
     """Asynchronous (grpc.aio) optimizer client; same arguments and methods as
     `GrpcOptimizerClient`. Close it with `await client.aclose()` or `async with`."""
-
-    def __init__(self, target: str = DEFAULT_TARGET, api_key: str | None = None, *,
-                 timeout: float | None = DEFAULT_PLAN_TIMEOUT_S, retries: int = 3, backoff: float = 0.25,
-                 max_backoff: float = 8.0, frame_encoding: FrameEncoding = "raw",
-                 max_send_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-                 max_receive_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-                 credentials: grpc.ChannelCredentials | None = None,
-                 options: Sequence[tuple[str, Any]] = ()) -> None:
-        super().__init__(target, api_key, timeout, retries, backoff, max_backoff, frame_encoding,
-                         max_send_bytes, max_receive_bytes, options)
-        self._connect(credentials)
 
     async def plan(self, frame: np.ndarray, instruction: str, *, target_frames: np.ndarray | None = None,
                    goal: np.ndarray | None = None, init_actions: np.ndarray | None = None,
@@ -202,24 +163,10 @@ class AsyncGrpcOptimizerClient(AsyncGrpc, _OptimizerGrpc):
         cancel at once when stopping early)."""
         req = self._request(frame, instruction, target_frames, goal, init_actions, steps, seed,
                             include_target, request_id)
-        md = self._metadata(req.request_id)
-        attempt = 0
-        while True:
-            call = self._stub.PlanStream(req, metadata=md, timeout=self.timeout)
-            started = False
-            try:
-                async for msg in call:
-                    started = True
-                    event = self._event(msg)
-                    yield event
-                    if isinstance(event, Plan):
-                        return
-                raise unfinished_stream()
-            except grpc.RpcError as exc:
-                if not started and attempt < self.retry.retries and retryable(exc):
-                    await asyncio.sleep(self.retry.delay(attempt))
-                    attempt += 1
-                    continue
-                raise error_from_rpc(exc) from exc
-            finally:
-                call.cancel()
+        async with aclosing(self._messages(self._stub.PlanStream, req, req.request_id)) as messages:
+            async for msg in messages:
+                event = self._event(msg)
+                yield event
+                if isinstance(event, Plan):
+                    return
+        raise unfinished_stream()

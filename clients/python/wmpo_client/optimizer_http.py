@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, closing
 from typing import Any
 
 import httpx
@@ -60,13 +61,16 @@ class _OptimizerHttp(HttpConfig):
 
     service = "optimizer"
 
-    def __init__(self, base_url: str, api_key: str | None, timeout: float, connect_timeout: float,
-                 retries: int, backoff: float, max_backoff: float, frame_encoding: FrameEncoding,
-                 max_response_bytes: int) -> None:
+    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None, *,
+                 timeout: float = DEFAULT_PLAN_TIMEOUT_S, connect_timeout: float = 5.0, retries: int = 3,
+                 backoff: float = 0.25, max_backoff: float = 8.0, frame_encoding: FrameEncoding = "raw",
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+                 transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None) -> None:
         self.frame_encoding: FrameEncoding = check_frame_encoding(frame_encoding)
         self.max_response_bytes = max_response_bytes
         http_timeout = httpx.Timeout(timeout, connect=min(connect_timeout, timeout))
         super().__init__(base_url, api_key, http_timeout, retries, backoff, max_backoff)
+        self._open(transport, retries)  # SyncHttp._open or AsyncHttp._open
 
     def _exchange(self, call: Call) -> Exchange[httpx.Response]:
         return exchange(self.retry, self._transport_error, resend_lost=True, resend_timeouts=False)
@@ -135,15 +139,6 @@ class OptimizerClient(SyncHttp, _OptimizerHttp):
         transport: an httpx transport instead of the default one (e.g. for tests).
     """
 
-    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None, *,
-                 timeout: float = DEFAULT_PLAN_TIMEOUT_S, connect_timeout: float = 5.0, retries: int = 3,
-                 backoff: float = 0.25, max_backoff: float = 8.0, frame_encoding: FrameEncoding = "raw",
-                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        super().__init__(base_url, api_key, timeout, connect_timeout, retries, backoff, max_backoff,
-                         frame_encoding, max_response_bytes)
-        self._open(transport, retries)
-
     def plan(self, frame: np.ndarray, instruction: str, *, target_frames: np.ndarray | None = None,
              goal: np.ndarray | None = None, init_actions: np.ndarray | None = None,
              steps: int | None = None, seed: int | None = None, include_target: bool = False,
@@ -176,19 +171,14 @@ class OptimizerClient(SyncHttp, _OptimizerHttp):
         Breaking out of the loop closes the response, which cancels the plan on the server."""
         call = self._plan_call("/v1/plan/stream", frame, instruction, target_frames, goal, init_actions,
                                steps, seed, include_target, request_id)
-        response = self._run(call, lambda r: r, stream=True)
-        try:
-            for line in response.iter_lines():
+        with closing(self._lines(call)) as lines:
+            for line in lines:
                 event = self._event(line)
                 if event is not None:
                     yield event
                     if isinstance(event, Plan):
                         return
-            raise unfinished_stream()
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from exc
-        finally:
-            response.close()
+        raise unfinished_stream()
 
     def info(self) -> PlannerInfo:
         """The planner's horizon T, frame size, plan frames and step limits."""
@@ -200,15 +190,6 @@ class AsyncOptimizerClient(AsyncHttp, _OptimizerHttp):
 
     Use `async with AsyncOptimizerClient(...) as optimizer:` or `await optimizer.aclose()`.
     """
-
-    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None, *,
-                 timeout: float = DEFAULT_PLAN_TIMEOUT_S, connect_timeout: float = 5.0, retries: int = 3,
-                 backoff: float = 0.25, max_backoff: float = 8.0, frame_encoding: FrameEncoding = "raw",
-                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        super().__init__(base_url, api_key, timeout, connect_timeout, retries, backoff, max_backoff,
-                         frame_encoding, max_response_bytes)
-        self._open(transport, retries)
 
     async def plan(self, frame: np.ndarray, instruction: str, *, target_frames: np.ndarray | None = None,
                    goal: np.ndarray | None = None, init_actions: np.ndarray | None = None,
@@ -228,19 +209,14 @@ class AsyncOptimizerClient(AsyncHttp, _OptimizerHttp):
         once, wrap it in `contextlib.aclosing(...)`."""
         call = self._plan_call("/v1/plan/stream", frame, instruction, target_frames, goal, init_actions,
                                steps, seed, include_target, request_id)
-        response = await self._run(call, lambda r: r, stream=True)
-        try:
-            async for line in response.aiter_lines():
+        async with aclosing(self._lines(call)) as lines:
+            async for line in lines:
                 event = self._event(line)
                 if event is not None:
                     yield event
                     if isinstance(event, Plan):
                         return
-            raise unfinished_stream()
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from exc
-        finally:
-            await response.aclose()
+        raise unfinished_stream()
 
     async def info(self) -> PlannerInfo:
         """See `OptimizerClient.info`."""

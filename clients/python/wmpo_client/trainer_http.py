@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -144,15 +145,10 @@ class TrainerClient(SyncHttp, JobMethods):
         "state" on a state change, and last "end" with the final job."""
         path = f"/v1/jobs/{_segment(job_id)}/events"
         call = Call("GET", path, idempotent=True, params={"after_step": after_step})
-        response = self._run(call, lambda r: r, stream=True)
-        try:
-            for line in response.iter_lines():
+        with closing(self._lines(call)) as lines:
+            for line in lines:
                 if line.strip():
                     yield event_from_json(json.loads(line))
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from exc
-        finally:
-            response.close()
 
     # ---------------------------------------------------------- checkpoints
     def checkpoint(self, job_id: str) -> Checkpoint:
