@@ -6,7 +6,7 @@ logs, one JSON error body, Prometheus metrics, health and readiness probes, and,
 service that passes `viewer`, the rollout viewer page at /viewer (`services.common.viewer`).
 The service then only includes its own routers. `runtime_lifespan` is the
 lifespan every service's app has: start the runtime (and the gRPC server), stop
-both however the app ends. `worker_app` is a pure queue worker's app (probes and
+both however the app ends; `service_app` builds a service's app with it. `worker_app` is a pure queue worker's app (probes and
 metrics only) and `run_app` serves an app with uvicorn, the same for every service.
 """
 
@@ -128,6 +128,19 @@ def runtime_lifespan(
             await runtime.stop()
 
     return lifespan
+
+
+def service_app(
+    runtime: Any,
+    settings: ServiceSettings,
+    create_http_app: Callable[..., FastAPI],
+    create_grpc_server: Callable[[Any, Any], tuple[grpc.aio.Server, int]] | None,
+) -> FastAPI:
+    """A service's app: `create_http_app(settings, runtime, lifespan=...)` with the lifespan that
+    runs `runtime` and, given `create_grpc_server`, the gRPC server on settings.grpc_port."""
+    grpc_server = (lambda: create_grpc_server(runtime, settings)) if create_grpc_server else None
+    lifespan = runtime_lifespan(runtime, grpc_server, settings.grpc_grace_s)
+    return create_http_app(settings, runtime, lifespan=lifespan)
 
 
 def worker_app(settings: ServiceSettings, runtime: Any, *, service: str, version: str, what: str) -> FastAPI:

@@ -44,6 +44,9 @@ class ServiceSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="Interface to bind; loopback unless told otherwise.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (0: any free port).")
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port).")
+    grpc_grace_s: float = Field(
+        5.0, ge=0, description="Time in-flight gRPC calls get to finish on shutdown."
+    )
     # NoDecode: the env var is a plain comma-separated list, not JSON.
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         (), description="Accepted API keys, comma-separated in WMPO_API_KEYS."

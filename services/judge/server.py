@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.common.app import run_app, runtime_lifespan, worker_app
+from services.common.app import run_app, service_app, worker_app
 from services.common.logging import configure_logging
 from services.judge.grpc_api import create_grpc_server
 from services.judge.http_api import create_judge_app
@@ -56,9 +56,7 @@ def check_can_judge(classifier: SuccessJudge | None, settings: JudgeSettings) ->
 
 def build_app(runtime: JudgeRuntime, settings: JudgeSettings, serve_grpc: bool = True) -> FastAPI:
     """The HTTP app; its lifespan also runs the gRPC server on settings.grpc_port."""
-    grpc_server = (lambda: create_grpc_server(runtime, settings)) if serve_grpc else None
-    lifespan = runtime_lifespan(runtime, grpc_server, settings.grpc_grace_s)
-    return create_judge_app(settings, runtime, lifespan=lifespan)
+    return service_app(runtime, settings, create_judge_app, create_grpc_server if serve_grpc else None)
 
 
 def build_worker_app(runtime: JudgeRuntime, settings: JudgeSettings) -> FastAPI:

@@ -56,9 +56,6 @@ class JudgeSettings(ServiceSettings):
     vlm_votes_needed: int = Field(4, ge=1, description="Success votes for a success verdict.")
     vlm_timeout_s: float = Field(60.0, gt=0, description="Timeout of one VLM call.")
     vlm_concurrency: int = Field(8, ge=1, description="VLM calls in flight at once.")
-    grpc_grace_s: float = Field(
-        5.0, ge=0, description="Time in-flight gRPC calls get to finish on shutdown."
-    )
 
     @field_validator("checkpoint", "vlm_url", mode="before")
     @classmethod

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.common.app import run_app, runtime_lifespan, worker_app
+from services.common.app import run_app, service_app, worker_app
 from services.common.logging import configure_logging
 from services.optimizer.grpc_api import create_grpc_server
 from services.optimizer.http_api import create_optimizer_app
@@ -44,9 +44,7 @@ def load_planner(settings: OptimizerSettings) -> Planner:
 
 def build_app(runtime: OptimizerRuntime, settings: OptimizerSettings, serve_grpc: bool = True) -> FastAPI:
     """The HTTP app; its lifespan also runs the gRPC server on settings.grpc_port."""
-    grpc_server = (lambda: create_grpc_server(runtime, settings)) if serve_grpc else None
-    lifespan = runtime_lifespan(runtime, grpc_server, settings.grpc_grace_s)
-    return create_optimizer_app(settings, runtime, lifespan=lifespan)
+    return service_app(runtime, settings, create_optimizer_app, create_grpc_server if serve_grpc else None)
 
 
 def build_worker_app(runtime: OptimizerRuntime, settings: OptimizerSettings) -> FastAPI:

@@ -44,7 +44,6 @@ class OptimizerSettings(ServiceSettings):
         100, ge=1, le=1000, description="Steps of a plan that names none (MVISTA-4D: 100 from a random "
         "latent, 10-15 from an action-head guess)."
     )
-    grpc_grace_s: float = Field(5.0, ge=0, description="Time in-flight gRPC calls get to finish on shutdown.")
 
     @field_validator("generator", "trajectory_vae", "inverse_dynamics", mode="before")
     @classmethod

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.common.app import run_app, runtime_lifespan, worker_app
+from services.common.app import run_app, service_app, worker_app
 from services.common.logging import configure_logging
 from services.simulator.grpc_api import create_grpc_server
 from services.simulator.http_api import create_simulator_app
@@ -69,9 +69,7 @@ def build_app(
     runtime: SimulatorRuntime, settings: SimulatorSettings, serve_grpc: bool = True
 ) -> FastAPI:
     """The HTTP app; its lifespan also runs the gRPC server on settings.grpc_port."""
-    grpc_server = (lambda: create_grpc_server(runtime, settings)) if serve_grpc else None
-    lifespan = runtime_lifespan(runtime, grpc_server, settings.grpc_grace_s)
-    return create_simulator_app(settings, runtime, lifespan=lifespan)
+    return service_app(runtime, settings, create_simulator_app, create_grpc_server if serve_grpc else None)
 
 
 def build_worker_app(runtime: SimulatorRuntime, settings: SimulatorSettings) -> FastAPI:

@@ -62,9 +62,6 @@ class SimulatorSettings(ServiceSettings):
     session_sweep_s: float = Field(
         10.0, gt=0, description="How often idle sessions are looked for and expired."
     )
-    grpc_grace_s: float = Field(
-        5.0, ge=0, description="Time in-flight gRPC calls get to finish on shutdown."
-    )
     judge_url: str | None = Field(
         None,
         description="The judge service (http(s)://host:port) that /v1/imagine asks when a "

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI
 
-from services.common.app import run_app, runtime_lifespan
+from services.common.app import run_app, service_app
 from services.common.logging import configure_logging
 from services.embedded import serve_app_in_thread
 from services.trainer.grpc_api import create_grpc_server
@@ -29,9 +29,7 @@ log = logging.getLogger("wmpo.trainer")
 
 def build_app(runtime: TrainerRuntime, settings: TrainerSettings, serve_grpc: bool = True) -> FastAPI:
     """The HTTP app; its lifespan also runs the gRPC server on settings.grpc_port."""
-    grpc_server = (lambda: create_grpc_server(runtime, settings)) if serve_grpc else None
-    lifespan = runtime_lifespan(runtime, grpc_server, settings.grpc_grace_s)
-    return create_trainer_app(settings, runtime, lifespan=lifespan)
+    return service_app(runtime, settings, create_trainer_app, create_grpc_server if serve_grpc else None)
 
 
 @dataclass(frozen=True)

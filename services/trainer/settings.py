@@ -125,9 +125,6 @@ class TrainerSettings(ServiceSettings):
         0.5, gt=0, le=10, description="How often a progress stream looks for new steps."
     )
     max_listed_jobs: int = Field(1000, ge=1, description="Most jobs one list call returns.")
-    grpc_grace_s: float = Field(
-        5.0, ge=0, description="Time in-flight gRPC calls get to finish on shutdown."
-    )
 
     @field_validator("simulator_url", "judge_url", mode="before")
     @classmethod
