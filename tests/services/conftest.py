@@ -1,10 +1,14 @@
 """Fixtures for service tests: a clean WMPO_* environment, a tiny app built from services.common,
-and a real Redis (REDIS_URL) with a key prefix per test for queue mode."""
+a real Redis (REDIS_URL) with a key prefix per test for queue mode, and a service's gRPC server
+on a free loopback port (`with_grpc_server`, `rpc_error`)."""
 
+import asyncio
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
+import grpc
 import pytest
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
@@ -127,3 +131,34 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
             client.delete(*keys)
     finally:
         client.close()
+
+
+def with_grpc_server(
+    make_runtime: Callable[[], Any],
+    create_grpc_server: Callable[[Any, Any], tuple[grpc.aio.Server, int]],
+    settings: Any,
+    scenario: Callable[[grpc.aio.Channel, Any], Awaitable[None]],
+) -> None:
+    """Start a runtime and its gRPC server on a free loopback port (settings.grpc_port=0), run
+    `scenario(channel, runtime)`, then stop both, as the service's lifespan does."""
+
+    async def main() -> None:
+        runtime = make_runtime()
+        await runtime.start()
+        server, port = create_grpc_server(runtime, settings)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                await scenario(channel, runtime)
+        finally:
+            await server.stop(0)
+            await runtime.stop()
+
+    asyncio.run(main())
+
+
+async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
+    """The error a gRPC call fails with (the test fails if it succeeds)."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    return err.value

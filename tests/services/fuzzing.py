@@ -1,18 +1,47 @@
-"""What the services' schemathesis tests share: the generation loop over every operation of a
-schema, valid and invalid cases mixed, derandomized for CI, and the status record each test
-module prints and checks at its end."""
+"""What the services' schemathesis tests share: the app's schema served in process
+(`asgi_schema`, with settings built outside the developer's environment), the generation loop
+over every operation of a schema, valid and invalid cases mixed, derandomized for CI, and the
+status record each test module prints and checks at its end (`report`)."""
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
-from typing import Any
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
+import pytest
+import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
+from schemathesis.python import asgi
 
 Statuses = dict[tuple[str, str], collections.Counter[int]]
+S = TypeVar("S")
+
+
+def settings_without_env(make: Callable[[], S]) -> S:
+    """`make()` with the developer's WMPO_* variables unset (a module fixture cannot use the
+    autouse `clean_env`)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith("WMPO_"):
+                mp.delenv(name)
+        return make()
+
+
+@contextlib.contextmanager
+def asgi_schema(app: Any, headers: dict[str, str], hook: Callable[..., Any]) -> Iterator[Any]:
+    """The app's OpenAPI schema, called in process (this starts the app's lifespan: the
+    runtime), with the body strategy `hook`; the lifespan is shut down at exit."""
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers=headers)
+    schema.hook(hook)
+    try:
+        yield schema
+    finally:
+        asgi.shutdown_lifespans()
 
 
 def new_statuses() -> Statuses:
@@ -73,3 +102,14 @@ def fuzz_without_a_key(schema: Any, statuses: Statuses, examples: int) -> None:
             assert response.status_code in (401, 413), (case.path, response.status_code)
 
     fuzz(schema, call, examples)
+
+
+def report(statuses: Statuses, width: int = 24) -> dict[str, collections.Counter[int]]:
+    """Print the statuses per operation, check that none was a 5xx, and return the counters of
+    the run with a key, by operation."""
+    total = sum(sum(c.values()) for c in statuses.values())
+    print(f"\nschemathesis: {total} cases, statuses per operation:")
+    for (test, op), counter in sorted(statuses.items()):
+        print(f"  {test:6} {op:{width}} {dict(sorted(counter.items()))}")
+    assert all(code < 500 for c in statuses.values() for code in c)
+    return {op: c for (test, op), c in statuses.items() if test == "key"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,6 +14,7 @@ from wmpo_client.proto import judge_pb2_grpc, simulator_pb2
 
 from services.judge.grpc_api import create_grpc_server
 from services.judge.runtime import JudgeRuntime
+from tests.services.conftest import rpc_error, with_grpc_server
 from tests.services.judge.conftest import INSTRUCTION, KEY, settings
 
 AUTH = (("x-api-key", KEY),)
@@ -24,26 +24,9 @@ Stub = judge_pb2_grpc.JudgeStub
 def with_server(
     classifier: Any, scenario: Callable[[Stub], Awaitable[None]], **overrides: Any
 ) -> None:
-    async def main() -> None:
-        s = settings(grpc_port=0, **overrides)
-        runtime = JudgeRuntime(classifier, s)
-        await runtime.start()
-        server, port = create_grpc_server(runtime, s)
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                await scenario(Stub(channel))
-        finally:
-            await server.stop(0)
-            await runtime.stop()
-
-    asyncio.run(main())
-
-
-async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call
-    return err.value
+    s = settings(grpc_port=0, **overrides)
+    with_grpc_server(lambda: JudgeRuntime(classifier, s), create_grpc_server, s,
+                     lambda channel, _: scenario(Stub(channel)))
 
 
 def test_judge_and_group_over_grpc(classifier, videos, split) -> None:

@@ -22,15 +22,21 @@ from typing import Any
 
 import numpy as np
 import pytest
-import schemathesis
 from hypothesis import strategies as st
 from PIL import Image
 from schemathesis.checks import not_a_server_error
-from schemathesis.python import asgi
 
 from services.judge.http_api import create_judge_app
 from services.judge.runtime import JudgeRuntime
-from tests.services.fuzzing import fuzz, fuzz_without_a_key, new_statuses, record
+from tests.services.fuzzing import (
+    asgi_schema,
+    fuzz,
+    fuzz_without_a_key,
+    new_statuses,
+    record,
+    report,
+    settings_without_env,
+)
 from tests.services.judge.conftest import KEY
 from tests.services.judge.conftest import settings as judge_settings
 
@@ -121,19 +127,13 @@ def flatmap_body(context: Any, body: Any) -> st.SearchStrategy[Any]:
 
 @pytest.fixture(scope="module")
 def api_schema(classifier) -> Iterator[Any]:
-    with pytest.MonkeyPatch.context() as mp:  # a developer's WMPO_* must not leak in
-        for name in list(os.environ):
-            if name.startswith("WMPO_"):
-                mp.delenv(name)
-        s = judge_settings(dev_mode=True, max_request_bytes=4 * 1024**2, max_wait_ms=2.0)
+    s = settings_without_env(
+        lambda: judge_settings(dev_mode=True, max_request_bytes=4 * 1024**2, max_wait_ms=2.0)
+    )
     runtime = RUNTIMES[0] = JudgeRuntime(classifier, s)
-    app = create_judge_app(s, runtime)
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers=AUTH)  # starts the lifespan
-    schema.hook(flatmap_body)
-    try:
+    # Leaving it stops the runtime: engine and judge queue.
+    with asgi_schema(create_judge_app(s, runtime), AUTH, flatmap_body) as schema:
         yield schema
-    finally:
-        asgi.shutdown_lifespans()  # stops the runtime: engine and judge queue
 
 
 def test_no_server_error_with_a_key(api_schema: Any) -> None:
@@ -152,11 +152,7 @@ def test_the_fuzzing_reached_the_classifier() -> None:
     """The runs above did more than bounce off validation: real videos were judged."""
     if not STATUSES:
         pytest.skip("run with the tests above")
-    print("\nschemathesis statuses per operation:")
-    for (test, op), counter in sorted(STATUSES.items()):
-        print(f"  {test:6} {op:24} {dict(sorted(counter.items()))}")
-    assert all(code < 500 for c in STATUSES.values() for code in c)
-    keyed = {op: c for (test, op), c in STATUSES.items() if test == "key"}
+    keyed = report(STATUSES)  # and no 5xx
     judged = sum(keyed.get(op, {}).get(200, 0) for op in ("POST /v1/judge", "POST /v1/judge/group"))
     stats = RUNTIMES[0].engine.stats
     assert judged >= 3 and stats.jobs >= 3, (keyed, stats)

@@ -8,13 +8,13 @@ from typing import Any
 
 import grpc
 import numpy as np
-import pytest
 from wmpo_client.codec import from_proto, to_proto
 from wmpo_client.proto import optimizer_pb2 as pb
 from wmpo_client.proto import optimizer_pb2_grpc, simulator_pb2, tensor_pb2
 
 from services.optimizer.grpc_api import create_grpc_server
 from services.optimizer.runtime import OptimizerRuntime
+from tests.services.conftest import rpc_error, with_grpc_server
 from tests.services.optimizer.conftest import (
     HORIZON,
     INSTRUCTION,
@@ -31,20 +31,9 @@ Stub = optimizer_pb2_grpc.OptimizerStub
 
 def with_server(planner: Any, scenario: Callable[[Stub, OptimizerRuntime], Awaitable[None]],
                 **overrides: Any) -> None:
-    async def main() -> None:
-        s = settings(grpc_port=0, **overrides)
-        runtime = OptimizerRuntime(planner, s)
-        await runtime.start()
-        server, port = create_grpc_server(runtime, s)
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                await scenario(Stub(channel), runtime)
-        finally:
-            await server.stop(0)
-            await runtime.stop()
-
-    asyncio.run(main())
+    s = settings(grpc_port=0, **overrides)
+    with_grpc_server(lambda: OptimizerRuntime(planner, s), create_grpc_server, s,
+                     lambda channel, runtime: scenario(Stub(channel), runtime))
 
 
 def request(**extra: Any) -> pb.PlanRequest:
@@ -52,12 +41,6 @@ def request(**extra: Any) -> pb.PlanRequest:
                               "steps": 2, "seed": 3}
     values.update(extra)
     return pb.PlanRequest(**values)
-
-
-async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call
-    return err.value
 
 
 def test_plan_and_stream_over_grpc(planner) -> None:

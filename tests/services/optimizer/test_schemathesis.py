@@ -20,14 +20,20 @@ from typing import Any
 
 import numpy as np
 import pytest
-import schemathesis
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
-from schemathesis.python import asgi
 
 from services.optimizer.http_api import create_optimizer_app
 from services.optimizer.runtime import OptimizerRuntime
-from tests.services.fuzzing import fuzz, fuzz_without_a_key, new_statuses, record
+from tests.services.fuzzing import (
+    asgi_schema,
+    fuzz,
+    fuzz_without_a_key,
+    new_statuses,
+    record,
+    report,
+    settings_without_env,
+)
 from tests.services.optimizer.conftest import HORIZON, KEY, SIZE, settings
 
 AUTH = {"x-api-key": KEY}
@@ -80,19 +86,11 @@ def flatmap_body(context: Any, body: Any) -> st.SearchStrategy[Any]:
 
 @pytest.fixture(scope="module")
 def api_schema(planner) -> Iterator[Any]:
-    with pytest.MonkeyPatch.context() as mp:  # a developer's WMPO_* must not leak in
-        for name in list(os.environ):
-            if name.startswith("WMPO_"):
-                mp.delenv(name)
-        s = settings(dev_mode=True, max_request_bytes=4 * 1024**2, max_wait_ms=2.0, max_steps=3)
+    s = settings_without_env(
+        lambda: settings(dev_mode=True, max_request_bytes=4 * 1024**2, max_wait_ms=2.0, max_steps=3))
     runtime = RUNTIMES[0] = OptimizerRuntime(planner, s)
-    app = create_optimizer_app(s, runtime)
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers=AUTH)  # starts the lifespan
-    schema.hook(flatmap_body)
-    try:
+    with asgi_schema(create_optimizer_app(s, runtime), AUTH, flatmap_body) as schema:
         yield schema
-    finally:
-        asgi.shutdown_lifespans()
 
 
 def test_no_server_error_with_a_key(api_schema: Any) -> None:
@@ -113,11 +111,7 @@ def test_the_fuzzing_reached_the_planner() -> None:
     """The runs above did more than bounce off validation: real plans were optimized."""
     if not STATUSES:
         pytest.skip("run with the tests above")
-    print("\nschemathesis statuses per operation:")
-    for (test, op), counter in sorted(STATUSES.items()):
-        print(f"  {test:6} {op:24} {dict(sorted(counter.items()))}")
-    assert all(code < 500 for c in STATUSES.values() for code in c)
-    keyed = {op: c for (test, op), c in STATUSES.items() if test == "key"}
+    keyed = report(STATUSES)  # and no 5xx
     planned = sum(keyed.get(op, {}).get(200, 0) for op in ("POST /v1/plan", "POST /v1/plan/stream"))
     stats = RUNTIMES[0].engine.stats
     assert planned >= 3 and stats.plans_finished >= 3, (keyed, stats.plans_finished)

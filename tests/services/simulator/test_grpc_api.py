@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,6 +14,7 @@ from wmpo_client.proto import simulator_pb2_grpc, tensor_pb2
 
 from services.simulator.grpc_api import create_grpc_server
 from services.simulator.runtime import SimulatorRuntime
+from tests.services.conftest import rpc_error, with_grpc_server
 from tests.services.simulator.conftest import KEY, actions, frames, settings
 
 AUTH = (("x-api-key", KEY),)
@@ -24,22 +24,14 @@ Stub = simulator_pb2_grpc.SimulatorStub
 def with_server(
     world_model: Any, scenario: Callable[[Stub], Awaitable[None]], **overrides: Any
 ) -> None:
-    async def main() -> None:
-        s = settings(grpc_port=0, **overrides)
-        runtime = SimulatorRuntime(world_model, s)
-        await runtime.start()
-        server, port = create_grpc_server(runtime, s)
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = Stub(channel)
-                stub.channel = channel  # type: ignore[attr-defined]  # for raw-bytes calls
-                await scenario(stub)
-        finally:
-            await server.stop(0)
-            await runtime.stop()
+    s = settings(grpc_port=0, **overrides)
 
-    asyncio.run(main())
+    def run(channel: grpc.aio.Channel, _: SimulatorRuntime) -> Awaitable[None]:
+        stub = Stub(channel)
+        stub.channel = channel  # type: ignore[attr-defined]  # for raw-bytes calls
+        return scenario(stub)
+
+    with_grpc_server(lambda: SimulatorRuntime(world_model, s), create_grpc_server, s, run)
 
 
 def imagine_request(n: int = 2, chunks: int = 2, **fields: Any) -> pb.ImagineRequest:
@@ -50,12 +42,6 @@ def imagine_request(n: int = 2, chunks: int = 2, **fields: Any) -> pb.ImagineReq
         seed=fields.pop("seed", 5),
         **fields,
     )
-
-
-async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call
-    return err.value
 
 
 def test_imagine_and_stream_agree(world_model) -> None:

@@ -35,7 +35,14 @@ from services.simulator.http_api import create_simulator_app
 from services.simulator.runtime import SimulatorRuntime
 from services.simulator.server import load_world_model
 from services.simulator.settings import SimulatorSettings
-from tests.services.fuzzing import fuzz, fuzz_without_a_key, new_statuses, record
+from tests.services.fuzzing import (
+    fuzz,
+    fuzz_without_a_key,
+    new_statuses,
+    record,
+    report,
+    settings_without_env,
+)
 from tests.services.simulator import schemathesis_hooks
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -51,17 +58,15 @@ STATUSES = new_statuses()
 
 @pytest.fixture(scope="module")
 def api_schema() -> Iterator[Any]:
-    with pytest.MonkeyPatch.context() as mp:  # a developer's WMPO_* must not leak in
-        for name in list(os.environ):
-            if name.startswith("WMPO_"):
-                mp.delenv(name)
-        s = SimulatorSettings(
+    s = settings_without_env(
+        lambda: SimulatorSettings(
             dev_mode=True,
             api_keys=KEY,
             checkpoint=str(CHECKPOINT),
             max_sessions=64,
             session_sweep_s=1.0,
         )
+    )
     app = create_simulator_app(s, SimulatorRuntime(load_world_model(CHECKPOINT), s))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers=AUTH)  # starts the lifespan
     schemathesis_hooks.register(schema)
@@ -99,12 +104,7 @@ def test_the_fuzzing_reached_the_model() -> None:
     """The runs above did more than bounce off validation: real steps and imagines ran."""
     if not STATUSES:
         pytest.skip("run with the tests above")
-    total = sum(sum(c.values()) for c in STATUSES.values())
-    print(f"\nschemathesis: {total} cases, statuses per operation:")
-    for (test, op), counter in sorted(STATUSES.items()):
-        print(f"  {test:6} {op:40} {dict(sorted(counter.items()))}")
-    assert all(code < 500 for c in STATUSES.values() for code in c)
-    keyed = {op: c for (test, op), c in STATUSES.items() if test == "key"}
+    keyed = report(STATUSES, width=40)  # and no 5xx
     for op in (
         "POST /v1/imagine",
         "POST /v1/sessions",

@@ -20,15 +20,21 @@ from typing import Any
 
 import pytest
 import redis
-import schemathesis
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
-from schemathesis.python import asgi
 
 from services.trainer.http_api import create_trainer_app
 from services.trainer.runtime import TrainerRuntime
 from services.trainer.settings import TrainerSettings
-from tests.services.fuzzing import fuzz, fuzz_without_a_key, new_statuses, record
+from tests.services.fuzzing import (
+    asgi_schema,
+    fuzz,
+    fuzz_without_a_key,
+    new_statuses,
+    record,
+    report,
+    settings_without_env,
+)
 from tests.services.trainer.conftest import KEY, POLICY, TASK
 
 AUTH = {"x-api-key": KEY}
@@ -64,11 +70,8 @@ def flatmap_body(context: Any, body: Any) -> st.SearchStrategy[Any]:
 def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     prefix = f"wmpo-test-{uuid.uuid4().hex[:12]}"
-    with pytest.MonkeyPatch.context() as mp:  # a developer's WMPO_* must not leak in
-        for name in list(os.environ):
-            if name.startswith("WMPO_"):
-                mp.delenv(name)
-        s = TrainerSettings(
+    s = settings_without_env(
+        lambda: TrainerSettings(
             api_keys=KEY,
             trainer_dir=str(tmp_path_factory.mktemp("trainer")),
             redis_url=redis_url,
@@ -78,13 +81,11 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             judge_url="http://judge:8001",
             endpoints={"lab": {"simulator_url": "http://simulator-c:8000", "judge_url": "http://judge-c:8001"}},
         )
-    app = create_trainer_app(s, TrainerRuntime(s))
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers=AUTH)  # starts the lifespan
-    schema.hook(flatmap_body)
+    )
     try:
-        yield schema
+        with asgi_schema(create_trainer_app(s, TrainerRuntime(s)), AUTH, flatmap_body) as schema:
+            yield schema
     finally:
-        asgi.shutdown_lifespans()
         client = redis.Redis.from_url(redis_url)
         keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
         if keys:
@@ -109,9 +110,6 @@ def test_the_fuzzing_reached_job_validation_and_queued_jobs() -> None:
     meant (400) and well-formed ones were recorded and queued (201)."""
     if not STATUSES:
         pytest.skip("run with the tests above")
-    print("\nschemathesis statuses per operation:")
-    for (test, op), counter in sorted(STATUSES.items()):
-        print(f"  {test:6} {op:40} {dict(sorted(counter.items()))}")
-    assert all(code < 500 for c in STATUSES.values() for code in c)
+    report(STATUSES, width=40)  # and no 5xx
     submits = STATUSES[("key", "POST /v1/jobs")]
     assert submits[400] >= 3 and submits[201] + submits[200] >= 1, submits
