@@ -55,6 +55,7 @@ from services.common.batching import (
     check_engine_config,
     engine_config_from_settings,
 )
+from services.common.checks import check_rgb_frames, require
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.common.logging import request_id_var
 from services.common.metrics import ServiceMetrics
@@ -77,20 +78,11 @@ _MAX_EXTRA_INSTRUCTIONS = 4096
 # Checks that need no model; HTTP models and the gRPC servicer both call them.
 
 
-def _require(cond: bool, message: str) -> None:
-    if not cond:
-        raise InvalidArgument(message)
-
-
 def check_video(frames: np.ndarray, name: str = "frames") -> np.ndarray:
     """A video: uint8 (T, H, W, 3) with T, H, W >= 1."""
-    _require(frames.dtype == np.uint8, f"{name}: dtype must be uint8, got {frames.dtype.name}")
-    _require(
-        frames.ndim == 4 and frames.shape[-1] == 3,
-        f"{name}: expected RGB frames (T, H, W, 3), got shape {frames.shape}",
-    )
-    _require(frames.shape[0] >= 1, f"{name}: the video has no frames (T=0)")
-    _require(
+    check_rgb_frames(frames, name)
+    require(frames.shape[0] >= 1, f"{name}: the video has no frames (T=0)")
+    require(
         frames.shape[1] >= 1 and frames.shape[2] >= 1,
         f"{name}: frames must have a non-zero height and width, got shape {frames.shape}",
     )
@@ -98,7 +90,7 @@ def check_video(frames: np.ndarray, name: str = "frames") -> np.ndarray:
 
 
 def check_kind(kind: str) -> Kind:
-    _require(kind in KINDS, f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    require(kind in KINDS, f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     return kind  # type: ignore[return-value]
 
 
@@ -310,35 +302,35 @@ class JudgeEngine:
         """Model-dependent checks on top of the module's `check_video`."""
         check_video(frames, name)
         limit = self.config.max_video_frames
-        _require(
+        require(
             frames.shape[0] <= limit,
             f"{name}: {frames.shape[0]} frames exceed the limit of {limit} per video "
             "(WMPO_MAX_VIDEO_FRAMES)",
         )
         if kind == "classifier":
             size = self._require_classifier().config.image_size
-            _require(
+            require(
                 frames.shape[1:3] == (size, size),
                 f"{name}: the classifier takes {size}x{size} frames, got "
                 f"{frames.shape[1]}x{frames.shape[2]} (resize before sending)",
             )
         else:
             side = MAX_VLM_FRAME_SIDE
-            _require(
+            require(
                 max(frames.shape[1:3]) <= side,
                 f"{name}: frames of {frames.shape[1]}x{frames.shape[2]} exceed the VLM judge's "
                 f"limit of {side} pixels a side (resize before sending)",
             )
 
     def check_stride(self, stride: int, kind: Kind) -> None:
-        _require(
+        require(
             1 <= stride <= MAX_FRAME_STRIDE,
             f"frame_stride={stride} must be between 1 and {MAX_FRAME_STRIDE} (env steps between "
             "frames: 1 for real env frames, the world model's stride for imagined ones)",
         )
         if kind == "classifier":
             own = self._require_classifier().config.frame_stride
-            _require(
+            require(
                 own % stride == 0,
                 f"frame_stride={stride} must divide the classifier's frame stride {own} "
                 f"(allowed: {', '.join(str(s) for s in range(1, own + 1) if own % s == 0)})",
@@ -355,14 +347,14 @@ class JudgeEngine:
     def resolve_threshold(self, threshold: float | None, kind: Kind) -> float | None:
         """The threshold to apply: the request's (checked) or the checkpoint's; None for vlm."""
         if kind == "vlm":
-            _require(
+            require(
                 threshold is None,
                 "threshold applies to kind=classifier only (the VLM decides by votes)",
             )
             return None
         if threshold is None:
             return self._require_classifier().threshold
-        _require(
+        require(
             math.isfinite(threshold) and 0.0 <= threshold <= 1.0,
             f"threshold must be a number in [0, 1], got {threshold}",
         )
@@ -371,14 +363,14 @@ class JudgeEngine:
     @staticmethod
     def resolve_temperature(temperature: float | None, kind: Kind) -> float | None:
         if kind == "vlm":
-            _require(
+            require(
                 temperature is None,
                 "clip_temperature applies to kind=classifier only (the VLM gives no clip scores)",
             )
             return None
         if temperature is None:
             return DEFAULT_CLIP_TEMPERATURE
-        _require(
+        require(
             math.isfinite(temperature) and temperature > 0,
             f"clip_temperature must be a finite number > 0, got {temperature}",
         )

@@ -19,7 +19,7 @@ import uuid
 
 import numpy as np
 
-from services.common.errors import InvalidArgument
+from services.common.checks import check_instruction, require
 from services.common.health import Readiness
 from services.common.metrics import ServiceMetrics
 from services.common.queues import QueueWorker, WorkQueue, make_queue
@@ -49,11 +49,6 @@ SERVICE = "judge"
 VERSION = "0.1.0"
 
 log = logging.getLogger("wmpo.judge.runtime")
-
-
-def _require(cond: bool, message: str) -> None:
-    if not cond:
-        raise InvalidArgument(message)
 
 
 class JudgeRuntime:
@@ -120,15 +115,7 @@ class JudgeRuntime:
         """Validate what a request asks for; `kind` None or "" is the deployment's default."""
         engine = self.engine
         checked = engine.require_kind(kind or engine.default_kind)
-        _require(
-            isinstance(instruction, str) and bool(instruction.strip()),
-            "instruction is required: the task in natural language, e.g. "
-            "'press the button from the top'",
-        )
-        _require(
-            len(instruction) <= MAX_INSTRUCTION_CHARS,
-            f"instruction is {len(instruction)} characters, at most {MAX_INSTRUCTION_CHARS}",
-        )
+        check_instruction(instruction, MAX_INSTRUCTION_CHARS, "press the button from the top")
         stride = frame_stride or 1
         engine.check_stride(stride, checked)
         return JudgeParams(
@@ -182,26 +169,26 @@ class JudgeRuntime:
         params = self.params(kind, instruction, frame_stride, threshold, clip_temperature)
         g = len(videos)
         limit = self.settings.max_group_size
-        _require(1 <= g <= limit, f"a group has 1 to {limit} videos, got {g}")
-        _require(reward in REWARDS, f"reward must be one of {', '.join(REWARDS)}, got {reward!r}")
-        _require(
+        require(1 <= g <= limit, f"a group has 1 to {limit} videos, got {g}")
+        require(reward in REWARDS, f"reward must be one of {', '.join(REWARDS)}, got {reward!r}")
+        require(
             not (reward == "clip" and params.kind == "vlm"),
             "reward=clip needs clip scores, which only kind=classifier gives; use success or score",
         )
         flags = DEFAULT_MAX_FLAGS if max_flags is None else max_flags
-        _require(flags >= 0, f"max_flags must be >= 0, got {flags}")
+        require(flags >= 0, f"max_flags must be >= 0, got {flags}")
         pairs = list(replays.items()) if isinstance(replays, dict) else list(replays or [])
         by_index: dict[int, np.ndarray] = {}
         for index, frames in pairs:
-            _require(
+            require(
                 0 <= index < g, f"replay index {index} is not a rollout of this group (0..{g - 1})"
             )
-            _require(index not in by_index, f"two replays for rollout {index}")
+            require(index not in by_index, f"two replays for rollout {index}")
             by_index[index] = self._check(frames, params, f"replay {index}")
         checked = [self._check(v, params, f"video {i}") for i, v in enumerate(videos)]
         total = g + len(by_index)
         cap = self.settings.max_queued_videos
-        _require(
+        require(
             total <= cap,
             f"{total} videos (rollouts + replays) in one request exceed the limit of {cap} "
             "(WMPO_MAX_QUEUED_VIDEOS); split the request",

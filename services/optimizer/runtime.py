@@ -24,6 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from services.common.checks import (
+    check_dtype,
+    check_finite,
+    check_instruction,
+    check_rgb_frames,
+    require,
+)
 from services.common.errors import InvalidArgument
 from services.common.health import Readiness
 from services.common.metrics import ServiceMetrics
@@ -52,21 +59,16 @@ def seed_for_request(request_id: str) -> int:
     return int.from_bytes(digest[:8], "little") % SEED_LIMIT
 
 
-def _require(cond: bool, message: str) -> None:
-    if not cond:
-        raise InvalidArgument(message)
-
-
 # ------------------------------------------------------------- validation
 # Checks that need no model; the HTTP models and the gRPC servicer call them at decoding.
 
 
 def check_frame(frame: np.ndarray, name: str = "frame") -> np.ndarray:
     """uint8 (H, W, 3) or (1, H, W, 3) -> (H, W, 3)."""
-    _require(frame.dtype == np.uint8, f"{name}: dtype must be uint8, got {frame.dtype.name}")
+    check_dtype(frame, np.uint8, name)
     if frame.ndim == 4 and frame.shape[0] == 1:
         frame = frame[0]
-    _require(
+    require(
         frame.ndim == 3 and frame.shape[-1] == 3,
         f"{name}: expected one RGB frame (H, W, 3) or (1, H, W, 3), got shape {frame.shape}",
     )
@@ -75,27 +77,20 @@ def check_frame(frame: np.ndarray, name: str = "frame") -> np.ndarray:
 
 def check_target_frames(frames: np.ndarray, name: str = "target_frames") -> np.ndarray:
     """uint8 (n, H, W, 3), n >= 1."""
-    _require(frames.dtype == np.uint8, f"{name}: dtype must be uint8, got {frames.dtype.name}")
-    _require(
-        frames.ndim == 4 and frames.shape[-1] == 3,
-        f"{name}: expected RGB frames (n, H, W, 3), got shape {frames.shape}",
-    )
-    _require(frames.shape[0] >= 1, f"{name}: no frames (n=0); omit the field for a plan from text")
+    check_rgb_frames(frames, name, "(n, H, W, 3)")
+    require(frames.shape[0] >= 1, f"{name}: no frames (n=0); omit the field for a plan from text")
     return frames
 
 
 def check_init_actions(actions: np.ndarray, name: str = "init_actions") -> np.ndarray:
     """float32 (T, 4), finite, in [-1, 1]."""
-    _require(actions.dtype == np.float32, f"{name}: dtype must be float32, got {actions.dtype.name}")
-    _require(
+    check_dtype(actions, np.float32, name)
+    require(
         actions.ndim == 2 and actions.shape[-1] == 4,
         f"{name}: expected (T, 4) actions (xyz delta, gripper), got shape {actions.shape}",
     )
-    bad = ~np.isfinite(actions)
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise InvalidArgument(f"{name}: {int(bad.sum())} non-finite values (NaN or inf), first at index {first}")
-    _require(
+    check_finite(actions, name)
+    require(
         bool(np.all(np.abs(actions) <= 1)),
         f"{name}: actions must be in [-1, 1], got values up to {float(np.abs(actions).max()):.3g}",
     )
@@ -180,42 +175,35 @@ class OptimizerRuntime:
         Without a seed: one derived from `request_id` if given (queue mode), else drawn."""
         size = self.planner.image_size
         frame = check_frame(frame)
-        _require(
+        require(
             frame.shape[:2] == (size, size),
             f"frame: the planner takes {size}x{size} frames, got {frame.shape[0]}x{frame.shape[1]} "
             "(resize before sending)",
         )
-        _require(
-            isinstance(instruction, str) and bool(instruction.strip()),
-            "instruction is required: the task in natural language, e.g. 'push the puck to the goal'",
-        )
-        _require(
-            len(instruction) <= MAX_INSTRUCTION_CHARS,
-            f"instruction is {len(instruction)} characters, at most {MAX_INSTRUCTION_CHARS}",
-        )
+        check_instruction(instruction, MAX_INSTRUCTION_CHARS, "push the puck to the goal")
         if target_frames is not None:
             target_frames = check_target_frames(target_frames)
             n, p = len(target_frames), self.planner.plan_frames
-            _require(
+            require(
                 target_frames.shape[1:3] == (size, size),
                 f"target_frames: the planner takes {size}x{size} frames, got "
                 f"{target_frames.shape[1]}x{target_frames.shape[2]} (resize before sending)",
             )
-            _require(n <= p, f"target_frames: 1 (a goal image) to {p} frames (the plan's future), got {n}")
+            require(n <= p, f"target_frames: 1 (a goal image) to {p} frames (the plan's future), got {n}")
         if init_actions is not None:
             init_actions = check_init_actions(init_actions)
             t = self.planner.horizon
-            _require(
+            require(
                 init_actions.shape == (t, 4),
                 f"init_actions: this planner's horizon is {t} actions, expected shape ({t}, 4), "
                 f"got {init_actions.shape}",
             )
         limit = self.settings.max_steps
         n_steps = self.settings.default_steps if steps is None else steps
-        _require(1 <= n_steps <= limit, f"steps must be in [1, {limit}] (WMPO_MAX_STEPS), got {n_steps}")
+        require(1 <= n_steps <= limit, f"steps must be in [1, {limit}] (WMPO_MAX_STEPS), got {n_steps}")
         if seed is None:
             seed = seed_for_request(request_id) if request_id else secrets.randbelow(SEED_LIMIT)
-        _require(0 <= seed < SEED_LIMIT, f"seed must be in [0, 2**32), got {seed}")
+        require(0 <= seed < SEED_LIMIT, f"seed must be in [0, 2**32), got {seed}")
         req = PlanRequest(np.ascontiguousarray(frame), instruction, target_frames, init_actions,
                           n_steps, int(seed))
         try:
