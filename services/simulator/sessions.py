@@ -678,7 +678,8 @@ class SessionManager:
                     frames.append(res.frames)  # (B, F, H, W, 3)
                     queue_s += res.queue_s
                     model_s += res.model_s
-            per_session = np.concatenate(frames, axis=1)  # (B, C*F, H, W, 3)
+            # (B, C*F, H, W, 3); one chunk (the usual step) needs no concatenation copy
+            per_session = frames[0] if len(frames) == 1 else np.concatenate(frames, axis=1)
             results = []
             now = self.clock()
             for i, s in enumerate(sessions):

@@ -227,3 +227,22 @@ def test_a_failed_model_call_fails_its_batch_and_the_loop_keeps_serving(world_mo
             await engine.stop()
 
     run(scenario())
+
+
+def test_a_lone_rollout_does_not_wait_out_the_window_after_its_first_chunk(world_model) -> None:
+    # One imagine of 1 candidate x 4 chunks with a long wait window: the first chunk waits
+    # for company (nothing has run yet), the next ones start at once, since the last batch's
+    # only rollout is queued again (no other row is known to be coming).
+    async def scenario() -> tuple[dict[str, float], list[int]]:
+        model = CountingModel(world_model)
+        engine = SimulatorEngine(model, EngineConfig(max_batch_size=8, max_wait_ms=800))
+        await engine.start()
+        try:
+            res = await engine.imagine(frames(), actions(1, 4, 8), seed=3)
+        finally:
+            await engine.stop()
+        return res.timing, model.calls
+
+    timing, calls = run(scenario())
+    assert calls == [1, 1, 1, 1]
+    assert 0.75 <= timing["queue"] < 1.2  # the first chunk's window only, not 4 x 0.8 s
