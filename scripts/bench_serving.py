@@ -1,7 +1,7 @@
 """Serving benchmark of the simulator service (issue 4): batching, latency, overhead, memory.
 
 Uses the bundled world model (`checkpoints/world-model`) and a real MetaWorld start frame
-(button-press-topdown-v3, a held-out seed). Four measurements, each printed as a table and
+(button-press-topdown-v3, a held-out seed). Five measurements, each printed as a table and
 written together to one JSON file:
 
 1. step-level batching: imagined frames/s with 16 concurrent sessions, each stepping its own
@@ -20,6 +20,12 @@ written together to one JSON file:
    system before each reading (malloc_trim), so that RSS is not hidden by memory other work
    freed. RSS is page-granular and allocator-dependent: read it as a check on the
    accounting, not as an exact figure.
+
+5. keeping up with the engine (issue 16, item 5; measured first): imagined frames/s of 1
+   session and of 16 sessions stepped through the service (`SessionManager` on the max-batch-16
+   engine) against the offline model's `step` + `decode` at batch 1 and 16 on the same world
+   model, interleaved chunk by chunk; medians and ratios (bar: 0.9).
+   `--keeps-up-only` runs just this one.
 
 Nothing is mocked: every number is the real model on this machine's CPU. The machine is
 shared, so compare the numbers of one run with each other, not across runs.
@@ -198,6 +204,78 @@ def bench_batching(runner: asyncio.Runner, stacks: dict[str, Any], frame: np.nda
     }
 
 
+# ------------------------------------------------- 5: does serving keep up with its engine
+
+
+async def _step_all(sessions: Any, ids: list[str], actions: np.ndarray) -> None:
+    """One chunk (n, K, 4) for every session at once through the service."""
+    await asyncio.gather(*(sessions.step_session(sid, a) for sid, a in zip(ids, actions, strict=True)))
+
+
+def bench_keeps_up(runner: asyncio.Runner, wm: Any, sessions: Any, frame: np.ndarray,
+                   chunks: int) -> dict:
+    """Served frames/s (1 and 16 sessions) against the offline model (batch 1 and 16, `step` +
+    `decode` in this thread: no engine, no sessions) on the same world model.
+
+    Interleaved chunk by chunk, which goes first alternating: each served chunk has an offline
+    chunk of the same batch as its neighbour in time, so the load other jobs put on the
+    machine hits both alike. Every rollout first steps one untimed chunk (it fills the
+    context window, after which every chunk costs the same)."""
+    rng = np.random.default_rng(3)
+    per_chunk = CHUNK // wm.frame_stride
+    out: dict[str, Any] = {"chunks_timed": chunks, "chunk_length": CHUNK, "bar": 0.9}
+    for n in (1, SESSIONS):
+        acts = rng.uniform(-1, 1, (n, chunks + 1, CHUNK, 4)).astype(np.float32)
+        rollouts = wm.fork(wm.start(frame[None], [n])[0], [n + i for i in range(n)])
+        ids = runner.run(_open_sessions(sessions, frame, n, seed0=40_000 + n))
+        offline: list[float] = []
+        served: list[float] = []
+        try:
+            for c in range(chunks + 1):
+                times: dict[str, float] = {}
+                for side in ("offline", "served") if c % 2 else ("served", "offline"):
+                    t0 = time.perf_counter()
+                    if side == "offline":
+                        wm.decode(wm.step(rollouts, acts[:, c]))
+                    else:
+                        runner.run(_step_all(sessions, ids, acts[:, c]))
+                    times[side] = time.perf_counter() - t0
+                if c > 0:  # chunk 0 is the warm-up
+                    offline.append(times["offline"])
+                    served.append(times["served"])
+        finally:
+            for sid in ids:
+                sessions.close(sid)
+        pairs = [o / s for o, s in zip(offline, served, strict=True)]
+        out[f"batch{n}"] = {
+            "offline_frames_per_second": n * per_chunk / statistics.median(offline),
+            "served_frames_per_second": n * per_chunk / statistics.median(served),
+            "ratio_of_medians": statistics.median(offline) / statistics.median(served),
+            "ratio_median_of_pairs": statistics.median(pairs),
+            "ratio_quartiles_of_pairs": [float(np.percentile(pairs, 25)),
+                                         float(np.percentile(pairs, 75))],
+            "offline_chunk_s": offline,
+            "served_chunk_s": served,
+        }
+    return out
+
+
+def print_keeps_up(k: dict) -> None:
+    rows = []
+    for n, label in ((1, "1 session vs offline batch 1"),
+                     (SESSIONS, f"{SESSIONS} sessions vs offline batch {SESSIONS}")):
+        b = k[f"batch{n}"]
+        q = b["ratio_quartiles_of_pairs"]
+        rows.append([label, b["offline_frames_per_second"], b["served_frames_per_second"],
+                     f"{b['ratio_of_medians']:.2f}", f"{b['ratio_median_of_pairs']:.2f} "
+                     f"[{q[0]:.2f}, {q[1]:.2f}]"])
+    print(table(f"Serving vs offline step + decode (imagined frames/s, median of "
+                f"{k['chunks_timed']} interleaved chunks; bar {k['bar']})",
+                ["", "offline", "served", "ratio of medians", "ratio per chunk pair (IQR)"],
+                rows))
+    print()
+
+
 # ----------------------------------------------------- 2 + 3: latency, overhead
 
 
@@ -327,6 +405,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--requests", type=int, help="imagine requests per transport")
     ap.add_argument("--memory-sessions", type=int, help="sessions opened for the memory figure")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--keeps-up-only", action="store_true",
+                    help="only measurement 5: served frames/s (1 and 16 sessions) vs offline")
+    ap.add_argument("--keeps-up-chunks", type=int,
+                    help="timed chunks of each side in measurement 5 (default 24; --quick 4)")
     a = ap.parse_args(argv)
     repeats = a.repeats or (1 if a.quick else 5)
     chunks = a.chunks or (2 if a.quick else 8)
@@ -379,6 +461,15 @@ def main(argv: list[str] | None = None) -> dict:
             runner.run(engine.start())
             runner.run(sessions.start())
         try:
+            keeps_up_chunks = a.keeps_up_chunks or (4 if a.quick else 24)
+            print(f"[keeps up] 1 and {SESSIONS} sessions vs offline step + decode, "
+                  f"{keeps_up_chunks} chunks of {CHUNK} each, interleaved", flush=True)
+            result["keeps_up"] = bench_keeps_up(runner, wm, stacks["batched"][1], frame,
+                                                keeps_up_chunks)
+            if a.keeps_up_only:
+                result["seconds"] = time.perf_counter() - started
+                print_keeps_up(result["keeps_up"])
+                return _write(result, a.out)
             print(f"[1/3] memory: {mem_sessions} sessions", flush=True)
             result["memory"] = runner.run(
                 _memory(stacks["batched"][1], frame, mem_sessions, chunks=min(chunks, 4)))
@@ -400,6 +491,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["config"]["loadavg_1min_start_end"] = [load_start, os.getloadavg()[0]]
 
     print()
+    print_keeps_up(result["keeps_up"])
     print(table("Step-level batching (imagined frames/s, median)",
                 ["engine", "frames/s", "runs", "model calls/run", "mean batch"],
                 [[f"max batch {SESSIONS}", b["frames_per_second_median"]["batched"],
@@ -430,7 +522,11 @@ def main(argv: list[str] | None = None) -> dict:
                   m["after_steps"]["accounted_bytes_per_session"],
                   m["after_steps"]["rss_delta_bytes_per_session"]],
                  ["after closing them", 0, m["after_close"]["rss_delta_bytes_per_session"]]]))
-    out = Path(a.out)
+    return _write(result, a.out)
+
+
+def _write(result: dict, path: str) -> dict:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {out} ({result['seconds']:.0f} s)")
