@@ -21,8 +21,6 @@ client that disconnects cancels its queued work (499).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -30,7 +28,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from wmpo_client.codec import TensorJSON
 
-from services.common.app import create_app
+from services.common.app import Lifespan, create_app, runtime_lifespan
 from services.common.errors import error_responses
 from services.common.http_util import app_runtime, decode_tensor, request_id_of, until_disconnect
 from services.judge.engine import check_video
@@ -331,9 +329,6 @@ def judge_router() -> APIRouter:
 
 # ----------------------------------------------------------------------- app
 
-Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
-
-
 def create_judge_app(
     settings: JudgeSettings, runtime: JudgeRuntime, lifespan: Lifespan | None = None
 ) -> FastAPI:
@@ -343,20 +338,12 @@ def create_judge_app(
     shutdown; `server` passes one that also runs the gRPC server.
     """
 
-    @asynccontextmanager
-    async def default_lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await runtime.start()
-        try:
-            yield
-        finally:
-            await runtime.stop()
-
     app = create_app(
         settings,
         service=SERVICE,
         version=VERSION,
         readiness=runtime.readiness,
-        lifespan=lifespan or default_lifespan,
+        lifespan=lifespan or runtime_lifespan(runtime),
     )
     app.state.runtime = runtime
     app.include_router(judge_router())

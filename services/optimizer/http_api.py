@@ -25,8 +25,7 @@ Retry-After. A client that disconnects cancels its plan (499). In queue mode (WM
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -35,7 +34,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from wmpo_client.codec import TensorJSON, to_json
 
-from services.common.app import create_app
+from services.common.app import Lifespan, create_app, runtime_lifespan
 from services.common.errors import error_responses
 from services.common.http_util import (
     ClosingStream,
@@ -230,24 +229,13 @@ async def planner_info(rt: Runtime) -> PlannerInfoOut:
 
 # ----------------------------------------------------------------------- app
 
-Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
-
-
 def create_optimizer_app(settings: OptimizerSettings, runtime: OptimizerRuntime,
                          lifespan: Lifespan | None = None) -> FastAPI:
     """The optimizer's FastAPI app over `runtime`; the default lifespan starts and stops the
     runtime, `server` passes one that also runs the gRPC server."""
 
-    @asynccontextmanager
-    async def default_lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await runtime.start()
-        try:
-            yield
-        finally:
-            await runtime.stop()
-
     app = create_app(settings, service=SERVICE, version=VERSION, readiness=runtime.readiness,
-                     lifespan=lifespan or default_lifespan)
+                     lifespan=lifespan or runtime_lifespan(runtime))
     app.state.runtime = runtime
     app.include_router(router)
     return app

@@ -43,8 +43,7 @@ not text-conditioned. A client that disconnects cancels its work (499).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
@@ -53,7 +52,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from wmpo_client.codec import TensorJSON, to_json
 
-from services.common.app import create_app
+from services.common.app import Lifespan, create_app, runtime_lifespan
 from services.common.errors import (
     ErrorDetail,
     ServiceError,
@@ -711,9 +710,6 @@ def simulator_router() -> APIRouter:
 
 # ----------------------------------------------------------------------- app
 
-Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
-
-
 def create_simulator_app(
     settings: SimulatorSettings,
     runtime: SimulatorRuntime,
@@ -724,14 +720,6 @@ def create_simulator_app(
     The default lifespan starts the runtime on startup and stops it on
     shutdown; `server` passes one that also runs the gRPC server.
     """
-
-    @asynccontextmanager
-    async def default_lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await runtime.start()
-        try:
-            yield
-        finally:
-            await runtime.stop()
 
     def viewer_config() -> dict[str, Any]:
         engine = runtime.engine
@@ -755,7 +743,7 @@ def create_simulator_app(
         service=SERVICE,
         version=VERSION,
         readiness=runtime.readiness,
-        lifespan=lifespan or default_lifespan,
+        lifespan=lifespan or runtime_lifespan(runtime),
         viewer=viewer_config,
     )
     app.state.runtime = runtime
