@@ -1,10 +1,7 @@
-"""gRPC pieces a service's servicer shares: latency metrics per RPC, bind addresses, health,
-the interceptors every server runs (API key, request decoding), and the decoding of the
-fields every request has (tensors, request id, frame encoding), so each service refuses them
-with the same messages.
-
-`observed` is the simulator's `_observed` (services/simulator/grpc_api.py) made
-reusable: the judge uses this one; the simulator can switch to it.
+"""gRPC pieces every service's servicer shares: latency metrics per RPC (`observed`), the
+server with the interceptors every server runs (API key, request decoding; `create_server`),
+health, and the decoding of the fields every request has (tensors, request id, frame
+encoding), so each service refuses them with the same messages.
 """
 
 from __future__ import annotations
@@ -70,6 +67,26 @@ def observed(method: F) -> F:
 def bind_address(host: str, port: int) -> str:
     """host:port for `add_insecure_port`, with IPv6 hosts bracketed."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def create_server(
+    settings: ServiceSettings,
+    add_servicer: Callable[[grpc.aio.Server], None],
+    options: list[tuple[str, Any]] | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server (not started) with the shared interceptors and message limits
+    (`options`: instead of settings.grpc_options()), the service added by `add_servicer`,
+    bound to settings.host:grpc_port; returns it and the bound port (useful with port 0)."""
+    server = grpc.aio.server(
+        interceptors=server_interceptors(settings),
+        options=settings.grpc_options() if options is None else options,
+    )
+    add_servicer(server)
+    address = bind_address(settings.host, settings.grpc_port)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"could not bind gRPC to {address}")
+    return server, port
 
 
 def health_response(state: Readiness, version: str) -> simulator_pb2.HealthResponse:

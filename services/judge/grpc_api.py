@@ -19,11 +19,11 @@ from wmpo_client.proto import judge_pb2_grpc, simulator_pb2
 
 from services.common.errors import InvalidArgument, grpc_error_boundary
 from services.common.grpc_util import (
-    bind_address,
+    create_server,
     decode_tensor,
+    health_response,
     observed,
     request_id_arg,
-    server_interceptors,
 )
 from services.common.metrics import ServiceMetrics
 from services.judge.engine import check_video
@@ -44,7 +44,6 @@ _REWARD_ENUM = {
     "clip": pb.REWARD_KIND_CLIP,
     "score": pb.REWARD_KIND_SCORE,
 }
-_Status = simulator_pb2.HealthResponse
 
 
 def _kind(value: int) -> str | None:
@@ -177,11 +176,7 @@ class JudgeServicer(judge_pb2_grpc.JudgeServicer):
     async def Health(
         self, request: simulator_pb2.HealthRequest, context: grpc.aio.ServicerContext
     ) -> simulator_pb2.HealthResponse:
-        state = self.runtime.readiness()
-        status = (
-            _Status.SERVING_STATUS_SERVING if state.ready else _Status.SERVING_STATUS_NOT_SERVING
-        )
-        return simulator_pb2.HealthResponse(status=status, version=VERSION, reason=state.reason)
+        return health_response(self.runtime.readiness(), VERSION)
 
 
 def create_grpc_server(
@@ -189,15 +184,5 @@ def create_grpc_server(
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server (not started) for `runtime` on settings.host:grpc_port; returns the
     server and the bound port (useful with grpc_port 0)."""
-    server = grpc.aio.server(
-        interceptors=server_interceptors(settings),
-        options=settings.grpc_options(),
-    )
-    judge_pb2_grpc.add_JudgeServicer_to_server(
-        JudgeServicer(runtime, settings.max_request_bytes), server
-    )
-    address = bind_address(settings.host, settings.grpc_port)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise RuntimeError(f"could not bind gRPC to {address}")
-    return server, port
+    servicer = JudgeServicer(runtime, settings.max_request_bytes)
+    return create_server(settings, lambda s: judge_pb2_grpc.add_JudgeServicer_to_server(servicer, s))

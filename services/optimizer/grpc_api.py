@@ -20,14 +20,13 @@ from wmpo_client.proto import optimizer_pb2_grpc, simulator_pb2
 
 from services.common.errors import InvalidArgument, grpc_error_boundary
 from services.common.grpc_util import (
-    bind_address,
+    create_server,
     decode_tensor,
     encode_tensor,
     frame_encoding,
     health_response,
     observed,
     request_id_arg,
-    server_interceptors,
 )
 from services.optimizer.engine import PlanOutcome, PlanProgress
 from services.optimizer.runtime import (
@@ -121,11 +120,5 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
 def create_grpc_server(runtime: OptimizerRuntime, settings: OptimizerSettings) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server (not started) for `runtime` on settings.host:grpc_port; returns the
     server and the bound port (useful with grpc_port 0)."""
-    server = grpc.aio.server(interceptors=server_interceptors(settings), options=settings.grpc_options())
-    optimizer_pb2_grpc.add_OptimizerServicer_to_server(OptimizerServicer(runtime, settings.max_request_bytes),
-                                                       server)
-    address = bind_address(settings.host, settings.grpc_port)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise RuntimeError(f"could not bind gRPC to {address}")
-    return server, port
+    servicer = OptimizerServicer(runtime, settings.max_request_bytes)
+    return create_server(settings, lambda s: optimizer_pb2_grpc.add_OptimizerServicer_to_server(servicer, s))

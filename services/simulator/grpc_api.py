@@ -20,13 +20,13 @@ from wmpo_client.proto import simulator_pb2, simulator_pb2_grpc
 
 from services.common.errors import InvalidArgument, grpc_error_boundary
 from services.common.grpc_util import (
-    bind_address,
+    create_server,
     decode_tensor,
     encode_tensor,
     frame_encoding,
+    health_response,
     observed,
     request_id_arg,
-    server_interceptors,
 )
 from services.common.logging import is_valid_request_id
 from services.common.metrics import ServiceMetrics
@@ -44,7 +44,6 @@ from services.simulator.settings import SimulatorSettings
 from services.simulator.verify import Verification
 
 F = TypeVar("F", bound=Callable[..., Any])
-_Status = simulator_pb2.HealthResponse
 
 
 class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
@@ -312,11 +311,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
     async def Health(
         self, request: simulator_pb2.HealthRequest, context: grpc.aio.ServicerContext
     ) -> simulator_pb2.HealthResponse:
-        state = self.runtime.readiness()
-        status = (
-            _Status.SERVING_STATUS_SERVING if state.ready else _Status.SERVING_STATUS_NOT_SERVING
-        )
-        return simulator_pb2.HealthResponse(status=status, version=VERSION, reason=state.reason)
+        return health_response(self.runtime.readiness(), VERSION)
 
 
 _VERDICTS = {
@@ -353,14 +348,7 @@ def create_grpc_server(
     # (clients must raise their receive limit, 4 MiB by default, to match).
     options = [o for o in settings.grpc_options() if o[0] != "grpc.max_send_message_length"]
     options.append(("grpc.max_send_message_length", settings.max_response_bytes))
-    server = grpc.aio.server(
-        interceptors=server_interceptors(settings),
-        options=options,
+    servicer = SimulatorServicer(runtime, settings.max_request_bytes)
+    return create_server(
+        settings, lambda s: simulator_pb2_grpc.add_SimulatorServicer_to_server(servicer, s), options
     )
-    simulator_pb2_grpc.add_SimulatorServicer_to_server(
-        SimulatorServicer(runtime, settings.max_request_bytes), server
-    )
-    port = server.add_insecure_port(bind_address(settings.host, settings.grpc_port))
-    if port == 0:
-        raise RuntimeError(f"could not bind gRPC to {bind_address(settings.host, settings.grpc_port)}")
-    return server, port

@@ -19,7 +19,11 @@ from wmpo_client.proto import trainer_pb2 as pb
 from wmpo_client.trainer_grpc import STATE_NAMES, job_message, spec_dict, step_message
 
 from services.common.errors import InvalidArgument, grpc_error_boundary
-from services.common.grpc_util import bind_address, health_response, observed, server_interceptors
+from services.common.grpc_util import (
+    create_server,
+    health_response,
+    observed,
+)
 from services.common.metrics import ServiceMetrics
 from services.trainer.runtime import VERSION, TrainerRuntime, job_view
 from services.trainer.settings import TrainerSettings
@@ -121,13 +125,5 @@ def create_grpc_server(
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server (not started) for `runtime` on settings.host:grpc_port; returns the
     server and the bound port (useful with grpc_port 0)."""
-    server = grpc.aio.server(
-        interceptors=server_interceptors(settings),
-        options=settings.grpc_options(),
-    )
-    trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(runtime), server)
-    address = bind_address(settings.host, settings.grpc_port)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise RuntimeError(f"could not bind gRPC to {address}")
-    return server, port
+    servicer = TrainerServicer(runtime)
+    return create_server(settings, lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, s))
