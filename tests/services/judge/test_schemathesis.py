@@ -28,22 +28,14 @@ from schemathesis.checks import not_a_server_error
 
 from services.judge.http_api import create_judge_app
 from services.judge.runtime import JudgeRuntime
-from tests.services.fuzzing import (
-    asgi_schema,
-    fuzz,
-    fuzz_without_a_key,
-    new_statuses,
-    record,
-    report,
-    settings_without_env,
-)
+from tests.services import fuzzing
 from tests.services.judge.conftest import KEY
 from tests.services.judge.conftest import settings as judge_settings
 
 AUTH = {"x-api-key": KEY}
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "25"))
 FRAME = 64
-STATUSES = new_statuses()
+STATUSES = fuzzing.new_statuses()
 RUNTIMES: dict[int, JudgeRuntime] = {}  # the runtime under test, for the last test
 
 
@@ -127,32 +119,32 @@ def flatmap_body(context: Any, body: Any) -> st.SearchStrategy[Any]:
 
 @pytest.fixture(scope="module")
 def api_schema(classifier) -> Iterator[Any]:
-    s = settings_without_env(
+    s = fuzzing.settings_without_env(
         lambda: judge_settings(dev_mode=True, max_request_bytes=4 * 1024**2, max_wait_ms=2.0)
     )
     runtime = RUNTIMES[0] = JudgeRuntime(classifier, s)
     # Leaving it stops the runtime: engine and judge queue.
-    with asgi_schema(create_judge_app(s, runtime), AUTH, flatmap_body) as schema:
+    with fuzzing.asgi_schema(create_judge_app(s, runtime), AUTH, flatmap_body) as schema:
         yield schema
 
 
 def test_no_server_error_with_a_key(api_schema: Any) -> None:
     def call(case: Any) -> None:
         response = case.call_and_validate(headers=AUTH, checks=[not_a_server_error])
-        record(STATUSES, "key", case, response.status_code)
+        fuzzing.record(STATUSES, "key", case, response.status_code)
 
-    fuzz(api_schema, call, EXAMPLES)
+    fuzzing.fuzz(api_schema, call, EXAMPLES)
 
 
 def test_no_server_error_and_401_without_a_key(api_schema: Any) -> None:
-    fuzz_without_a_key(api_schema, STATUSES, EXAMPLES)
+    fuzzing.fuzz_without_a_key(api_schema, STATUSES, EXAMPLES)
 
 
 def test_the_fuzzing_reached_the_classifier() -> None:
     """The runs above did more than bounce off validation: real videos were judged."""
     if not STATUSES:
         pytest.skip("run with the tests above")
-    keyed = report(STATUSES)  # and no 5xx
+    keyed = fuzzing.report(STATUSES)  # and no 5xx
     judged = sum(keyed.get(op, {}).get(200, 0) for op in ("POST /v1/judge", "POST /v1/judge/group"))
     stats = RUNTIMES[0].engine.stats
     assert judged >= 3 and stats.jobs >= 3, (keyed, stats)

@@ -25,20 +25,12 @@ from schemathesis.checks import not_a_server_error
 
 from services.optimizer.http_api import create_optimizer_app
 from services.optimizer.runtime import OptimizerRuntime
-from tests.services.fuzzing import (
-    asgi_schema,
-    fuzz,
-    fuzz_without_a_key,
-    new_statuses,
-    record,
-    report,
-    settings_without_env,
-)
+from tests.services import fuzzing
 from tests.services.optimizer.conftest import HORIZON, KEY, SIZE, settings
 
 AUTH = {"x-api-key": KEY}
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "25"))
-STATUSES = new_statuses()
+STATUSES = fuzzing.new_statuses()
 RUNTIMES: dict[int, OptimizerRuntime] = {}
 
 
@@ -86,32 +78,32 @@ def flatmap_body(context: Any, body: Any) -> st.SearchStrategy[Any]:
 
 @pytest.fixture(scope="module")
 def api_schema(planner) -> Iterator[Any]:
-    s = settings_without_env(
+    s = fuzzing.settings_without_env(
         lambda: settings(dev_mode=True, max_request_bytes=4 * 1024**2, max_wait_ms=2.0, max_steps=3))
     runtime = RUNTIMES[0] = OptimizerRuntime(planner, s)
-    with asgi_schema(create_optimizer_app(s, runtime), AUTH, flatmap_body) as schema:
+    with fuzzing.asgi_schema(create_optimizer_app(s, runtime), AUTH, flatmap_body) as schema:
         yield schema
 
 
 def test_no_server_error_with_a_key(api_schema: Any) -> None:
     def call(case: Any) -> None:
         response = case.call_and_validate(headers=AUTH, checks=[not_a_server_error])
-        record(STATUSES, "key", case, response.status_code)
+        fuzzing.record(STATUSES, "key", case, response.status_code)
         if case.path == "/v1/plan/stream" and response.status_code == 200:
             assert '"event":"error"' not in response.text, response.text[-500:]
 
-    fuzz(api_schema, call, EXAMPLES)
+    fuzzing.fuzz(api_schema, call, EXAMPLES)
 
 
 def test_no_server_error_and_401_without_a_key(api_schema: Any) -> None:
-    fuzz_without_a_key(api_schema, STATUSES, EXAMPLES)
+    fuzzing.fuzz_without_a_key(api_schema, STATUSES, EXAMPLES)
 
 
 def test_the_fuzzing_reached_the_planner() -> None:
     """The runs above did more than bounce off validation: real plans were optimized."""
     if not STATUSES:
         pytest.skip("run with the tests above")
-    keyed = report(STATUSES)  # and no 5xx
+    keyed = fuzzing.report(STATUSES)  # and no 5xx
     planned = sum(keyed.get(op, {}).get(200, 0) for op in ("POST /v1/plan", "POST /v1/plan/stream"))
     stats = RUNTIMES[0].engine.stats
     assert planned >= 3 and stats.plans_finished >= 3, (keyed, stats.plans_finished)

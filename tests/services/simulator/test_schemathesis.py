@@ -35,14 +35,7 @@ from services.simulator.http_api import create_simulator_app
 from services.simulator.runtime import SimulatorRuntime
 from services.simulator.server import load_world_model
 from services.simulator.settings import SimulatorSettings
-from tests.services.fuzzing import (
-    fuzz,
-    fuzz_without_a_key,
-    new_statuses,
-    record,
-    report,
-    settings_without_env,
-)
+from tests.services import fuzzing
 from tests.services.simulator import schemathesis_hooks
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -52,13 +45,13 @@ AUTH = {"x-api-key": KEY}
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "12"))
 
 # (test, method path) -> Counter of status codes; read by the last test of this module.
-STATUSES = new_statuses()
+STATUSES = fuzzing.new_statuses()
 
 
 
 @pytest.fixture(scope="module")
 def api_schema() -> Iterator[Any]:
-    s = settings_without_env(
+    s = fuzzing.settings_without_env(
         lambda: SimulatorSettings(
             dev_mode=True,
             api_keys=KEY,
@@ -91,20 +84,20 @@ def test_no_server_error_with_a_key(api_schema: Any) -> None:
             response = case.call_and_validate(headers=AUTH, checks=[not_a_server_error])
         finally:
             schemathesis_hooks.after_call(None, case, None)
-        record(STATUSES, "key", case, response.status_code)
+        fuzzing.record(STATUSES, "key", case, response.status_code)
 
-    fuzz(api_schema, call, EXAMPLES)
+    fuzzing.fuzz(api_schema, call, EXAMPLES)
 
 
 def test_no_server_error_and_401_without_a_key(api_schema: Any) -> None:
-    fuzz_without_a_key(api_schema, STATUSES, EXAMPLES)
+    fuzzing.fuzz_without_a_key(api_schema, STATUSES, EXAMPLES)
 
 
 def test_the_fuzzing_reached_the_model() -> None:
     """The runs above did more than bounce off validation: real steps and imagines ran."""
     if not STATUSES:
         pytest.skip("run with the tests above")
-    keyed = report(STATUSES, width=40)  # and no 5xx
+    keyed = fuzzing.report(STATUSES, width=40)  # and no 5xx
     for op in (
         "POST /v1/imagine",
         "POST /v1/sessions",

@@ -26,20 +26,12 @@ from schemathesis.checks import not_a_server_error
 from services.trainer.http_api import create_trainer_app
 from services.trainer.runtime import TrainerRuntime
 from services.trainer.settings import TrainerSettings
-from tests.services.fuzzing import (
-    asgi_schema,
-    fuzz,
-    fuzz_without_a_key,
-    new_statuses,
-    record,
-    report,
-    settings_without_env,
-)
+from tests.services import fuzzing
 from tests.services.trainer.conftest import KEY, POLICY, TASK
 
 AUTH = {"x-api-key": KEY}
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "25"))
-STATUSES = new_statuses()
+STATUSES = fuzzing.new_statuses()
 
 
 def flatmap_body(context: Any, body: Any) -> st.SearchStrategy[Any]:
@@ -70,7 +62,7 @@ def flatmap_body(context: Any, body: Any) -> st.SearchStrategy[Any]:
 def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     prefix = f"wmpo-test-{uuid.uuid4().hex[:12]}"
-    s = settings_without_env(
+    s = fuzzing.settings_without_env(
         lambda: TrainerSettings(
             api_keys=KEY,
             trainer_dir=str(tmp_path_factory.mktemp("trainer")),
@@ -83,7 +75,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         )
     )
     try:
-        with asgi_schema(create_trainer_app(s, TrainerRuntime(s)), AUTH, flatmap_body) as schema:
+        with fuzzing.asgi_schema(create_trainer_app(s, TrainerRuntime(s)), AUTH, flatmap_body) as schema:
             yield schema
     finally:
         client = redis.Redis.from_url(redis_url)
@@ -96,13 +88,13 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def test_no_server_error_with_a_key(api_schema: Any) -> None:
     def call(case: Any) -> None:
         response = case.call_and_validate(headers=AUTH, checks=[not_a_server_error])
-        record(STATUSES, "key", case, response.status_code)
+        fuzzing.record(STATUSES, "key", case, response.status_code)
 
-    fuzz(api_schema, call, EXAMPLES)
+    fuzzing.fuzz(api_schema, call, EXAMPLES)
 
 
 def test_no_server_error_and_401_without_a_key(api_schema: Any) -> None:
-    fuzz_without_a_key(api_schema, STATUSES, EXAMPLES)
+    fuzzing.fuzz_without_a_key(api_schema, STATUSES, EXAMPLES)
 
 
 def test_the_fuzzing_reached_job_validation_and_queued_jobs() -> None:
@@ -110,6 +102,6 @@ def test_the_fuzzing_reached_job_validation_and_queued_jobs() -> None:
     meant (400) and well-formed ones were recorded and queued (201)."""
     if not STATUSES:
         pytest.skip("run with the tests above")
-    report(STATUSES, width=40)  # and no 5xx
+    fuzzing.report(STATUSES, width=40)  # and no 5xx
     submits = STATUSES[("key", "POST /v1/jobs")]
     assert submits[400] >= 3 and submits[201] + submits[200] >= 1, submits
