@@ -43,3 +43,12 @@ def test_plans_cover_the_generated_frames_and_hold_their_actions():
         rows = np.arange(p + 1, min(p + 8, n - 1) + 1)
         want[: len(rows)] = data.actions[s + rows]
         assert torch.equal(b.plan_actions[i], want.reshape(16, 4))
+
+
+def test_plans_from_their_own_generator_leave_the_next_windows_as_for_a_plain_model():
+    data = episodes()
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(3):
+        plain = data.sample(4, 6, g1)
+        planned = data.sample(4, 6, g2, plan_frames=8, plan_gen=torch.Generator().manual_seed(9))
+        assert torch.equal(plain.latents, planned.latents) and torch.equal(plain.n_context, planned.n_context)

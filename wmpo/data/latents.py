@@ -89,7 +89,8 @@ class LatentEpisodes:
         return len(self.starts)
 
     def sample(self, batch_size: int, window: int, gen: torch.Generator,
-               episodes: np.ndarray | None = None, plan_frames: int = 0) -> FlowBatch:
+               episodes: np.ndarray | None = None, plan_frames: int = 0,
+               plan_gen: torch.Generator | None = None) -> FlowBatch:
         """Random windows: [anchor, w_1..w_window] with a random context/generation split.
 
         ``plan_frames > 0`` (training the action optimizer's plan generator) adds a plan per
@@ -97,7 +98,9 @@ class LatentEpisodes:
         the plan_frames * stride env actions after p (zeros past the episode's end), each
         frame's index in the plan, and the episode's task; frames then carry no per-frame
         actions (the plan is the only action input). Its random numbers are drawn after the
-        others, so plain windows come out the same with or without this feature."""
+        others, so plain windows come out the same with or without this feature; from
+        ``plan_gen`` when given, so that ``gen`` then also draws what it would draw for plain
+        windows afterwards (validation compares plan and plain models on the same windows)."""
         pool = episodes if episodes is not None else np.arange(len(self))
         picks = pool[torch.randint(0, len(pool), (batch_size,), generator=gen).numpy()]
         lat, act, has, pos, js = [], [], [], [], []
@@ -117,7 +120,7 @@ class LatentEpisodes:
         has_t = torch.stack(has)
         batch = FlowBatch(torch.stack(lat).float(), acts * has_t[..., None], has_t, torch.stack(pos), n_ctx)
         if plan_frames > 0:
-            self._add_plans(batch, picks, js, window, plan_frames, gen)
+            self._add_plans(batch, picks, js, window, plan_frames, plan_gen or gen)
         return batch
 
     def _add_plans(self, batch: FlowBatch, picks: np.ndarray, js: list[int], window: int, plan_frames: int,

@@ -139,14 +139,15 @@ def validation_losses(model: VideoDiT, eps: LatentEpisodes, pool: np.ndarray | N
                       keep_plan: bool = True) -> tuple[float, float]:
     """Plain velocity MSE on generated frames, and the same on moving latent pixels only, over
     4 batches of fixed windows and noise (the same every time, so runs and checkpoints compare).
-    A plan generator is validated with its plans (``keep_plan=False``: with the null plan on the
-    same windows, which shows how much the plan tells the model)."""
+    A plan generator is validated with its plans (``keep_plan=False``: with the null plan) on the
+    same windows and noise as a plain world model, so the two compare directly."""
     g = torch.Generator().manual_seed(1234)
+    g_plan = torch.Generator().manual_seed(4321)  # plans apart: windows and noise as for a plain model
     tot, n_tot, mov, n_mov = 0.0, 0.0, 0.0, 0.0
     with torch.no_grad():
         for _ in range(4):
             batch: FlowBatch = eps.sample(batch_size, window, g, pool,
-                                          plan_frames=planner.frames if planner else 0)
+                                          plan_frames=planner.frames if planner else 0, plan_gen=g_plan)
             plan = planner.condition(batch, keep=keep_plan) if planner else None
             sq, gen_mask = flow_errors(model, batch, g, plan=plan)
             gm = gen_mask[..., None, None, None]  # (B, F, 1, 1, 1)
