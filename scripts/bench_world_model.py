@@ -1,5 +1,7 @@
-"""World-model speed: imagined frames/s (1 rollout, batch of 16), the context KV-cache speedup
-per AR step, and the fraction of the machine's measured matmul peak the batched denoiser reaches.
+"""World-model speed: imagined frames/s (1 rollout, batch of 16; the step alone and step + decode),
+the context KV-cache speedup per AR step, the fraction of the machine's measured matmul peak the
+batched denoiser reaches, and the decoder's cost per frame by frames per decoder call (what
+`TorchWorldModel.decode_batch` is chosen from).
 
 Everything is measured side by side in one run; medians over repeats.
 
@@ -41,8 +43,10 @@ def denoiser_flops(wm: TorchWorldModel, batch: int, frames_ctx: int, frames_gen:
     return batch * c.depth * per_block
 
 
-def time_steps(wm: TorchWorldModel, batch: int, repeats: int, chunks: int = 3) -> float:
-    """Median seconds per AR step (one chunk of 8 actions) for a batch of rollouts."""
+def time_steps(wm: TorchWorldModel, batch: int, repeats: int, chunks: int = 3,
+               decode: bool = False) -> float:
+    """Median seconds per AR step (one chunk of 8 actions) for a batch of rollouts; with
+    `decode`, the step and the decode of its frames (what a served chunk costs the model)."""
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 255, (1, wm.image_size, wm.image_size, 3), dtype=np.uint8)
     times = []
@@ -52,9 +56,28 @@ def time_steps(wm: TorchWorldModel, batch: int, repeats: int, chunks: int = 3) -
         for _ in range(chunks):
             acts = rng.uniform(-1, 1, (batch, 8, 4))
             t = time.perf_counter()
-            wm.step(rollouts, acts)
+            latents = wm.step(rollouts, acts)
+            if decode:
+                wm.decode(latents)
             times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def decode_ms_per_frame(wm: TorchWorldModel, frames: int, per_call: int, repeats: int) -> float:
+    """Median milliseconds per frame to decode `frames` latents, `per_call` frames per call."""
+    c = wm.ae.config
+    latents = torch.randn(frames, c.latent_channels, c.latent_size, c.latent_size)
+    saved, wm.decode_batch = wm.decode_batch, per_call
+    try:
+        wm.decode(latents)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            wm.decode(latents)
+            times.append(time.perf_counter() - t)
+    finally:
+        wm.decode_batch = saved
+    return 1000 * statistics.median(times) / frames
 
 
 def main() -> None:
@@ -67,8 +90,15 @@ def main() -> None:
     res: dict = {"threads": torch.get_num_threads(), "sampler_steps": wm.sampler.steps}
     for batch in (1, 16):
         s = time_steps(wm, batch, a.repeats)
+        sd = time_steps(wm, batch, a.repeats, decode=True)
         res[f"batch{batch}"] = {"seconds_per_ar_step": s, "imagined_frames_per_second": batch * per_step / s,
-                                "env_steps_per_second": batch * 8 / s}
+                                "env_steps_per_second": batch * 8 / s,
+                                "step_and_decode_frames_per_second": batch * per_step / sd}
+    # The decoder per frame by call size, for one batch-16 chunk's frames (and 4: batch 1).
+    res["decode_batch"] = wm.decode_batch
+    res["decode_ms_per_frame"] = {
+        f"{frames}_frames_{per_call}_per_call": decode_ms_per_frame(wm, frames, per_call, a.repeats)
+        for frames in (4, 16 * per_step) for per_call in (1, 2, 4, 8, 16, 64) if per_call <= frames}
     wm.sampler.use_cache = False
     s_nocache = time_steps(wm, 16, a.repeats)
     wm.sampler.use_cache = True
