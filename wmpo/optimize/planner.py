@@ -26,6 +26,7 @@ that arrive at different times:
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -40,7 +41,7 @@ from wmpo.models.trajectory_vae import TrajectoryVAE
 from wmpo.optimize.latent import PlanProblem, optimization_step
 from wmpo.sampling.plan import imagine_plan
 from wmpo.sampling.world_model import TorchWorldModel, check_frames
-from wmpo.utils.checkpoint import load_checkpoint
+from wmpo.utils.checkpoint import checkpoint_sha
 from wmpo.utils.config import bounded, check_bounds
 
 
@@ -119,13 +120,14 @@ class Planner:
              config: PlannerConfig | None = None) -> Planner:
         wm = TorchWorldModel.load(generator)
         v, vae_sha = TrajectoryVAE.load(vae)
-        want = (load_checkpoint(generator)[2].get("trajectory_vae_sha256") or "")[:12]
+        manifest = Path(generator) / "manifest.json"  # the manifest only: the weights are loaded once, above
+        want = ((json.loads(manifest.read_text()) if manifest.exists() else {}).get("trajectory_vae_sha256") or "")[:12]
         if want and want != vae_sha:
             raise CheckpointError(f"the generator {generator} was trained on trajectory VAE {want}, not {vae} ({vae_sha})")
         model = InverseDynamics.load(idm) if idm else None
         hashes = {"generator_sha256": wm.hashes.get("world_model_sha256", ""), "trajectory_vae_sha256": vae_sha}
         if idm:
-            hashes["inverse_dynamics_sha256"] = (load_checkpoint(idm)[2].get("weights_sha256") or "")[:12]
+            hashes["inverse_dynamics_sha256"] = checkpoint_sha(idm)
         return cls(wm, v, model, config, hashes)
 
     @property
