@@ -405,6 +405,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--requests", type=int, help="imagine requests per transport")
     ap.add_argument("--memory-sessions", type=int, help="sessions opened for the memory figure")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--backend", choices=("torch", "onnx"), default=None,
+                    help="where the DiT runs (default: the service's default; WMPO_* of the shell "
+                    "are ignored)")
     ap.add_argument("--keeps-up-only", action="store_true",
                     help="only measurement 5: served frames/s (1 and 16 sessions) vs offline")
     ap.add_argument("--keeps-up-chunks", type=int,
@@ -419,7 +422,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from services.embedded import serve_in_thread
     from services.simulator.engine import EngineConfig, SimulatorEngine
-    from services.simulator.server import load_world_model
+    from services.simulator.server import world_model_from_settings
     from services.simulator.sessions import SessionConfig, SessionManager
     from services.simulator.settings import SimulatorSettings
 
@@ -427,12 +430,13 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(a.threads)
     started = time.perf_counter()
     load_start = os.getloadavg()[0]
-    wm = load_world_model(a.checkpoint)
     frame = real_start_frame(seed=0)
     with clean_wmpo_env():
+        backend = {"backend": a.backend} if a.backend else {}
         settings = SimulatorSettings(dev_mode=True, host="127.0.0.1", port=0, grpc_port=0,
                                      checkpoint=a.checkpoint, max_batch_size=SESSIONS,
-                                     max_wait_ms=5.0)
+                                     max_wait_ms=5.0, onnx_threads=a.threads, **backend)
+    wm = world_model_from_settings(settings)  # the DiT on settings.backend, as the service loads it
     batched_cfg = EngineConfig.from_settings(settings)
     single_cfg = dataclasses.replace(batched_cfg, max_batch_size=1)
     session_cfg = SessionConfig.from_settings(settings)

@@ -101,6 +101,10 @@ def ensure_onnx_export(checkpoint: str | Path, onnx_dir: str | Path | None) -> t
     if target.exists() and any(target.iterdir()):
         raise ConfigError(f"WMPO_ONNX_DIR={target} is neither an ONNX export nor empty")
     target.parent.mkdir(parents=True, exist_ok=True)
+    # The first start with a checkpoint pays this once (about a minute for the bundled model on
+    # 2 cores); later starts and replicas sharing the directory reuse the export.
+    log.info("exporting the DiT of %s to ONNX into %s (once per checkpoint; WMPO_BACKEND=torch "
+             "skips it)", checkpoint, target)
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
