@@ -72,10 +72,9 @@ class SimulatorSettings(ServiceSettings):
     )
 
     backend: Literal["torch", "onnx", "triton"] = Field(
-        "onnx",
-        description="Where the DiT runs: onnx (in process on ONNX Runtime, the fastest on CPUs; "
-        "the first start with a checkpoint exports its graphs, see onnx_dir), torch (in process) "
-        "or triton (each denoising step one call to a Triton server, see triton_url); the "
+        "torch",
+        description="Where the DiT runs: torch (in process), onnx (in process on ONNX Runtime) or "
+        "triton (each denoising step one call to a Triton server, see triton_url); the "
         "autoencoder and the sampling loop stay in process.",
     )
     onnx_dir: str | None = Field(

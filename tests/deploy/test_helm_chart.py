@@ -226,7 +226,7 @@ def launch(
         return tiny_planner()
 
     def exported_world_model(base: WorldModel, settings: Any) -> WorldModel:
-        captured["backend"] = settings.backend  # no Triton to connect to here, no export needed
+        captured["backend"] = settings.backend  # no Triton to connect to here
         return base
 
     for module in (server, judge_server, trainer_server, optimizer_server):
@@ -497,8 +497,8 @@ def test_pods_start_with_real_cli_flags_and_valid_settings(case, start, capsys) 
         assert "WMPO_API_KEYS" in env and ("WMPO_REDIS_URL" in env) == bool(values)
         if service == "simulator":  # the DiT on the chart's Triton when it deploys one
             triton = values.get("triton", {}).get("enabled", False)
-            assert settings.backend == ("triton" if triton else "onnx")
-            assert pod.backend == ("triton" if triton else "onnx")  # the service's CPU default
+            assert settings.backend == ("triton" if triton else "torch")
+            assert pod.backend == ("triton" if triton else None)  # torch: loaded as it is
 
 
 def resolve(docs: list[dict[str, Any]], url: str) -> tuple[dict[str, Any], dict[str, Any]]:

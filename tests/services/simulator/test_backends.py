@@ -148,7 +148,7 @@ def compare(got: np.ndarray, ref: np.ndarray, what: str) -> tuple[int, float]:
 
 @pytest.fixture(scope="module")
 def torch_reference() -> dict[str, np.ndarray]:
-    with app_client(sim_settings(backend="torch")) as client:
+    with app_client(sim_settings()) as client:
         frames, prov = imagine_frames(client)
         assert prov["backend"] == "torch"
         return {"imagine": frames, "group": group_frames(client)}
@@ -156,7 +156,7 @@ def torch_reference() -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------------------- settings
 def test_backend_settings_are_checked() -> None:
-    assert SimulatorSettings(api_keys=KEY).backend == "onnx"  # the fastest on CPUs (docs/services.md)
+    assert SimulatorSettings(api_keys=KEY).backend == "torch"
     with pytest.raises(ValueError, match="WMPO_TRITON_URL"):
         SimulatorSettings(api_keys=KEY, backend="triton")
     with pytest.raises(ValueError, match="host:port"):
