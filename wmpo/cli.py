@@ -125,7 +125,7 @@ def cmd_eval_optimizer(a: argparse.Namespace) -> None:
     from wmpo.eval.policy import EvalConfig, evaluate, format_table
 
     opt = {"generator": a.generator, "vae": a.trajectory_vae, "idm": a.inverse_dynamics, "variant": a.variant,
-           "steps": a.steps, "execute_chunks": a.execute_chunks}
+           "steps": a.steps, "execute_chunks": a.execute_chunks, "world_model": a.world_model}
     spec = SourceSpec("optimizer", checkpoint=a.policy, temperature=a.temperature, optimizer=opt)
     spec.build()  # fail fast on bad checkpoints, before starting workers
     report = evaluate(EvalConfig(tasks=_tasks(a.tasks), source=spec, episodes=a.episodes, seed_offset=a.seed_offset,
@@ -591,6 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generator", required=True, help="plan generator (wmpo train world-model --trajectory-vae)")
     p.add_argument("--trajectory-vae", required=True)
     p.add_argument("--inverse-dynamics", default=None, help="residual (or, for full-idm, full) IDM checkpoint")
+    p.add_argument("--world-model", default=None, help="optimize through this action-conditioned world model "
+                   "(the latent's decoded actions drive it; it must share the generator's autoencoder) instead "
+                   "of the generator's plan tokens")
     p.add_argument("--variant", default="full-init", choices=["full", "full-init", "act-head", "full-idm"])
     p.add_argument("--policy", default=str(BUNDLED_POLICY), help="the +ActionInit / act-head policy")
     p.add_argument("--steps", type=int, default=None, help="optimization steps per plan (default: 100 for "

@@ -59,6 +59,35 @@ def test_optimization_recovers_a_known_latent():
     assert after < 0.5 * before  # ... and the decoded actions move to the known ones
 
 
+def test_optimization_through_a_world_model_recovers_known_actions():
+    """The other route: z -> the VAE's actions -> an action-conditioned world model that shares
+    the generator's autoencoder; the target is that model's future under a known latent."""
+    base = tiny_planner()
+    dit = perturbed(VideoDiT(PRESETS["tiny"]), 0.1, 5)
+    with torch.no_grad():  # a world model whose future clearly depends on its actions
+        dit.action_mlp[-1].weight.mul_(20)
+    wm = TorchWorldModel(base.generator.ae, dit, SamplerConfig(steps=2))
+    planner = Planner(base.generator, base.vae, None, PlannerConfig(sampler_steps=2, target_steps=2, lr=0.05, l2=0.0),
+                      {"generator_sha256": "test"}, world_model=wm)
+    assert planner.provenance()["optimized_through"] == "world model actions"
+    req = PlanRequest(frames(1, 0)[0], "push the puck", seed=3)
+    known = torch.randn(2, 8, generator=torch.Generator().manual_seed(9))
+    [p] = planner.prepare([req])
+    with torch.no_grad():
+        p.target = planner.imagine(known[None], [p], planner.vae.decode(known[None]).flatten(1, 2))[0]
+    before = float((planner.vae.decode(p.z[None]) - planner.vae.decode(known[None])).abs().mean())
+    for _ in range(60):
+        planner.step([p])
+    after = float((planner.vae.decode(p.z[None]) - planner.vae.decode(known[None])).abs().mean())
+    assert p.trace[-1] < 0.2 * p.trace[0]
+    assert after < 0.5 * before
+    [r] = planner.finish([p])
+    assert r.frames.shape == (8, 64, 64, 3) and r.actions.shape == (16, 4)
+    other_ae = TorchWorldModel(perturbed(FrameAutoencoder(AE_PRESETS["tiny"]), 0.1, 6), dit)
+    with pytest.raises(CheckpointError, match="share one frame autoencoder"):
+        Planner(base.generator, base.vae, world_model=other_ae)
+
+
 def test_plan_end_to_end_with_targets_goal_images_and_action_init():
     planner = tiny_planner(steps=3)
     reqs = [PlanRequest(frames(1, 1)[0], "open the drawer", seed=1),  # instruction-only target

@@ -71,3 +71,53 @@ def test_bad_calls_are_clear_errors():
                      None, [0], SamplerConfig(), 3, 4)
     with pytest.raises(ValueError, match="one seed per plan"):
         run(plan_model(), torch.zeros(2, 2, 3), seeds=(1,))
+
+
+def world_model_dit(seed: int = 0) -> VideoDiT:
+    """An action-conditioned world model (no plan conditioning), perturbed like `plan_model`."""
+    torch.manual_seed(seed)
+    model = VideoDiT(PRESETS["tiny"])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model.eval().requires_grad_(False)
+
+
+def run_actions(model, actions, seeds=(1,), checkpoint=False):
+    b = actions.shape[0]
+    start = torch.randn(b, 4, 8, 8, generator=torch.Generator().manual_seed(5), dtype=actions.dtype)
+    return imagine_plan(model, start, None, None, None, list(seeds), SamplerConfig(steps=2), chunks=2,
+                        chunk_frames=4, checkpoint=checkpoint, actions=actions)
+
+
+def test_actions_drive_a_world_model_and_their_gradient_is_the_true_one():
+    model = world_model_dit()
+    a = torch.rand(1, 16, 4) * 2 - 1
+    out = run_actions(model, a)
+    assert out.shape == (1, 8, 4, 8, 8)
+    assert torch.equal(out, run_actions(model, a))
+    assert not torch.allclose(out, run_actions(model, -a))  # the actions condition the future
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = world_model_dit().double()
+        a = torch.rand(1, 16, 4) * 2 - 1
+        weights = torch.randn(1, 8, 4, 8, 8)
+
+        def f(a):
+            return (run_actions(model, a, checkpoint=True) * weights).sum()
+
+        ag = a.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(f(ag), ag)
+        assert grad[0, 0].abs().sum() > 0 and grad[0, 15].abs().sum() > 0  # first and last step reach the loss
+        eps = 1e-6
+        for idx in [(0, 0, 0), (0, 7, 2), (0, 15, 3)]:
+            da = torch.zeros_like(a)
+            da[idx] = eps
+            fd = (f(a + da) - f(a - da)) / (2 * eps)
+            assert float(grad[idx]) == pytest.approx(float(fd), rel=1e-4, abs=1e-8)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    with pytest.raises(ValueError, match=r"actions must be \(1, 16, 4\)"):
+        run_actions(world_model_dit(), torch.zeros(1, 8, 4))
+    with pytest.raises(ValueError, match="tokens.*or per-step actions"):
+        imagine_plan(world_model_dit(), torch.zeros(1, 4, 8, 8), None, None, None, [0], SamplerConfig(), 2, 4)

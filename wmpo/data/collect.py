@@ -115,7 +115,7 @@ class SourceSpec:
     simulator_url: str | None = None  # verified-policy: the simulator service with a judge
     candidates: int = 4
     max_attempts: int = 3
-    # optimizer: generator, vae, idm, variant, steps, execute_chunks (wmpo.optimize.source)
+    # optimizer: generator, vae, idm, variant, steps, execute_chunks, world_model (wmpo.optimize.source)
     optimizer: dict[str, Any] | None = None
 
     def build(self) -> ActionSource:

@@ -19,6 +19,7 @@ parameters, and here the batch's rows change from step to step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -51,13 +52,21 @@ class PlanProblem:
 
 
 def plan_objective(model: VideoDiT, problems: list[PlanProblem], z: torch.Tensor, sampler: SamplerConfig,
-                   chunks: int, chunk_frames: int, checkpoint: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-plan objective and distance, each (B,), for latents z (B, S, Z); differentiable in z."""
+                   chunks: int, chunk_frames: int, checkpoint: bool = True,
+                   decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-plan objective and distance, each (B,), for latents z (B, S, Z); differentiable in z.
+    Without ``decode`` the model reads z as its plan tokens (the plan generator); with it, z is
+    decoded to per-step actions (B, T, 4) that drive an action-conditioned world model."""
     start = torch.stack([p.start for p in problems])
-    text = torch.stack([p.text for p in problems]) if problems[0].text is not None else None
-    has = torch.ones(len(problems), dtype=torch.bool)
-    future = imagine_plan(model, start, z, has, text, [p.seed for p in problems], sampler, chunks, chunk_frames,
-                          checkpoint=checkpoint)  # (B, P, C, h, w)
+    seeds = [p.seed for p in problems]
+    if decode is None:
+        text = torch.stack([p.text for p in problems]) if problems[0].text is not None else None
+        has = torch.ones(len(problems), dtype=torch.bool)
+        future = imagine_plan(model, start, z, has, text, seeds, sampler, chunks, chunk_frames,
+                              checkpoint=checkpoint)  # (B, P, C, h, w)
+    else:
+        future = imagine_plan(model, start, None, None, None, seeds, sampler, chunks, chunk_frames,
+                              checkpoint=checkpoint, actions=decode(z))
     target = torch.stack([p.target for p in problems])
     w = torch.stack([p.weights for p in problems])  # (B, P)
     err = ((future - target) ** 2).mean((2, 3, 4))  # (B, P)
@@ -67,12 +76,13 @@ def plan_objective(model: VideoDiT, problems: list[PlanProblem], z: torch.Tensor
 
 
 def optimization_step(model: VideoDiT, problems: list[PlanProblem], sampler: SamplerConfig, chunks: int,
-                      chunk_frames: int, checkpoint: bool = True) -> None:
+                      chunk_frames: int, checkpoint: bool = True,
+                      decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
     """One Adam step on every plan's latent: one batched forward + backward of the generator.
     The generator's weights must not require gradients (the planner freezes them)."""
     z = torch.stack([p.z for p in problems]).detach().requires_grad_(True)
     with torch.enable_grad():
-        obj, dist = plan_objective(model, problems, z, sampler, chunks, chunk_frames, checkpoint)
+        obj, dist = plan_objective(model, problems, z, sampler, chunks, chunk_frames, checkpoint, decode)
         (grad,) = torch.autograd.grad(obj.sum(), z)  # plans are independent: each row is its own gradient
     obj, dist = obj.detach(), dist.detach()
     b1, b2 = ADAM_BETAS

@@ -6,7 +6,11 @@
   --trajectory-vae``) and its frame autoencoder;
 - the trajectory VAE that decodes an optimized latent into a horizon of action chunks;
 - optionally the residual inverse-dynamics model that corrects the decoded actions from the
-  imagined frames (``wmpo train inverse-dynamics``).
+  imagined frames (``wmpo train inverse-dynamics``);
+- optionally an action-conditioned world model to optimize through instead of the generator's
+  plan tokens: the latent is decoded by the VAE into actions that drive it frame by frame (the
+  generator then only supplies the instruction-only target future). Our plan generator reads
+  its plan tokens weakly (results/plan-generator), while the world model follows actions.
 
 A plan runs in three moves, so that a serving engine can batch the middle one across plans
 that arrive at different times:
@@ -90,7 +94,8 @@ class PlanResult:
 
 class Planner:
     def __init__(self, generator: TorchWorldModel, vae: TrajectoryVAE, idm: InverseDynamics | None = None,
-                 config: PlannerConfig | None = None, hashes: dict[str, str] | None = None) -> None:
+                 config: PlannerConfig | None = None, hashes: dict[str, str] | None = None,
+                 world_model: TorchWorldModel | None = None) -> None:
         c = generator.dit.config
         v = vae.cfg
         if not c.has_plan:
@@ -105,8 +110,17 @@ class Planner:
         if idm is not None and idm.cfg.action_dim != c.frame_action_dim:
             raise CheckpointError(f"the inverse-dynamics model predicts {idm.cfg.action_dim} numbers per "
                                   f"transition, the generator's frames carry {c.frame_action_dim}")
+        if world_model is not None:
+            w = world_model.dit.config
+            if (w.action_dim, w.frame_stride, w.latent_channels) != (c.action_dim, c.frame_stride, c.latent_channels):
+                raise CheckpointError("the world model's actions, frame stride or latents differ from the generator's")
+            if not _same_weights(world_model.ae, generator.ae):
+                raise CheckpointError("the world model and the generator must share one frame autoencoder "
+                                      "(the target future and the optimized future are compared as latents)")
         self.generator, self.vae, self.idm = generator, vae.eval(), idm.eval() if idm is not None else None
-        for module in (generator.ae, generator.dit, self.vae, *([self.idm] if self.idm else [])):
+        self.world_model = world_model
+        extra = [world_model.dit] if world_model is not None else []
+        for module in (generator.ae, generator.dit, self.vae, *([self.idm] if self.idm else []), *extra):
             module.requires_grad_(False)
         self.config = config or PlannerConfig()
         self.hashes = hashes or {}
@@ -117,7 +131,7 @@ class Planner:
 
     @classmethod
     def load(cls, generator: str | Path, vae: str | Path, idm: str | Path | None = None,
-             config: PlannerConfig | None = None) -> Planner:
+             config: PlannerConfig | None = None, world_model: str | Path | None = None) -> Planner:
         wm = TorchWorldModel.load(generator)
         v, vae_sha = TrajectoryVAE.load(vae)
         manifest = Path(generator) / "manifest.json"  # the manifest only: the weights are loaded once, above
@@ -128,7 +142,10 @@ class Planner:
         hashes = {"generator_sha256": wm.hashes.get("world_model_sha256", ""), "trajectory_vae_sha256": vae_sha}
         if idm:
             hashes["inverse_dynamics_sha256"] = checkpoint_sha(idm)
-        return cls(wm, v, model, config, hashes)
+        through = TorchWorldModel.load(world_model) if world_model else None
+        if through is not None:
+            hashes["world_model_sha256"] = through.hashes.get("world_model_sha256", "")
+        return cls(wm, v, model, config, hashes, through)
 
     @property
     def image_size(self) -> int:
@@ -228,7 +245,28 @@ class Planner:
         problem.trace.clear()
         problem.distance.clear()
 
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z).flatten(1, 2)  # (B, T, 4)
+
+    def imagine(self, z: torch.Tensor, problems: list[PlanProblem], prior: torch.Tensor) -> torch.Tensor:
+        """The future under latents z (B, S, Z) decoded to `prior` (B, T, 4), no gradients."""
+        start = torch.stack([p.start for p in problems])
+        seeds = [p.seed for p in problems]
+        if self.world_model is not None:
+            sampler = replace(self.world_model.sampler, steps=self.config.sampler_steps)
+            return imagine_plan(self.world_model.dit, start, None, None, None, seeds, sampler, self.chunks,
+                                self.chunk_frames, actions=prior)
+        text = torch.stack([p.text for p in problems]) if problems[0].text is not None else None
+        sampler = replace(self.generator.sampler, steps=self.config.sampler_steps)
+        return imagine_plan(self.generator.dit, start, z, torch.ones(len(problems), dtype=torch.bool), text, seeds,
+                            sampler, self.chunks, self.chunk_frames)
+
     def step(self, problems: list[PlanProblem]) -> None:
+        if self.world_model is not None:  # z -> VAE decoder -> actions -> the world model
+            optimization_step(self.world_model.dit, problems,
+                              replace(self.world_model.sampler, steps=self.config.sampler_steps),
+                              self.chunks, self.chunk_frames, self.config.checkpoint, decode=self._decode)
+            return
         optimization_step(self.generator.dit, problems, replace(self.generator.sampler, steps=self.config.sampler_steps),
                           self.chunks, self.chunk_frames, self.config.checkpoint)
 
@@ -236,12 +274,9 @@ class Planner:
     def finish(self, problems: list[PlanProblem]) -> list[PlanResult]:
         wm = self.generator
         z = torch.stack([p.z for p in problems])
-        prior = self.vae.decode(z).flatten(1, 2)  # (B, T, 4)
+        prior = self._decode(z)  # (B, T, 4)
         start = torch.stack([p.start for p in problems])
-        text = torch.stack([p.text for p in problems]) if problems[0].text is not None else None
-        future = imagine_plan(wm.dit, start, z, torch.ones(len(problems), dtype=torch.bool), text,
-                              [p.seed for p in problems], replace(wm.sampler, steps=self.config.sampler_steps),
-                              self.chunks, self.chunk_frames)  # (B, P, C, h, w)
+        future = self.imagine(z, problems, prior)  # (B, P, C, h, w)
         actions = prior
         if self.idm is not None:  # inverse dynamics on each imagined (or target) transition
             seen = future if self.config.idm_input == "plan" else torch.stack([p.target for p in problems])
@@ -272,4 +307,11 @@ class Planner:
         return results
 
     def provenance(self) -> dict[str, Any]:
-        return {**self.hashes, "planner": asdict(self.config), "residual_idm": self.idm is not None}
+        through = "world model actions" if self.world_model is not None else "generator plan tokens"
+        return {**self.hashes, "planner": asdict(self.config), "residual_idm": self.idm is not None,
+                "optimized_through": through}
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

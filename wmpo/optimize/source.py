@@ -29,7 +29,7 @@ VARIANTS = ("full", "full-init", "act-head", "full-idm")
 class OptimizerSource:
     def __init__(self, generator: str, vae: str, idm: str | None, variant: str = "full-init",
                  policy: str | None = None, steps: int | None = None, execute_chunks: int = 1,
-                 temperature: float = 0.0) -> None:
+                 temperature: float = 0.0, world_model: str | None = None) -> None:
         if variant not in VARIANTS:
             raise ConfigError(f"unknown optimizer variant {variant!r}; valid: {', '.join(VARIANTS)}")
         if variant in ("full-init", "act-head") and not policy:
@@ -39,7 +39,7 @@ class OptimizerSource:
         cfg = PlannerConfig(idm_input="target" if variant == "full-idm" else "plan")
         default_steps = {"full": 100, "full-init": 15, "act-head": 0, "full-idm": 0}[variant]
         self.steps = default_steps if steps is None else steps
-        self.planner = Planner.load(generator, vae, idm, cfg)
+        self.planner = Planner.load(generator, vae, idm, cfg, world_model=world_model)
         if execute_chunks < 1 or execute_chunks > self.planner.chunks:
             raise ConfigError(f"execute_chunks must be in [1, {self.planner.chunks}], got {execute_chunks}")
         self.variant, self.execute_chunks, self.temperature = variant, execute_chunks, temperature
