@@ -40,6 +40,19 @@ def test_plan_is_deterministic_by_seed_and_the_null_plan_ignores_the_latent():
     assert torch.equal(run(model, z, null), run(model, -z, null))
 
 
+def assert_gradient_matches_finite_differences(f, x: torch.Tensor, indices: list[tuple[int, ...]],
+                                               eps: float = 1e-6) -> torch.Tensor:
+    """Autograd's gradient of the scalar f at x against central differences at `indices`."""
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(f(xg), xg)
+    for idx in indices:
+        dx = torch.zeros_like(x)
+        dx[idx] = eps
+        fd = (f(x + dx) - f(x - dx)) / (2 * eps)
+        assert float(grad[idx]) == pytest.approx(float(fd), rel=1e-4, abs=1e-8)
+    return grad
+
+
 def test_gradient_matches_finite_differences():
     torch.set_default_dtype(torch.float64)
     try:
@@ -50,14 +63,7 @@ def test_gradient_matches_finite_differences():
         def f(z):
             return (run(model, z, seeds=(1,), checkpoint=True) * weights).sum()
 
-        zg = z.clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(f(zg), zg)
-        eps = 1e-6
-        for idx in [(0, 0, 0), (0, 1, 2), (0, 0, 1)]:
-            dz = torch.zeros_like(z)
-            dz[idx] = eps
-            fd = (f(z + dz) - f(z - dz)) / (2 * eps)
-            assert float(grad[idx]) == pytest.approx(float(fd), rel=1e-4, abs=1e-8)
+        assert_gradient_matches_finite_differences(f, z, [(0, 0, 0), (0, 1, 2), (0, 0, 1)])
     finally:
         torch.set_default_dtype(torch.float32)
 
@@ -106,15 +112,8 @@ def test_actions_drive_a_world_model_and_their_gradient_is_the_true_one():
         def f(a):
             return (run_actions(model, a, checkpoint=True) * weights).sum()
 
-        ag = a.clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(f(ag), ag)
+        grad = assert_gradient_matches_finite_differences(f, a, [(0, 0, 0), (0, 7, 2), (0, 15, 3)])
         assert grad[0, 0].abs().sum() > 0 and grad[0, 15].abs().sum() > 0  # first and last step reach the loss
-        eps = 1e-6
-        for idx in [(0, 0, 0), (0, 7, 2), (0, 15, 3)]:
-            da = torch.zeros_like(a)
-            da[idx] = eps
-            fd = (f(a + da) - f(a - da)) / (2 * eps)
-            assert float(grad[idx]) == pytest.approx(float(fd), rel=1e-4, abs=1e-8)
     finally:
         torch.set_default_dtype(torch.float32)
     with pytest.raises(ValueError, match=r"actions must be \(1, 16, 4\)"):
