@@ -144,7 +144,9 @@ def test_async_clients_verify(stack) -> None:
 
     a, b, c = asyncio.run(run())
     confs = [x.confidence for x in a.candidates]
-    assert [x.confidence for x in b.candidates] == pytest.approx(confs, rel=1e-5)
+    # The three requests run concurrently, so the engines may batch them differently: float
+    # rounding then differs (seen: 1e-10 absolute on confidences of 1e-6, 3e-5 relative).
+    assert [x.confidence for x in b.candidates] == pytest.approx(confs, rel=1e-5, abs=1e-7)
     assert a.best_candidate == b.best_candidate == int(np.argmax(confs))
     assert a.verdict == b.verdict
     assert c.verdict == "execute" and c.best_candidate == a.best_candidate
