@@ -62,13 +62,13 @@ def run_route(planner: Planner, plans: list[dict], steps: int) -> list[dict]:
     problems = planner.prepare(reqs)
     real = torch.as_tensor(np.stack([p["actions"] for p in plans]))
     with torch.no_grad():
-        before = ((planner._decode(torch.stack([p.z for p in problems])) - real) ** 2).mean((1, 2))
+        before = ((planner.decode_actions(torch.stack([p.z for p in problems])) - real) ** 2).mean((1, 2))
     t = time.perf_counter()
     for _ in range(steps):
         planner.step(problems)
     seconds = time.perf_counter() - t
     with torch.no_grad():
-        after = ((planner._decode(torch.stack([p.z for p in problems])) - real) ** 2).mean((1, 2))
+        after = ((planner.decode_actions(torch.stack([p.z for p in problems])) - real) ** 2).mean((1, 2))
     return [{"action_mse_before": float(b), "action_mse_after": float(a), "objective_first": p.trace[0],
              "objective_last": p.trace[-1], "seconds_per_step_batch": seconds / steps}
             for b, a, p in zip(before, after, problems, strict=True)]
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     plans = windows(a.data, a.plans, base.horizon, base.generator.dit.config.frame_stride, a.seed)
     real = torch.as_tensor(np.stack([p["actions"] for p in plans]))
     with torch.no_grad():
-        recon = ((base._decode(base.vae.encode(real)[0]) - real) ** 2).mean((1, 2))
+        recon = ((base.decode_actions(base.vae.encode(real)[0]) - real) ** 2).mean((1, 2))
     result: dict = {"config": {**vars(a), "plans": len(plans)}, "references": {
         "vae_reconstruction_mse": [float(x) for x in recon],
         "zero_actions_mse": [float(x) for x in (real ** 2).mean((1, 2))]}, "routes": {}}

@@ -51,22 +51,27 @@ class PlanProblem:
     distance: list[float] = field(default_factory=list)  # D alone
 
 
+def plan_future(model: VideoDiT, problems: list[PlanProblem], z: torch.Tensor, sampler: SamplerConfig,
+                chunks: int, chunk_frames: int, checkpoint: bool = False,
+                decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """The plans' future (B, P, C, h, w) under latents z (B, S, Z), differentiable in z. Without
+    ``decode`` the model reads z as its plan tokens (the plan generator); with it, z is decoded
+    to per-step actions (B, T, 4) that drive an action-conditioned world model."""
+    start = torch.stack([p.start for p in problems])
+    seeds = [p.seed for p in problems]
+    if decode is not None:
+        return imagine_plan(model, start, None, None, None, seeds, sampler, chunks, chunk_frames,
+                            checkpoint=checkpoint, actions=decode(z))
+    text = torch.stack([p.text for p in problems]) if problems[0].text is not None else None
+    has = torch.ones(len(problems), dtype=torch.bool)
+    return imagine_plan(model, start, z, has, text, seeds, sampler, chunks, chunk_frames, checkpoint=checkpoint)
+
+
 def plan_objective(model: VideoDiT, problems: list[PlanProblem], z: torch.Tensor, sampler: SamplerConfig,
                    chunks: int, chunk_frames: int, checkpoint: bool = True,
                    decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-plan objective and distance, each (B,), for latents z (B, S, Z); differentiable in z.
-    Without ``decode`` the model reads z as its plan tokens (the plan generator); with it, z is
-    decoded to per-step actions (B, T, 4) that drive an action-conditioned world model."""
-    start = torch.stack([p.start for p in problems])
-    seeds = [p.seed for p in problems]
-    if decode is None:
-        text = torch.stack([p.text for p in problems]) if problems[0].text is not None else None
-        has = torch.ones(len(problems), dtype=torch.bool)
-        future = imagine_plan(model, start, z, has, text, seeds, sampler, chunks, chunk_frames,
-                              checkpoint=checkpoint)  # (B, P, C, h, w)
-    else:
-        future = imagine_plan(model, start, None, None, None, seeds, sampler, chunks, chunk_frames,
-                              checkpoint=checkpoint, actions=decode(z))
+    """Per-plan objective and distance, each (B,), for latents z (B, S, Z); differentiable in z."""
+    future = plan_future(model, problems, z, sampler, chunks, chunk_frames, checkpoint, decode)
     target = torch.stack([p.target for p in problems])
     w = torch.stack([p.weights for p in problems])  # (B, P)
     err = ((future - target) ** 2).mean((2, 3, 4))  # (B, P)

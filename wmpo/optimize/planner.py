@@ -42,7 +42,7 @@ import torch
 from wmpo.errors import CheckpointError, ConfigError
 from wmpo.models.inverse_dynamics import InverseDynamics
 from wmpo.models.trajectory_vae import TrajectoryVAE
-from wmpo.optimize.latent import PlanProblem, optimization_step
+from wmpo.optimize.latent import PlanProblem, optimization_step, plan_future
 from wmpo.sampling.plan import imagine_plan
 from wmpo.sampling.world_model import TorchWorldModel, check_frames
 from wmpo.utils.checkpoint import checkpoint_sha
@@ -245,38 +245,35 @@ class Planner:
         problem.trace.clear()
         problem.distance.clear()
 
-    def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(z).flatten(1, 2)  # (B, T, 4)
+    def decode_actions(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, S, Z) -> the VAE's actions (B, T, 4)."""
+        return self.vae.decode(z).flatten(1, 2)
 
-    def imagine(self, z: torch.Tensor, problems: list[PlanProblem], prior: torch.Tensor) -> torch.Tensor:
-        """The future under latents z (B, S, Z) decoded to `prior` (B, T, 4), no gradients."""
-        start = torch.stack([p.start for p in problems])
-        seeds = [p.seed for p in problems]
+    def route(self) -> tuple[Any, Any, Any]:
+        """What the latent is optimized through: (DiT, sampler, decode): the world model driven by
+        the decoded actions when there is one, else the generator's plan tokens (decode None)."""
         if self.world_model is not None:
-            sampler = replace(self.world_model.sampler, steps=self.config.sampler_steps)
-            return imagine_plan(self.world_model.dit, start, None, None, None, seeds, sampler, self.chunks,
-                                self.chunk_frames, actions=prior)
-        text = torch.stack([p.text for p in problems]) if problems[0].text is not None else None
-        sampler = replace(self.generator.sampler, steps=self.config.sampler_steps)
-        return imagine_plan(self.generator.dit, start, z, torch.ones(len(problems), dtype=torch.bool), text, seeds,
-                            sampler, self.chunks, self.chunk_frames)
+            return (self.world_model.dit, replace(self.world_model.sampler, steps=self.config.sampler_steps),
+                    self.decode_actions)
+        return self.generator.dit, replace(self.generator.sampler, steps=self.config.sampler_steps), None
+
+    def imagine(self, z: torch.Tensor, problems: list[PlanProblem]) -> torch.Tensor:
+        """The future (B, P, C, h, w) under latents z (B, S, Z) along the route, no gradients."""
+        dit, sampler, decode = self.route()
+        return plan_future(dit, problems, z, sampler, self.chunks, self.chunk_frames, decode=decode)
 
     def step(self, problems: list[PlanProblem]) -> None:
-        if self.world_model is not None:  # z -> VAE decoder -> actions -> the world model
-            optimization_step(self.world_model.dit, problems,
-                              replace(self.world_model.sampler, steps=self.config.sampler_steps),
-                              self.chunks, self.chunk_frames, self.config.checkpoint, decode=self._decode)
-            return
-        optimization_step(self.generator.dit, problems, replace(self.generator.sampler, steps=self.config.sampler_steps),
-                          self.chunks, self.chunk_frames, self.config.checkpoint)
+        dit, sampler, decode = self.route()
+        optimization_step(dit, problems, sampler, self.chunks, self.chunk_frames, self.config.checkpoint,
+                          decode=decode)
 
     @torch.no_grad()
     def finish(self, problems: list[PlanProblem]) -> list[PlanResult]:
         wm = self.generator
         z = torch.stack([p.z for p in problems])
-        prior = self._decode(z)  # (B, T, 4)
+        prior = self.decode_actions(z)  # (B, T, 4)
         start = torch.stack([p.start for p in problems])
-        future = self.imagine(z, problems, prior)  # (B, P, C, h, w)
+        future = self.imagine(z, problems)  # (B, P, C, h, w)
         actions = prior
         if self.idm is not None:  # inverse dynamics on each imagined (or target) transition
             seen = future if self.config.idm_input == "plan" else torch.stack([p.target for p in problems])
