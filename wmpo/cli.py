@@ -113,7 +113,8 @@ def cmd_train_world_model(a: argparse.Namespace) -> None:
                                 lr_schedule=a.lr_schedule, warmup=a.warmup, export=a.export, rewarm=a.rewarm,
                                 data_command=a.data_command or data_command(a.data + (a.heldout_data or [])),
                                 trajectory_vae=a.trajectory_vae, plan_drop_max=a.plan_drop_max,
-                                consistency_weight=a.consistency_weight)
+                                consistency_weight=a.consistency_weight, self_forcing=a.self_forcing,
+                                self_forcing_steps=a.self_forcing_steps)
     print(json.dumps(train_world_model(cfg), indent=2))
 
 
@@ -449,6 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plan generator: the null-plan probability grows linearly from 0 to this")
     p.add_argument("--consistency-weight", type=float, default=0.1,
                    help="plan generator: weight of the latent-consistency head's loss")
+    p.add_argument("--self-forcing", type=float, default=0.0,
+                   help="fraction of windows whose recent context the model imagines itself (from the real "
+                   "actions, through the served sampler) before the loss on the real next frames (0 = off)")
+    p.add_argument("--self-forcing-steps", type=int, default=4,
+                   help="sampler steps per AR step when imagining that context")
     p.set_defaults(func=cmd_train_world_model)
 
     p = tr.add_parser("trajectory-vae", help="the action optimizer's trajectory VAE: action windows of the "

@@ -117,3 +117,51 @@ def test_plan_generator_action_following_is_evaluated_against_the_simulator(pipe
     with pytest.raises(ConfigError, match="plan generator"):
         evaluate_world_model(WorldModelEvalConfig(checkpoint=str(root / "plan"), tasks=["push-v3"], cases=2),
                              progress=False)
+
+
+def test_self_forcing_imagines_the_recent_context_through_the_served_sampler():
+    """Windows picked for self-forcing keep the anchor, the first real frame and every generated
+    frame; frames 2 .. n_context-1 become what the sampler imagines from the same start, actions
+    and seed (checked against a rollout run directly); windows not picked stay real."""
+    from wmpo.models.flow import FlowBatch
+    from wmpo.models.video_dit import PRESETS, VideoDiT
+    from wmpo.sampling.rollout import SamplerConfig, start_rollout, step_rollouts
+    from wmpo.train.world_model import imagine_context
+
+    torch.manual_seed(0)
+    model = VideoDiT(PRESETS["tiny"]).eval()
+    b, f, c = 4, 9, PRESETS["tiny"]
+    lat = torch.randn(b, f, c.latent_channels, c.latent_size, c.latent_size)
+    act = torch.randn(b, f, c.frame_action_dim)
+    has = torch.ones(b, f, dtype=torch.bool)
+    has[:, 0] = False
+    batch = FlowBatch(lat.clone(), act, has, torch.arange(f).expand(b, f), torch.tensor([2, 3, 6, 8]))
+    cfg = SamplerConfig(steps=2)
+    assert imagine_context(model, batch, 0.0, cfg, torch.Generator().manual_seed(1)) == 0
+    assert torch.equal(batch.latents, lat)
+    g = torch.Generator().manual_seed(1)
+    assert imagine_context(model, batch, 1.0, cfg, g) == 3  # the n_context=2 window has nothing to imagine
+    for i, n_ctx in enumerate([2, 3, 6, 8]):
+        assert torch.equal(batch.latents[i, :2], lat[i, :2]) and torch.equal(batch.latents[i, n_ctx:], lat[i, n_ctx:])
+        assert (batch.latents[i, 2:n_ctx] - lat[i, 2:n_ctx]).abs().amax(dim=(1, 2, 3)).gt(0).all()
+    # Window 2 (n_context 6), first AR step, reproduced with the sampler itself.
+    torch.rand(b, generator=(g2 := torch.Generator().manual_seed(1)))  # imagine_context's draws, in order
+    seeds = torch.randint(0, 2**31 - 1, (b,), generator=g2)
+    r = start_rollout(lat[2, 0], int(seeds[2]), lat[2, 1:2], act[2, 1:2], act.shape[-1])
+    ref = step_rollouts(model, [r], act[2, 2:4].reshape(1, -1, 4), cfg)[0]
+    assert torch.allclose(batch.latents[2, 2:4], ref, atol=1e-5)
+
+
+def test_world_model_trains_with_self_forcing(pipeline):
+    from wmpo.errors import ConfigError
+
+    root, data, _ = pipeline
+    common = dict(data=[data], autoencoder=str(root / "ae"), preset="tiny", batch_size=4, window=4,
+                  log_every=2, eval_every=2, save_every=100)
+    r = train_world_model(WorldModelTrainConfig(out=str(root / "sf"), steps=3, self_forcing=0.5,
+                                                self_forcing_steps=2, **common), progress=False)
+    assert r["val_loss"] > 0
+    manifest = json.loads((root / "sf" / "manifest.json").read_text())
+    assert manifest["training"]["self_forcing"] == 0.5
+    with pytest.raises(ConfigError, match="--self-forcing"):
+        WorldModelTrainConfig(out="x", self_forcing=1.5, **{k: v for k, v in common.items() if k != "out"}).validate()

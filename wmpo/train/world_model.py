@@ -51,7 +51,7 @@ from wmpo.models.flow import (
 from wmpo.models.text import EMBED_DIM
 from wmpo.models.trajectory_vae import TrajectoryVAE
 from wmpo.models.video_dit import PRESETS, PlanCondition, VideoDiT, VideoDiTConfig
-from wmpo.sampling.rollout import SamplerConfig
+from wmpo.sampling.rollout import SamplerConfig, start_rollout, step_rollouts
 from wmpo.sampling.world_model import TorchWorldModel
 from wmpo.train.common import JsonlLog, cosine_lr, load_train_state, save_train_state, wsd_lr
 from wmpo.utils.checkpoint import environment_info, load_checkpoint
@@ -97,6 +97,11 @@ class WorldModelTrainConfig:
     trajectory_vae: str | None = None
     plan_drop_max: float = 0.5
     consistency_weight: float = 0.1
+    # Imagined context (scheduled sampling): this fraction of the windows gets its recent context
+    # imagined by the EMA model from the real actions, so the loss teaches the model to continue
+    # (and correct) its own frames, as it must at inference. 0 = always the real frames.
+    self_forcing: float = 0.0
+    self_forcing_steps: int = 4  # sampler steps per AR step of the imagined context
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
@@ -112,6 +117,11 @@ class WorldModelTrainConfig:
             raise ConfigError(f"--decay-frac must be in (0, 1] and --rewarm >= 1, got {self.decay_frac}, {self.rewarm}")
         if not 2 <= self.window < PRESETS[self.preset].max_frames:
             raise ConfigError(f"--window must be in [2, {PRESETS[self.preset].max_frames - 1}]")
+        if not 0 <= self.self_forcing <= 1 or self.self_forcing_steps < 1:
+            raise ConfigError(f"--self-forcing must be in [0, 1] and --self-forcing-steps >= 1, got "
+                              f"{self.self_forcing}, {self.self_forcing_steps}")
+        if self.self_forcing > 0 and self.trajectory_vae:
+            raise ConfigError("--self-forcing trains a plain world model; it does not apply with --trajectory-vae")
         if not 0 <= self.plan_drop_max <= 1 or self.consistency_weight < 0:
             raise ConfigError(f"--plan-drop-max must be in [0, 1] and --consistency-weight >= 0, got "
                               f"{self.plan_drop_max}, {self.consistency_weight}")
@@ -157,6 +167,41 @@ def validation_losses(model: VideoDiT, eps: LatentEpisodes, pool: np.ndarray | N
             mov += float((sq * m).sum())
             n_mov += float(m.sum()) * sq.shape[2]
     return tot / n_tot, mov / max(n_mov, 1.0)
+
+
+IMAGINED_CHUNK_FRAMES = 2  # latent frames per imagined AR step: the served K=4 chunk at frame stride 2
+
+
+@torch.no_grad()
+def imagine_context(model: VideoDiT, batch: FlowBatch, frac: float, sampler: SamplerConfig,
+                    gen: torch.Generator) -> int:
+    """Replace, in a ``frac`` of the windows, the recent context after the first real frame
+    (window frames 2 .. n_context-1) by frames the model imagines from [anchor, frame 1] with the
+    window's real actions, through the served sampler. The generated frames keep their real
+    targets: the model learns to continue its own frames toward what really happened. Returns
+    the number of windows changed. Windows with only one recent context frame stay real."""
+    picks = torch.rand(len(batch.n_context), generator=gen) < frac
+    seeds = torch.randint(0, 2**31 - 1, (len(picks),), generator=gen)
+    idx = [i for i in range(len(picks)) if picks[i] and int(batch.n_context[i]) >= 3]
+    if not idx:
+        return 0
+    width = batch.actions.shape[-1]
+    rollouts = []
+    for i in idx:
+        r = start_rollout(batch.latents[i, 0], int(seeds[i]), batch.latents[i, 1:2], batch.actions[i, 1:2], width)
+        r.history_has_action = batch.has_action[i, 1:2].clone()
+        rollouts.append(r)
+    n = IMAGINED_CHUNK_FRAMES
+    for s in range(0, max(int(batch.n_context[i]) - 2 for i in idx), n):
+        live = [k for k, i in enumerate(idx) if 2 + s < int(batch.n_context[i])]
+        first = 2 + s  # window frame of the first frame this AR step imagines (always < F - 1)
+        acts = torch.stack([batch.actions[idx[k], first:first + n] for k in live])  # (b, n, stride*4)
+        new = step_rollouts(model, [rollouts[k] for k in live], acts.reshape(len(live), -1, 4), sampler)
+        for k, frames in zip(live, new, strict=True):
+            i = idx[k]
+            stop = min(first + n, int(batch.n_context[i]))
+            batch.latents[i, first:stop] = frames[: stop - first]
+    return len(idx)
 
 
 class PlanInputs:
@@ -394,6 +439,7 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
         init_val = val_loss()
         log.write(event="init", step=start, val_loss=init_val)
     dit.train()
+    sf_sampler = SamplerConfig(steps=cfg.self_forcing_steps)
     loss_ema = None
     bar = tqdm(range(start, cfg.steps), desc="train world model", initial=start, total=cfg.steps,
                disable=not progress)
@@ -401,9 +447,11 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         if planner is None:
-            loss = flow_matching_loss(dit, data.sample(cfg.batch_size, cfg.window, gen, train_eps), gen,
-                                      action_dropout=cfg.action_dropout, moving_weight=cfg.moving_weight,
-                                      moving_threshold=cfg.moving_threshold)
+            batch = data.sample(cfg.batch_size, cfg.window, gen, train_eps)
+            if cfg.self_forcing > 0:
+                imagine_context(ema, batch, cfg.self_forcing, sf_sampler, gen)
+            loss = flow_matching_loss(dit, batch, gen, action_dropout=cfg.action_dropout,
+                                      moving_weight=cfg.moving_weight, moving_threshold=cfg.moving_threshold)
         else:
             batch = data.sample(cfg.batch_size, cfg.window, gen, train_eps, plan_frames=planner.frames)
             loss, _ = plan_generator_loss(dit, batch, planner.tokens(batch), planner.texts(batch),
