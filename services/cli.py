@@ -19,7 +19,13 @@ import sys
 from typing import Any
 
 from wmpo import cli as core
-from wmpo.cli import BUNDLED_JUDGE, BUNDLED_WORLD_MODEL
+from wmpo.cli import (
+    BUNDLED_INVERSE_DYNAMICS,
+    BUNDLED_JUDGE,
+    BUNDLED_PLAN_GENERATOR,
+    BUNDLED_TRAJECTORY_VAE,
+    BUNDLED_WORLD_MODEL,
+)
 from wmpo.errors import ConfigError
 
 
@@ -120,15 +126,17 @@ def cmd_serve_optimizer(a: argparse.Namespace) -> None:
     settings = _settings(
         "services.optimizer.settings", "OptimizerSettings", a,
         {"generator": a.generator, "trajectory_vae": a.trajectory_vae,
-         "inverse_dynamics": a.inverse_dynamics, "host": a.host, "port": a.port,
+         "inverse_dynamics": a.inverse_dynamics, "world_model": a.world_model, "host": a.host, "port": a.port,
          "grpc_port": a.grpc_port, "redis_url": a.redis_url},
-        {}, queue="plan")  # no plan generator is bundled yet
+        {"generator": str(BUNDLED_PLAN_GENERATOR), "trajectory_vae": str(BUNDLED_TRAJECTORY_VAE),
+         "inverse_dynamics": str(BUNDLED_INVERSE_DYNAMICS)}, queue="plan")
     from services.optimizer.server import load_planner, serve
 
     planner = load_planner(settings)  # fail fast, before binding ports
     idm = settings.inverse_dynamics or "none"
+    route = f"through world model {settings.world_model}" if settings.world_model else "through the plan tokens"
     _listening("optimizer", settings, a.worker, f"generator {settings.generator}, trajectory VAE "
-               f"{settings.trajectory_vae}, inverse dynamics {idm}, horizon {planner.horizon} actions")
+               f"{settings.trajectory_vae}, inverse dynamics {idm}, {route}, horizon {planner.horizon} actions")
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn has already shut down gracefully
         serve(settings, planner, worker=a.worker)
 
@@ -274,15 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
                       "optimization through the plan generator",
                       description="Settings come from WMPO_* environment variables (API keys: "
                       "WMPO_API_KEYS; checkpoints: WMPO_GENERATOR, WMPO_TRAJECTORY_VAE, "
-                      "WMPO_INVERSE_DYNAMICS); these flags override them. No plan generator is "
-                      "bundled yet: train one with `wmpo train world-model --trajectory-vae`.")
+                      "WMPO_INVERSE_DYNAMICS, WMPO_WORLD_MODEL); these flags override them.")
     p.add_argument("--generator", default=None,
-                   help="plan-generator checkpoint (default: WMPO_GENERATOR; required)")
+                   help="plan-generator checkpoint (default: WMPO_GENERATOR, else the bundled one)")
     p.add_argument("--trajectory-vae", default=None,
-                   help="its trajectory-VAE checkpoint (default: WMPO_TRAJECTORY_VAE; required)")
+                   help="its trajectory-VAE checkpoint (default: WMPO_TRAJECTORY_VAE, else the bundled one)")
     p.add_argument("--inverse-dynamics", default=None,
-                   help="residual inverse-dynamics checkpoint (default: WMPO_INVERSE_DYNAMICS; "
-                   "unset: the VAE's actions)")
+                   help="residual inverse-dynamics checkpoint (default: WMPO_INVERSE_DYNAMICS, else the "
+                   "bundled one; WMPO_INVERSE_DYNAMICS= blank: the VAE's actions)")
+    p.add_argument("--world-model", default=None,
+                   help="optimize through this action-conditioned world model, which must share the "
+                   "generator's autoencoder (default: WMPO_WORLD_MODEL; unset: through the plan tokens)")
     p.add_argument("--host", default=None, help="interface to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="HTTP port (default: 8003)")
     p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default: 50054)")

@@ -9,8 +9,8 @@ talk to them over real sockets, exactly as they would to a deployed cluster.
 The trainer is served the same way by ``services.trainer.server.serve_trainer_in_thread`` (its
 jobs reach the simulator and judge through their URLs, or through ``job_stack``, this stack per
 job). The action optimizer joins the stack only when a plan-generator checkpoint is given
-(``optimizer_generator`` and ``optimizer_vae``): none is bundled yet, the plan generator is not
-trained. Nothing here imports the trainer, so the trainer can use this module without an
+(``optimizer_generator`` and ``optimizer_vae``, e.g. the bundled ``checkpoints/plan-generator``
+and ``checkpoints/trajectory-vae``): the demo does not need it. Nothing here imports the trainer, so the trainer can use this module without an
 import cycle.
 """
 
@@ -194,8 +194,8 @@ def embedded_stack(
     judge, verify is refused (FAILED_PRECONDITION). On exit the simulator stops first.
 
     ``optimizer_generator`` and ``optimizer_vae`` (and optionally ``optimizer_idm``): also serve
-    the action optimizer over these checkpoints (``stack.optimizer``; None without them: no plan
-    generator is bundled yet); ``optimizer_overrides`` go to its settings.
+    the action optimizer over these checkpoints (``stack.optimizer``; None without them);
+    ``optimizer_overrides`` go to its settings.
     """
     judge_dir = Path(judge_checkpoint) if judge_checkpoint is not None else BUNDLED_JUDGE
     run_judge = judge and (judge_checkpoint is not None or judge_dir.exists())

@@ -24,6 +24,8 @@ BUNDLED_POLICY = Path(__file__).resolve().parent.parent / "checkpoints" / "polic
 BUNDLED_WORLD_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "world-model"
 BUNDLED_JUDGE = Path(__file__).resolve().parent.parent / "checkpoints" / "judge"
 BUNDLED_TRAJECTORY_VAE = Path(__file__).resolve().parent.parent / "checkpoints" / "trajectory-vae"
+BUNDLED_PLAN_GENERATOR = Path(__file__).resolve().parent.parent / "checkpoints" / "plan-generator"
+BUNDLED_INVERSE_DYNAMICS = Path(__file__).resolve().parent.parent / "checkpoints" / "inverse-dynamics"
 
 
 CALIBRATION_HELP = ("per task: run the start policy in MetaWorld as GRPO samples it (temperature, horizon) "

@@ -32,14 +32,16 @@ def load_planner(settings: OptimizerSettings) -> Planner:
     if not settings.generator or not settings.trajectory_vae:
         raise ConfigError(
             "the optimizer needs a plan generator and its trajectory VAE: set WMPO_GENERATOR and "
-            "WMPO_TRAJECTORY_VAE (or --generator/--trajectory-vae); none is bundled yet, train one "
-            "with `wmpo train trajectory-vae` and `wmpo train world-model --trajectory-vae ...`"
+            "WMPO_TRAJECTORY_VAE (or --generator/--trajectory-vae; `wmpo serve optimizer` uses the "
+            "bundled ones unless they are set blank), or train them with `wmpo train trajectory-vae` "
+            "and `wmpo train world-model --trajectory-vae ...`"
         )
     for name, path in (("generator", settings.generator), ("trajectory VAE", settings.trajectory_vae),
-                       ("inverse-dynamics model", settings.inverse_dynamics)):
+                       ("inverse-dynamics model", settings.inverse_dynamics), ("world model", settings.world_model)):
         if path is not None and not Path(path).exists():
             raise CheckpointError(f"no {name} checkpoint at {path}")
-    return Planner.load(settings.generator, settings.trajectory_vae, settings.inverse_dynamics)
+    return Planner.load(settings.generator, settings.trajectory_vae, settings.inverse_dynamics,
+                        world_model=settings.world_model)
 
 
 def build_app(runtime: OptimizerRuntime, settings: OptimizerSettings, serve_grpc: bool = True) -> FastAPI:

@@ -6,8 +6,11 @@ The shared knobs (host, ports, API keys, batch wait, request size) come from
 
 Checkpoints: `WMPO_GENERATOR` (the plan generator: a world model fine-tuned with plan
 conditioning, `wmpo train world-model --trajectory-vae`), `WMPO_TRAJECTORY_VAE` (the
-trajectory VAE it was trained with) and optionally `WMPO_INVERSE_DYNAMICS` (the residual
-inverse-dynamics model). No plan generator is bundled yet, so the first two are required.
+trajectory VAE it was trained with), optionally `WMPO_INVERSE_DYNAMICS` (the residual
+inverse-dynamics model) and `WMPO_WORLD_MODEL` (optimize through this action-conditioned world
+model: the decoded actions drive its DiT, the generator only imagines the instruction-only
+target). `wmpo serve optimizer` defaults the first three to the repository's bundled
+checkpoints (`checkpoints/plan-generator`, `trajectory-vae`, `inverse-dynamics`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ class OptimizerSettings(ServiceSettings):
     inverse_dynamics: str | None = Field(
         None, description="Residual inverse-dynamics checkpoint; empty: actions are the VAE's decoding."
     )
+    world_model: str | None = Field(
+        None, description="Optimize through this world model's action conditioning (the decoded "
+        "actions drive its DiT; it must share the generator's autoencoder); empty: through the "
+        "generator's plan tokens (MVISTA-4D)."
+    )
     max_batch_size: int = Field(
         16, ge=1, description="Plans per batched optimization step (one forward + backward)."
     )
@@ -45,7 +53,7 @@ class OptimizerSettings(ServiceSettings):
         "latent, 10-15 from an action-head guess)."
     )
 
-    @field_validator("generator", "trajectory_vae", "inverse_dynamics", mode="before")
+    @field_validator("generator", "trajectory_vae", "inverse_dynamics", "world_model", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -93,7 +93,7 @@ SERVICES = {
                        frozenset({"embedded_world_model", "embedded_judge"})),
     # No queue mode (the chart gives it no Redis) and no sessions.
     "optimizer": Service(OptimizerSettings, "optimizer",
-                         COMMON_MANAGED | {"generator", "trajectory_vae", "inverse_dynamics"},
+                         COMMON_MANAGED | {"generator", "trajectory_vae", "inverse_dynamics", "world_model"},
                          frozenset({f for f in OptimizerSettings.model_fields if f.startswith("queue_")}
                                    | {"max_sessions", "session_ttl_s"}) - COMMON_MANAGED),
 }
@@ -186,7 +186,7 @@ def bundled_judge() -> SuccessJudge:
 
 @cache
 def tiny_planner() -> Planner:
-    """No plan generator is bundled: the optimizer's pods get the tests' tiny planner."""
+    """The optimizer's pods get the tests' tiny planner (quicker than the bundled plan generator)."""
     return build_planner()
 
 
@@ -406,7 +406,11 @@ def test_bad_values_fail_lint(helm: str, args: list[str], message: str) -> None:
         (["trainer.replicaCount=2", "redis.url=redis://r:6379/0",
           "trainer.persistence.accessModes[0]=ReadWriteOnce"], "needs ReadWriteMany"),
         (["trainer.terminationGracePeriodSeconds=30"], "trainer.settings.queue_drain_s"),
-        (["optimizer.enabled=true"], "optimizer.enabled needs optimizer.checkpoint.generator"),
+        (["optimizer.enabled=true", "optimizer.checkpoint.generator="],
+         "optimizer.enabled needs optimizer.checkpoint.generator"),
+        (["optimizer.enabled=true", "optimizer.checkpoint.worldModel=/m/w",
+          "optimizer.checkpoint.volume.emptyDir.medium=Memory", "optimizer.checkpoint.mountPath=/app/checkpoints"],
+         "optimizer.checkpoint.worldModel=/m/w is not inside optimizer.checkpoint.mountPath"),
         (["optimizer.enabled=true", "optimizer.checkpoint.generator=/m/g",
           "optimizer.checkpoint.trajectoryVae=/m/v", "optimizer.checkpoint.volume.emptyDir.medium=Memory"],
          "optimizer.checkpoint.generator=/m/g is not inside optimizer.checkpoint.mountPath"),
@@ -472,8 +476,11 @@ def test_pods_start_with_real_cli_flags_and_valid_settings(case, start, capsys) 
         if service == "optimizer":  # no queue mode: never the Redis URL
             assert settings.redis_url is None and "WMPO_REDIS_URL" not in {e["name"] for e in container["env"]}
             c = role["checkpoint"]
-            assert (pod.checkpoint, settings.trajectory_vae, settings.inverse_dynamics) == (
-                c["generator"], c["trajectoryVae"], c["inverseDynamics"])
+            assert (pod.checkpoint, settings.trajectory_vae, settings.inverse_dynamics, settings.world_model) == (
+                c["generator"], c["trajectoryVae"], c["inverseDynamics"], c.get("worldModel") or None)
+            for path in (c["generator"], c["trajectoryVae"], c["inverseDynamics"]):  # bundled: in the image
+                if path.startswith("/app/checkpoints/"):
+                    assert (REPO / "checkpoints" / path.removeprefix("/app/checkpoints/")).is_dir(), path
             continue
         if values:  # Redis: every service's queue (the trainer's job records and queue too)
             assert settings.redis_url == values["redis"]["url"]
@@ -499,6 +506,17 @@ def test_pods_start_with_real_cli_flags_and_valid_settings(case, start, capsys) 
             triton = values.get("triton", {}).get("enabled", False)
             assert settings.backend == ("triton" if triton else "torch")
             assert pod.backend == ("triton" if triton else None)  # torch: loaded as it is
+
+
+def test_the_optimizer_serves_the_images_bundled_checkpoints_when_only_enabled(helm, start) -> None:
+    """`optimizer.enabled=true` alone: the plan generator, trajectory VAE and residual inverse
+    dynamics the image bundles (COPY checkpoints /app/checkpoints), through the plan tokens."""
+    docs = render(helm, "--set", "optimizer.enabled=true")
+    (deployment,) = [d for d in deployments(docs) if component(d) == "optimizer"]
+    pod = start(docs, deployment)
+    s = pod.settings
+    assert (pod.checkpoint, s.trajectory_vae, s.inverse_dynamics, s.world_model) == (
+        "/app/checkpoints/plan-generator", "/app/checkpoints/trajectory-vae", "/app/checkpoints/inverse-dynamics", None)
 
 
 def resolve(docs: list[dict[str, Any]], url: str) -> tuple[dict[str, Any], dict[str, Any]]:

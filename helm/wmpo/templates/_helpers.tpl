@@ -299,9 +299,9 @@ readinessProbe:
 {{- if .Values.optimizer.enabled }}
 {{- $c := .Values.optimizer.checkpoint }}
 {{- if not (and $c.generator $c.trajectoryVae) }}
-{{- fail "optimizer.enabled needs optimizer.checkpoint.generator and optimizer.checkpoint.trajectoryVae (no plan generator is bundled in the image): mount them with optimizer.checkpoint.volume" }}
+{{- fail "optimizer.enabled needs optimizer.checkpoint.generator and optimizer.checkpoint.trajectoryVae (the image bundles them under /app/checkpoints; or mount your own with optimizer.checkpoint.volume)" }}
 {{- end }}
-{{- range $field := list "generator" "trajectoryVae" "inverseDynamics" }}
+{{- range $field := list "generator" "trajectoryVae" "inverseDynamics" "worldModel" }}
 {{- $path := index $c $field }}
 {{- if and $path $c.volume (not (hasPrefix (printf "%s/" (trimSuffix "/" $c.mountPath)) $path)) }}
 {{- fail (printf "optimizer.checkpoint.%s=%s is not inside optimizer.checkpoint.mountPath=%s, where optimizer.checkpoint.volume is mounted" $field $path $c.mountPath) }}

@@ -38,10 +38,31 @@ def test_the_planner_loads_from_checkpoints_with_their_hashes(checkpoints) -> No
     assert len(planner.hashes["generator_sha256"]) == 12 and len(planner.hashes["trajectory_vae_sha256"]) == 12
 
 
+def test_the_planner_optimizes_through_a_world_model_when_one_is_set(checkpoints) -> None:
+    """WMPO_WORLD_MODEL: the decoded actions drive that world model's DiT (here the generator's own
+    weights, which share its autoencoder); its hash joins the provenance; a missing one is named."""
+    generator, vae = checkpoints
+    planner = load_planner(OptimizerSettings(generator=str(generator), trajectory_vae=str(vae),
+                                             world_model=str(generator), dev_mode=True))
+    assert planner.world_model is not None
+    assert planner.hashes["world_model_sha256"] == planner.hashes["generator_sha256"]
+    from wmpo.optimize.planner import PlanRequest
+
+    result = planner.plan([PlanRequest(frames(1, 0)[0], INSTRUCTION, steps=2, seed=0)])[0]
+    assert result.actions.shape == (HORIZON, 4) and len(result.objective) == 2
+    from wmpo.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="no world model checkpoint at"):
+        load_planner(OptimizerSettings(generator=str(generator), trajectory_vae=str(vae),
+                                       world_model=str(vae.parent / "nope"), dev_mode=True))
+
+
 def test_serve_optimizer_command(checkpoints, capsys, monkeypatch) -> None:
     generator, vae = checkpoints
-    assert main(["serve", "optimizer", "--dev"]) == 2  # nothing configured
+    monkeypatch.setenv("WMPO_GENERATOR", "")  # blank: no plan generator (not the bundled one)
+    assert main(["serve", "optimizer", "--dev"]) == 2
     assert "set WMPO_GENERATOR and WMPO_TRAJECTORY_VAE" in capsys.readouterr().err
+    monkeypatch.delenv("WMPO_GENERATOR")
     assert main(["serve", "optimizer", "--dev", "--generator", str(generator), "--trajectory-vae",
                  str(vae.parent / "nope")]) == 2
     assert "no trajectory VAE checkpoint at" in capsys.readouterr().err
@@ -59,6 +80,12 @@ def test_serve_optimizer_command(checkpoints, capsys, monkeypatch) -> None:
     assert settings.port == 8133 and settings.max_steps == 150 and settings.generator == str(generator)
     assert planner.horizon == HORIZON
     assert "optimizer: HTTP on 127.0.0.1:8133" in capsys.readouterr().err
+    # Nothing configured: the bundled plan generator, trajectory VAE and residual inverse dynamics.
+    assert main(["serve", "optimizer", "--dev"]) == 0
+    settings, planner = served[1]
+    assert Path(settings.generator) == REPO / "checkpoints" / "plan-generator" and settings.world_model is None
+    assert planner.idm is not None and planner.hashes["trajectory_vae_sha256"] == "11d0c6f5e67b"
+    assert "through the plan tokens" in capsys.readouterr().err
     assert main(["serve", "optimizer", "--dev", "--worker", "--generator", str(generator),
                  "--trajectory-vae", str(vae)]) == 2
     assert "--worker consumes plan work from Redis" in capsys.readouterr().err
