@@ -187,6 +187,11 @@ class MetaWorldEnv(gym.Env):
         return self._steps
 
     @property
+    def state(self) -> np.ndarray:
+        """The 39-D state now (hand xyz, gripper, object xyz at 4:7, ..., goal xyz at 36:39)."""
+        return self._state_obs.copy()
+
+    @property
     def seed_value(self) -> int | None:
         return self._seed
 

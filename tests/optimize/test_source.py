@@ -1,0 +1,76 @@
+"""The optimizer in MetaWorld's closed loop (``wmpo eval optimizer``): goal reaching from the
+scripted expert's demonstration on the same layout, with the tests' tiny planner saved as
+checkpoints (a real planner, not a good one) and a real MetaWorld environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.services.optimizer.conftest import build_planner
+from wmpo.data.collect import run_episode
+from wmpo.envs import make_env
+from wmpo.errors import ConfigError
+from wmpo.optimize.source import ExpertDemo, OptimizerSource
+from wmpo.utils.checkpoint import save_checkpoint
+
+TASK, SEED = "button-press-topdown-v3", 1_000_003
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("source-checkpoints")
+    planner = build_planner()
+    planner.generator.save(root / "generator", {"kind": "world-model"}, dtype=torch.float32)
+    vae = planner.vae
+    save_checkpoint(root / "vae", dict(vae.state_dict()), vae.checkpoint_config(), {"kind": "trajectory-vae"})
+    return root / "generator", root / "vae"
+
+
+def test_the_expert_demonstration_replays_the_same_layout_and_holds_its_end() -> None:
+    demo = ExpertDemo().run(TASK, SEED, image_size=64, max_steps=160)
+    env = make_env(TASK, image_size=64)
+    frame, _ = env.reset(seed=SEED)
+    assert demo.success and np.array_equal(demo.frames[0], frame)  # the same layout, the same camera
+    n = len(demo.frames)
+    assert demo.frames.shape == (n, 64, 64, 3) and demo.states.shape == (n, 39)
+    clip = demo.clip(0, 2, 8)
+    assert np.array_equal(clip, demo.frames[2:17:2])
+    assert all(np.array_equal(f, demo.frames[-1]) for f in demo.clip(n - 3, 2, 4))  # held at the end
+    assert demo.errors(demo.states[-1]) == {"object_error": 0.0, "hand_error": 0.0}
+    assert demo.errors(demo.states[0])["hand_error"] > 0.01  # the expert moved the hand
+    env.close()
+
+
+def test_goal_reaching_plans_toward_the_demonstration_and_reports_where_it_ended(checkpoints) -> None:
+    generator, vae = checkpoints
+    source = OptimizerSource(str(generator), str(vae), None, variant="full", steps=1, execute_chunks=1, goal="demo")
+    assert source.describe()["goal"] == "demo"
+    seen: list[np.ndarray | None] = []
+    prepare = source.planner.prepare
+
+    def spy(requests):
+        seen.extend(r.target_frames for r in requests)
+        return prepare(requests)
+
+    source.planner.prepare = spy
+    env = make_env(TASK, image_size=64, max_steps=24)
+    result = run_episode(env, source, SEED, keep_frames=False)
+    assert result["plans"] == 3 and len(seen) == 3  # 24 actions, one chunk of 8 per plan
+    demo = ExpertDemo().run(TASK, SEED, image_size=64, max_steps=24)
+    assert demo.success is False  # cut at 24 steps
+    assert np.array_equal(seen[0], demo.clip(0, 2, 8)) and np.array_equal(seen[1], demo.clip(8, 2, 8))
+    assert result["object_error"] == pytest.approx(demo.errors(env.state)["object_error"])
+    assert result["demo_length"] == 24 and result["hand_error"] >= 0
+    env.close()
+
+
+def test_an_unknown_goal_is_refused(checkpoints) -> None:
+    generator, vae = checkpoints
+    with pytest.raises(ConfigError, match="unknown optimizer goal"):
+        OptimizerSource(str(generator), str(vae), None, variant="full", goal="dream")
+    # The default goal keeps describe() (and so earlier runs' episode seeds) as it was.
+    assert "goal" not in OptimizerSource(str(generator), str(vae), None, variant="full").describe()
