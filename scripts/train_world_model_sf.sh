@@ -16,7 +16,7 @@ DATA=${DATA:-datasets/play-v2}
 SF=${SF:-0.5}
 NAME=${NAME:-world-model-sf}
 EXPORT=${EXPORT:-checkpoints/$NAME}
-STEPS=${STEPS:-2000}
+STEPS=${STEPS:-1500}
 mkdir -p "runs/$NAME"
 wmpo collect-play --out "$DATA" --workers "${WORKERS:-1}"
 exec wmpo train world-model --data "$DATA/train" --heldout-data "$DATA/heldout" \
