@@ -8,26 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from tests.services.optimizer.conftest import build_planner
+from tests.services.optimizer.conftest import save_planner
 from wmpo.data.collect import run_episode
 from wmpo.envs import make_env
 from wmpo.errors import ConfigError
 from wmpo.optimize.source import ExpertDemo, OptimizerSource
-from wmpo.utils.checkpoint import save_checkpoint
 
 TASK, SEED = "button-press-topdown-v3", 1_000_003
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("source-checkpoints")
-    planner = build_planner()
-    planner.generator.save(root / "generator", {"kind": "world-model"}, dtype=torch.float32)
-    vae = planner.vae
-    save_checkpoint(root / "vae", dict(vae.state_dict()), vae.checkpoint_config(), {"kind": "trajectory-vae"})
-    return root / "generator", root / "vae"
+    return save_planner(tmp_path_factory.mktemp("source-checkpoints"))
 
 
 def test_the_expert_demonstration_replays_the_same_layout_and_holds_its_end() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,17 @@ def build_planner() -> Planner:
     wm = TorchWorldModel(FrameAutoencoder(AE_PRESETS["tiny"]).eval(), dit, SamplerConfig(steps=2))
     return Planner(wm, vae, None, PlannerConfig(steps=3, sampler_steps=2, target_steps=2),
                    {"generator_sha256": "tiny-test", "trajectory_vae_sha256": "tiny-vae"})
+
+
+def save_planner(root: Path) -> tuple[Path, Path]:
+    """The tiny planner saved as training saves its models: (generator dir, trajectory VAE dir)."""
+    from wmpo.utils.checkpoint import save_checkpoint
+
+    planner = build_planner()
+    planner.generator.save(root / "generator", {"kind": "world-model"}, dtype=torch.float32)
+    vae = planner.vae
+    save_checkpoint(root / "vae", dict(vae.state_dict()), vae.checkpoint_config(), {"kind": "trajectory-vae"})
+    return root / "generator", root / "vae"
 
 
 class CountingPlanner(Planner):

@@ -8,27 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from wmpo_client.optimizer_http import OptimizerClient
 
 from services.cli import main
 from services.embedded import embedded_stack
 from services.optimizer.server import load_planner
 from services.optimizer.settings import OptimizerSettings
-from tests.services.optimizer.conftest import HORIZON, INSTRUCTION, build_planner, frames
-from wmpo.utils.checkpoint import save_checkpoint
+from tests.services.optimizer.conftest import HORIZON, INSTRUCTION, frames, save_planner
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("optimizer-checkpoints")
-    planner = build_planner()
-    planner.generator.save(root / "generator", {"kind": "world-model"}, dtype=torch.float32)
-    vae = planner.vae
-    save_checkpoint(root / "vae", dict(vae.state_dict()), vae.checkpoint_config(), {"kind": "trajectory-vae"})
-    return root / "generator", root / "vae"
+    return save_planner(tmp_path_factory.mktemp("optimizer-checkpoints"))
 
 
 def test_the_planner_loads_from_checkpoints_with_their_hashes(checkpoints) -> None:
