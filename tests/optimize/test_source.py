@@ -26,15 +26,15 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_the_expert_demonstration_replays_the_same_layout_and_holds_its_end() -> None:
     demo = ExpertDemo().run(TASK, SEED, image_size=64, max_steps=160)
     env = make_env(TASK, image_size=64)
-    frame, _ = env.reset(seed=SEED)
+    frame, info = env.reset(seed=SEED)
     assert demo.success and np.array_equal(demo.frames[0], frame)  # the same layout, the same camera
     n = len(demo.frames)
-    assert demo.frames.shape == (n, 64, 64, 3) and demo.states.shape == (n, 39)
+    assert demo.frames.shape == (n, 64, 64, 3) and demo.end_state.shape == (39,)
     clip = demo.clip(0, 2, 8)
     assert np.array_equal(clip, demo.frames[2:17:2])
     assert all(np.array_equal(f, demo.frames[-1]) for f in demo.clip(n - 3, 2, 4))  # held at the end
-    assert demo.errors(demo.states[-1]) == {"object_error": 0.0, "hand_error": 0.0}
-    assert demo.errors(demo.states[0])["hand_error"] > 0.01  # the expert moved the hand
+    assert demo.errors(demo.end_state) == {"object_error": 0.0, "hand_error": 0.0}
+    assert demo.errors(info["state"])["hand_error"] > 0.01  # the expert moved the hand
     env.close()
 
 

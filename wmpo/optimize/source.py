@@ -38,7 +38,7 @@ GOALS = ("instruction", "demo")
 @dataclass
 class Demo:
     frames: np.ndarray  # (n + 1, H, W, 3) the start frame and the frame after each expert action
-    states: np.ndarray  # (n + 1, 39)
+    end_state: np.ndarray  # (39,) the state where the demonstration ended
     success: bool
 
     def clip(self, step: int, stride: int, n: int) -> np.ndarray:
@@ -48,19 +48,22 @@ class Demo:
 
     def errors(self, state: np.ndarray) -> dict[str, float]:
         """Distances (m) of the object and the hand from where the demonstration ended."""
-        end = self.states[-1]
+        end = self.end_state
         return {"object_error": float(np.linalg.norm(state[4:7] - end[4:7])),
                 "hand_error": float(np.linalg.norm(state[0:3] - end[0:3]))}
 
 
 class ExpertDemo:
-    """Runs the scripted expert from a task and seed in an environment of its own (one per
-    task, kept), so the demonstration never disturbs the episode being evaluated."""
+    """Runs the scripted expert (``ExpertSource`` through ``run_episode``) from a task and seed
+    in an environment of its own (one per task, kept), so the demonstration never disturbs the
+    episode being evaluated."""
 
     def __init__(self) -> None:
         self._envs: dict[str, Any] = {}
 
     def run(self, task: str, seed: int, image_size: int, max_steps: int, camera: Any = None) -> Demo:
+        from wmpo.data.collect import run_episode
+        from wmpo.data.sources import ExpertSource
         from wmpo.envs import make_env
 
         key = f"{task}/{image_size}/{max_steps}"
@@ -68,14 +71,8 @@ class ExpertDemo:
             kwargs = {"camera": camera} if camera is not None else {}
             self._envs[key] = make_env(task, image_size=image_size, max_steps=max_steps, **kwargs)
         env = self._envs[key]
-        frame, info = env.reset(seed=seed)
-        frames, states, done = [frame], [info["state"]], False
-        while not done:
-            frame, _, terminated, truncated, info = env.step(env.expert_action())
-            frames.append(frame)
-            states.append(info["state"])
-            done = terminated or truncated
-        return Demo(np.stack(frames), np.stack(states), bool(info["success"]))
+        episode = run_episode(env, ExpertSource(), seed)
+        return Demo(episode.frames, env.state, bool(episode.success.any()))
 
 
 class OptimizerSource:
@@ -133,7 +130,7 @@ class OptimizerSource:
             self._env = env
             target = None
             if self._expert is not None:
-                if self._demo is None or env.steps == 0:
+                if self._demo is None:  # once per episode (reset clears it)
                     self._demo = self._expert.run(env.task, env.seed_value, env.image_size, env.max_steps, env.camera)
                 target = self._demo.clip(env.steps, p.generator.dit.config.frame_stride, p.plan_frames)
             req = PlanRequest(frame, env.instruction, target_frames=target, seed=self._seed + 101 * self._plans)
