@@ -152,6 +152,23 @@ def check_candidates(candidates: np.ndarray, name: str = "candidates") -> np.nda
     return candidates[:, None] if candidates.ndim == 3 else candidates
 
 
+@dataclass(frozen=True)
+class ImagineInput:
+    """An imagine request's tensors after the model-free checks above: the (1, H, W, 3) uint8
+    start frame and the (N, C, K, 4) float32 candidates. The transports build it from the
+    tensors they decoded (each checked there, so a bad one is a 422 / INVALID_ARGUMENT naming
+    it); `SimulatorEngine.prepare_imagine` adds the checks that need the model. Each check thus
+    runs once per request."""
+
+    frame: np.ndarray
+    candidates: np.ndarray
+
+
+def check_imagine_input(start_frames: np.ndarray, candidates: np.ndarray) -> ImagineInput:
+    """The model-free checks of an imagine request, for callers without a transport."""
+    return ImagineInput(check_start_frames(start_frames), check_candidates(candidates))
+
+
 def check_session_actions(actions: np.ndarray, name: str = "actions") -> np.ndarray:
     """float32 (K, 4) for one chunk or (C, K, 4) for C chunks -> (1, C, K, 4)."""
     _require(
@@ -415,13 +432,16 @@ class SimulatorEngine:
     def check_frame(self, frames: np.ndarray, name: str = "start_frames") -> np.ndarray:
         """Model-dependent checks on top of `check_start_frames`."""
         frames = check_start_frames(frames, name)
+        self.check_frame_size(frames, name)
+        return frames
+
+    def check_frame_size(self, frames: np.ndarray, name: str = "start_frames") -> None:
         size = self.image_size
         _require(
             frames.shape[1:3] == (size, size),
             f"{name}: this model takes {size}x{size} frames, got "
             f"{frames.shape[1]}x{frames.shape[2]} (resize before sending)",
         )
-        return frames
 
     def check_chunk_length(self, k: int, name: str = "actions") -> None:
         stride = self.frame_stride
@@ -500,20 +520,14 @@ class SimulatorEngine:
 
     # ------------------------------------------------------------ imagine
     def prepare_imagine(
-        self,
-        start_frames: np.ndarray,
-        candidates: np.ndarray,
-        horizon_chunks: int = 0,
-        seed: int | None = None,
+        self, inputs: ImagineInput, horizon_chunks: int = 0, seed: int | None = None
     ) -> tuple[np.ndarray, np.ndarray, int]:
-        """Validate an imagine request without admitting it -> (frame, candidates, seed).
-
-        `candidates` (N, C, K, 4) or (N, K, 4); `horizon_chunks` 0 means all C.
-        Returns the (1, H, W, 3) frame, the (N, horizon, K, 4) candidates and the
-        seed (drawn if None). Queue mode validates here before enqueuing.
-        """
-        frame = self.check_frame(start_frames)
-        cands = check_candidates(candidates)
+        """The model's checks of an imagine request, without admitting it -> (frame, candidates,
+        seed): the (1, H, W, 3) frame, the (N, horizon, K, 4) candidates (`horizon_chunks` 0
+        means all C) and the seed (drawn if None). The runtime validates here once, before the
+        request is queued; the worker that runs it only admits it (`start_imagine`)."""
+        frame, cands = inputs.frame, inputs.candidates
+        self.check_frame_size(frame)
         n, c, k, _ = cands.shape
         self.check_chunk_length(k, "candidates")
         horizon = horizon_chunks or c
@@ -535,6 +549,10 @@ class SimulatorEngine:
         _require(0 <= seed < SEED_LIMIT, f"seed must be in [0, 2**63), got {seed}")
         return frame, cands[:, :horizon], seed
 
+    def start_imagine(self, frame: np.ndarray, candidates: np.ndarray, seed: int) -> ImagineRun:
+        """Admit a request `prepare_imagine` returned (raises ResourceExhausted when full)."""
+        return ImagineRun(self, frame, candidates, seed, self.reserve(candidates.shape[0]))
+
     def open_imagine(
         self,
         start_frames: np.ndarray,
@@ -542,9 +560,9 @@ class SimulatorEngine:
         horizon_chunks: int = 0,
         seed: int | None = None,
     ) -> ImagineRun:
-        """Validate and admit an imagine request (raises before any work is done)."""
-        frame, cands, seed = self.prepare_imagine(start_frames, candidates, horizon_chunks, seed)
-        return ImagineRun(self, frame, cands, seed, self.reserve(cands.shape[0]))
+        """Validate and admit an imagine request given as raw arrays (raises before any work)."""
+        inputs = check_imagine_input(start_frames, candidates)
+        return self.start_imagine(*self.prepare_imagine(inputs, horizon_chunks, seed))
 
     async def imagine(
         self,

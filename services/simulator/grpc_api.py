@@ -33,6 +33,7 @@ from services.common.metrics import ServiceMetrics
 from services.simulator.drift import Outcome, check_outcome_frames
 from services.simulator.engine import (
     ImagineChunk,
+    ImagineInput,
     check_candidates,
     check_group_actions,
     check_session_actions,
@@ -96,6 +97,12 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
         return which, getattr(msg, which)
 
     # ------------------------------------------------------------ imagine
+    def _imagine_input(self, request: simulator_pb2.ImagineRequest) -> ImagineInput:
+        return ImagineInput(
+            self._tensor(request, "start_frames", "uint8", check_start_frames),
+            self._tensor(request, "candidates", "float32", check_candidates),
+        )
+
     @observed
     @grpc_error_boundary
     async def Imagine(
@@ -103,11 +110,8 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
     ) -> simulator_pb2.ImagineResponse:
         rid = request_id_arg(request.request_id)
         encoding = frame_encoding(request)
-        frames = self._tensor(request, "start_frames", "uint8", check_start_frames)
-        cands = self._tensor(request, "candidates", "float32", check_candidates)
         result = await self.runtime.imagine(
-            frames,
-            cands,
+            self._imagine_input(request),
             request.horizon_chunks,
             self._seed(request),
             request.request_id,
@@ -139,11 +143,14 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServicer):
         self, request: simulator_pb2.ImagineRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[simulator_pb2.ImagineStreamResponse]:
         rid = request_id_arg(request.request_id)
-        frames = self._tensor(request, "start_frames", "uint8", check_start_frames)
-        cands = self._tensor(request, "candidates", "float32", check_candidates)
         stream = self.runtime.open_imagine_stream(
-            frames, cands, request.horizon_chunks, self._seed(request), instruction=request.instruction,
-            verify=request.verify, verify_threshold=self._verify_threshold(request), record_id=rid,
+            self._imagine_input(request),
+            request.horizon_chunks,
+            self._seed(request),
+            instruction=request.instruction,
+            verify=request.verify,
+            verify_threshold=self._verify_threshold(request),
+            record_id=rid,
         )
         try:
             async for event in stream.events():

@@ -74,6 +74,7 @@ from services.simulator.drift import Outcome, OutcomeFigures, check_outcome_fram
 from services.simulator.engine import (
     SEED_LIMIT,
     ImagineChunk,
+    ImagineInput,
     check_candidates,
     check_group_actions,
     check_session_actions,
@@ -167,14 +168,19 @@ class ImagineBody(_Body):
     )
     verify_threshold: VerifyThreshold = None
 
-    _frames: np.ndarray = PrivateAttr()
-    _candidates: np.ndarray = PrivateAttr()
+    _inputs: ImagineInput = PrivateAttr()
 
     @model_validator(mode="after")
     def _tensors(self) -> ImagineBody:
-        self._frames = decode_tensor(self.start_frames, "start_frames", "uint8", check_start_frames)
-        self._candidates = decode_tensor(self.candidates, "candidates", "float32", check_candidates)
+        self._inputs = ImagineInput(
+            decode_tensor(self.start_frames, "start_frames", "uint8", check_start_frames),
+            decode_tensor(self.candidates, "candidates", "float32", check_candidates),
+        )
         return self
+
+    @property
+    def inputs(self) -> ImagineInput:
+        return self._inputs
 
 
 class CreateSessionBody(_Body):
@@ -293,12 +299,18 @@ class OutcomeOut(BaseModel):
 
 def outcome_out(f: OutcomeFigures) -> OutcomeOut:
     return OutcomeOut(
-        request_id=f.request_id, candidate=f.candidate, frames_compared=f.frames_compared,
-        psnr_db=f.psnr_db, perceptual=f.perceptual, psnr_mean_db=f.psnr_mean_db,
-        perceptual_mean=f.perceptual_mean, confidence=f.confidence, success=f.success,
-        world_model=f.world_model, replayed=f.replayed,
+        request_id=f.request_id,
+        candidate=f.candidate,
+        frames_compared=f.frames_compared,
+        psnr_db=f.psnr_db,
+        perceptual=f.perceptual,
+        psnr_mean_db=f.psnr_mean_db,
+        perceptual_mean=f.perceptual_mean,
+        confidence=f.confidence,
+        success=f.success,
+        world_model=f.world_model,
+        replayed=f.replayed,
     )
-
 
 
 class CandidateOut(BaseModel):
@@ -462,8 +474,7 @@ async def imagine(body: ImagineBody, rt: Runtime, request: Request) -> ImagineOu
     result = await until_disconnect(
         request,
         rt.imagine(
-            body._frames,
-            body._candidates,
+            body.inputs,
             body.horizon_chunks,
             body.seed,
             body.request_id,
@@ -509,8 +520,12 @@ async def imagine_stream(body: ImagineBody, rt: Runtime) -> StreamingResponse:
     rid = request_id_of(body.request_id)
     # Validation and admission happen here, so they are real 4xx responses.
     stream = rt.open_imagine_stream(
-        body._frames, body._candidates, body.horizon_chunks, body.seed,
-        instruction=body.instruction, verify=body.verify, verify_threshold=body.verify_threshold,
+        body.inputs,
+        body.horizon_chunks,
+        body.seed,
+        instruction=body.instruction,
+        verify=body.verify,
+        verify_threshold=body.verify_threshold,
         record_id=rid,
     )
 
@@ -518,33 +533,40 @@ async def imagine_stream(body: ImagineBody, rt: Runtime) -> StreamingResponse:
         try:
             async for event in stream.events():
                 if isinstance(event, ImagineChunk):
-                    yield ImagineFramesEvent(
-                        request_id=rid,
-                        chunk_index=event.chunk_index,
-                        frames=tensor_out(event.frames, "frames"),
-                    ).model_dump_json() + "\n"
+                    yield (
+                        ImagineFramesEvent(
+                            request_id=rid,
+                            chunk_index=event.chunk_index,
+                            frames=tensor_out(event.frames, "frames"),
+                        ).model_dump_json()
+                        + "\n"
+                    )
                     continue
                 v = event.verification
-                yield ImagineResultEvent(
-                    request_id=rid,
-                    candidates=[
-                        CandidateOut(
-                            index=i, frames=None, confidence=v.confidences[i] if v else None
-                        )
-                        for i in range(stream.n_candidates)
-                    ],
-                    seed=event.seed,
-                    provenance=event.provenance,
-                    timing=_round(event.timing),
-                    verdict=v.verdict if v else None,
-                    best_candidate=v.best_candidate if v else None,
-                ).model_dump_json() + "\n"
+                yield (
+                    ImagineResultEvent(
+                        request_id=rid,
+                        candidates=[
+                            CandidateOut(
+                                index=i, frames=None, confidence=v.confidences[i] if v else None
+                            )
+                            for i in range(stream.n_candidates)
+                        ],
+                        seed=event.seed,
+                        provenance=event.provenance,
+                        timing=_round(event.timing),
+                        verdict=v.verdict if v else None,
+                        best_candidate=v.best_candidate if v else None,
+                    ).model_dump_json()
+                    + "\n"
+                )
         except Exception as exc:  # the status line is sent; report in-band
             yield _error_line(exc, rid)
 
     # Disconnect cancels the generator (its queued rows are dropped); the
     # response then releases the admission reservation.
     return ClosingStream(lines(), stream.close)
+
 
 # -------------------------------------------------------------- outcomes
 @router.post(
@@ -569,7 +591,9 @@ async def report_outcome(body: OutcomeBody, rt: Runtime) -> OutcomeOut:
     operation_id="createSession",
     responses={200: {"links": _CREATED_LINKS}},
 )
-async def create_session(body: CreateSessionBody, rt: Runtime, request: Request) -> CreateSessionOut:
+async def create_session(
+    body: CreateSessionBody, rt: Runtime, request: Request
+) -> CreateSessionOut:
     res = await until_disconnect(
         request,
         rt.sessions.create(
@@ -615,7 +639,9 @@ def _step_out(outcome: Any, rid: str, encoding: FrameEncoding) -> StepOut:
         **error_responses(409),
     },
 )
-async def step_session(session_id: str, body: StepSessionBody, rt: Runtime, request: Request) -> StepOut:
+async def step_session(
+    session_id: str, body: StepSessionBody, rt: Runtime, request: Request
+) -> StepOut:
     outcome = await until_disconnect(
         request,
         rt.sessions.step_session(session_id, body._actions, body.expected_chunks_stepped),
@@ -631,7 +657,8 @@ async def step_session(session_id: str, body: StepSessionBody, rt: Runtime, requ
 )
 async def replay_session(
     session_id: str,
-    rt: Runtime, request: Request,
+    rt: Runtime,
+    request: Request,
     body: Annotated[ReplayBody | None, Body()] = None,
 ) -> ReplayOut:
     body = body or ReplayBody()
@@ -665,6 +692,7 @@ async def get_session(session_id: str, rt: Runtime) -> SessionInfoOut:
 async def close_session(session_id: str, rt: Runtime) -> ClosedOut:
     return ClosedOut(closed_session_ids=rt.sessions.close(session_id))
 
+
 # ---------------------------------------------------------------- groups
 @router.post(
     "/groups/{group_id}/step",
@@ -688,9 +716,7 @@ async def step_group(group_id: str, body: StepGroupBody, rt: Runtime, request: R
     operation_id="getGroup",
 )
 async def get_group(group_id: str, rt: Runtime) -> SessionsOut:
-    return SessionsOut(
-        sessions=[_info(s) for s in rt.sessions.get_group(group_id)]
-    )
+    return SessionsOut(sessions=[_info(s) for s in rt.sessions.get_group(group_id)])
 
 
 @router.delete(
@@ -709,6 +735,7 @@ def simulator_router() -> APIRouter:
 
 
 # ----------------------------------------------------------------------- app
+
 
 def create_simulator_app(
     settings: SimulatorSettings,

@@ -75,7 +75,8 @@ async def _admit(
 ) -> ImagineRun:
     while True:
         try:
-            return engine.open_imagine(frame, candidates, 0, seed)
+            # The runtime validated the request before queueing it; the worker only admits it.
+            return engine.start_imagine(frame, candidates, seed)
         except ResourceExhausted:
             if not wait_for_capacity:
                 raise

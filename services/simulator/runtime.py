@@ -56,6 +56,7 @@ from services.simulator.drift import (
 from services.simulator.engine import (
     EngineConfig,
     ImagineChunk,
+    ImagineInput,
     ImagineResult,
     ImagineRun,
     SimulatorEngine,
@@ -147,8 +148,7 @@ class SimulatorRuntime:
 
     async def imagine(
         self,
-        start_frames: np.ndarray,
-        candidates: np.ndarray,
+        inputs: ImagineInput,
         horizon_chunks: int = 0,
         seed: int | None = None,
         request_id: str = "",
@@ -158,7 +158,8 @@ class SimulatorRuntime:
         verify_threshold: float | None = None,
         record_id: str = "",
     ) -> ImagineResult:
-        """Validate here, run through the imagine queue; `request_id` makes retries idempotent.
+        """The model's checks here (`inputs` passed the model-free ones at the transport), then
+        the imagine queue; `request_id` makes retries idempotent.
 
         Without a request id the request gets a fresh one (no idempotency);
         without a seed, the seed is derived from the request id. `verify`: the
@@ -170,9 +171,7 @@ class SimulatorRuntime:
         key = request_id or f"anon-{uuid.uuid4().hex}"
         if seed is None:
             seed = seed_for_request(key)
-        frame, cands, seed = self.engine.prepare_imagine(
-            start_frames, candidates, horizon_chunks, seed
-        )
+        frame, cands, seed = self.engine.prepare_imagine(inputs, horizon_chunks, seed)
         started = time.perf_counter()
         out = await self.imagine_queue.submit(key, imagine_payload(frame, cands, seed))
         result = imagine_result(out, time.perf_counter() - started)
@@ -183,7 +182,9 @@ class SimulatorRuntime:
         return result
 
     # ------------------------------------------------------------ outcomes
-    async def record_imagined(self, record_id: str, result: ImagineResult, instruction: str) -> None:
+    async def record_imagined(
+        self, record_id: str, result: ImagineResult, instruction: str
+    ) -> None:
         """Keep what was imagined for an outcome report; a store outage never fails imagine."""
         if not record_id:
             return
@@ -232,8 +233,7 @@ class SimulatorRuntime:
 
     def open_imagine_stream(
         self,
-        start_frames: np.ndarray,
-        candidates: np.ndarray,
+        inputs: ImagineInput,
         horizon_chunks: int = 0,
         seed: int | None = None,
         *,
@@ -247,7 +247,7 @@ class SimulatorRuntime:
         stream yields each chunk, then the result (with the judge's answer if `verify`); what it
         imagined is kept under `record_id` for an outcome report once the stream is complete."""
         self.check_verify(verify, verify_threshold, instruction)
-        run = self.engine.open_imagine(start_frames, candidates, horizon_chunks, seed)
+        run = self.engine.start_imagine(*self.engine.prepare_imagine(inputs, horizon_chunks, seed))
         return ImagineStream(self, run, instruction, verify, verify_threshold, record_id)
 
     # ------------------------------------------------------------ verify
@@ -272,12 +272,12 @@ class SimulatorRuntime:
         instruction: str,
         threshold: float | None = None,
     ) -> Verification:
-        """The judge's answer on frames (N, T, H, W, 3) imagined from start_frame (1, H, W, 3)."""
+        """The judge's answer on frames (N, T, H, W, 3) imagined from the checked start_frame
+        (1, H, W, 3) of an imagine request."""
         if self.judge is None:
             raise FailedPrecondition(NO_JUDGE)
-        frame = self.engine.check_frame(start_frame)
         return await self.judge.verify(
-            frame, frames, instruction, self.engine.frame_stride, threshold
+            start_frame, frames, instruction, self.engine.frame_stride, threshold
         )
 
     @staticmethod
@@ -326,8 +326,15 @@ class ImagineStream:
     then the `ImagineResult` (frames left out: they were streamed); `close()` releases it (a
     disconnected caller's queued rows are dropped)."""
 
-    def __init__(self, runtime: SimulatorRuntime, run: ImagineRun, instruction: str, verify: bool,
-                 threshold: float | None, record_id: str = "") -> None:
+    def __init__(
+        self,
+        runtime: SimulatorRuntime,
+        run: ImagineRun,
+        instruction: str,
+        verify: bool,
+        threshold: float | None,
+        record_id: str = "",
+    ) -> None:
         self.runtime, self.run = runtime, run
         self.instruction, self.verify, self.threshold = instruction, verify, threshold
         self.record_id = record_id
@@ -345,10 +352,13 @@ class ImagineStream:
         result = ImagineResult(np.empty(0, np.uint8), self.run.seed, provenance, timing)
         frames = np.concatenate(kept, axis=1)  # (N, T, H, W, 3)
         if self.verify:
-            verification = await self.runtime.verify(self.run.frame, frames, self.instruction, self.threshold)
+            verification = await self.runtime.verify(
+                self.run.frame, frames, self.instruction, self.threshold
+            )
             result = self.runtime.verified(result, verification)
-        await self.runtime.record_imagined(self.record_id, dataclasses.replace(result, frames=frames),
-                                   self.instruction)
+        await self.runtime.record_imagined(
+            self.record_id, dataclasses.replace(result, frames=frames), self.instruction
+        )
         yield result
 
     def close(self) -> None:

@@ -22,7 +22,12 @@ from wmpo_client.codec import from_json, to_json
 
 from services.cli import main
 from services.common.queues import QueueConfig, RedisWorkQueue
-from services.simulator.engine import EngineConfig, SimulatorEngine, seed_for_request
+from services.simulator.engine import (
+    EngineConfig,
+    SimulatorEngine,
+    check_imagine_input,
+    seed_for_request,
+)
 from services.simulator.http_api import create_simulator_app
 from services.simulator.imagine_queue import IMAGINE_QUEUE, imagine_handler
 from services.simulator.runtime import SimulatorRuntime
@@ -95,15 +100,16 @@ def test_in_process_and_redis_paths_give_identical_results(
     world_model, redis_url: str, redis_prefix: str
 ) -> None:
     frame, cands = frames(3)[0], actions(3, 2, 8, seed=4)
+    inputs = check_imagine_input(frame, cands)
 
     async def run(s: SimulatorSettings) -> list[Any]:
         runtime = SimulatorRuntime(world_model, s)
         await runtime.start()
         try:
             return [
-                await runtime.imagine(frame, cands, seed=11, request_id="same-1"),
-                await runtime.imagine(frame, cands, request_id="same-2"),  # seed from the id
-                await runtime.imagine(frame, cands, horizon_chunks=1, seed=12),
+                await runtime.imagine(inputs, seed=11, request_id="same-1"),
+                await runtime.imagine(inputs, request_id="same-2"),  # seed from the id
+                await runtime.imagine(inputs, horizon_chunks=1, seed=12),
             ]
         finally:
             await runtime.stop()
