@@ -8,6 +8,7 @@
 # Background: nohup scripts/train_world_model_sf.sh > runs/world-model-sf/train.out 2>&1 &
 #             SF=0 NAME=world-model-sf-control EXPORT=runs/world-model-sf-control/export \
 #               nohup scripts/train_world_model_sf.sh > runs/world-model-sf-control.out 2>&1 &
+# EXTRA_ARGS: more trainer flags (scripts/train_world_model_motion.sh uses it).
 set -e
 export PATH="$PWD/.venv/bin:$PATH"
 export MUJOCO_GL=${MUJOCO_GL:-egl}
@@ -24,4 +25,4 @@ exec wmpo train world-model --data "$DATA/train" --heldout-data "$DATA/heldout" 
     --out "runs/$NAME/train" --export "$EXPORT" \
     --batch-size 16 --lr 5e-5 --warmup 50 --lr-schedule wsd --steps "$STEPS" --window 8 \
     --moving-weight 2 --moving-threshold 0.1 --self-forcing "$SF" --self-forcing-steps 8 \
-    --save-every 100 --eval-every 250 --log-every 25
+    --save-every 100 --eval-every 250 --log-every 25 $EXTRA_ARGS

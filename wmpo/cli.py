@@ -116,7 +116,7 @@ def cmd_train_world_model(a: argparse.Namespace) -> None:
                                 data_command=a.data_command or data_command(a.data + (a.heldout_data or [])),
                                 trajectory_vae=a.trajectory_vae, plan_drop_max=a.plan_drop_max,
                                 consistency_weight=a.consistency_weight, self_forcing=a.self_forcing,
-                                self_forcing_steps=a.self_forcing_steps)
+                                self_forcing_steps=a.self_forcing_steps, motion_conditioning=a.motion_conditioning)
     print(json.dumps(train_world_model(cfg), indent=2))
 
 
@@ -464,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "actions, through the served sampler) before the loss on the real next frames (0 = off)")
     p.add_argument("--self-forcing-steps", type=int, default=4,
                    help="sampler steps per AR step when imagining that context")
+    p.add_argument("--motion-conditioning", action="store_true",
+                   help="each generated frame also reads the displacement commanded since the last context "
+                   "frame (with --init, a model without it is extended and starts unchanged)")
     p.set_defaults(func=cmd_train_world_model)
 
     p = tr.add_parser("trajectory-vae", help="the action optimizer's trajectory VAE: action windows of the "

@@ -185,3 +185,41 @@ def test_plan_conditioning_errors_are_clear():
             torch.zeros(2, 5, 3), torch.ones(2, dtype=torch.bool), pos, torch.zeros(2, 6)))
     with pytest.raises(ConfigError, match="text_dim > 0 needs plan_tokens"):
         VideoDiTConfig(text_dim=4)
+
+
+def motion_config() -> VideoDiTConfig:
+    return VideoDiTConfig(**{**PRESETS["tiny"].to_dict(), "motion_conditioning": True})
+
+
+def test_motion_is_the_displacement_commanded_since_the_context():
+    model = VideoDiT(motion_config())
+    c = model.config
+    a = torch.ones(1, 6, c.frame_action_dim)  # every env action is (1, 1, 1, 1)
+    has = torch.ones(1, 6, dtype=torch.bool)
+    has[:, 0] = False
+    m = model.motion(a, has, torch.tensor([3]))[0, :, 0] / 0.25  # in env actions
+    stride = c.frame_stride
+    assert m.tolist() == [0, 0, 0, stride, 2 * stride, 3 * stride]  # context frames: zero
+    has[:, 4] = False  # a frame without actions (guidance's free pass) adds nothing and reads zero
+    m = model.motion(a, has, torch.tensor([3]))[0, :, 0] / 0.25
+    assert m.tolist() == [0, 0, 0, stride, 0, 2 * stride]
+
+
+def test_motion_conditioning_starts_as_the_model_it_extends_and_keeps_the_cache_exact():
+    base = randomized(VideoDiT(PRESETS["tiny"]))
+    model = VideoDiT(motion_config())
+    missing, unexpected = model.load_init(base.state_dict())
+    assert not missing and not unexpected
+    model.eval()
+    z, t, a, has, pos = inputs(base.config, f=7)
+    split = torch.full((2,), 3)
+    assert torch.equal(model(z, t, a, has, pos, gen_start=split), base(z, t, a, has, pos))
+    randomized(model)  # a trained motion input: the displacement now matters ...
+    full = model(z, t, a, has, pos, gen_start=split)
+    assert not torch.allclose(full, model(z, t, a, has, pos, gen_start=torch.full((2,), 5)))
+    # ... and the cached path (context once, then the generated frames alone) is still exact.
+    cache = model.build_cache(z[:, :3], t[:, :3], a[:, :3], has[:, :3], pos[:, :3])
+    part = model.forward_cached(z[:, 3:], t[:, 3:], a[:, 3:], has[:, 3:], pos[:, 3:], cache)
+    assert torch.allclose(full[:, 3:], part, atol=1e-5)
+    with pytest.raises(ValueError, match="gen_start"):
+        model(z, t, a, has, pos)

@@ -62,6 +62,25 @@ def test_world_model_training_resumes_to_the_same_weights(pipeline):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_motion_conditioning_fine_tune_starts_where_the_model_it_extends_is(pipeline):
+    """--motion-conditioning on a model without it: the new inputs start at zero weight, so the
+    starting validation loss is the plain fine-tune's, to the bit; the result loads and samples."""
+    root, data, _ = pipeline
+    if not (root / "full").exists():
+        test_world_model_training_resumes_to_the_same_weights(pipeline)
+    common = dict(data=[data], autoencoder=str(root / "ae"), init=str(root / "full"), batch_size=4, window=4,
+                  steps=2, log_every=1, eval_every=2, save_every=100)
+    plain = train_world_model(WorldModelTrainConfig(out=str(root / "ft-plain"), **common), progress=False)
+    motion = train_world_model(WorldModelTrainConfig(out=str(root / "ft-motion"), motion_conditioning=True,
+                                                     **common), progress=False)
+    assert motion["init_val_loss"] == plain["init_val_loss"]
+    wm = TorchWorldModel.load(root / "ft-motion")
+    assert wm.dit.config.motion_conditioning
+    frames = (torch.rand(64, 64, 3) * 255).byte().numpy()
+    group = wm.fork(wm.start(frames[None], [0])[0], [1, 2])
+    assert wm.step(group, torch.zeros(2, 8, 4).numpy()).shape[:2] == (2, 4)
+
+
 def test_eval_against_the_real_simulator_runs_and_reports(pipeline, tmp_path):
     root, _, _ = pipeline
     r = evaluate_world_model(WorldModelEvalConfig(checkpoint=str(root / "full"), tasks=["push-v3"], cases=2,

@@ -75,9 +75,10 @@ def flow_errors(model: VideoDiT, batch: FlowBatch, gen: torch.Generator | None =
     tt = t[..., None, None, None]
     zt = (1 - tt) * z0 + tt * eps
     if features is None:
-        v = model(zt, t, batch.actions, has_action, batch.positions, plan)
+        v = model(zt, t, batch.actions, has_action, batch.positions, plan, gen_start=batch.n_context)
     else:
-        v, x = model(zt, t, batch.actions, has_action, batch.positions, plan, return_features=True)
+        v, x = model(zt, t, batch.actions, has_action, batch.positions, plan, return_features=True,
+                     gen_start=batch.n_context)
         features.append(x)
     return (v - (eps - z0)) ** 2, (~is_ctx).float()  # (B, F, C, h, w), (B, F)
 

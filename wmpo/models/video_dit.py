@@ -28,6 +28,17 @@ last block's generated-frame tokens. Departures from the paper: frames still car
 per-frame action inputs, which the plan generator leaves empty (the null action); MVISTA-4D's
 generator has none.
 
+Motion conditioning (``motion_conditioning``, off in the bundled model): each generated
+frame's action input also carries the commanded displacement since the last context frame,
+the running sum of the env actions of the generated frames up to and including it. Without
+it a frame sees only its own ``frame_stride`` actions, and where the arm is after a chunk (the
+sum of all of the chunk's actions) must be assembled through attention from the other frames'
+modulations; the conditional mean of the bundled model follows actions no better than its
+samples do (``wmpo eval world-model --sampler-steps 1``), which points at the conditioning,
+not the sampler. The generated segment starts at ``gen_start`` (training: the window's split
+point; ``forward_cached``: every frame it is given; ``build_cache``: none). Context frames get
+a zero displacement.
+
 Shapes: latents (B, F, C, h, w); tokens per frame N = (h/p) * (w/p); sequence L = F * N.
 """
 
@@ -62,6 +73,7 @@ class VideoDiTConfig:
     plan_dim: int = 32
     plan_frames: int = 16
     text_dim: int = 0
+    motion_conditioning: bool = False  # see the module docstring
 
     def __post_init__(self) -> None:
         problems = []
@@ -90,6 +102,11 @@ class VideoDiTConfig:
         return self.action_dim * self.frame_stride
 
     @property
+    def action_input_dim(self) -> int:
+        """Width of the action MLP's input: the frame's actions, then the displacement."""
+        return self.frame_action_dim + (self.action_dim if self.motion_conditioning else 0)
+
+    @property
     def has_plan(self) -> bool:
         return self.plan_tokens > 0
 
@@ -115,6 +132,11 @@ PRESETS: dict[str, VideoDiTConfig] = {
     # Paper-scale shape (Wan2.1-1.3B-like width/depth) over 16x16 latents: same code, GPU-only.
     "xl-1.3b": VideoDiTConfig(latent_channels=8, patch=2, dim=1536, depth=24, heads=12, max_frames=32),
 }
+
+
+# The displacement input is a sum of up to (frames x stride) actions in [-1, 1]; this keeps it in
+# the per-step actions' range for windows of a few frames.
+MOTION_SCALE = 0.25
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -244,7 +266,7 @@ class VideoDiT(nn.Module):
         self.spatial_pos = nn.Parameter(torch.zeros(1, c.tokens_per_frame, c.dim))
         self.frame_pos = nn.Embedding(c.max_frames, c.dim)
         self.time_mlp = nn.Sequential(nn.Linear(c.dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
-        self.action_mlp = nn.Sequential(nn.Linear(c.frame_action_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
+        self.action_mlp = nn.Sequential(nn.Linear(c.action_input_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
         self.null_action = nn.Parameter(torch.zeros(c.dim))  # frames with no preceding action
         self.blocks = nn.ModuleList([DiTBlock(c.dim, c.heads, c.mlp_ratio, cross=c.has_plan)
                                      for _ in range(c.depth)])
@@ -307,14 +329,30 @@ class VideoDiT(nn.Module):
         x = x.view(b, frames, g, g, c.latent_channels, c.patch, c.patch).permute(0, 1, 4, 2, 5, 3, 6)
         return x.reshape(b, frames, c.latent_channels, c.latent_size, c.latent_size)
 
+    def motion(self, actions: torch.Tensor, has_action: torch.Tensor, gen_start: torch.Tensor) -> torch.Tensor:
+        """(B, F, action_dim): the running sum of the env actions of the generated frames
+        (index >= gen_start (B,), with actions), scaled by MOTION_SCALE; zero before gen_start."""
+        c = self.config
+        b, f = actions.shape[:2]
+        per_frame = actions.reshape(b, f, c.frame_stride, c.action_dim).sum(2)  # (B, F, action_dim)
+        gen = torch.arange(f, device=actions.device)[None, :] >= gen_start[:, None]  # (B, F)
+        keep = (gen & has_action)[..., None].to(actions.dtype)
+        return torch.cumsum(per_frame * keep, dim=1) * keep * MOTION_SCALE
+
     def embed(self, z: torch.Tensor, t: torch.Tensor, actions: torch.Tensor, has_action: torch.Tensor,
-              positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              positions: torch.Tensor, gen_start: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Tokens (B, F*N, dim) and per-frame time / action embeddings (B, F, dim)."""
         c = self.config
         b, f = z.shape[:2]
         x = self.patch_embed(self.patchify(z))  # (B, F*N, dim)
         pos = self.spatial_pos.repeat(1, f, 1) + self.frame_pos(positions).repeat_interleave(c.tokens_per_frame, 1)
         t_emb = self.time_mlp(timestep_embedding(t, c.dim).to(x.dtype))  # (B, F, dim)
+        if c.motion_conditioning:
+            if gen_start is None:
+                raise ValueError("this model conditions on motion: give gen_start (B,), where each "
+                                 "window's generated frames begin")
+            actions = torch.cat([actions, self.motion(actions, has_action, gen_start)], dim=-1)
         a_emb = self.action_mlp(actions)  # (B, F, dim)
         a_emb = torch.where(has_action[..., None], a_emb, self.null_action.expand_as(a_emb))
         return x + pos, t_emb, a_emb
@@ -375,15 +413,17 @@ class VideoDiT(nn.Module):
     # ------------------------------------------------------------------ forward passes
     def forward(self, z: torch.Tensor, t: torch.Tensor, actions: torch.Tensor, has_action: torch.Tensor,
                 positions: torch.Tensor, plan: PlanCondition | None = None,
-                return_features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                return_features: bool = False, gen_start: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Velocity prediction for every frame of a window. All inputs per frame:
         z (B, F, C, h, w), t (B, F), actions (B, F, stride*4), has_action (B, F) bool, positions (B, F) long;
         ``plan`` for a plan-conditioned model (None: the null plan). ``return_features`` also
-        returns the last block's tokens (B, F*N, dim), for the consistency head."""
+        returns the last block's tokens (B, F*N, dim), for the consistency head. ``gen_start``
+        (B,) long: the first generated frame of each window (needed with motion conditioning)."""
         self.check_inputs(z, t, actions, has_action, positions)
         b, f = z.shape[:2]
         n = self.config.tokens_per_frame
-        x, t_emb, a_emb = self.embed(z, t, actions, has_action, positions)
+        x, t_emb, a_emb = self.embed(z, t, actions, has_action, positions, gen_start)
         mask = block_causal_mask(f, f, n, z.device)
         ctx = self.plan_context(plan, b, f)
         for block in self.blocks:
@@ -397,7 +437,8 @@ class VideoDiT(nn.Module):
         self.check_inputs(z, t, actions, has_action, positions)
         b, f = z.shape[:2]
         n = self.config.tokens_per_frame
-        x, t_emb, a_emb = self.embed(z, t, actions, has_action, positions)
+        none_generated = torch.full((b,), f, dtype=torch.long, device=z.device)
+        x, t_emb, a_emb = self.embed(z, t, actions, has_action, positions, none_generated)
         mask = block_causal_mask(f, f, n, z.device)
         ctx = self.plan_context(plan, b, f)
         keys, values = [], []
@@ -418,7 +459,8 @@ class VideoDiT(nn.Module):
         n = self.config.tokens_per_frame
         if cache.keys[0].shape[0] != z.shape[0]:
             raise ValueError(f"cache batch {cache.keys[0].shape[0]} != latents batch {z.shape[0]}")
-        x, t_emb, a_emb = self.embed(z, t, actions, has_action, positions)
+        all_generated = torch.zeros(b, dtype=torch.long, device=z.device)
+        x, t_emb, a_emb = self.embed(z, t, actions, has_action, positions, all_generated)
         mask = block_causal_mask(f, cache.frames + f, n, z.device, offset=cache.frames)
         ctx = self.plan_context(plan, b, f)
         for block, ck, cv in zip(self.blocks, cache.keys, cache.values, strict=True):
@@ -427,6 +469,17 @@ class VideoDiT(nn.Module):
             out = block.attn.attend(q, torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2), mask)
             x = block.post_attn(x, out, mods, ctx)
         return self.head(x, t_emb, f)
+
+    def load_init(self, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+        """Load another world model's weights to fine-tune from (``load_state_dict(strict=False)``'s
+        missing and unexpected keys). A model without motion conditioning fits one with it: the
+        action MLP's displacement inputs start at zero weight, so the fine-tune starts as
+        exactly the loaded model."""
+        w = self.action_mlp[0].weight
+        old = state.get("action_mlp.0.weight")
+        if old is not None and old.shape[1] < w.shape[1] and self.config.motion_conditioning:
+            state = {**state, "action_mlp.0.weight": torch.cat([old, old.new_zeros(old.shape[0], w.shape[1] - old.shape[1])], 1)}
+        return self.load_state_dict(state, strict=False)
 
     def checkpoint_config(self) -> dict[str, Any]:
         return {"kind": "video-dit", "model": self.config.to_dict()}

@@ -28,7 +28,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,9 @@ class WorldModelTrainConfig:
     # (and correct) its own frames, as it must at inference. 0 = always the real frames.
     self_forcing: float = 0.0
     self_forcing_steps: int = 4  # sampler steps per AR step of the imagined context
+    # The DiT also reads the displacement commanded since the last context frame (VideoDiT's
+    # motion conditioning); with --init a model without it is extended (zero new weights).
+    motion_conditioning: bool = False
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
@@ -308,12 +311,14 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
         init_wm = TorchWorldModel.load(cfg.init)
         if init_wm.ae.config != ae.config:
             raise ConfigError(f"--init {cfg.init} was trained with another autoencoder than {cfg.autoencoder}")
-        dit_cfg = init_wm.dit.config
+        dit_cfg = replace(init_wm.dit.config,
+                          motion_conditioning=init_wm.dit.config.motion_conditioning or cfg.motion_conditioning)
         init_sha = init_wm.hashes.get("world_model_sha256", "")
     else:
         dit_cfg = VideoDiTConfig(**{**asdict(PRESETS[cfg.preset]),
                                     "latent_channels": ae.config.latent_channels,
-                                    "latent_size": ae.config.latent_size})
+                                    "latent_size": ae.config.latent_size,
+                                    "motion_conditioning": cfg.motion_conditioning})
     vae, vae_sha = TrajectoryVAE.load(cfg.trajectory_vae) if cfg.trajectory_vae else (None, "")
     if vae is not None and not dit_cfg.has_plan:
         vc = vae.cfg
@@ -342,7 +347,7 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
     dit = VideoDiT(dit_cfg)
     if cfg.init:
         # strict=False only for the plan-conditioning parameters a world model does not have yet.
-        missing, unexpected = dit.load_state_dict(init_wm.dit.state_dict(), strict=not dit_cfg.has_plan)
+        missing, unexpected = dit.load_init(init_wm.dit.state_dict())
         if unexpected or any(not (k.startswith(("plan_", "null_plan", "text_proj", "consistency_head"))
                                   or ".cross." in k) for k in missing):
             raise ConfigError(f"--init {cfg.init} does not fit this DiT: missing {missing}, unexpected {unexpected}")
