@@ -89,6 +89,9 @@ def test_eval_against_the_real_simulator_runs_and_reports(pipeline, tmp_path):
     assert r["K"] == 4 and set(r["action_following"]) == {"8", "16"}
     assert r["action_following"]["16"]["n"] == 8
     assert 0.0 <= r["action_following"]["16"]["ae_ceiling"] <= 1.0
+    by_seq = r["action_following"]["16"]["by_sequence"]
+    assert list(by_seq) == ["real", "other", "negated", "random"]
+    assert abs(sum(by_seq.values()) / 4 - r["action_following"]["16"]["accuracy"]) < 1e-9
     assert len(r["fidelity"]["psnr"]) == 8 and (tmp_path / "s.png").exists()
     # A copy of the last frame is a real baseline: its error grows with the horizon on average.
     assert r["fidelity"]["copy_psnr"][0] >= r["fidelity"]["copy_psnr"][-1] - 1.0

@@ -238,7 +238,10 @@ def evaluate_world_model(cfg: WorldModelEvalConfig, progress: bool = True) -> di
         "K": len(kinds),
         "sequences": list(kinds),
         "action_following": {str(h): {"accuracy": float(np.mean(hits[h])), "n": len(hits[h]),
-                                      "chance": 1 / len(kinds), "ae_ceiling": float(np.mean(ceiling[h]))}
+                                      "chance": 1 / len(kinds), "ae_ceiling": float(np.mean(ceiling[h])),
+                                      # hits are stored case by case in the order of `kinds`
+                                      "by_sequence": {k: float(np.mean(hits[h][i::len(kinds)]))
+                                                      for i, k in enumerate(kinds)}}
                              for h in cfg.horizons},
         "fidelity": {"env_steps": steps, **per_frame},
         "fidelity_at": {str(h): {k: per_frame[k][h // stride - 1] for k in per_frame} for h in cfg.horizons},
@@ -264,5 +267,9 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"{h:>8} {a['accuracy']:>10.3f} {ceiling:>9.3f} {a['chance']:>7.2f} {f['psnr']:>6.2f} {f['copy_psnr']:>6.2f} "
                      f"{f['ae_psnr']:>6.2f} {f['psnr_moving']:>8.2f} {f['copy_psnr_moving']:>8.2f} "
                      f"{f['ae_psnr_moving']:>6.2f} {f['ssim']:>6.3f} {f['copy_ssim']:>6.3f}")
+    for h, a in r["action_following"].items():
+        if "by_sequence" in a:
+            lines.append(f"follow acc at {h} by sequence: "
+                         + ", ".join(f"{k} {v:.3f}" for k, v in a["by_sequence"].items()))
     lines.append(f"imagined frames/s during eval: {r['imagined_frames_per_second']}")
     return "\n".join(lines)
