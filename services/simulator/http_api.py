@@ -299,17 +299,10 @@ class OutcomeOut(BaseModel):
 
 def outcome_out(f: OutcomeFigures) -> OutcomeOut:
     return OutcomeOut(
-        request_id=f.request_id,
-        candidate=f.candidate,
-        frames_compared=f.frames_compared,
-        psnr_db=f.psnr_db,
-        perceptual=f.perceptual,
-        psnr_mean_db=f.psnr_mean_db,
-        perceptual_mean=f.perceptual_mean,
-        confidence=f.confidence,
-        success=f.success,
-        world_model=f.world_model,
-        replayed=f.replayed,
+        request_id=f.request_id, candidate=f.candidate, frames_compared=f.frames_compared,
+        psnr_db=f.psnr_db, perceptual=f.perceptual, psnr_mean_db=f.psnr_mean_db,
+        perceptual_mean=f.perceptual_mean, confidence=f.confidence, success=f.success,
+        world_model=f.world_model, replayed=f.replayed,
     )
 
 
@@ -520,12 +513,8 @@ async def imagine_stream(body: ImagineBody, rt: Runtime) -> StreamingResponse:
     rid = request_id_of(body.request_id)
     # Validation and admission happen here, so they are real 4xx responses.
     stream = rt.open_imagine_stream(
-        body.inputs,
-        body.horizon_chunks,
-        body.seed,
-        instruction=body.instruction,
-        verify=body.verify,
-        verify_threshold=body.verify_threshold,
+        body.inputs, body.horizon_chunks, body.seed,
+        instruction=body.instruction, verify=body.verify, verify_threshold=body.verify_threshold,
         record_id=rid,
     )
 
