@@ -33,9 +33,8 @@ frame's action input also carries the commanded displacement since the last cont
 the running sum of the env actions of the generated frames up to and including it. Without
 it a frame sees only its own ``frame_stride`` actions, and where the arm is after a chunk (the
 sum of all of the chunk's actions) must be assembled through attention from the other frames'
-modulations; the conditional mean of the bundled model follows actions no better than its
-samples do (``wmpo eval world-model --sampler-steps 1``), which points at the conditioning,
-not the sampler. The generated segment starts at ``gen_start`` (training: the window's split
+modulations. Trained as a fine-tune it did not help (``results/world-model-motion/``); action
+guidance did (``results/world-model-sampler/``). The generated segment starts at ``gen_start`` (training: the window's split
 point; ``forward_cached``: every frame it is given; ``build_cache``: none). Context frames get
 a zero displacement.
 
@@ -329,18 +328,20 @@ class VideoDiT(nn.Module):
         x = x.view(b, frames, g, g, c.latent_channels, c.patch, c.patch).permute(0, 1, 4, 2, 5, 3, 6)
         return x.reshape(b, frames, c.latent_channels, c.latent_size, c.latent_size)
 
-    def motion(self, actions: torch.Tensor, has_action: torch.Tensor, gen_start: torch.Tensor) -> torch.Tensor:
+    def motion(self, actions: torch.Tensor, has_action: torch.Tensor, gen_start: torch.Tensor | int) -> torch.Tensor:
         """(B, F, action_dim): the running sum of the env actions of the generated frames
-        (index >= gen_start (B,), with actions), scaled by MOTION_SCALE; zero before gen_start."""
+        (index >= gen_start, (B,) or one int for all, with actions), scaled by MOTION_SCALE; zero
+        before gen_start."""
         c = self.config
         b, f = actions.shape[:2]
         per_frame = actions.reshape(b, f, c.frame_stride, c.action_dim).sum(2)  # (B, F, action_dim)
-        gen = torch.arange(f, device=actions.device)[None, :] >= gen_start[:, None]  # (B, F)
+        start = torch.as_tensor(gen_start, device=actions.device).reshape(-1, 1)  # (B, 1) or (1, 1)
+        gen = torch.arange(f, device=actions.device)[None, :] >= start  # (B, F)
         keep = (gen & has_action)[..., None].to(actions.dtype)
         return torch.cumsum(per_frame * keep, dim=1) * keep * MOTION_SCALE
 
     def embed(self, z: torch.Tensor, t: torch.Tensor, actions: torch.Tensor, has_action: torch.Tensor,
-              positions: torch.Tensor, gen_start: torch.Tensor | None = None
+              positions: torch.Tensor, gen_start: torch.Tensor | int | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Tokens (B, F*N, dim) and per-frame time / action embeddings (B, F, dim)."""
         c = self.config
@@ -437,8 +438,7 @@ class VideoDiT(nn.Module):
         self.check_inputs(z, t, actions, has_action, positions)
         b, f = z.shape[:2]
         n = self.config.tokens_per_frame
-        none_generated = torch.full((b,), f, dtype=torch.long, device=z.device)
-        x, t_emb, a_emb = self.embed(z, t, actions, has_action, positions, none_generated)
+        x, t_emb, a_emb = self.embed(z, t, actions, has_action, positions, gen_start=f)  # context only
         mask = block_causal_mask(f, f, n, z.device)
         ctx = self.plan_context(plan, b, f)
         keys, values = [], []
@@ -459,8 +459,7 @@ class VideoDiT(nn.Module):
         n = self.config.tokens_per_frame
         if cache.keys[0].shape[0] != z.shape[0]:
             raise ValueError(f"cache batch {cache.keys[0].shape[0]} != latents batch {z.shape[0]}")
-        all_generated = torch.zeros(b, dtype=torch.long, device=z.device)
-        x, t_emb, a_emb = self.embed(z, t, actions, has_action, positions, all_generated)
+        x, t_emb, a_emb = self.embed(z, t, actions, has_action, positions, gen_start=0)  # all generated
         mask = block_causal_mask(f, cache.frames + f, n, z.device, offset=cache.frames)
         ctx = self.plan_context(plan, b, f)
         for block, ck, cv in zip(self.blocks, cache.keys, cache.values, strict=True):

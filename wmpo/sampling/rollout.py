@@ -166,7 +166,7 @@ def denoise_frames(model: VideoDiT, ctx: torch.Tensor, ctx_act: torch.Tensor, ct
             return model(torch.cat([ctx_noisy, z], 1), torch.cat([ctx_t, t_gen], 1),
                          torch.cat([ctx_act, gen_act], 1), torch.cat([ctx_has, has], 1),
                          torch.cat([ctx_pos, gen_pos], 1), *full_extra,
-                         gen_start=torch.full((b,), f_ctx, dtype=torch.long))[:, f_ctx:]
+                         gen_start=f_ctx)[:, f_ctx:]
 
         v = velocity(z, t_gen, gen_has)
         if cfg.action_guidance != 1.0:  # the context (and its cache) is shared by both passes
