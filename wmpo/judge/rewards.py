@@ -20,6 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# What GRPO may reward a rollout with (``wmpo.rl.imagination.member_reward``).
+REWARD_KINDS = ("success", "clip")
+
 
 def temporal_weights(n: int, temperature: float) -> np.ndarray:
     """Softmax weights (n,) over clip positions that grow with time; smaller temperature puts more

@@ -12,6 +12,11 @@ and later chunks are masked out of the loss (the episode ended there).
 Dual-noise verification (RAW-Dream): a member judged a success is replayed by the simulator
 under fresh noise and judged again; ``wmpo.judge.rewards.dual_noise_group`` turns the two
 verdicts into rewards, flags and a discard decision.
+
+A member's reward (before verification) is its judged success (``reward="success"``, WMPO's
+binary reward) or RoboStereo's temporally weighted clip reward over the judge's per-clip
+confidences (``reward="clip"``, OEPL): dense, so a group whose members all pass or all fail
+still ranks them and teaches something.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import torch.nn.functional as F
 from wmpo_client.protocols import Judge, Simulator
 from wmpo_client.results import CreateSessionResult, StepOutcome
 
-from wmpo.judge.rewards import dual_noise_group
+from wmpo.judge.rewards import REWARD_KINDS, clip_reward, dual_noise_group
 from wmpo.models.policy import Policy, chunk_log_prob
 
 log = logging.getLogger("wmpo.rl.imagination")
@@ -44,6 +49,18 @@ class VideoVerdict:
     success: bool
     score: float
     done_frame: int | None  # index (in the judged video) of the frame where success shows
+    clip_scores: Sequence[float] = ()  # per stride-1 clip (a classifier judge); () where there are none
+
+
+def member_reward(verdict: VideoVerdict, kind: str) -> float:
+    """A rollout's reward before verification: its success (1/0), or (``clip``) the temporally
+    weighted clip reward of its per-clip confidences; a verdict without clip scores (the real
+    environment's true success flag) keeps its success."""
+    if kind not in REWARD_KINDS:
+        raise ValueError(f"reward kind must be one of {', '.join(REWARD_KINDS)}, got {kind!r}")
+    if kind == "clip" and len(verdict.clip_scores):
+        return clip_reward(np.asarray(verdict.clip_scores))
+    return float(verdict.success)
 
 
 class RolloutJudge(Protocol):
@@ -111,9 +128,10 @@ def sample_chunks(policy: Policy, frames: np.ndarray, instructions: list[str], t
 
 def imagine_groups(sim: GroupSimulator, judge: RolloutJudge, policy: Policy, starts: list[StartState], group_size: int,
                    chunks: int, temperature: float, seed: int, verify: bool = True, pool: ThreadPoolExecutor | None = None,
-                   timing: dict[str, float] | None = None) -> list[ImaginedGroup]:
-    """Imagine, judge and verify one group per start state (see the module docstring). Seconds spent
-    imagining and judging (with verification) are added to ``timing``."""
+                   timing: dict[str, float] | None = None, reward: str = "success") -> list[ImaginedGroup]:
+    """Imagine, judge and verify one group per start state (see the module docstring); ``reward`` is
+    the member reward's kind (``REWARD_KINDS``). Seconds spent imagining and judging (with
+    verification) are added to ``timing``."""
     timing = timing if timing is not None else {}
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
@@ -151,7 +169,7 @@ def imagine_groups(sim: GroupSimulator, judge: RolloutJudge, policy: Policy, sta
     frame_stride = all_tok[0].shape[2] // frames_per_chunk  # env steps per imagined frame
     t1 = time.perf_counter()
     timing["imagine_s"] = timing.get("imagine_s", 0.0) + t1 - t0
-    verify_s = _judge_and_verify(sim, judge, groups, frames_per_chunk, frame_stride, seed, verify, pool)
+    verify_s = _judge_and_verify(sim, judge, groups, frames_per_chunk, frame_stride, seed, verify, pool, reward)
     timing["judge_s"] = timing.get("judge_s", 0.0) + time.perf_counter() - t1 - verify_s
     timing["verify_s"] = timing.get("verify_s", 0.0) + verify_s
     timing["imagined_frames"] = timing.get("imagined_frames", 0.0) + sum(
@@ -175,7 +193,8 @@ def done_chunk(done_frame: int | None, frames_per_chunk: int, chunks: int) -> in
 
 
 def _judge_and_verify(sim: GroupSimulator, judge: RolloutJudge, groups: list[ImaginedGroup], frames_per_chunk: int,
-                      frame_stride: int, seed: int, verify: bool, pool: ThreadPoolExecutor) -> float:
+                      frame_stride: int, seed: int, verify: bool, pool: ThreadPoolExecutor,
+                      reward: str = "success") -> float:
     """Judge every member, replay and re-judge the judged successes; returns the seconds spent on
     verification (replays and their verdicts)."""
     videos = [v for g in groups for v in g.videos]
@@ -183,9 +202,11 @@ def _judge_and_verify(sim: GroupSimulator, judge: RolloutJudge, groups: list[Ima
     verdicts = judge.judge_videos(videos, instr, frame_stride, [sid for g in groups for sid in g.session_ids])
     G = len(groups[0].videos)
     chunks = groups[0].tokens.shape[1]
+    raw: list[np.ndarray] = []
     for i, g in enumerate(groups):
         vs = verdicts[i * G:(i + 1) * G]
         g.success = np.asarray([v.success for v in vs])
+        raw.append(np.asarray([member_reward(v, reward) for v in vs]))
         g.chunk_mask = np.zeros((G, chunks), bool)
         for m, v in enumerate(vs):
             g.chunk_mask[m, : done_chunk(v.done_frame if v.success else None, frames_per_chunk, chunks)] = True
@@ -203,7 +224,7 @@ def _judge_and_verify(sim: GroupSimulator, judge: RolloutJudge, groups: list[Ima
     verify_s = time.perf_counter() - t0
     for i, g in enumerate(groups):
         replay = np.asarray([replay_ok.get((i, m), True) for m in range(G)])
-        v = dual_noise_group(g.success.astype(float), g.success, replay if verify else g.success)
+        v = dual_noise_group(raw[i], g.success, replay if verify else g.success)
         g.rewards, g.flagged, g.discard = v.rewards, v.flagged, v.discard
     return verify_s
 
@@ -218,7 +239,7 @@ class ClassifierRolloutJudge:
     def judge_videos(self, videos: list[np.ndarray], instructions: list[str], frame_stride: int,
                      session_ids: list[str] | None = None) -> list[VideoVerdict]:
         verdicts = self.judge.judge_many(videos, instructions, [frame_stride] * len(videos))
-        return [VideoVerdict(v.success, v.score, v.done_frame) for v in verdicts]
+        return [VideoVerdict(v.success, v.score, v.done_frame, tuple(v.clip_scores)) for v in verdicts]
 
 
 class ServiceRolloutJudge:
@@ -233,7 +254,8 @@ class ServiceRolloutJudge:
                      session_ids: list[str] | None = None) -> list[VideoVerdict]:
         results = list(self.pool.map(lambda vi: self.client.judge(vi[0], vi[1], frame_stride=frame_stride),
                                      zip(videos, instructions, strict=True)))
-        return [VideoVerdict(r.verdict.success, r.verdict.score, r.verdict.done_frame) for r in results]
+        return [VideoVerdict(r.verdict.success, r.verdict.score, r.verdict.done_frame, tuple(r.verdict.clip_scores))
+                for r in results]
 
 
 class NoSimulatorReplica(RuntimeError):

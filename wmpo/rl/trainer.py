@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from wmpo.data.episodes import atomic_write_json
 from wmpo.errors import ConfigError
+from wmpo.judge.rewards import REWARD_KINDS
 from wmpo.models.policy import Policy
 from wmpo.rl.grpo import clipped_surrogate, group_advantages, is_informative
 from wmpo.rl.imagination import (
@@ -65,6 +66,9 @@ class GRPOConfig:
     minibatch: int = bounded(64, ge=1, le=1_000_000, flag="--minibatch", doc="Chunks per gradient step.")
     max_sampling_rounds: int = bounded(3, ge=1, le=100, doc="Imagination rounds per step while filling the batch.")
     verify: bool = bounded(True, doc="Dual-noise verification of judged successes.")
+    reward: str = bounded("success", choices=REWARD_KINDS, flag="--reward",
+                          doc="Member reward: the judged success (1/0, WMPO) or the temporally weighted "
+                          "clip reward of the judge's per-clip confidences (clip, RoboStereo's OEPL).")
     max_grad_norm: float = bounded(1.0, gt=0, doc="Gradient clipping norm.")
     seed: int = bounded(0, ge=0, lt=2**31, flag="--seed", doc="Seed of start states, sampling and updates.")
 
@@ -186,7 +190,8 @@ def train_grpo(cfg: GRPOConfig, sim: GroupSimulator, judge: RolloutJudge, progre
             need = cfg.groups_per_step - len(kept)
             starts = start_states(cfg.tasks, need if rnd else cfg.groups_per_step, rng, envs)
             groups = imagine_groups(sim, judge, policy, starts, cfg.group_size, cfg.chunks, cfg.temperature,
-                                    seed=cfg.seed * 100_003 + step * 101 + rnd, verify=cfg.verify, pool=pool, timing=timing)
+                                    seed=cfg.seed * 100_003 + step * 101 + rnd, verify=cfg.verify, pool=pool, timing=timing,
+                                    reward=cfg.reward)
             seen += groups
             kept += [g for g in groups if not g.discard and is_informative(g.rewards)]
             if len(kept) >= cfg.groups_per_step:

@@ -47,6 +47,7 @@ SPEC_FIELDS: tuple[str, ...] = (
     "endpoint",
     "environment",
     "real_budget",
+    "reward",
 )
 # Integer-valued config and metric keys (gRPC's Struct carries every number as a double).
 INT_KEYS = frozenset(

@@ -67,8 +67,9 @@ def test_a_real_environment_job_runs_online_grpo_in_metaworld_within_its_budget(
     the simulator's success flag, steps set by the budget of real episodes."""
     trainer = make_trainer()
     with TrainerClient(trainer.http_url, timeout=120) as http, GrpcTrainerClient(trainer.grpc_target) as rpc:
-        job = rpc.submit(POLICY, **{**TINY, "steps": 50}, environment="real", real_budget=4)
+        job = rpc.submit(POLICY, **{**TINY, "steps": 50}, environment="real", real_budget=4, reward="clip")
         assert job.config["environment"] == "real" and job.config["real_budget"] == 4
+        assert job.config["reward"] == "clip"  # real episodes have no clips: their true flag stays the reward
         final = http.wait(job.job_id)
     assert final.state == "succeeded", final.error
     # 4 real episodes = 2 steps of one group of 2, one sampling round each (no re-sampling).
@@ -111,6 +112,7 @@ BAD_SPECS: list[tuple[dict[str, Any], int, str]] = [
     ({"simulator_url": "ftp://sim:8000"}, 400, "simulator_url"),
     ({"judge_url": "judge:8001"}, 400, "judge_url"),
     ({"environment": "mars"}, 422, "environment"),
+    ({"reward": "dense"}, 422, "reward"),
     ({"real_budget": 4}, 400, "real_budget"),  # a budget of real episodes, in imagination
     ({"environment": "real", "real_budget": 3}, 400, "real_budget"),  # not whole steps of 1x2
     ({"environment": "real", "chunks": 80}, 422, "chunks"),

@@ -28,47 +28,47 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from wmpo_client.proto import simulator_pb2 as wmpo_dot_v1_dot_simulator__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15wmpo/v1/trainer.proto\x12\x07wmpo.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17wmpo/v1/simulator.proto\"\xf9\x05\n\x07JobSpec\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\r\n\x05tasks\x18\x03 \x03(\t\x12\x12\n\x05steps\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x1c\n\x0fgroups_per_step\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x17\n\ngroup_size\x18\x06 \x01(\x05H\x02\x88\x01\x01\x12\x13\n\x06\x63hunks\x18\x07 \x01(\x05H\x03\x88\x01\x01\x12\x18\n\x0btemperature\x18\x08 \x01(\x01H\x04\x88\x01\x01\x12\x0f\n\x02lr\x18\t \x01(\x01H\x05\x88\x01\x01\x12\x13\n\x06\x65pochs\x18\n \x01(\x05H\x06\x88\x01\x01\x12\x16\n\tminibatch\x18\x0b \x01(\x05H\x07\x88\x01\x01\x12 \n\x13max_sampling_rounds\x18\x0c \x01(\x05H\x08\x88\x01\x01\x12\x13\n\x06verify\x18\r \x01(\x08H\t\x88\x01\x01\x12\x1a\n\rmax_grad_norm\x18\x0e \x01(\x01H\n\x88\x01\x01\x12\x11\n\x04seed\x18\x0f \x01(\x03H\x0b\x88\x01\x01\x12\x1a\n\reval_episodes\x18\x10 \x01(\x05H\x0c\x88\x01\x01\x12\x19\n\x0c\x65val_workers\x18\x11 \x01(\x05H\r\x88\x01\x01\x12\x16\n\x0esimulator_urls\x18\x12 \x03(\t\x12\x11\n\tjudge_url\x18\x13 \x01(\t\x12\x15\n\x08\x65ndpoint\x18\x16 \x01(\tH\x0e\x88\x01\x01\x12\x18\n\x0b\x65nvironment\x18\x14 \x01(\tH\x0f\x88\x01\x01\x12\x18\n\x0breal_budget\x18\x15 \x01(\x05H\x10\x88\x01\x01\x42\x08\n\x06_stepsB\x12\n\x10_groups_per_stepB\r\n\x0b_group_sizeB\t\n\x07_chunksB\x0e\n\x0c_temperatureB\x05\n\x03_lrB\t\n\x07_epochsB\x0c\n\n_minibatchB\x16\n\x14_max_sampling_roundsB\t\n\x07_verifyB\x10\n\x0e_max_grad_normB\x07\n\x05_seedB\x10\n\x0e_eval_episodesB\x0f\n\r_eval_workersB\x0b\n\t_endpointB\x0e\n\x0c_environmentB\x0e\n\x0c_real_budget\"2\n\x10SubmitJobRequest\x12\x1e\n\x04spec\x18\x01 \x01(\x0b\x32\x10.wmpo.v1.JobSpec\"?\n\x11SubmitJobResponse\x12\x19\n\x03job\x18\x01 \x01(\x0b\x32\x0c.wmpo.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\xe7\x02\n\x0bStepMetrics\x12\x0c\n\x04step\x18\x01 \x01(\x05\x12\x0e\n\x06reward\x18\x02 \x01(\x01\x12\x18\n\x10imagined_success\x18\x03 \x01(\x01\x12\x11\n\tdnv_flags\x18\x04 \x01(\x05\x12\x17\n\x0fgroups_imagined\x18\x05 \x01(\x05\x12\x13\n\x0bgroups_kept\x18\x06 \x01(\x05\x12\x18\n\x10groups_discarded\x18\x07 \x01(\x05\x12\x18\n\x0bkl_to_start\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\timagine_s\x18\t \x01(\x01\x12\x0f\n\x07judge_s\x18\n \x01(\x01\x12\x10\n\x08update_s\x18\x0b \x01(\x01\x12\x0e\n\x06step_s\x18\x0c \x01(\x01\x12\x1d\n\x15imagined_frames_per_s\x18\r \x01(\x01\x12$\n\x03\x61ll\x18\x0e \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08verify_s\x18\x0f \x01(\x01\x42\x0e\n\x0c_kl_to_start\"\xdd\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12 \n\x05state\x18\x02 \x01(\x0e\x32\x11.wmpo.v1.JobState\x12\x0c\n\x04step\x18\x03 \x01(\x05\x12\r\n\x05steps\x18\x04 \x01(\x05\x12\'\n\x06\x63onfig\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12\x17\n\nstarted_at\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0b\x66inished_at\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x18\n\x10\x63\x61ncel_requested\x18\n \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x0b \x01(\x05\x12\x10\n\x08restarts\x18\x0c \x01(\x05\x12\x0e\n\x06worker\x18\r \x01(\t\x12\x19\n\x11resumed_from_step\x18\x0e \x01(\x05\x12%\n\x07metrics\x18\x0f \x03(\x0b\x32\x14.wmpo.v1.StepMetrics\x12,\n\x0b\x65val_before\x18\x10 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\neval_after\x18\x11 \x01(\x0b\x32\x17.google.protobuf.StructB\r\n\x0b_started_atB\x0e\n\x0c_finished_at\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"B\n\x0fListJobsRequest\x12 \n\x05state\x18\x01 \x01(\x0e\x32\x11.wmpo.v1.JobState\x12\r\n\x05limit\x18\x02 \x01(\x05\".\n\x10ListJobsResponse\x12\x1a\n\x04jobs\x18\x01 \x03(\x0b\x32\x0c.wmpo.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"5\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nafter_step\x18\x02 \x01(\x05\"u\n\x08JobEvent\x12$\n\x04step\x18\x01 \x01(\x0b\x32\x14.wmpo.v1.StepMetricsH\x00\x12\x1d\n\x05state\x18\x02 \x01(\x0b\x32\x0c.wmpo.v1.JobH\x00\x12\x1b\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x0c.wmpo.v1.JobH\x00\x42\x07\n\x05\x65vent\"&\n\x14GetCheckpointRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"<\n\x0e\x43heckpointFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"R\n\nCheckpoint\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12&\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x17.wmpo.v1.CheckpointFile\"=\n\x1d\x44ownloadCheckpointFileRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"7\n\tFileChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04size\x18\x03 \x01(\x03*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\x87\x04\n\x07Trainer\x12\x42\n\tSubmitJob\x12\x19.wmpo.v1.SubmitJobRequest\x1a\x1a.wmpo.v1.SubmitJobResponse\x12.\n\x06GetJob\x12\x16.wmpo.v1.GetJobRequest\x1a\x0c.wmpo.v1.Job\x12?\n\x08ListJobs\x12\x18.wmpo.v1.ListJobsRequest\x1a\x19.wmpo.v1.ListJobsResponse\x12\x34\n\tCancelJob\x12\x19.wmpo.v1.CancelJobRequest\x1a\x0c.wmpo.v1.Job\x12\x39\n\x08WatchJob\x12\x18.wmpo.v1.WatchJobRequest\x1a\x11.wmpo.v1.JobEvent0\x01\x12\x43\n\rGetCheckpoint\x12\x1d.wmpo.v1.GetCheckpointRequest\x1a\x13.wmpo.v1.Checkpoint\x12V\n\x16\x44ownloadCheckpointFile\x12&.wmpo.v1.DownloadCheckpointFileRequest\x1a\x12.wmpo.v1.FileChunk0\x01\x12\x39\n\x06Health\x12\x16.wmpo.v1.HealthRequest\x1a\x17.wmpo.v1.HealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15wmpo/v1/trainer.proto\x12\x07wmpo.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17wmpo/v1/simulator.proto\"\x99\x06\n\x07JobSpec\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\r\n\x05tasks\x18\x03 \x03(\t\x12\x12\n\x05steps\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x1c\n\x0fgroups_per_step\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x17\n\ngroup_size\x18\x06 \x01(\x05H\x02\x88\x01\x01\x12\x13\n\x06\x63hunks\x18\x07 \x01(\x05H\x03\x88\x01\x01\x12\x18\n\x0btemperature\x18\x08 \x01(\x01H\x04\x88\x01\x01\x12\x0f\n\x02lr\x18\t \x01(\x01H\x05\x88\x01\x01\x12\x13\n\x06\x65pochs\x18\n \x01(\x05H\x06\x88\x01\x01\x12\x16\n\tminibatch\x18\x0b \x01(\x05H\x07\x88\x01\x01\x12 \n\x13max_sampling_rounds\x18\x0c \x01(\x05H\x08\x88\x01\x01\x12\x13\n\x06verify\x18\r \x01(\x08H\t\x88\x01\x01\x12\x1a\n\rmax_grad_norm\x18\x0e \x01(\x01H\n\x88\x01\x01\x12\x11\n\x04seed\x18\x0f \x01(\x03H\x0b\x88\x01\x01\x12\x1a\n\reval_episodes\x18\x10 \x01(\x05H\x0c\x88\x01\x01\x12\x19\n\x0c\x65val_workers\x18\x11 \x01(\x05H\r\x88\x01\x01\x12\x16\n\x0esimulator_urls\x18\x12 \x03(\t\x12\x11\n\tjudge_url\x18\x13 \x01(\t\x12\x15\n\x08\x65ndpoint\x18\x16 \x01(\tH\x0e\x88\x01\x01\x12\x18\n\x0b\x65nvironment\x18\x14 \x01(\tH\x0f\x88\x01\x01\x12\x18\n\x0breal_budget\x18\x15 \x01(\x05H\x10\x88\x01\x01\x12\x13\n\x06reward\x18\x17 \x01(\tH\x11\x88\x01\x01\x42\x08\n\x06_stepsB\x12\n\x10_groups_per_stepB\r\n\x0b_group_sizeB\t\n\x07_chunksB\x0e\n\x0c_temperatureB\x05\n\x03_lrB\t\n\x07_epochsB\x0c\n\n_minibatchB\x16\n\x14_max_sampling_roundsB\t\n\x07_verifyB\x10\n\x0e_max_grad_normB\x07\n\x05_seedB\x10\n\x0e_eval_episodesB\x0f\n\r_eval_workersB\x0b\n\t_endpointB\x0e\n\x0c_environmentB\x0e\n\x0c_real_budgetB\t\n\x07_reward\"2\n\x10SubmitJobRequest\x12\x1e\n\x04spec\x18\x01 \x01(\x0b\x32\x10.wmpo.v1.JobSpec\"?\n\x11SubmitJobResponse\x12\x19\n\x03job\x18\x01 \x01(\x0b\x32\x0c.wmpo.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\xe7\x02\n\x0bStepMetrics\x12\x0c\n\x04step\x18\x01 \x01(\x05\x12\x0e\n\x06reward\x18\x02 \x01(\x01\x12\x18\n\x10imagined_success\x18\x03 \x01(\x01\x12\x11\n\tdnv_flags\x18\x04 \x01(\x05\x12\x17\n\x0fgroups_imagined\x18\x05 \x01(\x05\x12\x13\n\x0bgroups_kept\x18\x06 \x01(\x05\x12\x18\n\x10groups_discarded\x18\x07 \x01(\x05\x12\x18\n\x0bkl_to_start\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\timagine_s\x18\t \x01(\x01\x12\x0f\n\x07judge_s\x18\n \x01(\x01\x12\x10\n\x08update_s\x18\x0b \x01(\x01\x12\x0e\n\x06step_s\x18\x0c \x01(\x01\x12\x1d\n\x15imagined_frames_per_s\x18\r \x01(\x01\x12$\n\x03\x61ll\x18\x0e \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08verify_s\x18\x0f \x01(\x01\x42\x0e\n\x0c_kl_to_start\"\xdd\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12 \n\x05state\x18\x02 \x01(\x0e\x32\x11.wmpo.v1.JobState\x12\x0c\n\x04step\x18\x03 \x01(\x05\x12\r\n\x05steps\x18\x04 \x01(\x05\x12\'\n\x06\x63onfig\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12\x17\n\nstarted_at\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0b\x66inished_at\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x18\n\x10\x63\x61ncel_requested\x18\n \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x0b \x01(\x05\x12\x10\n\x08restarts\x18\x0c \x01(\x05\x12\x0e\n\x06worker\x18\r \x01(\t\x12\x19\n\x11resumed_from_step\x18\x0e \x01(\x05\x12%\n\x07metrics\x18\x0f \x03(\x0b\x32\x14.wmpo.v1.StepMetrics\x12,\n\x0b\x65val_before\x18\x10 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\neval_after\x18\x11 \x01(\x0b\x32\x17.google.protobuf.StructB\r\n\x0b_started_atB\x0e\n\x0c_finished_at\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"B\n\x0fListJobsRequest\x12 \n\x05state\x18\x01 \x01(\x0e\x32\x11.wmpo.v1.JobState\x12\r\n\x05limit\x18\x02 \x01(\x05\".\n\x10ListJobsResponse\x12\x1a\n\x04jobs\x18\x01 \x03(\x0b\x32\x0c.wmpo.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"5\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nafter_step\x18\x02 \x01(\x05\"u\n\x08JobEvent\x12$\n\x04step\x18\x01 \x01(\x0b\x32\x14.wmpo.v1.StepMetricsH\x00\x12\x1d\n\x05state\x18\x02 \x01(\x0b\x32\x0c.wmpo.v1.JobH\x00\x12\x1b\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x0c.wmpo.v1.JobH\x00\x42\x07\n\x05\x65vent\"&\n\x14GetCheckpointRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"<\n\x0e\x43heckpointFile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"R\n\nCheckpoint\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12&\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x17.wmpo.v1.CheckpointFile\"=\n\x1d\x44ownloadCheckpointFileRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"7\n\tFileChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04size\x18\x03 \x01(\x03*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\x87\x04\n\x07Trainer\x12\x42\n\tSubmitJob\x12\x19.wmpo.v1.SubmitJobRequest\x1a\x1a.wmpo.v1.SubmitJobResponse\x12.\n\x06GetJob\x12\x16.wmpo.v1.GetJobRequest\x1a\x0c.wmpo.v1.Job\x12?\n\x08ListJobs\x12\x18.wmpo.v1.ListJobsRequest\x1a\x19.wmpo.v1.ListJobsResponse\x12\x34\n\tCancelJob\x12\x19.wmpo.v1.CancelJobRequest\x1a\x0c.wmpo.v1.Job\x12\x39\n\x08WatchJob\x12\x18.wmpo.v1.WatchJobRequest\x1a\x11.wmpo.v1.JobEvent0\x01\x12\x43\n\rGetCheckpoint\x12\x1d.wmpo.v1.GetCheckpointRequest\x1a\x13.wmpo.v1.Checkpoint\x12V\n\x16\x44ownloadCheckpointFile\x12&.wmpo.v1.DownloadCheckpointFileRequest\x1a\x12.wmpo.v1.FileChunk0\x01\x12\x39\n\x06Health\x12\x16.wmpo.v1.HealthRequest\x1a\x17.wmpo.v1.HealthResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wmpo.v1.trainer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=2478
-  _globals['_JOBSTATE']._serialized_end=2632
+  _globals['_JOBSTATE']._serialized_start=2510
+  _globals['_JOBSTATE']._serialized_end=2664
   _globals['_JOBSPEC']._serialized_start=90
-  _globals['_JOBSPEC']._serialized_end=851
-  _globals['_SUBMITJOBREQUEST']._serialized_start=853
-  _globals['_SUBMITJOBREQUEST']._serialized_end=903
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=905
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=968
-  _globals['_STEPMETRICS']._serialized_start=971
-  _globals['_STEPMETRICS']._serialized_end=1330
-  _globals['_JOB']._serialized_start=1333
-  _globals['_JOB']._serialized_end=1810
-  _globals['_GETJOBREQUEST']._serialized_start=1812
-  _globals['_GETJOBREQUEST']._serialized_end=1843
-  _globals['_LISTJOBSREQUEST']._serialized_start=1845
-  _globals['_LISTJOBSREQUEST']._serialized_end=1911
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1913
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1959
-  _globals['_CANCELJOBREQUEST']._serialized_start=1961
-  _globals['_CANCELJOBREQUEST']._serialized_end=1995
-  _globals['_WATCHJOBREQUEST']._serialized_start=1997
-  _globals['_WATCHJOBREQUEST']._serialized_end=2050
-  _globals['_JOBEVENT']._serialized_start=2052
-  _globals['_JOBEVENT']._serialized_end=2169
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=2171
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=2209
-  _globals['_CHECKPOINTFILE']._serialized_start=2211
-  _globals['_CHECKPOINTFILE']._serialized_end=2271
-  _globals['_CHECKPOINT']._serialized_start=2273
-  _globals['_CHECKPOINT']._serialized_end=2355
-  _globals['_DOWNLOADCHECKPOINTFILEREQUEST']._serialized_start=2357
-  _globals['_DOWNLOADCHECKPOINTFILEREQUEST']._serialized_end=2418
-  _globals['_FILECHUNK']._serialized_start=2420
-  _globals['_FILECHUNK']._serialized_end=2475
-  _globals['_TRAINER']._serialized_start=2635
-  _globals['_TRAINER']._serialized_end=3154
+  _globals['_JOBSPEC']._serialized_end=883
+  _globals['_SUBMITJOBREQUEST']._serialized_start=885
+  _globals['_SUBMITJOBREQUEST']._serialized_end=935
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=937
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=1000
+  _globals['_STEPMETRICS']._serialized_start=1003
+  _globals['_STEPMETRICS']._serialized_end=1362
+  _globals['_JOB']._serialized_start=1365
+  _globals['_JOB']._serialized_end=1842
+  _globals['_GETJOBREQUEST']._serialized_start=1844
+  _globals['_GETJOBREQUEST']._serialized_end=1875
+  _globals['_LISTJOBSREQUEST']._serialized_start=1877
+  _globals['_LISTJOBSREQUEST']._serialized_end=1943
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1945
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1991
+  _globals['_CANCELJOBREQUEST']._serialized_start=1993
+  _globals['_CANCELJOBREQUEST']._serialized_end=2027
+  _globals['_WATCHJOBREQUEST']._serialized_start=2029
+  _globals['_WATCHJOBREQUEST']._serialized_end=2082
+  _globals['_JOBEVENT']._serialized_start=2084
+  _globals['_JOBEVENT']._serialized_end=2201
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=2203
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=2241
+  _globals['_CHECKPOINTFILE']._serialized_start=2243
+  _globals['_CHECKPOINTFILE']._serialized_end=2303
+  _globals['_CHECKPOINT']._serialized_start=2305
+  _globals['_CHECKPOINT']._serialized_end=2387
+  _globals['_DOWNLOADCHECKPOINTFILEREQUEST']._serialized_start=2389
+  _globals['_DOWNLOADCHECKPOINTFILEREQUEST']._serialized_end=2450
+  _globals['_FILECHUNK']._serialized_start=2452
+  _globals['_FILECHUNK']._serialized_end=2507
+  _globals['_TRAINER']._serialized_start=2667
+  _globals['_TRAINER']._serialized_end=3186
 # @@protoc_insertion_point(module_scope)
