@@ -1,5 +1,6 @@
 """The GRPO job's calibration: the start policy in MetaWorld as GRPO samples it."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,10 @@ def test_a_job_reports_real_and_imagined_success_side_by_side(tmp_path, capsys):
     assert cal["real"]["per_task"][TASK]["episodes"] == 1
     assert set(cal["imagined_step1"]) == {TASK}  # the first step's imagined success, per task
     assert (tmp_path / "calibration.json").exists() and "imagined (step 1)" in capsys.readouterr().out
+    # The trained policy names the models that imagined and judged its rollouts.
+    imagined_with = json.loads((tmp_path / "policy" / "manifest.json").read_text())["imagined_with"]
+    assert imagined_with == {"simulator": result["simulator"], "judge": result["judge"]}
+    world_model_sha = json.loads((CKPT / "world-model" / "manifest.json").read_text())["weights_sha256"]
+    judge_sha = json.loads((CKPT / "judge" / "manifest.json").read_text())["weights_sha256"]
+    assert world_model_sha.startswith(imagined_with["simulator"]["world_model_sha256"])
+    assert judge_sha.startswith(imagined_with["judge"]["classifier_sha256"])

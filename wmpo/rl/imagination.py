@@ -249,11 +249,14 @@ class ServiceRolloutJudge:
     def __init__(self, client: Judge, workers: int = 16) -> None:
         self.client = client
         self.pool = ThreadPoolExecutor(workers)
+        self.provenance: dict[str, str] = {}  # the serving judge (classifier hash, threshold), from the last verdict
 
     def judge_videos(self, videos: list[np.ndarray], instructions: list[str], frame_stride: int,
                      session_ids: list[str] | None = None) -> list[VideoVerdict]:
         results = list(self.pool.map(lambda vi: self.client.judge(vi[0], vi[1], frame_stride=frame_stride),
                                      zip(videos, instructions, strict=True)))
+        if results:
+            self.provenance = dict(results[-1].provenance)
         return [VideoVerdict(r.verdict.success, r.verdict.score, r.verdict.done_frame, tuple(r.verdict.clip_scores))
                 for r in results]
 

@@ -28,6 +28,7 @@ from wmpo.errors import ConfigError
 from wmpo.eval.policy import EvalConfig, evaluate, format_table
 from wmpo.rl.imagination import ServiceGroupSimulator, ServiceRolloutJudge
 from wmpo.rl.trainer import GRPOConfig, train_grpo
+from wmpo.utils.checkpoint import update_manifest
 from wmpo.utils.config import bounded
 
 CHUNK_STEPS = 8  # env steps per action chunk (the policy's K)
@@ -191,10 +192,13 @@ def run_grpo_job(cfg: GRPOJobConfig, progress: bool = True,
         result["real_episodes_this_run"] = real_sim.real_episodes
     else:
         with service_clients(cfg, simulator_api_key, judge_api_key, embedded) as (sim, judge_client):
-            groups = ServiceGroupSimulator(sim)
-            summary = train_grpo(cfg.grpo(), groups, ServiceRolloutJudge(judge_client),
+            groups, judge = ServiceGroupSimulator(sim), ServiceRolloutJudge(judge_client)
+            summary = train_grpo(cfg.grpo(), groups, judge,
                                  progress=progress, on_step=on_step, should_stop=should_stop)
             result["simulator"] = groups.provenance  # the model and sampler the rollouts came from
+            result["judge"] = judge.provenance  # and the judge that rewarded them
+        # The trained policy says where it came from: the models that imagined and judged its rollouts.
+        update_manifest(summary["policy"], imagined_with={"simulator": result["simulator"], "judge": result["judge"]})
     result["training"] = {"steps": summary["steps"], "last": summary["history"][-1] if summary["history"] else None}
     if calibration is not None:
         first = summary["history"][0].get("per_task_success") if summary["history"] else None
