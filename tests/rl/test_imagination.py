@@ -15,6 +15,7 @@ from wmpo.rl.imagination import (
     imagine_groups,
     member_reward,
 )
+from wmpo.rl.real import RealGroupSimulator
 
 CKPT = Path(__file__).resolve().parents[2] / "checkpoints"
 TASK = "button-press-topdown-v3"
@@ -41,23 +42,34 @@ def test_a_rollouts_reward_is_its_success_or_its_clip_reward():
         member_reward(v, "dense")
 
 
-def test_clip_rewards_rank_real_rollouts_by_the_judges_confidences():
-    """The bundled judge over real MetaWorld rollouts (the online baseline's simulator, so the test
-    needs no world model): with ``reward="clip"`` each member's reward is the clip reward of the
-    judge's per-clip confidences on its video."""
+@pytest.fixture(scope="module")
+def button_group_setup():
+    """A real start of button press from which the base policy, sampled at temperature 1 with
+    seed 0, presses the button in all 3 tries within 12 chunks; the bundled judge."""
     from wmpo.envs import make_env
     from wmpo.judge.success import SuccessJudge
     from wmpo.models.policy import Policy
-    from wmpo.rl.real import RealGroupSimulator
 
     env = make_env(TASK)
     frame, _ = env.reset(seed=200_002)
-    start = StartState(frame, env.instruction, TASK, 200_002)
     policy, _ = Policy.from_checkpoint(str(CKPT / "policy-base"))
-    classifier = SuccessJudge.load(str(CKPT / "judge"))
-    judge = ClassifierRolloutJudge(classifier)
-    (g,) = imagine_groups(RealGroupSimulator(), judge, policy, [start], group_size=3, chunks=12, temperature=1.0,
-                          seed=0, verify=False, reward="clip")
+    return StartState(frame, env.instruction, TASK, 200_002), policy, SuccessJudge.load(str(CKPT / "judge"))
+
+
+class NoReplays(RealGroupSimulator):
+    """MetaWorld groups whose replays must not be asked for (the real env cannot replay anyway)."""
+
+    def replay(self, session_id, seed=None):
+        raise AssertionError(f"replay of {session_id} asked for")
+
+
+def test_clip_rewards_rank_real_rollouts_by_the_judges_confidences(button_group_setup):
+    """The bundled judge over real MetaWorld rollouts (the online baseline's simulator, so the test
+    needs no world model): with ``reward="clip"`` each member's reward is the clip reward of the
+    judge's per-clip confidences on its video."""
+    start, policy, classifier = button_group_setup
+    (g,) = imagine_groups(RealGroupSimulator(), ClassifierRolloutJudge(classifier), policy, [start], group_size=3,
+                          chunks=12, temperature=1.0, seed=0, verify=False, reward="clip")
     expected = [clip_reward(np.asarray(v.clip_scores))
                 for v in classifier.judge_many(list(g.videos), [start.instruction] * 3, [2] * 3)]
     assert g.rewards.tolist() == pytest.approx(expected, rel=1e-6, abs=0)
@@ -65,3 +77,15 @@ def test_clip_rewards_rank_real_rollouts_by_the_judges_confidences():
     # uninformative; the clip reward still ranks the members by how soon and how clearly.
     assert g.success.all() and not is_informative(g.success.astype(float))
     assert len(set(g.rewards.tolist())) == 3 and is_informative(g.rewards)
+
+
+def test_a_group_judged_all_successes_is_not_replayed_under_the_binary_reward(button_group_setup):
+    start, policy, classifier = button_group_setup
+    judge = ClassifierRolloutJudge(classifier)
+    (g,) = imagine_groups(NoReplays(), judge, policy, [start], group_size=3, chunks=12, temperature=1.0, seed=0,
+                          verify=True, reward="success")
+    assert g.success.all() and g.rewards.tolist() == [1.0, 1.0, 1.0] and not g.flagged.any()
+    # The clip reward ranks successes, so they are verified.
+    with pytest.raises(AssertionError, match="replay of real-0-0 asked for"):
+        imagine_groups(NoReplays(), judge, policy, [start], group_size=3, chunks=12, temperature=1.0, seed=0,
+                       verify=True, reward="clip")

@@ -210,8 +210,12 @@ def _judge_and_verify(sim: GroupSimulator, judge: RolloutJudge, groups: list[Ima
         g.chunk_mask = np.zeros((G, chunks), bool)
         for m, v in enumerate(vs):
             g.chunk_mask[m, : done_chunk(v.done_frame if v.success else None, frames_per_chunk, chunks)] = True
-    # Dual-noise verification: replay every judged success under fresh noise, judge it again.
-    todo = [(i, m) for i, g in enumerate(groups) for m in np.flatnonzero(g.success)] if verify else []
+    # Dual-noise verification: replay every judged success under fresh noise, judge it again;
+    # except, with the binary reward, in a group judged all successes: any flags leave its rewards
+    # all equal (the mean of the unflagged ones), so it teaches nothing either way, and its replays
+    # would be the step's largest waste (a task the policy already solves).
+    todo = [(i, m) for i, g in enumerate(groups) for m in np.flatnonzero(g.success)
+            if verify and not (reward == "success" and g.success.all())]
     t0 = time.perf_counter()
     replays = list(pool.map(lambda im: sim.replay(groups[im[0]].session_ids[im[1]], seed=seed * 7919 + 31 * im[0]
                                                   + int(im[1])), todo))
