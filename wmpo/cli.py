@@ -34,6 +34,9 @@ CALIBRATION_HELP = ("per task: run the start policy in MetaWorld as GRPO samples
 REWARD_HELP = ("a rollout's reward: success = the judged success (1/0, WMPO); clip = the temporally "
                "weighted clip reward of the judge's per-clip confidences (RoboStereo's OEPL), which also "
                "ranks groups whose members all pass or all fail")
+TASK_SAMPLING_HELP = ("start tasks of the imagined groups: round-robin, or informative = drawn by each "
+                      "task's share of informative groups so far (a task the policy always or never "
+                      "solves in imagination is imagined less; a uniform floor keeps every task)")
 GUIDANCE_HELP = ("classifier-free guidance on the actions instead of the world model's (1 = off; 3 follows "
                  "the actions more closely at about twice the imagination time)")
 
@@ -213,7 +216,8 @@ def cmd_train_grpo(a: argparse.Namespace) -> None:
         minibatch=a.minibatch, verify=not a.no_verify, seed=a.seed, simulator_url=a.simulator_url,
         judge_url=a.judge_url, world_model=a.world_model, judge=a.judge, eval_episodes=a.eval_episodes,
         eval_workers=a.workers, environment=a.environment, real_budget=a.real_budget,
-        action_guidance=a.action_guidance, calibration_episodes=a.calibration_episodes, reward=a.reward)
+        action_guidance=a.action_guidance, calibration_episodes=a.calibration_episodes, reward=a.reward,
+        task_sampling=a.task_sampling)
     print(json.dumps(run_grpo_job(cfg, embedded=getattr(a, "embedded", None)), indent=2))
 
 
@@ -226,7 +230,7 @@ def cmd_train_lifelong(a: argparse.Namespace) -> None:
         wm_steps=a.wm_steps, judge_steps=a.judge_steps, judge_horizon_cuts=a.judge_horizon_cuts,
         grpo_steps=a.steps, groups=a.groups, group_size=a.group_size, chunks=a.chunks, lr=a.lr,
         action_guidance=a.action_guidance, calibration_episodes=a.calibration_episodes, reward=a.reward,
-        eval_episodes=a.eval_episodes, workers=a.workers, seed=a.seed)
+        task_sampling=a.task_sampling, eval_episodes=a.eval_episodes, workers=a.workers, seed=a.seed)
     result = run_lifelong(cfg, embedded=getattr(a, "embedded", None))
     print(json.dumps({"real_rollouts_total": result["real_rollouts_total"], "final": result["final"]}, indent=2))
 
@@ -535,6 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minibatch", type=int, default=64)
     p.add_argument("--no-verify", action="store_true", help="skip dual-noise verification")
     p.add_argument("--reward", choices=REWARD_KINDS, default="success", help=REWARD_HELP)
+    p.add_argument("--task-sampling", choices=["round-robin", "informative"], default="round-robin",
+                   help=TASK_SAMPLING_HELP)
     p.add_argument("--simulator-url", default=None, help="simulator service (default: embedded stack)")
     p.add_argument("--judge-url", default=None, help="judge service (default: embedded stack)")
     p.add_argument("--world-model", default=str(BUNDLED_WORLD_MODEL), help="for the embedded stack")
@@ -577,6 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="in GRPO's simulator and the judge's imagined data: " + GUIDANCE_HELP)
     p.add_argument("--calibration-episodes", type=int, default=0, help="before each round's GRPO: " + CALIBRATION_HELP)
     p.add_argument("--reward", choices=REWARD_KINDS, default="success", help=REWARD_HELP)
+    p.add_argument("--task-sampling", choices=["round-robin", "informative"], default="round-robin",
+                   help=TASK_SAMPLING_HELP)
     p.add_argument("--eval-episodes", type=int, default=100, help="held-out episodes per task after each round")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)

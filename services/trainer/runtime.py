@@ -102,7 +102,7 @@ JobId = Annotated[
 CLIENT_FIELDS = (
     "tasks", "steps", "groups_per_step", "group_size", "chunks", "temperature", "lr", "epochs",
     "minibatch", "max_sampling_rounds", "verify", "max_grad_norm", "seed", "eval_episodes",
-    "eval_workers", "environment", "real_budget", "reward",
+    "eval_workers", "environment", "real_budget", "reward", "task_sampling",
 )
 
 

@@ -99,3 +99,19 @@ def test_dynamic_sampling_imagines_more_groups_until_the_batch_is_full(tmp_path)
     assert h["groups_imagined"] >= 2, h  # the all-failure first group was dropped and more were imagined
     assert h["groups_kept"] == 1 and h["chunks_trained"] > 0, h
     assert sim.real_episodes == 4 * h["groups_imagined"]
+
+
+def test_informative_task_sampling_favours_the_tasks_whose_groups_teach():
+    from wmpo.rl.trainer import start_states, task_weights
+
+    tasks = ["button-press-topdown-v3", "drawer-close-v3", "door-open-v3"]
+    assert np.allclose(task_weights(tasks, []), 1 / 3)  # nothing imagined yet: uniform
+    # button always solved (no group kept), drawer informative, door seen twice, once kept
+    history = [{"per_task_groups": {tasks[0]: [6, 0], tasks[1]: [6, 5]}},
+               {"per_task_groups": {tasks[0]: [4, 0], tasks[1]: [4, 3], tasks[2]: [2, 1]}}]
+    w = task_weights(tasks, history)
+    assert w.sum() == pytest.approx(1.0) and w[1] > w[2] > w[0]
+    assert w[0] >= 0.2 / 3  # the floor keeps every task
+    starts = start_states(tasks, 6, np.random.default_rng(0), {}, weights=np.array([0.0, 1.0, 0.0]))
+    assert [s.task for s in starts] == [tasks[1]] * 6
+    assert [s.task for s in start_states(tasks, 4, np.random.default_rng(0), {})] == tasks + tasks[:1]

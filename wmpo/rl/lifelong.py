@@ -69,6 +69,7 @@ class LifelongConfig:
     chunks: int = 12
     temperature: float = 1.6
     reward: str = "success"  # GRPO's member reward (wmpo.judge.rewards.REWARD_KINDS)
+    task_sampling: str = "round-robin"  # GRPO's start tasks (wmpo.rl.trainer.GRPOConfig.task_sampling)
     lr: float = 5e-5
     epochs: int = 2
     minibatch: int = 64
@@ -124,7 +125,8 @@ class LifelongConfig:
             group_size=self.group_size, chunks=self.chunks, temperature=self.temperature, lr=self.lr,
             epochs=self.epochs, minibatch=self.minibatch, verify=self.verify, seed=self.seed + r,
             world_model=world_model, judge=judge, action_guidance=self.action_guidance,
-            calibration_episodes=self.calibration_episodes, reward=self.reward)
+            calibration_episodes=self.calibration_episodes, reward=self.reward,
+            task_sampling=self.task_sampling)
 
     def episodes_per_task(self) -> int:
         return self.real_rollouts // len(self.tasks)

@@ -70,6 +70,9 @@ class GRPOConfig:
                           doc="Member reward: the judged success (1/0, WMPO) or the temporally weighted "
                           "clip reward of the judge's per-clip confidences (clip, RoboStereo's OEPL).")
     max_grad_norm: float = bounded(1.0, gt=0, doc="Gradient clipping norm.")
+    task_sampling: str = bounded("round-robin", choices=("round-robin", "informative"), flag="--task-sampling",
+                                 doc="Start tasks: round-robin, or drawn by each task's share of informative "
+                                 "groups so far (with a uniform floor).")
     seed: int = bounded(0, ge=0, lt=2**31, flag="--seed", doc="Seed of start states, sampling and updates.")
 
     def validate(self) -> None:
@@ -78,19 +81,38 @@ class GRPOConfig:
             raise ConfigError("invalid GRPO config: " + "; ".join(problems))
 
 
-def start_states(tasks: list[str], n: int, rng: np.random.Generator, envs: dict[str, Any]) -> list[StartState]:
-    """n real first frames, tasks round-robin, layouts from training seeds."""
+def start_states(tasks: list[str], n: int, rng: np.random.Generator, envs: dict[str, Any],
+                 weights: np.ndarray | None = None) -> list[StartState]:
+    """n real first frames, layouts from training seeds; tasks round-robin, or drawn with
+    probabilities ``weights`` (one per task)."""
     from wmpo.envs import make_env
 
+    picks = rng.choice(len(tasks), size=n, p=weights) if weights is not None else np.arange(n) % len(tasks)
     out = []
-    for i in range(n):
-        task = tasks[i % len(tasks)]
+    for i in picks:
+        task = tasks[int(i)]
         if task not in envs:
             envs[task] = make_env(task)
         seed = int(START_SEED_BASE + rng.integers(0, 100_000))
         frame, _ = envs[task].reset(seed=seed)
         out.append(StartState(frame, envs[task].instruction, task, seed))
     return out
+
+
+def task_weights(tasks: list[str], history: list[dict[str, Any]], floor: float = 0.2) -> np.ndarray:
+    """Start-task probabilities for ``task_sampling="informative"``: each task's smoothed fraction
+    of informative groups so far ((kept + 1) / (imagined + 2)), normalized, mixed with ``floor`` of
+    the uniform so no task is dropped. A task the policy always solves (or never) in imagination
+    gives all-equal rewards; imagining it again is the step's largest waste."""
+    seen = dict.fromkeys(tasks, 0)
+    kept = dict.fromkeys(tasks, 0)
+    for h in history:
+        for t, (n_seen, n_kept) in h.get("per_task_groups", {}).items():
+            if t in seen:
+                seen[t] += n_seen
+                kept[t] += n_kept
+    rate = np.array([(kept[t] + 1) / (seen[t] + 2) for t in tasks])
+    return (1 - floor) * rate / rate.sum() + floor / len(tasks)
 
 
 def policy_kl(policy: Policy, reference: Policy, frames: torch.Tensor, text: torch.Tensor) -> float:
@@ -186,9 +208,10 @@ def train_grpo(cfg: GRPOConfig, sim: GroupSimulator, judge: RolloutJudge, progre
         timing: dict[str, float] = {}
         kept: list[ImaginedGroup] = []
         seen: list[ImaginedGroup] = []
+        weights = task_weights(cfg.tasks, history) if cfg.task_sampling == "informative" else None
         for rnd in range(cfg.max_sampling_rounds):
             need = cfg.groups_per_step - len(kept)
-            starts = start_states(cfg.tasks, need if rnd else cfg.groups_per_step, rng, envs)
+            starts = start_states(cfg.tasks, need if rnd else cfg.groups_per_step, rng, envs, weights)
             groups = imagine_groups(sim, judge, policy, starts, cfg.group_size, cfg.chunks, cfg.temperature,
                                     seed=cfg.seed * 100_003 + step * 101 + rnd, verify=cfg.verify, pool=pool, timing=timing,
                                     reward=cfg.reward)
@@ -207,6 +230,8 @@ def train_grpo(cfg: GRPOConfig, sim: GroupSimulator, judge: RolloutJudge, progre
             "dnv_judged_successes": int(sum(g.success.sum() for g in seen)),
             "per_task_success": {t: float(np.mean([g.success.mean() for g in seen if g.start.task == t]))
                                  for t in sorted({g.start.task for g in seen})},
+            "per_task_groups": {t: [sum(g.start.task == t for g in seen), sum(g.start.task == t for g in kept)]
+                                for t in sorted({g.start.task for g in seen})},
         }
         if kept:
             batch = _samples(kept)

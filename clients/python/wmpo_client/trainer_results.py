@@ -48,6 +48,7 @@ SPEC_FIELDS: tuple[str, ...] = (
     "environment",
     "real_budget",
     "reward",
+    "task_sampling",
 )
 # Integer-valued config and metric keys (gRPC's Struct carries every number as a double).
 INT_KEYS = frozenset(

@@ -113,6 +113,7 @@ BAD_SPECS: list[tuple[dict[str, Any], int, str]] = [
     ({"judge_url": "judge:8001"}, 400, "judge_url"),
     ({"environment": "mars"}, 422, "environment"),
     ({"reward": "dense"}, 422, "reward"),
+    ({"task_sampling": "random"}, 422, "task_sampling"),
     ({"real_budget": 4}, 400, "real_budget"),  # a budget of real episodes, in imagination
     ({"environment": "real", "real_budget": 3}, 400, "real_budget"),  # not whole steps of 1x2
     ({"environment": "real", "chunks": 80}, 422, "chunks"),
