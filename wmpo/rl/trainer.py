@@ -83,11 +83,15 @@ class GRPOConfig:
 
 def start_states(tasks: list[str], n: int, rng: np.random.Generator, envs: dict[str, Any],
                  weights: np.ndarray | None = None) -> list[StartState]:
-    """n real first frames, layouts from training seeds; tasks round-robin, or drawn with
+    """n real first frames, layouts from training seeds; tasks round-robin from a random first task
+    (so fewer groups than tasks still reach every task over the steps), or drawn with
     probabilities ``weights`` (one per task)."""
     from wmpo.envs import make_env
 
-    picks = rng.choice(len(tasks), size=n, p=weights) if weights is not None else np.arange(n) % len(tasks)
+    if weights is not None:
+        picks = rng.choice(len(tasks), size=n, p=weights)
+    else:
+        picks = (np.arange(n) + rng.integers(len(tasks))) % len(tasks)
     out = []
     for i in picks:
         task = tasks[int(i)]
