@@ -20,6 +20,7 @@ from pathlib import Path
 
 from wmpo.errors import ConfigError, WmpoError
 from wmpo.judge.rewards import REWARD_KINDS
+from wmpo.rl import TASK_SAMPLINGS
 
 BUNDLED_POLICY = Path(__file__).resolve().parent.parent / "checkpoints" / "policy-base"
 BUNDLED_WORLD_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "world-model"
@@ -39,6 +40,12 @@ TASK_SAMPLING_HELP = ("start tasks of the imagined groups: round-robin, or infor
                       "solves in imagination is imagined less; a uniform floor keeps every task)")
 GUIDANCE_HELP = ("classifier-free guidance on the actions instead of the world model's (1 = off; 3 follows "
                  "the actions more closely at about twice the imagination time)")
+
+
+def _add_grpo_reward_flags(p: argparse.ArgumentParser) -> None:
+    """--reward and --task-sampling, shared by `train grpo` and `train lifelong`."""
+    p.add_argument("--reward", choices=REWARD_KINDS, default="success", help=REWARD_HELP)
+    p.add_argument("--task-sampling", choices=TASK_SAMPLINGS, default="round-robin", help=TASK_SAMPLING_HELP)
 
 
 def _tasks(spec: str) -> list[str]:
@@ -538,9 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--minibatch", type=int, default=64)
     p.add_argument("--no-verify", action="store_true", help="skip dual-noise verification")
-    p.add_argument("--reward", choices=REWARD_KINDS, default="success", help=REWARD_HELP)
-    p.add_argument("--task-sampling", choices=["round-robin", "informative"], default="round-robin",
-                   help=TASK_SAMPLING_HELP)
+    _add_grpo_reward_flags(p)
     p.add_argument("--simulator-url", default=None, help="simulator service (default: embedded stack)")
     p.add_argument("--judge-url", default=None, help="judge service (default: embedded stack)")
     p.add_argument("--world-model", default=str(BUNDLED_WORLD_MODEL), help="for the embedded stack")
@@ -582,9 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--action-guidance", type=float, default=None,
                    help="in GRPO's simulator and the judge's imagined data: " + GUIDANCE_HELP)
     p.add_argument("--calibration-episodes", type=int, default=0, help="before each round's GRPO: " + CALIBRATION_HELP)
-    p.add_argument("--reward", choices=REWARD_KINDS, default="success", help=REWARD_HELP)
-    p.add_argument("--task-sampling", choices=["round-robin", "informative"], default="round-robin",
-                   help=TASK_SAMPLING_HELP)
+    _add_grpo_reward_flags(p)
     p.add_argument("--eval-episodes", type=int, default=100, help="held-out episodes per task after each round")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)

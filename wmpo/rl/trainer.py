@@ -30,6 +30,7 @@ from wmpo.data.episodes import atomic_write_json
 from wmpo.errors import ConfigError
 from wmpo.judge.rewards import REWARD_KINDS
 from wmpo.models.policy import Policy
+from wmpo.rl import TASK_SAMPLINGS
 from wmpo.rl.grpo import clipped_surrogate, group_advantages, is_informative
 from wmpo.rl.imagination import (
     GroupSimulator,
@@ -70,7 +71,7 @@ class GRPOConfig:
                           doc="Member reward: the judged success (1/0, WMPO) or the temporally weighted "
                           "clip reward of the judge's per-clip confidences (clip, RoboStereo's OEPL).")
     max_grad_norm: float = bounded(1.0, gt=0, doc="Gradient clipping norm.")
-    task_sampling: str = bounded("round-robin", choices=("round-robin", "informative"), flag="--task-sampling",
+    task_sampling: str = bounded("round-robin", choices=TASK_SAMPLINGS, flag="--task-sampling",
                                  doc="Start tasks: round-robin, or drawn by each task's share of informative "
                                  "groups so far (with a uniform floor).")
     seed: int = bounded(0, ge=0, lt=2**31, flag="--seed", doc="Seed of start states, sampling and updates.")
