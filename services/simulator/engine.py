@@ -500,23 +500,18 @@ class SimulatorEngine:
     def submit(self, rollouts: list[Rollout], actions: np.ndarray) -> ChunkHandle:
         """Queue one chunk (B, K, 4) for B rollouts; the caller holds a reservation.
 
-        `actions` must have passed the checks above (they are not re-validated per row).
+        `actions` must have passed the checks above, chunk length included (`prepare_imagine`,
+        or the session manager's step): they are not re-validated per chunk or per row.
         """
         if not self._batcher.running:
             raise Unavailable("the simulator is not running (starting up or shutting down)")
         if len(rollouts) != len(actions):
             raise InvalidArgument(f"{len(rollouts)} rollouts but {len(actions)} action rows")
-        self.check_chunk_length(actions.shape[1])
         rows = [
             _Row(r, np.ascontiguousarray(a, dtype=np.float32))
             for r, a in zip(rollouts, actions, strict=True)
         ]
         return ChunkHandle(self, self._batcher.submit(rows))
-
-    async def step(self, rollouts: list[Rollout], actions: np.ndarray) -> ChunkResult:
-        """Admit, queue and await one chunk for `rollouts` (B, K, 4)."""
-        with self.admit(len(rollouts)):
-            return await self.submit(rollouts, actions).result()
 
     # ------------------------------------------------------------ imagine
     def prepare_imagine(

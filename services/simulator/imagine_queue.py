@@ -9,8 +9,9 @@ default), with the same idempotency, retry and dead-letter rules.
 The accepting replica validates the request with its own engine's model facts
 (so a bad request is a 4xx before anything is queued) and fixes the seed
 (given, or derived from the request id) before enqueuing, so every delivery of
-a request, on any replica, computes the same frames. The worker re-validates
-against its own model and admits the work into its engine; in queue mode it
+a request, on any replica, computes the same frames. The worker checks only that
+the payload is well formed (it crossed Redis) and admits the work into its engine;
+replicas serve the same model (their provenance says which); in queue mode it
 waits for engine capacity instead of refusing (the queue is the buffer), while
 in process a full engine is the caller's 429, as before.
 
