@@ -34,7 +34,9 @@ CALIBRATION_HELP = ("per task: run the start policy in MetaWorld as GRPO samples
                     "and print its real success beside imagination's first step (0: skip)")
 REWARD_HELP = ("a rollout's reward: success = the judged success (1/0, WMPO); clip = the temporally "
                "weighted clip reward of the judge's per-clip confidences (RoboStereo's OEPL), which also "
-               "ranks groups whose members all pass or all fail")
+               "ranks groups whose members all pass or all fail; imitation = minus the perceptual "
+               "distance of its imagined frames to the scripted expert's imagined rollout from the same "
+               "start (RoboStereo's IEPL; the expert acts once per start in MetaWorld, a demonstration)")
 TASK_SAMPLING_HELP = ("start tasks of the imagined groups: round-robin, or informative = drawn by each "
                       "task's share of informative groups so far (a task the policy always or never "
                       "solves in imagination is imagined less; a uniform floor keeps every task)")
@@ -224,7 +226,7 @@ def cmd_train_grpo(a: argparse.Namespace) -> None:
         judge_url=a.judge_url, world_model=a.world_model, judge=a.judge, eval_episodes=a.eval_episodes,
         eval_workers=a.workers, environment=a.environment, real_budget=a.real_budget,
         action_guidance=a.action_guidance, calibration_episodes=a.calibration_episodes, reward=a.reward,
-        task_sampling=a.task_sampling)
+        task_sampling=a.task_sampling, perceptual_model=a.perceptual_model)
     print(json.dumps(run_grpo_job(cfg, embedded=getattr(a, "embedded", None)), indent=2))
 
 
@@ -551,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-model", default=str(BUNDLED_WORLD_MODEL), help="for the embedded stack")
     p.add_argument("--judge", default=str(BUNDLED_JUDGE), help="classifier for the embedded stack")
     p.add_argument("--action-guidance", type=float, default=None, help="the embedded stack's simulator: " + GUIDANCE_HELP)
+    p.add_argument("--perceptual-model", default=None,
+                   help="--reward imitation: the world-model checkpoint whose autoencoder measures the "
+                   "distance to the expert (default: --world-model)")
     p.add_argument("--eval-episodes", type=int, default=0,
                    help="real-simulator episodes per task on held-out seeds, before and after (0: skip)")
     p.add_argument("--workers", type=int, default=2, help="processes for the real-simulator evaluation")

@@ -229,6 +229,9 @@ def resolve_job(spec: JobSpec, job_id: str, settings: TrainerSettings) -> GRPOJo
         judge_url=judge_url,
         world_model=None if sim_url else settings.embedded_world_model,
         judge=None if sim_url else settings.embedded_judge,
+        # the imitation reward's feature network: the trainer's own world-model checkpoint's
+        # autoencoder, also when the simulators are remote
+        perceptual_model=settings.embedded_world_model,
     ))
 
 

@@ -119,3 +119,33 @@ def test_informative_task_sampling_favours_the_tasks_whose_groups_teach():
     picked = [[s.task for s in start_states(tasks, 2, rng, {})] for _ in range(6)]
     assert all(tasks.index(b) == (tasks.index(a) + 1) % 3 for a, b in picked)
     assert {t for p in picked for t in p} == set(tasks)
+
+
+def test_an_imitation_job_rewards_every_group_by_the_distance_to_the_experts_rollout(tmp_path):
+    """The trainer records the scripted expert per start and builds the perceptual distance from the
+    configured model; dense rewards make every group informative."""
+    from dataclasses import replace
+
+    c = replace(cfg(tmp_path / "iepl", 1), reward="imitation", chunks=6,
+                perceptual_model=str(Path(POLICY).parent / "world-model"))
+    sim = RealGroupSimulator()
+    summary = train_grpo(c, sim, RealSuccessJudge(sim), progress=False)
+    (h,) = summary["history"]
+    assert h["groups_imagined"] == 1 and h["groups_kept"] == 1 and h["chunks_trained"] > 0
+    assert h["reward"] < 0  # minus a distance; no member of the base policy copies the expert exactly
+    assert sim.real_episodes == 5  # 4 members and the expert's demonstration, stepped together
+
+
+def test_the_imitation_reward_needs_a_perceptual_model(tmp_path):
+    from dataclasses import replace
+
+    from wmpo.errors import ConfigError
+    from wmpo.rl.job import GRPOJobConfig
+
+    with pytest.raises(ConfigError, match="imitation needs a perceptual_model"):
+        replace(cfg(tmp_path, 1), reward="imitation").validate()
+    job = GRPOJobConfig(policy=POLICY, out=str(tmp_path), reward="imitation", world_model="checkpoints/world-model",
+                        judge="checkpoints/judge")
+    assert job.perceptual_model == "checkpoints/world-model" and job.grpo().perceptual_model == job.perceptual_model
+    with pytest.raises(ConfigError, match="needs the imagination environment"):
+        GRPOJobConfig(policy=POLICY, out=str(tmp_path), reward="imitation", environment="real").validate()

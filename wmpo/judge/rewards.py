@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# What GRPO may reward a rollout with (``wmpo.rl.imagination.member_reward``).
-REWARD_KINDS = ("success", "clip")
+# What GRPO may reward a rollout with (``wmpo.rl.imagination``: success and clip from the judge's
+# verdict, imitation from the perceptual distance to the expert's imagined rollout).
+REWARD_KINDS = ("success", "clip", "imitation")
 
 
 def temporal_weights(n: int, temperature: float) -> np.ndarray:

@@ -16,7 +16,14 @@ verdicts into rewards, flags and a discard decision.
 A member's reward (before verification) is its judged success (``reward="success"``, WMPO's
 binary reward) or RoboStereo's temporally weighted clip reward over the judge's per-clip
 confidences (``reward="clip"``, OEPL): dense, so a group whose members all pass or all fail
-still ranks them and teaches something.
+still ranks them and teaches something. Or RoboStereo's IEPL imitation reward
+(``reward="imitation"``): the scripted expert's actions from the same start
+(``StartState.expert_actions``) are imagined as one more member of the group, in the same
+batched steps, and each member's reward is minus the mean perceptual distance between its
+imagined frames and the expert's, frame by frame (``imitation``, e.g.
+``wmpo.judge.perceptual.FeatureDistance.distance``). The world model renders both, so its
+errors in rendering the scene weigh on both alike; the judge still judges every member, for the
+episode's end and the imagined-success metric.
 """
 
 from __future__ import annotations
@@ -38,10 +45,13 @@ import torch.nn.functional as F
 from wmpo_client.protocols import Judge, Simulator
 from wmpo_client.results import CreateSessionResult, StepOutcome
 
-from wmpo.judge.rewards import REWARD_KINDS, clip_reward, dual_noise_group
+from wmpo.judge.rewards import REWARD_KINDS, clip_reward, dual_noise_group, imitation_reward
 from wmpo.models.policy import Policy, chunk_log_prob
 
 log = logging.getLogger("wmpo.rl.imagination")
+VERDICT_REWARDS = tuple(k for k in REWARD_KINDS if k != "imitation")  # rewards read from the verdict alone
+# A perceptual distance: frames a, b (N, H, W, 3) uint8 -> (N,) distances, 0 for identical frames.
+Distance = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -53,11 +63,12 @@ class VideoVerdict:
 
 
 def member_reward(verdict: VideoVerdict, kind: str) -> float:
-    """A rollout's reward before verification: its success (1/0), or (``clip``) the temporally
-    weighted clip reward of its per-clip confidences; a verdict without clip scores (the real
-    environment's true success flag) keeps its success."""
-    if kind not in REWARD_KINDS:
-        raise ValueError(f"reward kind must be one of {', '.join(REWARD_KINDS)}, got {kind!r}")
+    """A rollout's reward before verification from its verdict: its success (1/0), or (``clip``)
+    the temporally weighted clip reward of its per-clip confidences; a verdict without clip scores
+    (the real environment's true success flag) keeps its success. (``imitation`` needs the
+    expert's video, not only the verdict: ``imitation_rewards``.)"""
+    if kind not in VERDICT_REWARDS:
+        raise ValueError(f"reward kind must be one of {', '.join(VERDICT_REWARDS)}, got {kind!r}")
     if kind == "clip" and len(verdict.clip_scores):
         return clip_reward(np.asarray(verdict.clip_scores))
     return float(verdict.success)
@@ -88,6 +99,8 @@ class StartState:
     instruction: str
     task: str
     seed: int  # the MetaWorld layout seed it came from
+    # (steps, 4): the scripted expert's actions from this layout, for the imitation reward
+    expert_actions: np.ndarray | None = None
 
 
 @dataclass
@@ -128,48 +141,59 @@ def sample_chunks(policy: Policy, frames: np.ndarray, instructions: list[str], t
 
 def imagine_groups(sim: GroupSimulator, judge: RolloutJudge, policy: Policy, starts: list[StartState], group_size: int,
                    chunks: int, temperature: float, seed: int, verify: bool = True, pool: ThreadPoolExecutor | None = None,
-                   timing: dict[str, float] | None = None, reward: str = "success") -> list[ImaginedGroup]:
+                   timing: dict[str, float] | None = None, reward: str = "success",
+                   imitation: Distance | None = None) -> list[ImaginedGroup]:
     """Imagine, judge and verify one group per start state (see the module docstring); ``reward`` is
-    the member reward's kind (``REWARD_KINDS``). Seconds spent imagining and judging (with
-    verification) are added to ``timing``."""
+    the member reward's kind (``REWARD_KINDS``); ``imitation`` the perceptual distance the
+    imitation reward needs. Seconds spent imagining and judging (with verification) are added to
+    ``timing``."""
     timing = timing if timing is not None else {}
     t0 = time.perf_counter()
+    expert = _expert_chunks(starts, chunks, policy.config.chunk) if reward == "imitation" else None
+    if expert is not None and imitation is None:
+        raise ValueError("the imitation reward needs a perceptual distance (imitation=...)")
     gen = torch.Generator().manual_seed(seed)
     pool = pool or ThreadPoolExecutor(max(1, len(starts)))
-    created = list(pool.map(lambda s: sim.create_group(s[1], group_size, seed=seed * 1000 + s[0],
+    extra = int(expert is not None)  # the expert's rollout: one more member, stepped in the same calls
+    created = list(pool.map(lambda s: sim.create_group(s[1], group_size + extra, seed=seed * 1000 + s[0],
                                                       max_chunks=chunks), enumerate(starts)))
     B, G = len(starts), group_size
     obs = np.stack([np.repeat(s.frame[None], G, 0) for s in starts])  # (B, G, H, W, 3)
     instr = [s.instruction for s in starts for _ in range(G)]
     all_obs, all_tok, all_logp, all_frames = [], [], [], []
     try:
-        for _ in range(chunks):
+        for c in range(chunks):
             actions, tokens, logp = sample_chunks(policy, obs.reshape(B * G, *obs.shape[2:]), instr,
                                                   temperature, gen)
             all_obs.append(obs)
             all_tok.append(tokens.reshape(B, G, *tokens.shape[1:]))
             all_logp.append(logp.reshape(B, G))
             acts = actions.reshape(B, G, *actions.shape[1:])
+            if expert is not None:
+                acts = np.concatenate([acts, expert[:, c, None]], axis=1)  # (B, G + 1, K, 4)
             outcomes = list(pool.map(sim.step_group, [c.group_id for c in created], list(acts)))
-            frames = np.stack([np.stack([r.frames for r in o.results]) for o in outcomes])  # (B, G, F, H, W, 3)
+            frames = np.stack([np.stack([r.frames for r in o.results]) for o in outcomes])  # (B, G(+1), F, H, W, 3)
             all_frames.append(frames)
-            obs = frames[:, :, -1]
+            obs = frames[:, :G, -1]
     except BaseException:
         for c in created:
             _close(sim, c.group_id)
         raise
-    groups = []
+    groups, dense = [], []
     for b, s in enumerate(starts):
-        video = np.concatenate([np.repeat(s.frame[None, None], G, 0)] + [f[b] for f in all_frames], axis=1)
+        video = np.concatenate([np.repeat(s.frame[None, None], G + extra, 0)] + [f[b] for f in all_frames], axis=1)
         groups.append(ImaginedGroup(
             start=s, observations=np.stack([o[b] for o in all_obs], 1), tokens=np.stack([t[b] for t in all_tok], 1),
-            old_logp=np.stack([lp[b] for lp in all_logp], 1), videos=video,
-            session_ids=created[b].session_ids))
+            old_logp=np.stack([lp[b] for lp in all_logp], 1), videos=video[:G],
+            session_ids=created[b].session_ids[:G]))
+        if expert is not None:
+            dense.append(imitation_rewards(video[:G], video[G], imitation))
     frames_per_chunk = all_frames[0].shape[2]
     frame_stride = all_tok[0].shape[2] // frames_per_chunk  # env steps per imagined frame
     t1 = time.perf_counter()
     timing["imagine_s"] = timing.get("imagine_s", 0.0) + t1 - t0
-    verify_s = _judge_and_verify(sim, judge, groups, frames_per_chunk, frame_stride, seed, verify, pool, reward)
+    verify_s = _judge_and_verify(sim, judge, groups, frames_per_chunk, frame_stride, seed, verify, pool, reward,
+                                 dense if expert is not None else None)
     timing["judge_s"] = timing.get("judge_s", 0.0) + time.perf_counter() - t1 - verify_s
     timing["verify_s"] = timing.get("verify_s", 0.0) + verify_s
     timing["imagined_frames"] = timing.get("imagined_frames", 0.0) + sum(
@@ -177,6 +201,27 @@ def imagine_groups(sim: GroupSimulator, judge: RolloutJudge, policy: Policy, sta
     for c in created:
         _close(sim, c.group_id)
     return groups
+
+
+def _expert_chunks(starts: list[StartState], chunks: int, k: int) -> np.ndarray:
+    """(B, chunks, K, 4): each start's expert actions for the horizon."""
+    out = []
+    for s in starts:
+        a = s.expert_actions
+        if a is None or len(a) < chunks * k:
+            have = 0 if a is None else len(a)
+            raise ValueError(f"the imitation reward needs the expert's first {chunks * k} actions from each start; "
+                             f"{s.task} seed {s.seed} has {have}")
+        out.append(np.asarray(a[: chunks * k], dtype=np.float32).reshape(chunks, k, -1))
+    return np.stack(out)
+
+
+def imitation_rewards(videos: np.ndarray, expert: np.ndarray, distance: Distance) -> np.ndarray:
+    """(G,) IEPL rewards: minus the mean perceptual distance between each member's frames and the
+    expert's, frame by frame (the shared start frame left out)."""
+    n = expert.shape[0] - 1
+    d = distance(videos[:, 1:].reshape(-1, *videos.shape[2:]), np.tile(expert[1:], (len(videos), 1, 1, 1)))
+    return imitation_reward(np.asarray(d).reshape(len(videos), n)).mean(1)
 
 
 def _close(sim: GroupSimulator, group_id: str | None) -> None:
@@ -194,9 +239,10 @@ def done_chunk(done_frame: int | None, frames_per_chunk: int, chunks: int) -> in
 
 def _judge_and_verify(sim: GroupSimulator, judge: RolloutJudge, groups: list[ImaginedGroup], frames_per_chunk: int,
                       frame_stride: int, seed: int, verify: bool, pool: ThreadPoolExecutor,
-                      reward: str = "success") -> float:
+                      reward: str = "success", dense: list[np.ndarray] | None = None) -> float:
     """Judge every member, replay and re-judge the judged successes; returns the seconds spent on
-    verification (replays and their verdicts)."""
+    verification (replays and their verdicts). ``dense``: per group, rewards computed elsewhere
+    (imitation) instead of from the verdicts."""
     videos = [v for g in groups for v in g.videos]
     instr = [g.start.instruction for g in groups for _ in g.videos]
     verdicts = judge.judge_videos(videos, instr, frame_stride, [sid for g in groups for sid in g.session_ids])
@@ -206,7 +252,7 @@ def _judge_and_verify(sim: GroupSimulator, judge: RolloutJudge, groups: list[Ima
     for i, g in enumerate(groups):
         vs = verdicts[i * G:(i + 1) * G]
         g.success = np.asarray([v.success for v in vs])
-        raw.append(np.asarray([member_reward(v, reward) for v in vs]))
+        raw.append(dense[i] if dense is not None else np.asarray([member_reward(v, reward) for v in vs]))
         g.chunk_mask = np.zeros((G, chunks), bool)
         for m, v in enumerate(vs):
             g.chunk_mask[m, : done_chunk(v.done_frame if v.success else None, frames_per_chunk, chunks)] = True

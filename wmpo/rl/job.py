@@ -62,7 +62,14 @@ class GRPOJobConfig(GRPOConfig):
                                doc="environment real: real episodes the job may run, a multiple of "
                                "groups_per_step x group_size (steps follow from it); 0: run `steps`.")
 
+    def __post_init__(self) -> None:
+        if self.perceptual_model is None and self.world_model:
+            self.perceptual_model = self.world_model  # the embedded stack's autoencoder measures imitation
+
     def validate(self) -> None:
+        if self.environment == "real" and self.reward == "imitation":
+            raise ConfigError("reward (--reward) imitation compares imagined rollouts with the expert's: it needs "
+                              "the imagination environment")
         super().validate()  # every field's bounds, this class's too
         if self.real_budget and self.environment != "real":
             raise ConfigError("real_budget (--real-budget) only applies to the real environment")

@@ -68,8 +68,13 @@ class GRPOConfig:
     max_sampling_rounds: int = bounded(3, ge=1, le=100, doc="Imagination rounds per step while filling the batch.")
     verify: bool = bounded(True, doc="Dual-noise verification of judged successes.")
     reward: str = bounded("success", choices=REWARD_KINDS, flag="--reward",
-                          doc="Member reward: the judged success (1/0, WMPO) or the temporally weighted "
-                          "clip reward of the judge's per-clip confidences (clip, RoboStereo's OEPL).")
+                          doc="Member reward: the judged success (1/0, WMPO), the temporally weighted "
+                          "clip reward of the judge's per-clip confidences (clip, RoboStereo's OEPL), or "
+                          "minus the perceptual distance to the scripted expert's imagined rollout from "
+                          "the same start (imitation, RoboStereo's IEPL).")
+    # The imitation reward's feature network: a world-model checkpoint whose autoencoder gives the
+    # perceptual distance (``wmpo.judge.perceptual``); a job fills in its embedded world model.
+    perceptual_model: str | None = None
     max_grad_norm: float = bounded(1.0, gt=0, doc="Gradient clipping norm.")
     task_sampling: str = bounded("round-robin", choices=TASK_SAMPLINGS, flag="--task-sampling",
                                  doc="Start tasks: round-robin, or drawn by each task's share of informative "
@@ -78,15 +83,19 @@ class GRPOConfig:
 
     def validate(self) -> None:
         problems = check_bounds(self)
+        if self.reward == "imitation" and not self.perceptual_model:
+            problems.append("reward (--reward) imitation needs a perceptual_model (--perceptual-model): a "
+                            "world-model checkpoint whose autoencoder measures the distance to the expert")
         if problems:
             raise ConfigError("invalid GRPO config: " + "; ".join(problems))
 
 
 def start_states(tasks: list[str], n: int, rng: np.random.Generator, envs: dict[str, Any],
-                 weights: np.ndarray | None = None) -> list[StartState]:
+                 weights: np.ndarray | None = None, expert_steps: int = 0) -> list[StartState]:
     """n real first frames, layouts from training seeds; tasks round-robin from a random first task
     (so fewer groups than tasks still reach every task over the steps), or drawn with
-    probabilities ``weights`` (one per task)."""
+    probabilities ``weights`` (one per task). ``expert_steps``: also record the scripted expert's
+    first actions from each layout (the imitation reward's demonstration)."""
     from wmpo.envs import make_env
 
     if weights is not None:
@@ -99,8 +108,21 @@ def start_states(tasks: list[str], n: int, rng: np.random.Generator, envs: dict[
         if task not in envs:
             envs[task] = make_env(task)
         seed = int(START_SEED_BASE + rng.integers(0, 100_000))
+        expert = expert_actions(envs[task], seed, expert_steps) if expert_steps else None
         frame, _ = envs[task].reset(seed=seed)
-        out.append(StartState(frame, envs[task].instruction, task, seed))
+        out.append(StartState(frame, envs[task].instruction, task, seed, expert))
+    return out
+
+
+def expert_actions(env: Any, seed: int, steps: int) -> np.ndarray:
+    """(steps, 4): the scripted expert's actions in MetaWorld from layout ``seed``, closed loop on the
+    true state; it keeps acting after success (holding the goal) so every horizon is covered. A
+    demonstration, as RoboStereo's IEPL uses: no policy rollout is spent."""
+    env.reset(seed=seed)
+    out = np.zeros((steps, 4), np.float32)
+    for t in range(steps):
+        out[t] = np.clip(env.expert_action(), -1.0, 1.0)
+        env.step(out[t])
     return out
 
 
@@ -200,6 +222,12 @@ def train_grpo(cfg: GRPOConfig, sim: GroupSimulator, judge: RolloutJudge, progre
         start, history = st["step"], st["history"]
     log = JsonlLog(out / "train_log.jsonl")
     envs: dict[str, Any] = {}
+    imitation, expert_steps = None, 0
+    if cfg.reward == "imitation":
+        from wmpo.judge.perceptual import FeatureDistance
+
+        imitation = FeatureDistance.from_world_model(cfg.perceptual_model).distance
+        expert_steps = cfg.chunks * policy.config.chunk
     pool = ThreadPoolExecutor(max(4, cfg.groups_per_step))
     bar = tqdm(range(start, cfg.steps), desc="GRPO in imagination", initial=start, total=cfg.steps,
                disable=not progress)
@@ -216,10 +244,10 @@ def train_grpo(cfg: GRPOConfig, sim: GroupSimulator, judge: RolloutJudge, progre
         weights = task_weights(cfg.tasks, history) if cfg.task_sampling == "informative" else None
         for rnd in range(cfg.max_sampling_rounds):
             need = cfg.groups_per_step - len(kept)
-            starts = start_states(cfg.tasks, need if rnd else cfg.groups_per_step, rng, envs, weights)
+            starts = start_states(cfg.tasks, need if rnd else cfg.groups_per_step, rng, envs, weights, expert_steps)
             groups = imagine_groups(sim, judge, policy, starts, cfg.group_size, cfg.chunks, cfg.temperature,
                                     seed=cfg.seed * 100_003 + step * 101 + rnd, verify=cfg.verify, pool=pool, timing=timing,
-                                    reward=cfg.reward)
+                                    reward=cfg.reward, imitation=imitation)
             seen += groups
             kept += [g for g in groups if not g.discard and is_informative(g.rewards)]
             if len(kept) >= cfg.groups_per_step:

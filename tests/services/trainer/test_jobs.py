@@ -119,6 +119,8 @@ BAD_SPECS: list[tuple[dict[str, Any], int, str]] = [
     ({"environment": "real", "chunks": 80}, 422, "chunks"),
     ({"environment": "real", "chunks": 63}, 400, "chunks"),  # past a real episode's end
     ({"environment": "real", "simulator_url": "http://sim:8000"}, 400, "simulator_url"),
+    ({"environment": "real", "real_budget": 4, "reward": "imitation"}, 400, "reward"),  # needs imagination
+    ({"perceptual_model": "/etc"}, 422, "perceptual_model"),  # the service's own checkpoint
 ]
 
 
