@@ -162,7 +162,7 @@ def imagine_groups(sim: GroupSimulator, judge: RolloutJudge, policy: Policy, sta
     instr = [s.instruction for s in starts for _ in range(G)]
     all_obs, all_tok, all_logp, all_frames = [], [], [], []
     try:
-        for c in range(chunks):
+        for ci in range(chunks):
             actions, tokens, logp = sample_chunks(policy, obs.reshape(B * G, *obs.shape[2:]), instr,
                                                   temperature, gen)
             all_obs.append(obs)
@@ -170,7 +170,7 @@ def imagine_groups(sim: GroupSimulator, judge: RolloutJudge, policy: Policy, sta
             all_logp.append(logp.reshape(B, G))
             acts = actions.reshape(B, G, *actions.shape[1:])
             if expert is not None:
-                acts = np.concatenate([acts, expert[:, c, None]], axis=1)  # (B, G + 1, K, 4)
+                acts = np.concatenate([acts, expert[:, ci, None]], axis=1)  # (B, G + 1, K, 4)
             outcomes = list(pool.map(sim.step_group, [c.group_id for c in created], list(acts)))
             frames = np.stack([np.stack([r.frames for r in o.results]) for o in outcomes])  # (B, G(+1), F, H, W, 3)
             all_frames.append(frames)
