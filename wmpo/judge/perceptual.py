@@ -51,10 +51,13 @@ class FeatureDistance:
         return feats
 
     def distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Distance (N,) between frames a[i] and b[i], each (N, H, W, 3) uint8; 0 for identical frames."""
-        if a.shape != b.shape:
+        """Distance (N,) between frames a[i] and b[i], each (N, H, W, 3) uint8; 0 for identical frames.
+        ``b`` may also be (M, H, W, 3) with N a multiple of M: b[i % M] (one reference sequence for
+        several rollouts, its features computed once)."""
+        if a.shape[1:] != b.shape[1:] or len(b) == 0 or len(a) % len(b):
             raise ValueError(f"frames to compare must have the same shape, got {a.shape} and {b.shape}")
         fa, fb = self.features(a), self.features(b)
+        fb = [f.repeat(len(a) // len(b), 1, 1, 1) for f in fb]
         d = sum(((x - y) ** 2).sum(1).mean((1, 2)) for x, y in zip(fa, fb, strict=True))
         return d.numpy().astype(np.float64)
 

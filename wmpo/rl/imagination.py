@@ -50,7 +50,8 @@ from wmpo.models.policy import Policy, chunk_log_prob
 
 log = logging.getLogger("wmpo.rl.imagination")
 VERDICT_REWARDS = tuple(k for k in REWARD_KINDS if k != "imitation")  # rewards read from the verdict alone
-# A perceptual distance: frames a, b (N, H, W, 3) uint8 -> (N,) distances, 0 for identical frames.
+# A perceptual distance: frames a (N, H, W, 3), b (N or a divisor M of N, ...) uint8 -> (N,) distances
+# between a[i] and b[i % M], 0 for identical frames.
 Distance = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -220,7 +221,7 @@ def imitation_rewards(videos: np.ndarray, expert: np.ndarray, distance: Distance
     """(G,) IEPL rewards: minus the mean perceptual distance between each member's frames and the
     expert's, frame by frame (the shared start frame left out)."""
     n = expert.shape[0] - 1
-    d = distance(videos[:, 1:].reshape(-1, *videos.shape[2:]), np.tile(expert[1:], (len(videos), 1, 1, 1)))
+    d = distance(videos[:, 1:].reshape(-1, *videos.shape[2:]), expert[1:])  # the expert's features once
     return imitation_reward(np.asarray(d).reshape(len(videos), n)).mean(1)
 
 
