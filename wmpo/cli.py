@@ -132,7 +132,8 @@ def cmd_train_world_model(a: argparse.Namespace) -> None:
                                 data_command=a.data_command or data_command(a.data + (a.heldout_data or [])),
                                 trajectory_vae=a.trajectory_vae, plan_drop_max=a.plan_drop_max,
                                 consistency_weight=a.consistency_weight, self_forcing=a.self_forcing,
-                                self_forcing_steps=a.self_forcing_steps, motion_conditioning=a.motion_conditioning)
+                                self_forcing_steps=a.self_forcing_steps, motion_conditioning=a.motion_conditioning,
+                                device=a.device, time_budget=a.time_budget, val_batch=a.val_batch)
     print(json.dumps(train_world_model(cfg), indent=2))
 
 
@@ -356,6 +357,22 @@ def cmd_export_triton(a: argparse.Namespace) -> None:
     print(repository_tree(a.repo))
 
 
+def cmd_export_latents(a: argparse.Namespace) -> None:
+    from wmpo.data.latents import LatentEpisodes
+    from wmpo.data.play import data_command, expand_datasets
+    from wmpo.train.world_model import load_autoencoder
+
+    ae, ae_sha = load_autoencoder(a.autoencoder)
+    data = LatentEpisodes.encode(expand_datasets(a.data), ae, a.frame_stride, a.window + 1)
+    if len(data) == 0:
+        raise ConfigError(f"no episode in {a.data} has {a.window + 1} latent frames at stride {a.frame_stride}")
+    meta = {"autoencoder_sha256": ae_sha, "frame_stride": a.frame_stride, "min_frames": a.window + 1,
+            "datasets": a.data, "data_command": data_command(a.data), "episodes": len(data),
+            "latent_frames": len(data.latents)}
+    info = data.save_packed(a.out, meta)
+    print(json.dumps({**info, "out": a.out, "bytes": Path(a.out).stat().st_size}, indent=2))
+
+
 def cmd_export_lerobot(a: argparse.Namespace) -> None:
     from wmpo.data.lerobot import VideoSettings, export_lerobot
 
@@ -441,10 +458,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_autoencoder)
 
     p = tr.add_parser("world-model", help="action-conditioned video DiT (resumes from <out>/train_state.pt)")
-    p.add_argument("--data", required=True, nargs="+", help="dataset directories")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="dataset directories, or one packed latent file (wmpo export latents)")
     p.add_argument("--autoencoder", required=True, help="autoencoder (or world-model) checkpoint")
     p.add_argument("--out", required=True)
     p.add_argument("--preset", default="small")
+    p.add_argument("--device", default="auto", help="auto (the GPU if there is one), cpu, cuda or cuda:N")
+    p.add_argument("--time-budget", type=float, default=0.0,
+                   help="seconds this session may train: after 60 steps the run is shortened to what fits "
+                   "(its LR schedule with it), leaving room for the saves (0 = no limit)")
+    p.add_argument("--val-batch", type=int, default=0,
+                   help="windows per validation batch (default --batch-size); keep it to compare runs")
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -713,6 +737,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: GPU for tensorrt_plan and onnxruntime_onnx, CPU for python")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads per instance (0: auto)")
     p.set_defaults(func=cmd_export_triton)
+    p = ex.add_parser("latents", help="datasets encoded by a world model's autoencoder into one small packed "
+                      "file (8-bit, lzma), to train the DiT where the episodes are not (a GPU node)")
+    p.add_argument("--data", required=True, nargs="+", help="dataset directories (or collect-play roots)")
+    p.add_argument("--autoencoder", required=True, help="autoencoder (or world-model) checkpoint")
+    p.add_argument("--out", required=True, help="packed latent file (.npz)")
+    p.add_argument("--frame-stride", type=int, default=2, help="env steps per latent frame (the DiT's)")
+    p.add_argument("--window", type=int, default=8, help="training window: shorter episodes are left out")
+    p.set_defaults(func=cmd_export_latents)
     p = ex.add_parser("lerobot", help="a wmpo dataset (collected, imagined or policy rollouts) as a "
                       "LeRobotDataset v3.0: parquet frames and actions, mp4 videos, provenance in info.json")
     p.add_argument("--data", required=True, help="wmpo dataset directory")

@@ -163,3 +163,54 @@ def test_heldout_tasks_must_not_be_trained_on(setup):
     root, data, _ = setup
     with pytest.raises(ConfigError, match="shares tasks"):
         train_world_model(_config(root, data, str(root / "play" / "train" / "b"), "overlap"), progress=False)
+
+
+def test_packed_latents_train_where_the_episodes_are_not(setup, capsys):
+    """``wmpo export latents`` -> one small file; a run on it sees the same episodes (fingerprint)
+    and latents within half an 8-bit step of the encoded ones (a GPU node without MetaWorld)."""
+    from wmpo.cli import main
+    from wmpo.data.latents import LatentEpisodes
+    from wmpo.data.play import expand_datasets
+
+    root, data, heldout = setup
+    packed = root / "packed-train.npz"
+    assert main(["export", "latents", "--data", data, "--autoencoder", str(root / "ae"), "--out", str(packed),
+                 "--window", "4"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    ae, ae_sha = twm.load_autoencoder(str(root / "ae"))
+    exact = LatentEpisodes.encode(expand_datasets([data]), ae, 2, 5)
+    got, meta = LatentEpisodes.load_packed(packed)
+    assert meta["autoencoder_sha256"] == ae_sha and meta["frame_stride"] == 2 and got.tasks == exact.tasks
+    assert np.array_equal(got.starts, exact.starts) and np.array_equal(got.lengths, exact.lengths)
+    assert torch.equal(got.actions, exact.actions)
+    err = (got.latents.float() - exact.latents.float()).abs().max().item()
+    assert err <= info["quantization_max_abs"] + 2e-3 and info["quantization_max_abs"] < 0.02 * meta["latent_std"] * 10
+    out = train_world_model(_config(root, str(packed), heldout, "from-packed", data_command="packed"), progress=False)
+    ref = train_world_model(_config(root, data, heldout, "from-episodes"), progress=False)
+    assert abs(out["val_loss"] - ref["val_loss"]) < 0.1 * ref["val_loss"]
+    fp = [json.loads((root / d / "manifest.json").read_text())["data"]["fingerprint"]
+          for d in ("from-packed", "from-episodes")]
+    assert fp[0] == fp[1]
+    other = root / "ae-other"
+    torch.manual_seed(1)
+    ae2 = FrameAutoencoder(PRESETS["tiny"]).eval()
+    save_checkpoint(other, ae2.state_dict(), ae2.checkpoint_config(), {"kind": "autoencoder"})
+    with pytest.raises(ConfigError, match="encoded with autoencoder"):
+        train_world_model(_config(root, str(packed), heldout, "wrong-ae", autoencoder=str(other)), progress=False)
+    with pytest.raises(ConfigError, match="latent frames"):
+        train_world_model(_config(root, str(packed), heldout, "long-window", window=13), progress=False)
+
+
+def test_time_budget_shortens_the_run_and_its_schedule(setup):
+    root, data, heldout = setup
+    out = train_world_model(_config(root, data, heldout, "budget", steps=500, time_budget=1.0, save_every=1000,
+                                    eval_every=1000), progress=False)
+    log = [json.loads(line) for line in (root / "budget" / "train_log.jsonl").read_text().splitlines()]
+    fitted = next(r for r in log if r.get("event") == "time-budget")
+    timed = fitted["step"]
+    assert timed == twm.TIMING_STEPS + 10 and fitted["steps"] == timed + 1  # nothing fits in 1 s - 30 s
+    assert next(r for r in log if r.get("event") == "done")["step"] == timed + 1
+    manifest = json.loads((root / "budget" / "manifest.json").read_text())
+    assert manifest["training"]["steps"] == timed + 1 and np.isfinite(out["val_loss"])
+    with pytest.raises(ConfigError, match="CUDA|cpu"):
+        train_world_model(_config(root, data, heldout, "cuda", device="cuda", trajectory_vae="x"), progress=False)

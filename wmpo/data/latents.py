@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,46 @@ class LatentEpisodes:
             old.unlink()
         atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
         return data
+
+    def save_packed(self, path: str | Path, meta: dict) -> dict:
+        """Write the latents as one small file for a machine without the episodes (a GPU node
+        without MetaWorld): 8 bits per value (per-channel range), stored as differences along
+        each episode (mostly near zero: the scene is still where the robot is not) and
+        compressed with lzma. The 8-bit rounding is far below the noise the autoencoder's
+        decoder is trained to absorb (``latent_noise``); its size is returned and recorded."""
+        z = self.latents.float()
+        lo = z.amin((0, 2, 3)).view(1, -1, 1, 1)
+        scale = (z.amax((0, 2, 3)).view(1, -1, 1, 1) - lo).clamp_min(1e-6) / 255
+        q = ((z - lo) / scale).round().clamp(0, 255).to(torch.uint8).numpy()
+        delta = q.copy()
+        for s, n in zip(self.starts, self.lengths, strict=True):  # first frame of an episode kept as is
+            delta[s + 1:s + n] = q[s + 1:s + n] - q[s:s + n - 1]  # uint8 arithmetic wraps, exactly invertible
+        err = (torch.from_numpy(q).float() * scale + lo - z).abs()
+        info = {**meta, "format": "wmpo-packed-latents-1", "quantization_max_abs": float(err.max()),
+                "quantization_rms": float(err.pow(2).mean().sqrt()), "latent_std": float(z.std())}
+        arrays = {"delta": np.frombuffer(lzma.compress(delta.tobytes(), preset=6), np.uint8),
+                  "shape": np.asarray(q.shape), "lo": lo.flatten().numpy(), "scale": scale.flatten().numpy(),
+                  "actions": self.actions.numpy(), "starts": self.starts, "lengths": self.lengths,
+                  "meta": np.frombuffer(json.dumps({**info, "tasks": self.tasks}).encode(), np.uint8)}
+        atomic_write_bytes(Path(path), lambda f: np.savez(f, **arrays))
+        return info
+
+    @classmethod
+    def load_packed(cls, path: str | Path) -> tuple[LatentEpisodes, dict]:
+        """``save_packed``'s file -> (episodes, its metadata)."""
+        with np.load(path) as d:
+            meta = json.loads(bytes(d["meta"]).decode())
+            if meta.get("format") != "wmpo-packed-latents-1":
+                raise ValueError(f"{path} is not a packed latent file (format {meta.get('format')!r})")
+            q = np.frombuffer(lzma.decompress(d["delta"].tobytes()), np.uint8).reshape(d["shape"]).copy()
+            starts, lengths = d["starts"], d["lengths"]
+            for s, n in zip(starts, lengths, strict=True):
+                q[s:s + n] = np.cumsum(q[s:s + n], axis=0, dtype=np.uint8)  # undo the differences (mod 256)
+            lo = torch.from_numpy(d["lo"]).view(1, -1, 1, 1)
+            scale = torch.from_numpy(d["scale"]).view(1, -1, 1, 1)
+            latents = (torch.from_numpy(q).float() * scale + lo).half()
+            data = cls(latents, torch.from_numpy(d["actions"].copy()), starts.copy(), lengths.copy(), meta.pop("tasks"))
+        return data, meta
 
     def __len__(self) -> int:
         return len(self.starts)

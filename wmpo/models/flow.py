@@ -38,9 +38,15 @@ class FlowBatch:
     plan_index: torch.Tensor | None = None  # (B, F) long: each frame's index in the plan
     tasks: list[str] | None = None
 
+    def to(self, device: torch.device | str) -> FlowBatch:
+        """The tensors on ``device`` (training on a GPU; the random numbers stay on the CPU's
+        generator, so a run draws the same windows and noise on any device)."""
+        move = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
+        return FlowBatch(**move)
+
 
 def noise_like(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    return torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
 
 
 def moving_mask(z0: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -63,13 +69,14 @@ def flow_errors(model: VideoDiT, batch: FlowBatch, gen: torch.Generator | None =
     block's tokens (for the latent-consistency head)."""
     z0 = batch.latents
     b, f = z0.shape[:2]
-    is_ctx = torch.arange(f)[None, :] < batch.n_context[:, None]  # (B, F)
+    dev = z0.device
+    is_ctx = torch.arange(f, device=dev)[None, :] < batch.n_context[:, None]  # (B, F)
     has_action = batch.has_action
     if action_dropout > 0:
-        drop = torch.rand(b, 1, generator=gen) < action_dropout  # (B, 1): whole sample
+        drop = torch.rand(b, 1, generator=gen).to(dev) < action_dropout  # (B, 1): whole sample
         has_action = has_action & ~(drop & ~is_ctx)
-    t_gen = torch.sigmoid(torch.randn(b, 1, generator=gen)).expand(b, f)  # logit-normal, shared per sample
-    t_ctx = torch.rand(b, f, generator=gen) * context_noise_max
+    t_gen = torch.sigmoid(torch.randn(b, 1, generator=gen)).to(dev).expand(b, f)  # logit-normal, per sample
+    t_ctx = torch.rand(b, f, generator=gen).to(dev) * context_noise_max
     t = torch.where(is_ctx, t_ctx, t_gen)  # (B, F)
     eps = noise_like(z0, gen)
     tt = t[..., None, None, None]

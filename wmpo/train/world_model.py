@@ -23,6 +23,7 @@ they would triple the committed state for a difference that lasts ~100 steps.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -61,7 +62,9 @@ RESUME_WEIGHTS = "resume.safetensors"
 RESUME_JSON = "resume.json"
 # Config fields that may change when a run is resumed (bookkeeping, and ``steps``: with the
 # wsd schedule a run is extended by raising it before its decay starts).
-RESUMABLE_CHANGES = frozenset({"steps", "log_every", "eval_every", "save_every", "out", "export", "rewarm"})
+RESUMABLE_CHANGES = frozenset({"steps", "log_every", "eval_every", "save_every", "out", "export", "rewarm",
+                               "device", "time_budget", "val_batch"})
+TIMING_STEPS = 50  # --time-budget: steps timed (after 10 warm-up steps) before the run's length is fixed
 
 
 @dataclass
@@ -105,6 +108,12 @@ class WorldModelTrainConfig:
     # The DiT also reads the displacement commanded since the last context frame (VideoDiT's
     # motion conditioning); with --init a model without it is extended (zero new weights).
     motion_conditioning: bool = False
+    # Where to train: "auto" = the GPU when there is one (bf16 autocast there), else the CPU.
+    device: str = "auto"
+    # Seconds of training this session may spend (0 = no limit): after TIMING_STEPS timed steps the
+    # run's total steps (and so its LR schedule) are set to what fits, leaving room for the saves.
+    time_budget: float = 0.0
+    val_batch: int = 0  # windows per validation batch (0 = batch_size); fixed, validation losses compare
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
@@ -125,6 +134,10 @@ class WorldModelTrainConfig:
                               f"{self.self_forcing}, {self.self_forcing_steps}")
         if self.self_forcing > 0 and self.trajectory_vae:
             raise ConfigError("--self-forcing trains a plain world model; it does not apply with --trajectory-vae")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.time_budget < 0 or self.val_batch < 0:
+            raise ConfigError(f"--time-budget and --val-batch must be >= 0, got {self.time_budget}, {self.val_batch}")
         if not 0 <= self.plan_drop_max <= 1 or self.consistency_weight < 0:
             raise ConfigError(f"--plan-drop-max must be in [0, 1] and --consistency-weight >= 0, got "
                               f"{self.plan_drop_max}, {self.consistency_weight}")
@@ -162,6 +175,7 @@ def validation_losses(model: VideoDiT, eps: LatentEpisodes, pool: np.ndarray | N
             batch: FlowBatch = eps.sample(batch_size, window, g, pool,
                                           plan_frames=planner.frames if planner else 0, plan_gen=g_plan)
             plan = planner.condition(batch, keep=keep_plan) if planner else None
+            batch = batch.to(next(model.parameters()).device)
             sq, gen_mask = flow_errors(model, batch, g, plan=plan)
             gm = gen_mask[..., None, None, None]  # (B, F, 1, 1, 1)
             m = moving_mask(batch.latents, moving_threshold) * gm
@@ -233,6 +247,43 @@ class PlanInputs:
         return PlanCondition(self.tokens(batch), torch.full((b,), keep), batch.plan_index, self.texts(batch))
 
 
+def training_device(cfg: WorldModelTrainConfig) -> torch.device:
+    """The device a run trains on. GPU training covers the plain world model; the plan generator
+    and self-forcing (CPU-side sampling and plan inputs) train on the CPU."""
+    special = cfg.trajectory_vae is not None or cfg.self_forcing > 0
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() and not special else "cpu")
+    if cfg.device.startswith("cuda"):
+        if special:
+            raise ConfigError("--device cuda trains the plain world model; --trajectory-vae and --self-forcing "
+                              "train on the CPU (--device cpu)")
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {cfg.device}: this torch sees no CUDA GPU")
+    device = torch.device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # validation runs in fp32; training under bf16 autocast
+    return device
+
+
+def load_latents(paths: list[str], ae: FrameAutoencoder, ae_sha: str, stride: int, min_frames: int,
+                 cache_dir: Path) -> LatentEpisodes:
+    """Episodes as latents: dataset directories are encoded (through the cache), or one packed
+    latent file (``wmpo export latents``) is read as it is, for a machine without the episodes."""
+    if not (len(paths) == 1 and Path(paths[0]).is_file()):
+        return LatentEpisodes.encode_cached(expand_datasets(paths), ae, ae_sha, stride, min_frames, cache_dir)
+    try:
+        data, meta = LatentEpisodes.load_packed(paths[0])
+    except (ValueError, OSError, KeyError) as e:
+        raise ConfigError(f"--data {paths[0]}: not a packed latent file ({e})") from e
+    if meta.get("autoencoder_sha256") != ae_sha or meta.get("frame_stride") != stride:
+        raise ConfigError(f"{paths[0]} was encoded with autoencoder {str(meta.get('autoencoder_sha256'))[:12]} at "
+                          f"frame stride {meta.get('frame_stride')}; this run has {ae_sha[:12]} at stride {stride}")
+    if int(data.lengths.min()) < min_frames:
+        raise ConfigError(f"{paths[0]} holds episodes of {int(data.lengths.min())} latent frames; windows need "
+                          f"{min_frames} (pack it with this --window)")
+    return data
+
+
 def check_resumable(saved: dict[str, Any] | None, cfg: WorldModelTrainConfig, where: Path) -> None:
     """Refuse to continue a state written by a run with another configuration."""
     if not saved:
@@ -302,6 +353,7 @@ def load_export(d: Path, dit: VideoDiT, ema: VideoDiT, gen: torch.Generator) -> 
 
 def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict[str, Any]:
     cfg.validate()
+    device = training_device(cfg)
     torch.manual_seed(cfg.seed)
     ae, ae_sha = load_autoencoder(cfg.autoencoder)
     for p in ae.parameters():
@@ -331,12 +383,11 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
     t_enc = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = LatentEpisodes.encode_cached(expand_datasets(cfg.data), ae, ae_sha, dit_cfg.frame_stride,
-                                        cfg.window + 1, out / "cache" / "train")
+    data = load_latents(cfg.data, ae, ae_sha, dit_cfg.frame_stride, cfg.window + 1, out / "cache" / "train")
     if len(data) < 2:
         raise ConfigError(f"need at least 2 episodes with >= {cfg.window + 1} latent frames, got {len(data)}")
-    heldout = (LatentEpisodes.encode_cached(expand_datasets(cfg.heldout_data), ae, ae_sha, dit_cfg.frame_stride,
-                                            cfg.window + 1, out / "cache" / "heldout") if cfg.heldout_data else None)
+    heldout = (load_latents(cfg.heldout_data, ae, ae_sha, dit_cfg.frame_stride, cfg.window + 1,
+                            out / "cache" / "heldout") if cfg.heldout_data else None)
     if heldout is not None and set(heldout.tasks) & set(data.tasks):
         raise ConfigError(f"held-out data shares tasks with the training data: {sorted(set(heldout.tasks) & set(data.tasks))}")
     enc_seconds = time.time() - t_enc
@@ -353,6 +404,7 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
             raise ConfigError(f"--init {cfg.init} does not fit this DiT: missing {missing}, unexpected {unexpected}")
         del init_wm
     planner = PlanInputs(vae, dit_cfg.frame_stride, data.tasks + (heldout.tasks if heldout else [])) if vae else None
+    dit.to(device)
     ema = copy.deepcopy(dit).eval()
     opt = torch.optim.AdamW(dit.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -382,7 +434,7 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
         if meta.get("data") != fingerprint:
             log.write(event="warning", step=start, message="the data differs from the exported run's "
                       f"(there {meta.get('data')}, here {fingerprint}); rebuild it with {meta.get('data_command')!r}")
-    log.write(event="start", step=start, episodes=len(data), latent_frames=len(data.latents),
+    log.write(event="start", step=start, device=str(device), episodes=len(data), latent_frames=len(data.latents),
               heldout_episodes=len(heldout) if heldout is not None else 0, data=fingerprint,
               resumed_from=resumed_from, encode_seconds=round(enc_seconds, 1),
               params=sum(p.numel() for p in dit.parameters()), threads=torch.get_num_threads())
@@ -397,7 +449,8 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
         return lr
 
     def eval_losses(model: VideoDiT, eps: LatentEpisodes, pool: np.ndarray | None) -> tuple[float, float]:
-        return validation_losses(model, eps, pool, cfg.batch_size, cfg.window, cfg.moving_threshold, planner)
+        return validation_losses(model, eps, pool, cfg.val_batch or cfg.batch_size, cfg.window,
+                                 cfg.moving_threshold, planner)
 
     def val_loss() -> float:
         return eval_losses(ema, data, val_eps)[0]
@@ -425,7 +478,8 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
             "trajectory_vae_sha256": vae_sha or None,
             "environment": environment_info(),
         }
-        return TorchWorldModel(ae, ema, SamplerConfig()).save(where or out, manifest)
+        ema_cpu = ema if device.type == "cpu" else copy.deepcopy(ema).cpu()
+        return TorchWorldModel(ae, ema_cpu, SamplerConfig()).save(where or out, manifest)
 
     def save(step: int, final: bool = False) -> None:
         save_train_state(state_path, model=dit.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(),
@@ -448,15 +502,37 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
     loss_ema = None
     bar = tqdm(range(start, cfg.steps), desc="train world model", initial=start, total=cfg.steps,
                disable=not progress)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+    session_start = time.time()
+    timing_from = start if cfg.time_budget > 0 else -10**9  # never reached without a budget
+    t_timing = 0.0
+
+    def fit_to_budget(step: int, step_seconds: float) -> None:
+        """Fix the run's length to what the time budget allows (the LR schedule follows)."""
+        # Room for the saves and validations still to come, and the final ones.
+        left = cfg.time_budget - (time.time() - session_start) - 30.0
+        per_step = step_seconds + 2.0 / cfg.save_every + 1.0 / cfg.eval_every  # ~2 s a save, ~1 s a validation
+        cfg.steps = min(cfg.steps, max(step + 1, step + int(left / per_step)))
+        log.write(event="time-budget", step=step, step_seconds=round(step_seconds, 4), steps=cfg.steps)
+
     for step in bar:
+        if step >= cfg.steps:
+            break
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
+        if step == timing_from + 10:
+            t_timing = time.time()
+        elif step == timing_from + 10 + TIMING_STEPS:
+            fit_to_budget(step, (time.time() - t_timing) / TIMING_STEPS)
+            bar.total = cfg.steps
         if planner is None:
-            batch = data.sample(cfg.batch_size, cfg.window, gen, train_eps)
+            batch = data.sample(cfg.batch_size, cfg.window, gen, train_eps).to(device)
             if cfg.self_forcing > 0:
                 imagine_context(ema, batch, cfg.self_forcing, sf_sampler, gen)
-            loss = flow_matching_loss(dit, batch, gen, action_dropout=cfg.action_dropout,
-                                      moving_weight=cfg.moving_weight, moving_threshold=cfg.moving_threshold)
+            with autocast:
+                loss = flow_matching_loss(dit, batch, gen, action_dropout=cfg.action_dropout,
+                                          moving_weight=cfg.moving_weight, moving_threshold=cfg.moving_threshold)
         else:
             batch = data.sample(cfg.batch_size, cfg.window, gen, train_eps, plan_frames=planner.frames)
             loss, _ = plan_generator_loss(dit, batch, planner.tokens(batch), planner.texts(batch),
