@@ -10,28 +10,83 @@
 # On the GPU machine, from the repository root (torch, numpy, safetensors and tqdm are all it needs):
 #     scripts/gpu_train_world_model.sh PACK_DIR OUT_DIR [BUDGET_SECONDS]
 #
-# It fine-tunes checkpoints/world-model-v2 (the CPU run's EMA) at batch 256 under bf16 autocast
-# for BUDGET_SECONDS (default 420): after 60 steps the run's length, and with it the wsd schedule's
-# decay, is fixed to what fits. OUT_DIR/world-model-v3 is replaced every 1000 steps (the usable
-# fp16 world model + compact resume state) and OUT_DIR/train_log.jsonl holds the log.
-set -euo pipefail
+# Two runs share the GPU for BUDGET_SECONDS (default 420) each, at batch 256 under bf16 autocast;
+# after 60 steps each run's length, and with it the wsd schedule's decay, is fixed to what fits:
+#   v3:   the "play" DiT (3.3M) fine-tuned from checkpoints/world-model-v2 (the CPU run's EMA);
+#   wide: the "play-wide" DiT (7.3M, 1.5x wider) from scratch: the capacity experiment.
+# Each run's export (usable fp16 world model, and v3's compact resume state) is replaced every
+# 1000 steps and packed into OUT_DIR/<name>.tar at the end (the device tool returns few files);
+# OUT_DIR/<name>.jsonl is its log.
+set -uo pipefail
 PACK="${1:?packed latent directory (train.npz, heldout.npz)}"
 OUT="${2:?output directory}"
 BUDGET="${3:-420}"
 PY="${PY:-python3}"
-export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=15
+INIT="${INIT:-checkpoints/world-model-v2}"
+# Two trainers share the machine's cores: with every core's thread each, their CPU work (the
+# windows, the kernel launches) slowed to ~1.9 s a step on the first try (GPU idle).
+export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30 OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-RUN=/tmp/wmpo-gpu-train
-rm -rf "$RUN"
-status=0
-"$PY" -m wmpo.cli train world-model --data "$PACK/train.npz" --heldout-data "$PACK/heldout.npz" \
-    --autoencoder checkpoints/world-model --init checkpoints/world-model-v2 --out "$RUN" \
-    --export "$OUT/world-model-v3" --device cuda --time-budget "$BUDGET" \
-    --batch-size 256 --lr 4e-4 --warmup 300 --lr-schedule wsd --steps 1000000 \
-    --moving-weight 2 --moving-threshold 0.1 --save-every 1000 --eval-every 500 --log-every 100 \
-    --val-batch 16 --data-command "wmpo collect-play --out datasets/play-v2 --scale 1" || status=$?
-cp "$RUN/train_log.jsonl" "$OUT/" 2>/dev/null || true
+RUNS=/tmp/wmpo-gpu-train
+rm -rf "$RUNS"
+mkdir -p "$RUNS"
+
+# Where a step's time goes (one process, before the runs): the windows, the copy, fwd + bwd.
+"$PY" - "$PACK/train.npz" <<'EOF2'
+import sys, time
+import torch
+from wmpo.data.latents import LatentEpisodes
+from wmpo.models.flow import flow_matching_loss
+from wmpo.models.video_dit import PRESETS, VideoDiT, VideoDiTConfig
+from dataclasses import asdict
+data, _ = LatentEpisodes.load_packed(sys.argv[1])
+gen = torch.Generator().manual_seed(0)
+model = VideoDiT(VideoDiTConfig(**{**asdict(PRESETS["play"]), "latent_channels": 4, "latent_size": 16})).cuda()
+opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+times = {"sample": [], "to": [], "fwd+bwd+opt": []}
+for i in range(8):
+    t = time.perf_counter(); b = data.sample(256, 8, gen); times["sample"].append(time.perf_counter() - t)
+    t = time.perf_counter(); b = b.to("cuda"); torch.cuda.synchronize(); times["to"].append(time.perf_counter() - t)
+    t = time.perf_counter()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = flow_matching_loss(model, b, gen, moving_weight=2.0)
+    opt.zero_grad(); loss.backward(); opt.step(); torch.cuda.synchronize()
+    times["fwd+bwd+opt"].append(time.perf_counter() - t)
+print("step profile, ms (median of 5 after 3 warm-ups):",
+      {k: round(1000 * sorted(v[3:])[2], 1) for k, v in times.items()}, "threads", torch.get_num_threads())
+EOF2
+
+train() {  # name, then the run's own arguments
+    local name=$1
+    shift
+    "$PY" -m wmpo.cli train world-model --data "$PACK/train.npz" --heldout-data "$PACK/heldout.npz" \
+        --autoencoder checkpoints/world-model --out "$RUNS/$name" --export "$RUNS/export/$name" \
+        --device "${DEVICE:-cuda}" --time-budget "$BUDGET" --batch-size 256 --warmup 300 --lr-schedule wsd \
+        --steps 1000000 --moving-weight 2 --moving-threshold 0.1 --save-every 1000 --eval-every 500 \
+        --log-every 100 --val-batch 16 --data-command "wmpo collect-play --out datasets/play-v2 --scale 1" \
+        "$@" > "$RUNS/$name.out" 2>&1
+}
+
+train v3 --init "$INIT" --lr 4e-4 &
+V3=$!
+train wide --preset play-wide --lr 4e-4 &
+WIDE=$!
+sleep 90
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader || true
-exit "$status"
+wait $V3
+S1=$?
+wait $WIDE
+S2=$?
+for name in v3 wide; do
+    tail -n 30 "$RUNS/$name.out"
+    cp "$RUNS/$name/train_log.jsonl" "$OUT/$name.jsonl" 2>/dev/null || true
+    [ -d "$RUNS/export/$name" ] || continue
+    # wide: the model alone (its resume state would pass the tool's 16 MiB per file)
+    if [ "$name" = wide ]; then rm -f "$RUNS/export/$name"/resume.*; fi
+    tar -C "$RUNS/export" -cf "$OUT/$name.tar" "$name"
+done
+ls -la "$OUT"
+echo "exit codes: v3 $S1, wide $S2"
+[ "$S1" = 0 ] && [ "$S2" = 0 ]

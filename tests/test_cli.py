@@ -31,6 +31,19 @@ def test_core_cli_does_not_import_web_dependencies():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_the_cli_parses_without_metaworld():
+    """A GPU node that only trains the DiT on packed latents has no MuJoCo or MetaWorld."""
+    code = ("import sys\n"
+            "for m in ('mujoco', 'metaworld', 'gymnasium'): sys.modules[m] = None\n"
+            "from wmpo.cli import build_parser\n"
+            "a = build_parser().parse_args(['train', 'world-model', '--data', 'x.npz', '--autoencoder', 'a', "
+            "'--out', 'o', '--device', 'cuda', '--time-budget', '60'])\n"
+            "assert a.device == 'cuda' and a.time_budget == 60\n"
+            "from wmpo.train.world_model import train_world_model\n"
+            "from wmpo.utils.checkpoint import environment_info\n"
+            "assert environment_info()['python']")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
 
 def test_a_closed_pipe_is_not_a_traceback(monkeypatch):
     class ClosedPipe:  # what stdout is after `wmpo tasks | head -1` has exited

@@ -396,7 +396,7 @@ def cmd_tasks(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from wmpo.envs.metaworld_env import DEFAULT_MAX_STEPS
+    from wmpo.envs.tasks import DEFAULT_MAX_STEPS
 
     ap = argparse.ArgumentParser(prog="wmpo", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)

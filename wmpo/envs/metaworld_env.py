@@ -25,7 +25,7 @@ import gymnasium as gym  # noqa: E402
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
-from wmpo.envs.tasks import check_task, instruction, make_expert  # noqa: E402
+from wmpo.envs.tasks import DEFAULT_MAX_STEPS, check_task, instruction, make_expert  # noqa: E402
 from wmpo.errors import ConfigError  # noqa: E402
 
 
@@ -54,8 +54,6 @@ class CameraSpec:
 
 DEFAULT_CAMERA = CameraSpec()
 METAWORLD_MAX_PATH = 500  # MetaWorld refuses to step past this
-# Scripted experts finish the policy tasks in 45-90 steps; 160 = 20 chunks of 8 leaves slack.
-DEFAULT_MAX_STEPS = 160
 
 
 @dataclass

@@ -12,6 +12,9 @@ import difflib
 
 from wmpo.errors import UnknownTaskError
 
+# Scripted experts finish the policy tasks in 45-90 steps; 160 = 20 chunks of 8 leaves slack.
+DEFAULT_MAX_STEPS = 160
+
 # Short, imperative instructions in the style of LIBERO / Open-X annotations.
 INSTRUCTIONS: dict[str, str] = {
     "assembly-v3": "put the ring onto the peg",

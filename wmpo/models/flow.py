@@ -46,7 +46,13 @@ class FlowBatch:
 
 
 def noise_like(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+    if x.device.type == "cpu" or gen is None:
+        return torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
+    # On a GPU the noise is drawn there (drawing a batch's noise on the CPU and copying it costs
+    # more than the step), from a generator seeded by ``gen``: still one seed, one run.
+    seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    return torch.randn(x.shape, generator=torch.Generator(x.device).manual_seed(seed), dtype=x.dtype,
+                       device=x.device)
 
 
 def moving_mask(z0: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -78,7 +78,7 @@ class GRPOJobConfig(GRPOConfig):
             raise ConfigError(f"real_budget (--real-budget) {self.real_budget} must be a multiple of one step's real episodes "
                               f"({self.groups_per_step} groups x {self.group_size} = {per_step})")
         if self.environment == "real":
-            from wmpo.envs.metaworld_env import DEFAULT_MAX_STEPS
+            from wmpo.envs.tasks import DEFAULT_MAX_STEPS
 
             if self.chunks * CHUNK_STEPS > DEFAULT_MAX_STEPS:
                 raise ConfigError(f"chunks (--chunks) {self.chunks} runs past a real episode's {DEFAULT_MAX_STEPS} steps "

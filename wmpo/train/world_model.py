@@ -546,10 +546,12 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
             decay = min(cfg.ema, (1 + step) / (10 + step))  # short warm-up for the average
             for pe, p in zip(ema.parameters(), dit.parameters(), strict=True):
                 pe.lerp_(p, 1 - decay)
-        loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
+        # Kept on the device and read only when logged: no per-step sync, so on a GPU the next
+        # batch is drawn on the CPU while this step still runs.
+        loss_ema = loss.detach() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.detach()
         if (step + 1) % cfg.log_every == 0:
-            bar.set_postfix(loss=f"{loss_ema:.4f}")
-            rec: dict[str, Any] = {"step": step + 1, "loss": loss_ema, "lr": opt.param_groups[0]["lr"],
+            bar.set_postfix(loss=f"{float(loss_ema):.4f}")
+            rec: dict[str, Any] = {"step": step + 1, "loss": float(loss_ema), "lr": opt.param_groups[0]["lr"],
                                    "train_seconds": round(time.time() - t0, 1)}
             if (step + 1) % cfg.eval_every == 0:
                 rec |= val_record()

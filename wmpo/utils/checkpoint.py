@@ -111,9 +111,9 @@ def record_evaluation(directory: str | Path, name: str, result: dict[str, Any]) 
 
 
 def environment_info() -> dict[str, Any]:
-    """Versions and code revision, for provenance records."""
-    import metaworld  # noqa: F401
-    import mujoco
+    """Versions and code revision, for provenance records. MuJoCo and MetaWorld are None where
+    they are not installed (a GPU node that trains the DiT on packed latents)."""
+    from importlib.metadata import PackageNotFoundError, version
 
     try:
         commit = subprocess.run(
@@ -122,13 +122,19 @@ def environment_info() -> dict[str, Any]:
         ).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    from importlib.metadata import version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
 
     return {
         "git_commit": commit,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "mujoco": mujoco.__version__,
-        "metaworld": version("metaworld"),
+        "mujoco": installed("mujoco"),
+        "metaworld": installed("metaworld"),
         "machine": platform.machine(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
