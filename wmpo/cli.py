@@ -326,6 +326,41 @@ def cmd_eval_policy(a: argparse.Namespace) -> None:
         print(f"recorded the result in {a.checkpoint}/manifest.json")
 
 
+def cmd_eval_policy_imagination(a: argparse.Namespace) -> None:
+    from types import SimpleNamespace
+
+    from wmpo_client import SimulatorClient
+    from wmpo_client.judge_http import JudgeClient
+
+    from wmpo.eval.policy_imagination import ImaginationEvalConfig, evaluate_policies, format_report
+    from wmpo.rl.imagination import ServiceGroupSimulator, ServiceRolloutJudge
+
+    cfg = ImaginationEvalConfig(policies=a.checkpoint, tasks=_tasks(a.tasks), episodes=a.episodes, chunks=a.chunks,
+                                temperature=a.temperature, seed=a.seed, seed_offset=a.seed_offset, batch=a.batch)
+    cfg.validate()
+    if (a.simulator_url is None) != (a.judge_url is None):
+        raise ConfigError("give both --simulator-url and --judge-url, or neither (the embedded stack)")
+    with contextlib.ExitStack() as stack:
+        if a.simulator_url is None:
+            embedded = getattr(a, "embedded", None)
+            if embedded is None:
+                raise ConfigError("without --simulator-url this runs an embedded stack: use the wmpo command")
+            models = SimpleNamespace(world_model=a.world_model, judge=a.judge, action_guidance=a.action_guidance)
+            sim_url, judge_url = stack.enter_context(embedded(models))
+        else:
+            sim_url, judge_url = a.simulator_url, a.judge_url
+        sim = stack.enter_context(SimulatorClient(sim_url, a.api_key, timeout=300.0))
+        judge = stack.enter_context(JudgeClient(judge_url, a.api_key, timeout=300.0))
+        groups, verdicts = ServiceGroupSimulator(sim), ServiceRolloutJudge(judge)
+        report = evaluate_policies(cfg, (groups, verdicts))
+        report["simulator"], report["judge"] = groups.provenance, verdicts.provenance
+    print(format_report(report))
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(report, indent=2, default=str))
+        print(f"wrote {a.json}")
+
+
 def cmd_export_onnx(a: argparse.Namespace) -> None:
     from wmpo.export.graphs import GRAPHS
     from wmpo.export.onnx_export import MANIFEST, export_onnx, format_parity, parity_report
@@ -691,6 +726,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", action="store_true", help="also record the result in the checkpoint's manifest")
     p.set_defaults(func=cmd_eval_world_model)
 
+    p = ev.add_parser("policy-imagination", help="policies' success per task in imagination (world model + "
+                      "judge) next to the real simulator, from the same held-out layouts; Pearson r and MAE")
+    p.add_argument("--checkpoint", required=True, nargs="+", help="policy checkpoints (several: the agreement "
+                   "is over every (policy, task) pair)")
+    p.add_argument("--tasks", default="policy")
+    p.add_argument("--episodes", type=int, default=20, help="held-out start layouts per task")
+    p.add_argument("--chunks", type=int, default=20, help="action chunks per trial (8 env steps each)")
+    p.add_argument("--temperature", type=float, default=1.0, help="the policy's sampling temperature (> 0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed-offset", type=int, default=0, help="layouts 1,000,000 + offset + i")
+    p.add_argument("--batch", type=int, default=8, help="trials imagined together")
+    p.add_argument("--world-model", default=str(BUNDLED_WORLD_MODEL), help="the embedded stack's world model")
+    p.add_argument("--judge", default=None, help="the embedded stack's judge (default: the bundled one)")
+    p.add_argument("--action-guidance", type=float, default=None,
+                   help="the embedded simulator's action guidance (default: the world model's)")
+    p.add_argument("--simulator-url", default=None, help="a running simulator service (with --judge-url)")
+    p.add_argument("--judge-url", default=None)
+    p.add_argument("--api-key", default=None, help="for --simulator-url / --judge-url")
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=cmd_eval_policy_imagination)
     p = ev.add_parser("judge", help="success classifier precision/recall/F1 on real and imagined rollouts")
     p.add_argument("--checkpoint", default=str(BUNDLED_JUDGE))
     p.add_argument("--data", required=True, help="held-out dataset of real rollouts")
