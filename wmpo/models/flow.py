@@ -39,8 +39,9 @@ class FlowBatch:
     tasks: list[str] | None = None
 
     def to(self, device: torch.device | str) -> FlowBatch:
-        """The tensors on ``device`` (training on a GPU; the random numbers stay on the CPU's
-        generator, so a run draws the same windows and noise on any device)."""
+        """The tensors on ``device`` (training on a GPU). The windows and the per-sample random
+        numbers still come from the run's CPU generator; ``noise_like`` draws a batch's noise on
+        the GPU from a seed that generator gives."""
         move = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
         return FlowBatch(**move)
 
