@@ -337,7 +337,6 @@ def cmd_eval_policy_imagination(a: argparse.Namespace) -> None:
 
     cfg = ImaginationEvalConfig(policies=a.checkpoint, tasks=_tasks(a.tasks), episodes=a.episodes, chunks=a.chunks,
                                 temperature=a.temperature, seed=a.seed, seed_offset=a.seed_offset, batch=a.batch)
-    cfg.validate()
     if (a.simulator_url is None) != (a.judge_url is None):
         raise ConfigError("give both --simulator-url and --judge-url, or neither (the embedded stack)")
     with contextlib.ExitStack() as stack:

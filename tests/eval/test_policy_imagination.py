@@ -30,9 +30,9 @@ def test_starts_are_the_policy_evaluations_layouts():
 
 def test_bad_settings_are_clear_errors():
     with pytest.raises(ConfigError, match="temperature"):
-        ImaginationEvalConfig(["p"], ["reach-v3"], temperature=0).validate()
+        ImaginationEvalConfig(["p"], ["reach-v3"], temperature=0)
     with pytest.raises(ConfigError, match="episodes"):
-        ImaginationEvalConfig(["p"], ["reach-v3"], episodes=0).validate()
+        ImaginationEvalConfig(["p"], ["reach-v3"], episodes=0)
 
 
 def test_the_command_scores_a_policy_in_imagination_and_in_metaworld(tmp_path, capsys):

@@ -97,8 +97,8 @@ class LatentEpisodes:
         scale = (z.amax((0, 2, 3)).view(1, -1, 1, 1) - lo).clamp_min(1e-6) / 255
         q = ((z - lo) / scale).round().clamp(0, 255).to(torch.uint8).numpy()
         delta = q.copy()
-        for s, n in zip(self.starts, self.lengths, strict=True):  # first frame of an episode kept as is
-            delta[s + 1:s + n] = q[s + 1:s + n] - q[s:s + n - 1]  # uint8 arithmetic wraps, exactly invertible
+        delta[1:] -= q[:-1]  # uint8 arithmetic wraps, exactly invertible
+        delta[self.starts] = q[self.starts]  # each episode's first frame kept as it is
         err = (torch.from_numpy(q).float() * scale + lo - z).abs()
         info = {**meta, "format": "wmpo-packed-latents-1", "quantization_max_abs": float(err.max()),
                 "quantization_rms": float(err.pow(2).mean().sqrt()), "latent_std": float(z.std())}

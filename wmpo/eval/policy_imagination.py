@@ -14,8 +14,7 @@ Only the world and the judge differ.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -39,7 +38,7 @@ class ImaginationEvalConfig:
     seed_offset: int = 0
     batch: int = 8  # trials imagined together
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:  # checked once, when made: before any stack is started
         if not self.policies or not self.tasks:
             raise ConfigError("give at least one policy checkpoint and one task")
         if self.episodes < 1 or self.chunks < 1 or self.batch < 1:
@@ -104,10 +103,9 @@ def evaluate_policies(cfg: ImaginationEvalConfig, imagined: tuple[GroupSimulator
     """Every policy on every task, imagined and real; and their agreement."""
     from wmpo.rl.real import RealGroupSimulator, RealSuccessJudge
 
-    cfg.validate()
     starts = eval_starts(cfg.tasks, cfg.episodes, cfg.seed_offset)
     sim, judge = imagined
-    report: dict[str, Any] = {"config": {k: v for k, v in vars(cfg).items()},
+    report: dict[str, Any] = {"config": asdict(cfg),
                               "seeds": [EVAL_SEED_BASE + cfg.seed_offset, EVAL_SEED_BASE + cfg.seed_offset + cfg.episodes],
                               "policies": {}}
     pairs = []
@@ -133,7 +131,7 @@ def format_report(report: dict[str, Any]) -> str:
         for task, img in r["imagined"].items():
             lines.append(f"{path[-34:]:<34} {task:<26} {100 * img['rate']:8.1f}% {100 * r['real'][task]['rate']:8.1f}%")
     a = report["agreement"]
-    r = "undefined" if a["pearson_r"] is None or math.isnan(a["pearson_r"]) else f"{a['pearson_r']:.3f}"
+    r = "undefined" if a["pearson_r"] is None else f"{a['pearson_r']:.3f}"
     lines.append(f"over {a['pairs']} (policy, task) pairs: Pearson r {r}, mean absolute error "
                  f"{a['mae_points']:.1f} points")
     return "\n".join(lines)
