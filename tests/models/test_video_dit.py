@@ -3,7 +3,7 @@ import torch
 
 from wmpo.errors import ConfigError
 from wmpo.models.flow import FlowBatch, flow_matching_loss, moving_mask
-from wmpo.models.video_dit import PRESETS, VideoDiT, VideoDiTConfig
+from wmpo.models.video_dit import PRESETS, VideoDiT, VideoDiTConfig, gated_residual, modulate
 
 
 def inputs(cfg: VideoDiTConfig, b: int = 2, f: int = 5, seed: int = 0):
@@ -30,10 +30,9 @@ def test_identity_at_initialization():
     model = VideoDiT(PRESETS["tiny"]).eval()
     z, t, a, has, pos = inputs(model.config)
     x, t_emb, a_emb = model.embed(z, t, a, has, pos)
-    n = model.config.tokens_per_frame
     mask = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool)
     for block in model.blocks:  # adaLN-Zero: gates are zero, so every block returns its input
-        assert torch.equal(block(x, block.modulation(t_emb, a_emb, n), mask), x)
+        assert torch.equal(block(x, block.modulation(t_emb, a_emb), mask), x)
     assert torch.count_nonzero(model(z, t, a, has, pos)) == 0  # zero-initialized output
 
 
@@ -223,3 +222,15 @@ def test_motion_conditioning_starts_as_the_model_it_extends_and_keeps_the_cache_
     assert torch.allclose(full[:, 3:], part, atol=1e-5)
     with pytest.raises(ValueError, match="gen_start"):
         model(z, t, a, has, pos)
+
+
+def test_per_frame_modulation_matches_per_token():
+    """modulate / gated_residual broadcast a frame's (1, dim) vectors over its N tokens: the
+    same as repeating them per token, without the copy."""
+    torch.manual_seed(0)
+    b, f, n, d = 2, 3, 5, 8
+    x, y = torch.randn(b, f * n, d), torch.randn(b, f * n, d)
+    shift, scale, gate = (torch.randn(b, f, 1, d) for _ in range(3))
+    per_token = [m.squeeze(2).repeat_interleave(n, dim=1) for m in (shift, scale, gate)]
+    torch.testing.assert_close(modulate(x, shift, scale), x * (1 + per_token[1]) + per_token[0])
+    torch.testing.assert_close(gated_residual(x, gate, y), x + per_token[2] * y)

@@ -203,6 +203,22 @@ class CrossAttention(nn.Module):
         return x + self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
+def per_frame(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """Tokens (B, F*N, dim) -> (B, F, N, dim), a view where x is contiguous."""
+    return x.reshape(x.shape[0], frames, -1, x.shape[-1])
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x (B, F*N, dim) * (1 + scale) + shift, with per-frame (B, F, 1, dim) shift/scale."""
+    return torch.addcmul(shift, per_frame(x, shift.shape[1]), 1 + scale).flatten(1, 2)
+
+
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x + gate * y over tokens (B, F*N, dim), with a per-frame (B, F, 1, dim) gate."""
+    f = gate.shape[1]
+    return torch.addcmul(per_frame(x, f), gate, per_frame(y, f)).flatten(1, 2)
+
+
 class DiTBlock(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float, cross: bool = False) -> None:
         super().__init__()
@@ -216,25 +232,25 @@ class DiTBlock(nn.Module):
         self.ada_time = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.ada_action = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def modulation(self, t_emb: torch.Tensor, a_emb: torch.Tensor, n_tok: int) -> list[torch.Tensor]:
-        """Per-frame (B, F, dim) embeddings -> 6 per-token (B, F*N, dim) modulation tensors."""
+    def modulation(self, t_emb: torch.Tensor, a_emb: torch.Tensor) -> list[torch.Tensor]:
+        """Per-frame (B, F, dim) embeddings -> 6 per-frame (B, F, 1, dim) modulation tensors,
+        broadcast over each frame's tokens (repeating them per token cost a fifth of a CPU call)."""
         mod = self.ada_time(t_emb) + self.ada_action(a_emb)  # (B, F, 6*dim)
-        mod = mod.repeat_interleave(n_tok, dim=1)  # (B, F*N, 6*dim)
-        return list(mod.chunk(6, dim=-1))
+        return list(mod.unsqueeze(2).chunk(6, dim=-1))
 
     def pre_attn(self, x: torch.Tensor, mods: list[torch.Tensor]) -> torch.Tensor:
         shift, scale = mods[0], mods[1]
-        return self.norm1(x) * (1 + scale) + shift
+        return modulate(self.norm1(x), shift, scale)
 
     def post_attn(self, x: torch.Tensor, attn_out: torch.Tensor, mods: list[torch.Tensor],
                   plan: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """``plan``: (query positions (B, L, dim), context tokens (B, M, dim)) for the
         cross-attention of a plan-conditioned model."""
         gate_a, shift_m, scale_m, gate_m = mods[2], mods[3], mods[4], mods[5]
-        x = x + gate_a * attn_out
+        x = gated_residual(x, gate_a, attn_out)
         if self.cross is not None and plan is not None:
             x = self.cross(x, *plan)
-        return x + gate_m * self.mlp(self.norm2(x) * (1 + scale_m) + shift_m)
+        return gated_residual(x, gate_m, self.mlp(modulate(self.norm2(x), shift_m, scale_m)))
 
     def forward(self, x: torch.Tensor, mods: list[torch.Tensor], mask: torch.Tensor,
                 plan: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -350,7 +366,7 @@ class VideoDiT(nn.Module):
         c = self.config
         b, f = z.shape[:2]
         x = self.patch_embed(self.patchify(z))  # (B, F*N, dim)
-        pos = self.spatial_pos.repeat(1, f, 1) + self.frame_pos(positions).repeat_interleave(c.tokens_per_frame, 1)
+        pos = (self.spatial_pos.unsqueeze(1) + self.frame_pos(positions).unsqueeze(2)).flatten(1, 2)  # (B, F*N, dim)
         t_emb = self.time_mlp(timestep_embedding(t, c.dim).to(x.dtype))  # (B, F, dim)
         if c.motion_conditioning:
             if gen_start is None:
@@ -398,9 +414,8 @@ class VideoDiT(nn.Module):
         return self.consistency_head(pooled).view(-1, c.plan_tokens, c.plan_dim)
 
     def head(self, x: torch.Tensor, t_emb: torch.Tensor, frames: int) -> torch.Tensor:
-        n = self.config.tokens_per_frame
-        shift, scale = self.final_ada(t_emb).repeat_interleave(n, dim=1).chunk(2, dim=-1)
-        return self.unpatchify(self.final_proj(self.final_norm(x) * (1 + scale) + shift), frames)
+        shift, scale = self.final_ada(t_emb).unsqueeze(2).chunk(2, dim=-1)  # (B, F, 1, dim) each
+        return self.unpatchify(self.final_proj(modulate(self.final_norm(x), shift, scale)), frames)
 
     def check_inputs(self, z: torch.Tensor, t: torch.Tensor, actions: torch.Tensor,
                      has_action: torch.Tensor, positions: torch.Tensor) -> None:
@@ -431,7 +446,7 @@ class VideoDiT(nn.Module):
         mask = block_causal_mask(f, f, n, z.device)
         ctx = self.plan_context(plan, b, f)
         for block in self.blocks:
-            x = block(x, block.modulation(t_emb, a_emb, n), mask, ctx)
+            x = block(x, block.modulation(t_emb, a_emb), mask, ctx)
         v = self.head(x, t_emb, f)
         return (v, x) if return_features else v
 
@@ -446,7 +461,7 @@ class VideoDiT(nn.Module):
         ctx = self.plan_context(plan, b, f)
         keys, values = [], []
         for i, block in enumerate(self.blocks):
-            mods = block.modulation(t_emb, a_emb, n)
+            mods = block.modulation(t_emb, a_emb)
             q, k, v = block.attn.qkv_heads(block.pre_attn(x, mods))
             keys.append(k)
             values.append(v)
@@ -466,7 +481,7 @@ class VideoDiT(nn.Module):
         mask = block_causal_mask(f, cache.frames + f, n, z.device, offset=cache.frames)
         ctx = self.plan_context(plan, b, f)
         for block, ck, cv in zip(self.blocks, cache.keys, cache.values, strict=True):
-            mods = block.modulation(t_emb, a_emb, n)
+            mods = block.modulation(t_emb, a_emb)
             q, k, v = block.attn.qkv_heads(block.pre_attn(x, mods))
             out = block.attn.attend(q, torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2), mask)
             x = block.post_attn(x, out, mods, ctx)
