@@ -332,9 +332,20 @@ def cmd_eval_policy_imagination(a: argparse.Namespace) -> None:
     from wmpo_client import SimulatorClient
     from wmpo_client.judge_http import JudgeClient
 
-    from wmpo.eval.policy_imagination import ImaginationEvalConfig, evaluate_policies, format_report
+    from wmpo.eval.policy_imagination import (
+        ImaginationEvalConfig,
+        evaluate_policies,
+        format_report,
+        merge_reports,
+    )
     from wmpo.rl.imagination import ServiceGroupSimulator, ServiceRolloutJudge
 
+    if (a.checkpoint is None) == (a.merge is None):
+        raise ConfigError("give --checkpoint (policies to evaluate) or --merge (reports to combine), not both")
+    if a.merge is not None:
+        merged = merge_reports([_read_json_report(p) for p in a.merge])
+        _write_report(format_report(merged), merged, a.json)
+        return
     cfg = ImaginationEvalConfig(policies=a.checkpoint, tasks=_tasks(a.tasks), episodes=a.episodes, chunks=a.chunks,
                                 temperature=a.temperature, seed=a.seed, seed_offset=a.seed_offset, batch=a.batch)
     if (a.simulator_url is None) != (a.judge_url is None):
@@ -353,11 +364,22 @@ def cmd_eval_policy_imagination(a: argparse.Namespace) -> None:
         groups, verdicts = ServiceGroupSimulator(sim), ServiceRolloutJudge(judge)
         report = evaluate_policies(cfg, (groups, verdicts))
         report["simulator"], report["judge"] = groups.provenance, verdicts.provenance
-    print(format_report(report))
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(report, indent=2, default=str))
-        print(f"wrote {a.json}")
+    _write_report(format_report(report), report, a.json)
+
+
+def _read_json_report(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read the report {path}: {e}") from e
+
+
+def _write_report(text: str, report: dict, path: str | None) -> None:
+    print(text)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=2, default=str))
+        print(f"wrote {path}")
 
 
 def cmd_export_onnx(a: argparse.Namespace) -> None:
@@ -727,8 +749,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = ev.add_parser("policy-imagination", help="policies' success per task in imagination (world model + "
                       "judge) next to the real simulator, from the same held-out layouts; Pearson r and MAE")
-    p.add_argument("--checkpoint", required=True, nargs="+", help="policy checkpoints (several: the agreement "
+    p.add_argument("--checkpoint", nargs="+", help="policy checkpoints (several: the agreement "
                    "is over every (policy, task) pair)")
+    p.add_argument("--merge", nargs="+", metavar="REPORT", help="instead: combine the --json reports of runs "
+                   "over different policies (same settings) into one, with the agreement over all of them")
     p.add_argument("--tasks", default="policy")
     p.add_argument("--episodes", type=int, default=20, help="held-out start layouts per task")
     p.add_argument("--chunks", type=int, default=20, help="action chunks per trial (8 env steps each)")

@@ -8,7 +8,12 @@ import pytest
 
 from wmpo.data.collect import EVAL_SEED_BASE
 from wmpo.errors import ConfigError
-from wmpo.eval.policy_imagination import ImaginationEvalConfig, agreement, eval_starts
+from wmpo.eval.policy_imagination import (
+    ImaginationEvalConfig,
+    agreement,
+    eval_starts,
+    merge_reports,
+)
 
 
 def test_agreement_is_pearson_r_and_mean_absolute_error_in_points():
@@ -19,6 +24,33 @@ def test_agreement_is_pearson_r_and_mean_absolute_error_in_points():
     assert a["mae_points"] == pytest.approx(10.0)
     assert agreement([(0.5, 0.0), (0.5, 1.0)])["pearson_r"] is None  # one side constant: undefined
     assert agreement([])["mae_points"] is None
+
+
+def fake_report(policies: dict[str, tuple[list[float], list[float]]], episodes: int = 10) -> dict:
+    """A report as evaluate_policies writes it, from (imagined, real) rates per policy."""
+    tasks = ["a-v3", "b-v3"]
+
+    def side(rates):
+        return {t: {"successes": round(r * episodes), "n": episodes, "rate": r} for t, r in zip(tasks, rates, strict=True)}
+
+    return {"config": {"policies": list(policies), "tasks": tasks, "episodes": episodes, "seed": 0},
+            "simulator": {"world_model": "x"}, "judge": {"judge": "y"},
+            "policies": {p: {"imagined": side(i), "real": side(r)} for p, (i, r) in policies.items()}}
+
+
+def test_merged_reports_agree_over_all_policies_and_over_their_task_means():
+    a = fake_report({"p1": ([0.2, 0.4], [0.1, 0.5])})
+    b = fake_report({"p2": ([0.8, 1.0], [0.9, 0.7]), "p3": ([0.0, 0.2], [0.0, 0.0])})
+    m = merge_reports([a, b])
+    assert list(m["policies"]) == ["p1", "p2", "p3"] and m["config"]["policies"] == ["p1", "p2", "p3"]
+    assert m["agreement"] == pytest.approx(agreement([(0.2, 0.1), (0.4, 0.5), (0.8, 0.9), (1.0, 0.7), (0.0, 0.0), (0.2, 0.0)]))
+    assert m["agreement_policy_means"] == pytest.approx(agreement([(0.3, 0.3), (0.9, 0.8), (0.1, 0.0)]))
+    with pytest.raises(ConfigError, match=r"differs from the first in \['episodes'\]"):
+        merge_reports([a, fake_report({"p2": ([0.5, 0.5], [0.5, 0.5])}, episodes=20)])
+    with pytest.raises(ConfigError, match="p1 is in more than one report"):
+        merge_reports([a, a])
+    with pytest.raises(ConfigError, match="another simulator"):
+        merge_reports([a, {**b, "simulator": {"world_model": "z"}}])
 
 
 def test_starts_are_the_policy_evaluations_layouts():
@@ -50,7 +82,20 @@ def test_the_command_scores_a_policy_in_imagination_and_in_metaworld(tmp_path, c
     assert report["seeds"] == [EVAL_SEED_BASE, EVAL_SEED_BASE + 2]
     assert report["agreement"]["pairs"] == 2
     assert report["simulator"] and report["judge"]  # the serving models' provenance
+    assert report["agreement_policy_means"]["pairs"] == 1
     assert "Pearson r" in capsys.readouterr().out
+    other = json.loads(out.read_text())  # the same run under another name: a second "policy"
+    other["policies"] = {"copy": other["policies"]["checkpoints/policy-base"]}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    merged = tmp_path / "merged.json"
+    assert main(["eval", "policy-imagination", "--merge", str(out), str(tmp_path / "other.json"),
+                 "--json", str(merged)]) == 0
+    assert json.loads(merged.read_text())["agreement"]["pairs"] == 4
+    assert "over 2 policies' task means" in capsys.readouterr().out
+    assert main(["eval", "policy-imagination", "--merge", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read the report" in capsys.readouterr().err
+    assert main(["eval", "policy-imagination"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
     assert main(["eval", "policy-imagination", "--checkpoint", "checkpoints/policy-base", "--simulator-url",
                  "http://127.0.0.1:1"]) == 2
     assert "--judge-url" in capsys.readouterr().err

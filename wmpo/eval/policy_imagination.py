@@ -108,7 +108,6 @@ def evaluate_policies(cfg: ImaginationEvalConfig, imagined: tuple[GroupSimulator
     report: dict[str, Any] = {"config": asdict(cfg),
                               "seeds": [EVAL_SEED_BASE + cfg.seed_offset, EVAL_SEED_BASE + cfg.seed_offset + cfg.episodes],
                               "policies": {}}
-    pairs = []
     for path in cfg.policies:
         policy, _ = Policy.from_checkpoint(path)
         policy.eval()
@@ -120,9 +119,45 @@ def evaluate_policies(cfg: ImaginationEvalConfig, imagined: tuple[GroupSimulator
         finally:
             real_sim.close()
         report["policies"][path] = {"imagined": img, "real": real}
-        pairs += [(img[t]["rate"], real[t]["rate"]) for t in cfg.tasks]
+    return summarize(report)
+
+
+def summarize(report: dict[str, Any]) -> dict[str, Any]:
+    """Add the agreements to a report: over every (policy, task) pair (WorldArena's), and over the
+    policies' task means (does imagination rank the policies, not only the tasks?)."""
+    tasks = report["config"]["tasks"]
+    pairs, means = [], []
+    for r in report["policies"].values():
+        pair = [(r["imagined"][t]["rate"], r["real"][t]["rate"]) for t in tasks]
+        pairs += pair
+        means.append(tuple(np.mean(pair, axis=0)))
     report["agreement"] = agreement(pairs)
+    report["agreement_policy_means"] = agreement(means)
     return report
+
+
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from several runs over different policies (e.g. run in parallel processes):
+    they must share every setting but the policies, so that their pairs are comparable."""
+    if not reports:
+        raise ConfigError("give at least one report to merge")
+    first = {k: v for k, v in reports[0]["config"].items() if k != "policies"}
+    merged: dict[str, Any] = {**reports[0], "policies": {}}
+    for i, rep in enumerate(reports):
+        settings = {k: v for k, v in rep["config"].items() if k != "policies"}
+        if settings != first:
+            diff = sorted(k for k in first.keys() | settings.keys() if first.get(k) != settings.get(k))
+            raise ConfigError(f"report {i + 1} differs from the first in {diff}: only runs with the same "
+                              "settings (tasks, episodes, chunks, temperature, seeds) can be merged")
+        for key in ("simulator", "judge"):
+            if rep.get(key) != reports[0].get(key):
+                raise ConfigError(f"report {i + 1} used another {key} ({rep.get(key)}) than the first")
+        dup = sorted(set(rep["policies"]) & set(merged["policies"]))
+        if dup:
+            raise ConfigError(f"policy {dup[0]} is in more than one report")
+        merged["policies"].update(rep["policies"])
+    merged["config"] = {**reports[0]["config"], "policies": list(merged["policies"])}
+    return summarize(merged)
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -130,8 +165,10 @@ def format_report(report: dict[str, Any]) -> str:
     for path, r in report["policies"].items():
         for task, img in r["imagined"].items():
             lines.append(f"{path[-34:]:<34} {task:<26} {100 * img['rate']:8.1f}% {100 * r['real'][task]['rate']:8.1f}%")
-    a = report["agreement"]
-    r = "undefined" if a["pearson_r"] is None else f"{a['pearson_r']:.3f}"
-    lines.append(f"over {a['pairs']} (policy, task) pairs: Pearson r {r}, mean absolute error "
-                 f"{a['mae_points']:.1f} points")
+        means = [100 * np.mean([v["rate"] for v in r[side].values()]) for side in ("imagined", "real")]
+        lines.append(f"{path[-34:]:<34} {'mean over tasks':<26} {means[0]:8.1f}% {means[1]:8.1f}%")
+    for key, what in (("agreement", "(policy, task) pairs"), ("agreement_policy_means", "policies' task means")):
+        a = report[key]
+        r = "undefined" if a["pearson_r"] is None else f"{a['pearson_r']:.3f}"
+        lines.append(f"over {a['pairs']} {what}: Pearson r {r}, mean absolute error {a['mae_points']:.1f} points")
     return "\n".join(lines)
