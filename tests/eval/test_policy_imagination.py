@@ -49,6 +49,8 @@ def test_merged_reports_agree_over_all_policies_and_over_their_task_means():
         merge_reports([a, fake_report({"p2": ([0.5, 0.5], [0.5, 0.5])}, episodes=20)])
     with pytest.raises(ConfigError, match="p1 is in more than one report"):
         merge_reports([a, a])
+    b["simulator"]["seed"] = "17"  # a request's seed is not a different model
+    assert list(merge_reports([a, b])["policies"]) == ["p1", "p2", "p3"]
     with pytest.raises(ConfigError, match="another simulator"):
         merge_reports([a, {**b, "simulator": {"world_model": "z"}}])
 

@@ -136,6 +136,10 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
+def _without_seed(provenance: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if provenance is None else {k: v for k, v in provenance.items() if k != "seed"}
+
+
 def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """One report from several runs over different policies (e.g. run in parallel processes):
     they must share every setting but the policies, so that their pairs are comparable."""
@@ -149,9 +153,10 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
             diff = sorted(k for k in first.keys() | settings.keys() if first.get(k) != settings.get(k))
             raise ConfigError(f"report {i + 1} differs from the first in {diff}: only runs with the same "
                               "settings (tasks, episodes, chunks, temperature, seeds) can be merged")
-        for key in ("simulator", "judge"):
-            if rep.get(key) != reports[0].get(key):
-                raise ConfigError(f"report {i + 1} used another {key} ({rep.get(key)}) than the first")
+        for key in ("simulator", "judge"):  # the models, not the last request's seed
+            mine, theirs = (_without_seed(r.get(key)) for r in (rep, reports[0]))
+            if mine != theirs:
+                raise ConfigError(f"report {i + 1} used another {key} ({mine}) than the first ({theirs})")
         dup = sorted(set(rep["policies"]) & set(merged["policies"]))
         if dup:
             raise ConfigError(f"policy {dup[0]} is in more than one report")
