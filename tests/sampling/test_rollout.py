@@ -132,3 +132,21 @@ def test_sampler_overrides_replace_only_what_is_given_and_refuse_bad_values(wm):
                 wm.with_sampler(**bad)
     finally:
         wm.sampler = before
+
+
+@pytest.mark.parametrize("cached,guidance", [(True, 1.0), (True, 2.0), (False, 1.0)])
+def test_the_sampling_loop_runs_on_the_models_device(cached, guidance):
+    """Every tensor the loop makes is on the rollouts' (the model's) device, so it runs on a GPU
+    (the served torch model, self-forcing in GPU training). Checked on the meta device, which,
+    like a GPU, refuses to mix with CPU tensors; the noise comes from the CPU generators."""
+    from wmpo.sampling.rollout import start_rollout, step_rollouts
+
+    c = PRESETS["tiny"]
+    model = VideoDiT(c).eval().to("meta")
+    anchor = torch.zeros(c.latent_channels, c.latent_size, c.latent_size, device="meta")
+    rollouts = [start_rollout(anchor, seed, action_width=c.frame_action_dim) for seed in (1, 2)]
+    cfg = SamplerConfig(steps=2, use_cache=cached, action_guidance=guidance)
+    for _ in range(3):  # past the context window's growth
+        out = step_rollouts(model, rollouts, torch.zeros(2, 4, 4), cfg)
+        assert out.device.type == "meta" and out.shape == (2, 2, c.latent_channels, c.latent_size, c.latent_size)
+    assert {t.device.type for r in rollouts for t in (r.history, r.history_actions, r.history_has_action)} == {"meta"}

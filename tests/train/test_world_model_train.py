@@ -188,3 +188,21 @@ def test_world_model_trains_with_self_forcing(pipeline):
     assert manifest["training"]["self_forcing"] == 0.5
     with pytest.raises(ConfigError, match="--self-forcing"):
         WorldModelTrainConfig(out="x", self_forcing=1.5, **{k: v for k, v in common.items() if k != "out"}).validate()
+
+
+def test_self_forcing_runs_on_the_models_device():
+    """imagine_context on a batch and model on another device than the CPU (meta here, as a GPU
+    would be): the imagined context is written in place on that device."""
+    from wmpo.models.flow import FlowBatch
+    from wmpo.models.video_dit import PRESETS, VideoDiT
+    from wmpo.sampling.rollout import SamplerConfig
+    from wmpo.train.world_model import imagine_context
+
+    c, b, f = PRESETS["tiny"], 4, 9
+    model = VideoDiT(c).eval().to("meta")
+    has = torch.ones(b, f, dtype=torch.bool, device="meta")
+    batch = FlowBatch(torch.zeros(b, f, c.latent_channels, c.latent_size, c.latent_size, device="meta"),
+                      torch.zeros(b, f, c.frame_action_dim, device="meta"), has,
+                      torch.arange(f, device="meta").expand(b, f), torch.tensor([2, 3, 6, 8]))
+    assert imagine_context(model, batch, 1.0, SamplerConfig(steps=2), torch.Generator().manual_seed(1)) == 3
+    assert batch.latents.device.type == "meta"

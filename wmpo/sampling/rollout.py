@@ -68,10 +68,10 @@ def start_rollout(anchor: torch.Tensor, seed: int, history: torch.Tensor | None 
     """A rollout from a start latent (C, h, w); optionally with real history frames after it."""
     if history is None:
         history = anchor[None]
-        history_actions = torch.zeros(1, action_width)
-        has = torch.zeros(1, dtype=torch.bool)
+        history_actions = torch.zeros(1, action_width, device=anchor.device)
+        has = torch.zeros(1, dtype=torch.bool, device=anchor.device)
     else:
-        has = torch.ones(len(history), dtype=torch.bool)
+        has = torch.ones(len(history), dtype=torch.bool, device=anchor.device)
         if history_actions is None:
             raise ValueError("history_actions are required with history")
     return Rollout(seed, anchor, history, history_actions, has)
@@ -83,10 +83,10 @@ def _context_batch(rollouts: list[Rollout], cfg: SamplerConfig):
     lat = torch.stack([torch.cat([r.anchor[None], r.history[-n_recent:]]) for r in rollouts])
     act = torch.stack([torch.cat([torch.zeros_like(r.history_actions[:1]), r.history_actions[-n_recent:]])
                        for r in rollouts])
-    has = torch.stack([torch.cat([torch.zeros(1, dtype=torch.bool), r.history_has_action[-n_recent:]])
-                       for r in rollouts])
-    t = torch.full(lat.shape[:2], cfg.context_noise)
-    t[:, 0] = torch.tensor([cfg.anchor_noise(r.ar_step) for r in rollouts])
+    has = torch.stack([torch.cat([torch.zeros(1, dtype=torch.bool, device=lat.device),
+                                  r.history_has_action[-n_recent:]]) for r in rollouts])
+    t = torch.full(lat.shape[:2], cfg.context_noise, device=lat.device)
+    t[:, 0] = torch.tensor([cfg.anchor_noise(r.ar_step) for r in rollouts], device=lat.device)
     return lat, act, has, t, n_recent
 
 
@@ -95,12 +95,14 @@ def step_rollouts(model: VideoDiT, rollouts: list[Rollout], actions: torch.Tenso
                   cfg: SamplerConfig) -> torch.Tensor:
     """Advance every rollout by one chunk of actions (B, K, 4) -> new latents (B, K/stride, C, h, w).
 
-    Rollouts whose history windows differ in length are run as separate sub-batches.
+    Rollouts whose history windows differ in length are run as separate sub-batches. Runs on
+    the rollouts' device (the model's); the noise is drawn on the CPU from each rollout's
+    generator, so a seed gives the same noise on every device.
     """
     mc = model.config
     b, k, d = actions.shape
     n_new = k // mc.frame_stride
-    out = torch.empty(b, n_new, mc.latent_channels, mc.latent_size, mc.latent_size)
+    out = torch.empty(b, n_new, mc.latent_channels, mc.latent_size, mc.latent_size, device=rollouts[0].anchor.device)
     groups: dict[int, list[int]] = {}
     for i, r in enumerate(rollouts):
         groups.setdefault(min(len(r.history), cfg.context_frames), []).append(i)
@@ -118,17 +120,17 @@ def _step_group(model: VideoDiT, rollouts: list[Rollout], actions: torch.Tensor,
     f_ctx = ctx.shape[1]
     shape = (mc.latent_channels, mc.latent_size, mc.latent_size)
     # Noise in a fixed order per rollout: context corruption, then the generation start.
-    ctx_eps = torch.stack([torch.randn((f_ctx, *shape), generator=r.generator) for r in rollouts])
-    z = torch.stack([torch.randn((n_new, *shape), generator=r.generator) for r in rollouts])
-    gen_act = actions.reshape(b, n_new, mc.frame_action_dim).float()
-    gen_has = torch.ones(b, n_new, dtype=torch.bool)
+    ctx_eps = torch.stack([torch.randn((f_ctx, *shape), generator=r.generator) for r in rollouts]).to(ctx.device)
+    z = torch.stack([torch.randn((n_new, *shape), generator=r.generator) for r in rollouts]).to(ctx.device)
+    gen_act = actions.reshape(b, n_new, mc.frame_action_dim).float().to(ctx.device)
+    gen_has = torch.ones(b, n_new, dtype=torch.bool, device=ctx.device)
     z = denoise_frames(model, ctx, ctx_act, ctx_has, ctx_t, ctx_eps, z, gen_act, gen_has, cfg)
 
     for r, new, a in zip(rollouts, z, gen_act, strict=True):
         keep = cfg.context_frames
         r.history = torch.cat([r.history, new])[-keep:]
         r.history_actions = torch.cat([r.history_actions, a])[-keep:]
-        r.history_has_action = torch.cat([r.history_has_action, torch.ones(n_new, dtype=torch.bool)])[-keep:]
+        r.history_has_action = torch.cat([r.history_has_action, gen_has[0]])[-keep:]
         r.ar_step += 1
     return z
 
@@ -144,8 +146,8 @@ def denoise_frames(model: VideoDiT, ctx: torch.Tensor, ctx_act: torch.Tensor, ct
     n_new = z.shape[1]
     tt = ctx_t[..., None, None, None]
     ctx_noisy = (1 - tt) * ctx + tt * ctx_eps
-    ctx_pos = torch.arange(f_ctx).expand(b, f_ctx)
-    gen_pos = torch.arange(f_ctx, f_ctx + n_new).expand(b, n_new)
+    ctx_pos = torch.arange(f_ctx, device=ctx.device).expand(b, f_ctx)
+    gen_pos = torch.arange(f_ctx, f_ctx + n_new, device=ctx.device).expand(b, n_new)
     ctx_plan = plan.select(slice(0, f_ctx)) if plan is not None else None
     gen_plan = plan.select(slice(f_ctx, None)) if plan is not None else None
 
@@ -158,7 +160,7 @@ def denoise_frames(model: VideoDiT, ctx: torch.Tensor, ctx_act: torch.Tensor, ct
     times = flow_timesteps(cfg.steps, cfg.shift)
     for i in range(cfg.steps):
         t_now, t_next = float(times[i]), float(times[i + 1])
-        t_gen = torch.full((b, n_new), t_now)
+        t_gen = torch.full((b, n_new), t_now, device=ctx.device)
 
         def velocity(z: torch.Tensor, t_gen: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
             if cache is not None:

@@ -199,24 +199,25 @@ def imagine_context(model: VideoDiT, batch: FlowBatch, frac: float, sampler: Sam
     the number of windows changed. Windows with only one recent context frame stay real."""
     picks = torch.rand(len(batch.n_context), generator=gen) < frac
     seeds = torch.randint(0, 2**31 - 1, (len(picks),), generator=gen)
-    idx = [i for i in range(len(picks)) if picks[i] and int(batch.n_context[i]) >= 3]
+    n_context = batch.n_context.tolist()  # read once (on a GPU: one sync)
+    idx = [i for i in range(len(picks)) if picks[i] and n_context[i] >= 3]
     if not idx:
         return 0
     width = batch.actions.shape[-1]
     rollouts = []
-    for i in idx:
+    for i in idx:  # on the batch's device: the sampler runs where the model is
         r = start_rollout(batch.latents[i, 0], int(seeds[i]), batch.latents[i, 1:2], batch.actions[i, 1:2], width)
         r.history_has_action = batch.has_action[i, 1:2].clone()
         rollouts.append(r)
     n = IMAGINED_CHUNK_FRAMES
-    for s in range(0, max(int(batch.n_context[i]) - 2 for i in idx), n):
-        live = [k for k, i in enumerate(idx) if 2 + s < int(batch.n_context[i])]
+    for s in range(0, max(n_context[i] - 2 for i in idx), n):
+        live = [k for k, i in enumerate(idx) if 2 + s < n_context[i]]
         first = 2 + s  # window frame of the first frame this AR step imagines (always < F - 1)
         acts = torch.stack([batch.actions[idx[k], first:first + n] for k in live])  # (b, n, stride*4)
         new = step_rollouts(model, [rollouts[k] for k in live], acts.reshape(len(live), -1, 4), sampler)
         for k, frames in zip(live, new, strict=True):
             i = idx[k]
-            stop = min(first + n, int(batch.n_context[i]))
+            stop = min(first + n, n_context[i])
             batch.latents[i, first:stop] = frames[: stop - first]
     return len(idx)
 
@@ -248,15 +249,16 @@ class PlanInputs:
 
 
 def training_device(cfg: WorldModelTrainConfig) -> torch.device:
-    """The device a run trains on. GPU training covers the plain world model; the plan generator
-    and self-forcing (CPU-side sampling and plan inputs) train on the CPU."""
-    special = cfg.trajectory_vae is not None or cfg.self_forcing > 0
+    """The device a run trains on. GPU training covers the world model, with or without
+    self-forcing (the sampler runs on the model's device); the plan generator (CPU-side plan
+    inputs) trains on the CPU."""
+    special = cfg.trajectory_vae is not None
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() and not special else "cpu")
     if cfg.device.startswith("cuda"):
         if special:
-            raise ConfigError("--device cuda trains the plain world model; --trajectory-vae and --self-forcing "
-                              "train on the CPU (--device cpu)")
+            raise ConfigError("--device cuda trains the world model; --trajectory-vae (the plan generator) "
+                              "trains on the CPU (--device cpu)")
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {cfg.device}: this torch sees no CUDA GPU")
     device = torch.device(cfg.device)
