@@ -10,19 +10,23 @@
 # On the GPU machine, from the repository root (torch, numpy, safetensors and tqdm are all it needs):
 #     scripts/gpu_train_world_model.sh PACK_DIR OUT_DIR [BUDGET_SECONDS]
 #
-# Two runs share the GPU for BUDGET_SECONDS (default 420) each, at batch 256 under bf16 autocast;
-# after 60 steps each run's length, and with it the wsd schedule's decay, is fixed to what fits:
-#   v3:   the "play" DiT (3.3M) fine-tuned from checkpoints/world-model-v2 (the CPU run's EMA);
+# The runs named in RUNS (default "v3 sf") share the GPU for BUDGET_SECONDS (default 420) each,
+# at batch 256 under bf16 autocast; after 60 steps each run's length, and with it the wsd
+# schedule's decay, is fixed to what fits:
+#   v3:   the "play" DiT (3.3M) fine-tuned from INIT (default checkpoints/world-model-v3);
+#   sf:   the same, with self-forcing: a fraction SF (0.5) of the windows continue from context
+#         the EMA model imagined itself (SF_STEPS=4 sampler steps): the control is v3;
 #   wide: the "play-wide" DiT (7.3M, 1.5x wider) from scratch: the capacity experiment.
-# Each run's export (usable fp16 world model, and v3's compact resume state) is replaced every
-# 1000 steps and packed into OUT_DIR/<name>.tar at the end (the device tool returns few files);
-# OUT_DIR/<name>.jsonl is its log.
+# Each run's export (usable fp16 world model, and the compact resume state of all but wide) is
+# replaced every 1000 steps and packed into OUT_DIR/<name>.tar at the end (the device tool
+# returns few files); OUT_DIR/<name>.jsonl is its log.
 set -uo pipefail
 PACK="${1:?packed latent directory (train.npz, heldout.npz)}"
 OUT="${2:?output directory}"
 BUDGET="${3:-420}"
 PY="${PY:-python3}"
-INIT="${INIT:-checkpoints/world-model-v2}"
+INIT="${INIT:-checkpoints/world-model-v3}"
+NAMES="${RUNS:-v3 sf}"
 # Two trainers share the machine's cores: with every core's thread each, their CPU work (the
 # windows, the kernel launches) slowed to ~1.9 s a step on the first try (GPU idle).
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30 OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
@@ -69,17 +73,24 @@ train() {  # name, then the run's own arguments
         "$@" > "$RUNS/$name.out" 2>&1
 }
 
-train v3 --init "$INIT" --lr 4e-4 &
-V3=$!
-train wide --preset play-wide --lr 4e-4 &
-WIDE=$!
+declare -A PIDS
+for name in $NAMES; do
+    case $name in
+        v3) train v3 --init "$INIT" --lr 4e-4 & ;;
+        sf) train sf --init "$INIT" --lr 4e-4 --self-forcing "${SF:-0.5}" --self-forcing-steps "${SF_STEPS:-4}" & ;;
+        wide) train wide --preset play-wide --lr 4e-4 & ;;
+        *) echo "unknown run $name (v3, sf, wide)"; exit 2 ;;
+    esac
+    PIDS[$name]=$!
+done
 sleep 90
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader || true
-wait $V3
-S1=$?
-wait $WIDE
-S2=$?
-for name in v3 wide; do
+STATUS=0
+for name in $NAMES; do
+    wait "${PIDS[$name]}"
+    code=$?
+    echo "exit code: $name $code"
+    [ "$code" = 0 ] || STATUS=1
     tail -n 30 "$RUNS/$name.out"
     cp "$RUNS/$name/train_log.jsonl" "$OUT/$name.jsonl" 2>/dev/null || true
     [ -d "$RUNS/export/$name" ] || continue
@@ -88,5 +99,4 @@ for name in v3 wide; do
     tar -C "$RUNS/export" -cf "$OUT/$name.tar" "$name"
 done
 ls -la "$OUT"
-echo "exit codes: v3 $S1, wide $S2"
-[ "$S1" = 0 ] && [ "$S2" = 0 ]
+exit $STATUS
