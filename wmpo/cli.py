@@ -162,10 +162,7 @@ def cmd_eval_optimizer(a: argparse.Namespace) -> None:
     print("plans:", json.dumps(report["plans"]))
     if goal:
         print("goal reaching:", json.dumps(report["goal_reaching"]))
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(report, indent=2))
-        print(f"wrote {a.json}")
+    _write_json(report, a.json)
 
 
 def cmd_eval_world_model(a: argparse.Namespace) -> None:
@@ -183,10 +180,7 @@ def cmd_eval_world_model(a: argparse.Namespace) -> None:
 
         record_evaluation(a.checkpoint, "world_model", report)
         print(f"recorded the result in {a.checkpoint}/manifest.json")
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(report, indent=2))
-        print(f"wrote {a.json}")
+    _write_json(report, a.json)
 
 
 def cmd_train_trajectory_vae(a: argparse.Namespace) -> None:
@@ -274,10 +268,7 @@ def cmd_eval_judge(a: argparse.Namespace) -> None:
 
         record_evaluation(a.checkpoint, a.record, report)
         print(f"recorded the result in {a.checkpoint}/manifest.json under evaluations.{a.record}")
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(report, indent=2))
-        print(f"wrote {a.json}")
+    _write_json(report, a.json)
 
 
 def cmd_eval_policy(a: argparse.Namespace) -> None:
@@ -314,10 +305,7 @@ def cmd_eval_policy(a: argparse.Namespace) -> None:
     print(format_table(report, title))
     if "verification" in report:
         print("verify before execute:", json.dumps(report["verification"]))
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(report, indent=2))
-        print(f"wrote {a.json}")
+    _write_json(report, a.json)
     if a.record and not a.expert:
         from wmpo.utils.checkpoint import record_evaluation
 
@@ -344,7 +332,8 @@ def cmd_eval_policy_imagination(a: argparse.Namespace) -> None:
         raise ConfigError("give --checkpoint (policies to evaluate) or --merge (reports to combine), not both")
     if a.merge is not None:
         merged = merge_reports([_read_json_report(p) for p in a.merge])
-        _write_report(format_report(merged), merged, a.json)
+        print(format_report(merged))
+        _write_json(merged, a.json)
         return
     cfg = ImaginationEvalConfig(policies=a.checkpoint, tasks=_tasks(a.tasks), episodes=a.episodes, chunks=a.chunks,
                                 temperature=a.temperature, seed=a.seed, seed_offset=a.seed_offset, batch=a.batch)
@@ -364,7 +353,8 @@ def cmd_eval_policy_imagination(a: argparse.Namespace) -> None:
         groups, verdicts = ServiceGroupSimulator(sim), ServiceRolloutJudge(judge)
         report = evaluate_policies(cfg, (groups, verdicts))
         report["simulator"], report["judge"] = groups.provenance, verdicts.provenance
-    _write_report(format_report(report), report, a.json)
+    print(format_report(report))
+    _write_json(report, a.json)
 
 
 def _read_json_report(path: str) -> dict:
@@ -374,8 +364,8 @@ def _read_json_report(path: str) -> dict:
         raise ConfigError(f"cannot read the report {path}: {e}") from e
 
 
-def _write_report(text: str, report: dict, path: str | None) -> None:
-    print(text)
+def _write_json(report: dict, path: str | None) -> None:
+    """A command's --json report (nothing when the flag is not given)."""
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(report, indent=2, default=str))
