@@ -52,3 +52,23 @@ def test_plans_from_their_own_generator_leave_the_next_windows_as_for_a_plain_mo
         plain = data.sample(4, 6, g1)
         planned = data.sample(4, 6, g2, plan_frames=8, plan_gen=torch.Generator().manual_seed(9))
         assert torch.equal(plain.latents, planned.latents) and torch.equal(plain.n_context, planned.n_context)
+
+
+def test_windows_are_those_of_the_per_window_draws():
+    """The vectorised gather draws what a per-window loop draws, in the same order: earlier
+    runs' training and validation windows (and a resumed run's) stay the same."""
+    data = episodes(lengths=(30, 25, 12))
+    g, ref_g = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    b = data.sample(32, 6, g, np.array([0, 2]))
+    picks = np.array([0, 2])[torch.randint(0, 2, (32,), generator=ref_g).numpy()]
+    for i, e in enumerate(picks):
+        s, n = int(data.starts[e]), int(data.lengths[e])
+        j = int(torch.randint(0, n - 6 + 1, (1,), generator=ref_g))
+        rows = [s, *range(s + j, s + j + 6)]
+        assert b.latents[i, :, 0, 0, 0].tolist() == rows  # each latent holds its global row number
+        assert b.has_action[i].tolist() == [False, *[j + k >= 1 for k in range(6)]]
+        assert torch.equal(b.actions[i, 1:][b.has_action[i, 1:]], data.actions[rows[1:]][b.has_action[i, 1:]])
+        assert not b.actions[i, 0].any()
+    assert torch.equal(b.n_context, 1 + torch.randint(1, 6, (32,), generator=ref_g))
+    assert torch.equal(g.get_state(), ref_g.get_state())
+    assert torch.equal(b.positions, torch.arange(7).expand(32, -1))

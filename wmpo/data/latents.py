@@ -144,22 +144,19 @@ class LatentEpisodes:
         windows afterwards (validation compares plan and plain models on the same windows)."""
         pool = episodes if episodes is not None else np.arange(len(self))
         picks = pool[torch.randint(0, len(pool), (batch_size,), generator=gen).numpy()]
-        lat, act, has, pos, js = [], [], [], [], []
-        for e in picks:
-            s, n = int(self.starts[e]), int(self.lengths[e])
-            j = int(torch.randint(0, n - window + 1, (1,), generator=gen))
-            js.append(j)
-            rows = np.concatenate([[s], s + j + np.arange(window)])
-            lat.append(self.latents[rows])
-            act.append(self.actions[rows])
-            h = np.concatenate([[False], (j + np.arange(window)) >= 1])
-            has.append(torch.from_numpy(h))
-            pos.append(torch.arange(window + 1))
+        # One draw per window, in this order, keeps the windows of every earlier run (and so
+        # the fixed validation windows) the same; the gathers below are one index each, which
+        # at batch 256 is most of the time this took as a per-window loop.
+        highs = self.lengths[picks] - window + 1
+        js = [int(torch.randint(0, int(h), (1,), generator=gen)) for h in highs]
+        j = np.asarray(js, dtype=np.int64)[:, None]
+        frame = np.concatenate([np.full_like(j, -1), j + np.arange(window)], axis=1)  # -1: the anchor
+        rows = torch.from_numpy(self.starts[picks][:, None] + np.maximum(frame, 0))
+        has_t = torch.from_numpy(frame >= 1)
         # Context = anchor + r recent frames, r in [1, window - 1]; the rest is generated.
         n_ctx = 1 + torch.randint(1, window, (batch_size,), generator=gen)
-        acts = torch.stack(act)
-        has_t = torch.stack(has)
-        batch = FlowBatch(torch.stack(lat).float(), acts * has_t[..., None], has_t, torch.stack(pos), n_ctx)
+        pos = torch.arange(window + 1).expand(batch_size, -1).clone()
+        batch = FlowBatch(self.latents[rows].float(), self.actions[rows] * has_t[..., None], has_t, pos, n_ctx)
         if plan_frames > 0:
             self._add_plans(batch, picks, js, window, plan_frames, plan_gen or gen)
         return batch
