@@ -55,3 +55,9 @@ def test_a_closed_pipe_is_not_a_traceback(monkeypatch):
 
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert main(["tasks"]) == 0
+
+
+def test_dual_noise_takes_one_dataset(capsys, tmp_path):
+    argv = ["eval", "judge", "--data", str(tmp_path / "a"), str(tmp_path / "b"), "--dual-noise", str(tmp_path)]
+    assert main(argv) == 2
+    assert "--dual-noise takes one --data" in capsys.readouterr().err

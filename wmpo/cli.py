@@ -254,8 +254,10 @@ def cmd_eval_judge(a: argparse.Namespace) -> None:
         from wmpo.eval.judge import dual_noise_report
         from wmpo.judge.success import SuccessJudge
 
+        if len(a.data) != 1:
+            raise ConfigError("--dual-noise takes one --data (the imagined replay of REAL_DATA)")
         report = dual_noise_report(SuccessJudge.load(a.checkpoint), EpisodeDataset.load(a.dual_noise),
-                                   EpisodeDataset.load(a.data), a.world_model or str(BUNDLED_WORLD_MODEL),
+                                   EpisodeDataset.load(a.data[0]), a.world_model or str(BUNDLED_WORLD_MODEL),
                                    seed=a.seed)
         print(json.dumps(report, indent=2))
         return
@@ -761,7 +763,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval_policy_imagination)
     p = ev.add_parser("judge", help="success classifier precision/recall/F1 on real and imagined rollouts")
     p.add_argument("--checkpoint", default=str(BUNDLED_JUDGE))
-    p.add_argument("--data", required=True, help="held-out dataset of real rollouts")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="held-out datasets of real (or imagined) rollouts; several make one test set, "
+                   "scored per task over all of them")
     p.add_argument("--world-model", default=None,
                    help="also judge the world model's replays of the same actions (label: the real outcome)")
     p.add_argument("--limit", type=int, default=0, help="first N episodes only (0 = all)")

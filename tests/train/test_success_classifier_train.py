@@ -61,3 +61,14 @@ def test_training_chooses_a_threshold_and_the_checkpoint_judges(data, tmp_path):
                             progress=False)
     assert report["episodes"] == 2 and report["real_success_rate"] == 0.0
     assert report["real"]["tp"] == 0 and report["real"]["fn"] == 0
+    # several datasets are one test set: the counts of each, added per task
+    good = evaluate_judge(JudgeEvalConfig(classifier=str(tmp_path / "judge"), data=str(data / "good")),
+                          progress=False)
+    both = evaluate_judge(JudgeEvalConfig(classifier=str(tmp_path / "judge"),
+                                          data=[str(data / "bad"), str(data / "good")]), progress=False)
+    assert both["episodes"] == report["episodes"] + good["episodes"]
+    for task, counts in both["real"]["per_task"].items():
+        for k in ("tp", "fp", "fn", "tn", "episodes", "real_successes"):
+            parts = [r["real"]["per_task"].get(task, {}).get(k, 0) for r in (report, good)]
+            assert counts[k] == sum(parts), (task, k)
+    assert both["real_success_rate"] > 0

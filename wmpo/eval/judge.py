@@ -163,37 +163,47 @@ def dual_noise_report(judge: SuccessJudge, real: EpisodeDataset, imagined: Episo
 @dataclass
 class JudgeEvalConfig:
     classifier: str
-    data: str
+    data: str | list[str]  # several datasets make one test set (e.g. policy rollouts + noisy experts)
     world_model: str | None = None  # also judge imagined replays of the same episodes
     seed: int = 0
-    limit: int = 0  # 0 = all episodes
+    limit: int = 0  # 0 = all episodes (else the first N of each dataset)
 
     def validate(self) -> None:
         if self.limit < 0:
             raise ConfigError("--limit must be >= 0")
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        if not self.data:
+            raise ConfigError("--data needs at least one dataset")
 
 
 def evaluate_judge(cfg: JudgeEvalConfig, progress: bool = True) -> dict[str, Any]:
     cfg.validate()
     judge = SuccessJudge.load(cfg.classifier)
-    ds = EpisodeDataset.load(cfg.data)
+    datasets = [EpisodeDataset.load(d) for d in cfg.data]
     if cfg.limit:
-        ds.episodes = ds.episodes[: cfg.limit]
+        for ds in datasets:
+            ds.episodes = ds.episodes[: cfg.limit]
     t0 = time.time()
-    real = judge_dataset(judge, ds, progress=progress)
-    report: dict[str, Any] = {"config": asdict(cfg), "judge": judge.provenance(), "episodes": len(ds),
+    parts = [judge_dataset(judge, ds, progress=progress) for ds in datasets]
+    real = JudgedEpisodes(np.concatenate([p.scores for p in parts]), np.concatenate([p.labels for p in parts]),
+                          [t for p in parts for t in p.tasks])
+    n = sum(len(ds) for ds in datasets)
+    report: dict[str, Any] = {"config": asdict(cfg), "judge": judge.provenance(), "episodes": n,
                               "real_success_rate": float(real.labels.mean()),
                               "real": _summary(real, judge.threshold)}
     if cfg.world_model:
         from wmpo.sampling.world_model import TorchWorldModel
 
         wm = TorchWorldModel.load(cfg.world_model)
-        videos = imagine_dataset(wm, ds, cfg.seed, progress=progress)
         verdicts = []
-        for i in range(0, len(videos), 16):
-            part = list(range(i, min(i + 16, len(videos))))
-            verdicts += judge.judge_many([videos[j] for j in part], [ds.episodes[j]["instruction"] for j in part],
-                                         [wm.frame_stride] * len(part))
+        for ds in datasets:
+            videos = imagine_dataset(wm, ds, cfg.seed, progress=progress)
+            for i in range(0, len(videos), 16):
+                part = list(range(i, min(i + 16, len(videos))))
+                verdicts += judge.judge_many([videos[j] for j in part],
+                                             [ds.episodes[j]["instruction"] for j in part],
+                                             [wm.frame_stride] * len(part))
         imagined = JudgedEpisodes(np.asarray([v.score for v in verdicts]), real.labels, real.tasks)
         report["imagined"] = _summary(imagined, judge.threshold)
         report["imagined"]["agreement_with_real_verdicts"] = float(
