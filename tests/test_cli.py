@@ -61,3 +61,11 @@ def test_dual_noise_takes_one_dataset(capsys, tmp_path):
     argv = ["eval", "judge", "--data", str(tmp_path / "a"), str(tmp_path / "b"), "--dual-noise", str(tmp_path)]
     assert main(argv) == 2
     assert "--dual-noise takes one --data" in capsys.readouterr().err
+
+
+def test_grpo_sampling_rounds_out_of_range_names_the_flag(capsys, tmp_path):
+    argv = ["train", "grpo", "--out", str(tmp_path / "o"), "--sampling-rounds", "0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "max_sampling_rounds (--sampling-rounds)" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # refused before anything was written

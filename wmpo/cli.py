@@ -217,7 +217,8 @@ def cmd_train_grpo(a: argparse.Namespace) -> None:
     cfg = GRPOJobConfig(
         policy=a.policy, out=a.out, tasks=_tasks(a.tasks), steps=a.steps, groups_per_step=a.groups,
         group_size=a.group_size, chunks=a.chunks, temperature=a.temperature, lr=a.lr, epochs=a.epochs,
-        minibatch=a.minibatch, verify=not a.no_verify, seed=a.seed, simulator_url=a.simulator_url,
+        minibatch=a.minibatch, max_sampling_rounds=a.sampling_rounds, verify=not a.no_verify, seed=a.seed,
+        simulator_url=a.simulator_url,
         judge_url=a.judge_url, world_model=a.world_model, judge=a.judge, eval_episodes=a.eval_episodes,
         eval_workers=a.workers, environment=a.environment, real_budget=a.real_budget,
         action_guidance=a.action_guidance, calibration_episodes=a.calibration_episodes, reward=a.reward,
@@ -618,6 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--minibatch", type=int, default=64)
+    p.add_argument("--sampling-rounds", type=int, default=3,
+                   help="dynamic sampling: imagination rounds per step while fewer than --groups groups "
+                   "are informative (the step then trains on those it has)")
     p.add_argument("--no-verify", action="store_true", help="skip dual-noise verification")
     _add_grpo_reward_flags(p)
     p.add_argument("--simulator-url", default=None, help="simulator service (default: embedded stack)")

@@ -65,7 +65,9 @@ class GRPOConfig:
     lr: float = bounded(1e-5, gt=0, lt=1, flag="--lr", doc="AdamW learning rate.")
     epochs: int = bounded(2, ge=1, le=1000, flag="--epochs", doc="Passes over each step's batch.")
     minibatch: int = bounded(64, ge=1, le=1_000_000, flag="--minibatch", doc="Chunks per gradient step.")
-    max_sampling_rounds: int = bounded(3, ge=1, le=100, doc="Imagination rounds per step while filling the batch.")
+    max_sampling_rounds: int = bounded(3, ge=1, le=100, flag="--sampling-rounds",
+                                       doc="Imagination rounds per step while filling the batch with "
+                                       "informative groups (dynamic sampling).")
     verify: bool = bounded(True, doc="Dual-noise verification of judged successes.")
     reward: str = bounded("success", choices=REWARD_KINDS, flag="--reward",
                           doc="Member reward: the judged success (1/0, WMPO), the temporally weighted "
