@@ -221,8 +221,9 @@ def cmd_train_grpo(a: argparse.Namespace) -> None:
         simulator_url=a.simulator_url,
         judge_url=a.judge_url, world_model=a.world_model, judge=a.judge, eval_episodes=a.eval_episodes,
         eval_workers=a.workers, environment=a.environment, real_budget=a.real_budget,
-        action_guidance=a.action_guidance, calibration_episodes=a.calibration_episodes, reward=a.reward,
-        task_sampling=a.task_sampling, perceptual_model=a.perceptual_model)
+        action_guidance=a.action_guidance, calibration_episodes=a.calibration_episodes,
+        calibration_every=a.calibration_every, reward=a.reward, task_sampling=a.task_sampling,
+        perceptual_model=a.perceptual_model)
     print(json.dumps(run_grpo_job(cfg, embedded=getattr(a, "embedded", None)), indent=2))
 
 
@@ -636,6 +637,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="real-simulator episodes per task on held-out seeds, before and after (0: skip)")
     p.add_argument("--workers", type=int, default=2, help="processes for the real-simulator evaluation")
     p.add_argument("--calibration-episodes", type=int, default=0, help=CALIBRATION_HELP)
+    p.add_argument("--calibration-every", type=int, default=0,
+                   help="every K steps, run the current policy in MetaWorld on the same calibration layouts "
+                   "(--calibration-episodes per task) beside the step's imagined success: shows when GRPO "
+                   "learns what imagination rewards and MetaWorld does not (0: only before step 1)")
     p.add_argument("--environment", choices=["imagination", "real"], default="imagination",
                    help="real: online GRPO in MetaWorld with its true success flag (the baseline)")
     p.add_argument("--real-budget", type=int, default=0,

@@ -34,6 +34,13 @@ def test_negative_calibration_is_refused(tmp_path):
         cfg.validate()
 
 
+def test_calibration_every_needs_calibration_episodes(tmp_path):
+    cfg = GRPOJobConfig(policy=str(CKPT / "policy-base"), out=str(tmp_path), tasks=[TASK], calibration_every=2,
+                        world_model=str(CKPT / "world-model"), judge=str(CKPT / "judge"))
+    with pytest.raises(ConfigError, match="--calibration-every.*--calibration-episodes"):
+        cfg.validate()
+
+
 @pytest.mark.slow
 def test_a_job_reports_real_and_imagined_success_side_by_side(tmp_path, capsys):
     from services.embedded import job_stack
@@ -41,13 +48,19 @@ def test_a_job_reports_real_and_imagined_success_side_by_side(tmp_path, capsys):
 
     cfg = GRPOJobConfig(policy=str(CKPT / "policy-base"), out=str(tmp_path), tasks=[TASK], steps=1,
                         groups_per_step=1, group_size=2, chunks=2, epochs=1, minibatch=4, max_sampling_rounds=1,
-                        verify=False, calibration_episodes=1, eval_workers=1,
+                        verify=False, calibration_episodes=1, calibration_every=1, eval_workers=1,
                         world_model=str(CKPT / "world-model"), judge=str(CKPT / "judge"))
     result = run_grpo_job(cfg, progress=False, embedded=job_stack)
     cal = result["calibration"]
     assert cal["real"]["per_task"][TASK]["episodes"] == 1
     assert set(cal["imagined_step1"]) == {TASK}  # the first step's imagined success, per task
     assert (tmp_path / "calibration.json").exists() and "imagined (step 1)" in capsys.readouterr().out
+    # --calibration-every 1: after step 1 the trained policy ran on the same calibration layouts,
+    # beside that step's imagined success.
+    [check] = result["calibration_steps"]
+    assert check["step"] == 1 and check["imagined"] == cal["imagined_step1"]
+    assert check["real"]["source"]["checkpoint"] == str(tmp_path / "policy")
+    assert check["real"]["seeds"] == cal["real"]["seeds"] and check["real"]["per_task"][TASK]["episodes"] == 1
     # The trained policy names the models that imagined and judged its rollouts.
     imagined_with = json.loads((tmp_path / "policy" / "manifest.json").read_text())["imagined_with"]
     assert imagined_with == {"simulator": result["simulator"], "judge": result["judge"]}

@@ -28,6 +28,7 @@ from wmpo.errors import ConfigError
 from wmpo.eval.policy import EvalConfig, evaluate, format_table
 from wmpo.rl.imagination import ServiceGroupSimulator, ServiceRolloutJudge
 from wmpo.rl.trainer import GRPOConfig, train_grpo
+from wmpo.train.common import JsonlLog
 from wmpo.utils.checkpoint import update_manifest
 from wmpo.utils.config import bounded
 
@@ -54,6 +55,13 @@ class GRPOJobConfig(GRPOConfig):
     calibration_episodes: int = bounded(0, ge=0, le=10_000, flag="--calibration-episodes",
                                         doc="Real episodes per task of the start policy as GRPO samples it, "
                                         "beside imagination's first step (0: none).")
+    # Every K steps: the current policy in MetaWorld on the same calibration layouts, beside that
+    # step's imagined success. GRPO in imagination can learn what the world model and judge reward
+    # but MetaWorld does not (the imagined success climbs, the real one does not): this shows it
+    # while the job runs, at the cost of real episodes that are only measured, never trained on.
+    calibration_every: int = bounded(0, ge=0, le=1_000_000, flag="--calibration-every",
+                                     doc="Every K steps, the current policy's real success on the calibration "
+                                     "layouts beside the step's imagined success (0: only before step 1).")
     eval_workers: int = bounded(2, ge=1, le=64, flag="--workers", doc="Parallel MetaWorld evaluation workers.")
     environment: str = bounded("imagination", choices=("imagination", "real"), flag="--environment",
                                doc="imagination: rollouts through the simulator and judge services; real: "
@@ -71,6 +79,9 @@ class GRPOJobConfig(GRPOConfig):
             raise ConfigError("reward (--reward) imitation compares imagined rollouts with the expert's: it needs "
                               "the imagination environment")
         super().validate()  # every field's bounds, this class's too
+        if self.calibration_every and not self.calibration_episodes:
+            raise ConfigError("calibration_every (--calibration-every) needs calibration_episodes "
+                              "(--calibration-episodes) > 0: the real episodes per task of each check")
         if self.real_budget and self.environment != "real":
             raise ConfigError("real_budget (--real-budget) only applies to the real environment")
         per_step = self.groups_per_step * self.group_size
@@ -136,23 +147,54 @@ def _evaluate(policy: str, cfg: GRPOJobConfig, title: str) -> dict[str, Any]:
 CALIBRATION_SEED_OFFSET = 200_000  # held-out layouts 1,200,000 + i: apart from the evaluation's and training's
 
 
-def _calibrate(cfg: GRPOJobConfig) -> dict[str, Any]:
-    """The start policy's real success at GRPO's temperature within GRPO's horizon, per task."""
-    report = evaluate(EvalConfig(tasks=cfg.tasks, source=SourceSpec("policy", checkpoint=cfg.policy,
-                                                                    temperature=cfg.temperature),
+def _calibrate(cfg: GRPOJobConfig, policy: str | None = None) -> dict[str, Any]:
+    """A policy's real success (default: the start policy's) at GRPO's temperature within GRPO's
+    horizon, per task, on the calibration layouts (the same ones at every check)."""
+    source = SourceSpec("policy", checkpoint=policy or cfg.policy, temperature=cfg.temperature)
+    report = evaluate(EvalConfig(tasks=cfg.tasks, source=source,
                                  episodes=cfg.calibration_episodes, seed_offset=CALIBRATION_SEED_OFFSET,
                                  workers=cfg.eval_workers, max_steps=cfg.chunks * CHUNK_STEPS))
     return {k: v for k, v in report.items() if k != "episodes_detail"}
 
 
-def calibration_table(real: dict[str, Any], imagined: dict[str, float] | None) -> str:
-    """Real vs imagined success per task of the start policy, as GRPO samples it."""
-    rows = [f"{'task':<26} {'real':>6} {'95% CI':>12} {'imagined (step 1)':>18}"]
+def calibration_table(real: dict[str, Any], imagined: dict[str, float] | None, step: int = 1) -> str:
+    """Real vs imagined success per task of the policy at a step, as GRPO samples it."""
+    rows = [f"{'task':<26} {'real':>6} {'95% CI':>12} {f'imagined (step {step})':>18}"]
     for task, r in real["per_task"].items():
         lo, hi = r["ci95"]
         im = "" if imagined is None or task not in imagined else f"{imagined[task]:.0%}"
         rows.append(f"{task:<26} {r['success_rate']:>6.0%} {f'[{lo:.0%}, {hi:.0%}]':>12} {im:>18}")
     return "\n".join(rows)
+
+
+def _with_step_calibration(cfg: GRPOJobConfig, on_step: Callable[[dict[str, Any]], None] | None
+                           ) -> Callable[[dict[str, Any]], None] | None:
+    """``on_step``, preceded every ``calibration_every`` steps by the current policy's real check
+    (``<out>/calibration_steps.jsonl``: real per task beside the step's imagined success). The
+    step's checkpoint is written before ``on_step`` runs; a check a stop interrupts is not redone."""
+    if not cfg.calibration_every or cfg.environment != "imagination":
+        return on_step
+    log = JsonlLog(Path(cfg.out) / "calibration_steps.jsonl")
+
+    def step_done(metrics: dict[str, Any]) -> None:
+        if metrics["step"] % cfg.calibration_every == 0:
+            real = _calibrate(cfg, policy=str(Path(cfg.out) / "policy"))
+            imagined = metrics.get("per_task_success")
+            log.write(step=metrics["step"], real=real, imagined=imagined)
+            print(f"calibration after step {metrics['step']}: the current policy at temperature {cfg.temperature}\n"
+                  + calibration_table(real, imagined, step=metrics["step"]))
+        if on_step is not None:
+            on_step(metrics)
+
+    return step_done
+
+
+def read_step_calibration(out: str | Path) -> list[dict[str, Any]]:
+    """The checks ``calibration_every`` wrote: [{step, real, imagined}], in step order."""
+    path = Path(out) / "calibration_steps.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def run_grpo_job(cfg: GRPOJobConfig, progress: bool = True,
@@ -200,8 +242,8 @@ def run_grpo_job(cfg: GRPOJobConfig, progress: bool = True,
     else:
         with service_clients(cfg, simulator_api_key, judge_api_key, embedded) as (sim, judge_client):
             groups, judge = ServiceGroupSimulator(sim), ServiceRolloutJudge(judge_client)
-            summary = train_grpo(cfg.grpo(), groups, judge,
-                                 progress=progress, on_step=on_step, should_stop=should_stop)
+            summary = train_grpo(cfg.grpo(), groups, judge, progress=progress,
+                                 on_step=_with_step_calibration(cfg, on_step), should_stop=should_stop)
             result["simulator"] = groups.provenance  # the model and sampler the rollouts came from
             result["judge"] = judge.provenance  # and the judge that rewarded them
         # The trained policy says where it came from: the models that imagined and judged its rollouts.
@@ -213,6 +255,8 @@ def run_grpo_job(cfg: GRPOJobConfig, progress: bool = True,
         atomic_write_json(out / "calibration.json", result["calibration"])
         print(f"calibration: the start policy at temperature {cfg.temperature}, {cfg.chunks} chunks\n"
               + calibration_table(calibration, first))
+    if cfg.calibration_every:
+        result["calibration_steps"] = read_step_calibration(out)
     if cfg.eval_episodes:
         result["after"] = _evaluate(summary["policy"], cfg, "after GRPO (real MetaWorld, held-out seeds, greedy)")
         atomic_write_json(out / "eval_after.json", result["after"])
