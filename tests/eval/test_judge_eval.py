@@ -56,6 +56,8 @@ def test_threshold_and_f1_by_hand():
     labels = np.array([False, False, True, True])
     t = choose_threshold(scores, labels)
     assert 0.4 < t <= 0.6
+    assert choose_threshold(scores, np.zeros(4, bool)) is None  # no F1 to maximise without both classes
+    assert choose_threshold(scores, np.ones(4, bool)) is None
     m = precision_recall_f1(scores >= 0.5, np.array([False, True, True, True]))
     assert m["precision"] == 1.0 and m["recall"] == pytest.approx(2 / 3) and m["f1"] == pytest.approx(0.8)
 

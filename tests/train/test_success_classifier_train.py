@@ -45,13 +45,15 @@ def test_clip_index_follows_the_rules(data):
 
 
 def test_training_chooses_a_threshold_and_the_checkpoint_judges(data, tmp_path):
-    cfg = JudgeTrainConfig(data=[str(data / "good"), str(data / "bad")], val_data=[str(data / "good")],
+    cfg = JudgeTrainConfig(data=[str(data / "good"), str(data / "bad")],
+                           val_data=[str(data / "good"), str(data / "bad")],
                            out=str(tmp_path / "judge"), preset="tiny", steps=6, batch_size=4, recon_prob=0.0,
                            log_every=2, save_every=3)
     result = train_success_classifier(cfg, progress=False)
     assert 0.0 <= result["threshold"] <= 1.0
     manifest = json.loads((tmp_path / "judge" / "manifest.json").read_text())
     assert manifest["data"]["positive_clips"] == 3 and manifest["threshold"]["value"] == result["threshold"]
+    assert manifest["threshold"]["chosen_on"] == "val_data, trajectory-level F1"
     judge = SuccessJudge.load(str(tmp_path / "judge"))
     ep = EpisodeDataset.load(data / "good").episode(0)
     (v,) = judge.judge_many([ep.frames], [ep.meta["instruction"]])
@@ -72,3 +74,20 @@ def test_training_chooses_a_threshold_and_the_checkpoint_judges(data, tmp_path):
             parts = [r["real"]["per_task"].get(task, {}).get(k, 0) for r in (report, good)]
             assert counts[k] == sum(parts), (task, k)
     assert both["real_success_rate"] > 0
+
+
+def test_a_validation_split_without_successes_keeps_the_init_threshold(data, tmp_path, capsys):
+    """A lifelong round on a task the policy never solves validates on failures only: F1 is 0 at
+    every threshold, and its argmax would pass every episode. The fine-tune keeps --init's."""
+    both = [str(data / "good"), str(data / "bad")]
+    first = train_success_classifier(JudgeTrainConfig(data=both, val_data=both, out=str(tmp_path / "a"),
+                                                      preset="tiny", steps=4, batch_size=4, recon_prob=0.0),
+                                     progress=False)
+    second = train_success_classifier(JudgeTrainConfig(data=both, val_data=[str(data / "bad")], out=str(tmp_path / "b"),
+                                                       init=str(tmp_path / "a"), steps=2, batch_size=4, recon_prob=0.0),
+                                      progress=False)
+    assert second["threshold"] == first["threshold"]
+    chosen_on = json.loads((tmp_path / "b" / "manifest.json").read_text())["threshold"]["chosen_on"]
+    assert chosen_on == "kept --init threshold: the 2 validation episodes are all failures"
+    assert "warning: threshold kept --init" in capsys.readouterr().err
+    assert SuccessJudge.load(str(tmp_path / "b")).threshold == first["threshold"]

@@ -40,9 +40,12 @@ def precision_recall_f1(pred: np.ndarray, labels: np.ndarray) -> dict[str, float
             "tp": tp, "fp": fp, "fn": fn, "tn": int(len(pred) - tp - fp - fn)}
 
 
-def choose_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+def choose_threshold(scores: np.ndarray, labels: np.ndarray) -> float | None:
     """The threshold with the best F1 on a validation split (midpoint between neighbouring scores,
-    so it does not sit exactly on a validation example)."""
+    so it does not sit exactly on a validation example); None when the split lacks successes or
+    failures: F1 is then 0 or 1 at any threshold, and its argmax would pass every episode."""
+    if labels.all() or not labels.any():
+        return None
     cands = np.unique(np.concatenate([[0.0, 1.0], scores]))
     mids = (cands[:-1] + cands[1:]) / 2
     f1s = [precision_recall_f1(scores >= t, labels)["f1"] for t in mids]

@@ -14,6 +14,7 @@ trajectory level (sliding window, any clip passes) for the best F1.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -150,7 +151,7 @@ def augment(clips: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tens
 def train_success_classifier(cfg: JudgeTrainConfig, progress: bool = True) -> dict[str, Any]:
     cfg.validate()
     torch.manual_seed(cfg.seed)
-    init = SuccessClassifier.from_checkpoint(cfg.init)[0] if cfg.init else None
+    init, init_config, _ = SuccessClassifier.from_checkpoint(cfg.init) if cfg.init else (None, {}, {})
     mcfg = init.config if init is not None else PRESETS[cfg.preset]
     index = build_clip_index(cfg.data, mcfg.clip_length, mcfg.frame_stride, cfg.margin)
     used = np.unique(np.concatenate([index.positives.ravel(), index.negatives.ravel()]))
@@ -219,6 +220,13 @@ def train_success_classifier(cfg: JudgeTrainConfig, progress: bool = True) -> di
     val_scores = np.concatenate([v.scores for v in val])
     val_labels = np.concatenate([v.labels for v in val])
     threshold = choose_threshold(val_scores, val_labels)
+    chosen_on = "val_data, trajectory-level F1"
+    if threshold is None:  # e.g. a lifelong round's validation rollouts of a task the policy never solves
+        kind = "successes" if val_labels.all() else "failures"
+        threshold = float(init_config.get("threshold", 0.5))
+        chosen_on = (f"kept {'--init' if init is not None else 'the default'} threshold: the "
+                     f"{len(val_labels)} validation episodes are all {kind}")
+        print(f"warning: threshold {chosen_on}", file=sys.stderr)
     val_metrics = precision_recall_f1(val_scores >= threshold, val_labels)
     log.write(step=cfg.steps, threshold=threshold, **{f"val_{k}": v for k, v in val_metrics.items()})
     manifest = {
@@ -229,7 +237,7 @@ def train_success_classifier(cfg: JudgeTrainConfig, progress: bool = True) -> di
         "data": {"datasets": cfg.data, "val_datasets": cfg.val_data, "episodes": index.episodes,
                  "successes": index.successes, "positive_clips": len(index.positives),
                  "negative_clips": len(index.negatives), "instructions": index.instructions},
-        "threshold": {"value": threshold, "chosen_on": "val_data, trajectory-level F1"},
+        "threshold": {"value": threshold, "chosen_on": chosen_on},
         "init_sha256": checkpoint_sha(cfg.init) if cfg.init else None,
         "metrics": {"val": val_metrics, "val_episodes": int(len(val_labels))},
         "environment": environment_info(),
