@@ -81,6 +81,26 @@ def test_motion_conditioning_fine_tune_starts_where_the_model_it_extends_is(pipe
     assert wm.step(group, torch.zeros(2, 8, 4).numpy()).shape[:2] == (2, 4)
 
 
+def test_fine_tune_keeps_the_init_models_served_sampler(pipeline, tmp_path):
+    """A fine-tune serves with the sampler its init was evaluated with (the bundled model's is
+    4 steps with action guidance 2), not the library default."""
+    import shutil
+
+    root, data, _ = pipeline
+    if not (root / "full").exists():
+        test_world_model_training_resumes_to_the_same_weights(pipeline)
+    init = tmp_path / "init"
+    shutil.copytree(root / "full", init, ignore=shutil.ignore_patterns("train_state.pt", "cache"))
+    cfg = json.loads((init / "config.json").read_text())
+    cfg["sampler"] |= {"steps": 3, "action_guidance": 2.0}
+    (init / "config.json").write_text(json.dumps(cfg))
+    train_world_model(WorldModelTrainConfig(out=str(tmp_path / "ft"), data=[data], autoencoder=str(root / "ae"),
+                                            init=str(init), batch_size=4, window=4, steps=1, save_every=100),
+                      progress=False)
+    sampler = TorchWorldModel.load(tmp_path / "ft").sampler
+    assert (sampler.steps, sampler.action_guidance) == (3, 2.0)
+
+
 def test_eval_against_the_real_simulator_runs_and_reports(pipeline, tmp_path):
     root, _, _ = pipeline
     r = evaluate_world_model(WorldModelEvalConfig(checkpoint=str(root / "full"), tasks=["push-v3"], cases=2,

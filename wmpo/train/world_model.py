@@ -361,6 +361,9 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
     for p in ae.parameters():
         p.requires_grad_(False)
     init_sha = ""
+    # The served sampler's defaults: a fine-tune keeps its init's (chosen by evaluating that model,
+    # e.g. the bundled 4 steps with action guidance 2) rather than falling back to the library's.
+    served_sampler = SamplerConfig()
     if cfg.init:  # fine-tuning (WMPO's policy behaviour alignment): the DiT's shape is the init's
         init_wm = TorchWorldModel.load(cfg.init)
         if init_wm.ae.config != ae.config:
@@ -368,6 +371,7 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
         dit_cfg = replace(init_wm.dit.config,
                           motion_conditioning=init_wm.dit.config.motion_conditioning or cfg.motion_conditioning)
         init_sha = init_wm.hashes.get("world_model_sha256", "")
+        served_sampler = init_wm.sampler
     else:
         dit_cfg = VideoDiTConfig(**{**asdict(PRESETS[cfg.preset]),
                                     "latent_channels": ae.config.latent_channels,
@@ -481,7 +485,7 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
             "environment": environment_info(),
         }
         ema_cpu = ema if device.type == "cpu" else copy.deepcopy(ema).cpu()
-        return TorchWorldModel(ae, ema_cpu, SamplerConfig()).save(where or out, manifest)
+        return TorchWorldModel(ae, ema_cpu, served_sampler).save(where or out, manifest)
 
     def save(step: int, final: bool = False) -> None:
         save_train_state(state_path, model=dit.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(),
