@@ -129,6 +129,9 @@ def test_plan_generator_fine_tunes_from_a_world_model(pipeline):
     common = dict(data=[data], autoencoder=str(root / "ae"), preset="tiny", batch_size=4, window=4,
                   log_every=2, eval_every=2, save_every=100)
     train_world_model(WorldModelTrainConfig(out=str(root / "wm0"), steps=2, **common), progress=False)
+    wm0_cfg = json.loads((root / "wm0" / "config.json").read_text())
+    wm0_cfg["sampler"]["action_guidance"] = 2.0  # as the bundled world model serves
+    (root / "wm0" / "config.json").write_text(json.dumps(wm0_cfg))
     vae = TrajectoryVAE(VAE_PRESETS["tiny"])  # 2 chunks x 8 actions -> 2 tokens of 8: plans of 8 latent frames
     vae_sha = save_checkpoint(root / "vae", {k: v.half() for k, v in vae.state_dict().items()},
                               vae.checkpoint_config(), {"kind": "trajectory-vae"})
@@ -136,6 +139,7 @@ def test_plan_generator_fine_tunes_from_a_world_model(pipeline):
                                                 trajectory_vae=str(root / "vae"), **common), progress=False)
     assert r["val_loss"] > 0 and r["init_val_loss"] > 0
     wm = TorchWorldModel.load(root / "plan")
+    assert wm.sampler.action_guidance == 1.0  # its frames carry no actions to guide on
     c = wm.dit.config
     assert (c.plan_tokens, c.plan_dim, c.plan_frames, c.text_dim) == (2, 8, 8, 384)
     manifest = json.loads((root / "plan" / "manifest.json").read_text())

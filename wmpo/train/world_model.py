@@ -371,7 +371,8 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
         dit_cfg = replace(init_wm.dit.config,
                           motion_conditioning=init_wm.dit.config.motion_conditioning or cfg.motion_conditioning)
         init_sha = init_wm.hashes.get("world_model_sha256", "")
-        served_sampler = init_wm.sampler
+        if not cfg.trajectory_vae:  # a plan generator reads no per-frame actions: no action guidance
+            served_sampler = init_wm.sampler
     else:
         dit_cfg = VideoDiTConfig(**{**asdict(PRESETS[cfg.preset]),
                                     "latent_channels": ae.config.latent_channels,
