@@ -13,6 +13,14 @@ from wmpo.train.autoencoder import AutoencoderTrainConfig, train_autoencoder
 from wmpo.train.world_model import WorldModelTrainConfig, train_world_model
 
 
+def set_served_sampler(checkpoint, **fields) -> None:
+    """Give a saved world model other served-sampler defaults (as an evaluated model has)."""
+    path = checkpoint / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["sampler"] |= fields
+    path.write_text(json.dumps(cfg))
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("wm")
@@ -91,9 +99,7 @@ def test_fine_tune_keeps_the_init_models_served_sampler(pipeline, tmp_path):
         test_world_model_training_resumes_to_the_same_weights(pipeline)
     init = tmp_path / "init"
     shutil.copytree(root / "full", init, ignore=shutil.ignore_patterns("train_state.pt", "cache"))
-    cfg = json.loads((init / "config.json").read_text())
-    cfg["sampler"] |= {"steps": 3, "action_guidance": 2.0}
-    (init / "config.json").write_text(json.dumps(cfg))
+    set_served_sampler(init, steps=3, action_guidance=2.0)
     train_world_model(WorldModelTrainConfig(out=str(tmp_path / "ft"), data=[data], autoencoder=str(root / "ae"),
                                             init=str(init), batch_size=4, window=4, steps=1, save_every=100),
                       progress=False)
@@ -129,9 +135,7 @@ def test_plan_generator_fine_tunes_from_a_world_model(pipeline):
     common = dict(data=[data], autoencoder=str(root / "ae"), preset="tiny", batch_size=4, window=4,
                   log_every=2, eval_every=2, save_every=100)
     train_world_model(WorldModelTrainConfig(out=str(root / "wm0"), steps=2, **common), progress=False)
-    wm0_cfg = json.loads((root / "wm0" / "config.json").read_text())
-    wm0_cfg["sampler"]["action_guidance"] = 2.0  # as the bundled world model serves
-    (root / "wm0" / "config.json").write_text(json.dumps(wm0_cfg))
+    set_served_sampler(root / "wm0", action_guidance=2.0)  # as the bundled world model serves
     vae = TrajectoryVAE(VAE_PRESETS["tiny"])  # 2 chunks x 8 actions -> 2 tokens of 8: plans of 8 latent frames
     vae_sha = save_checkpoint(root / "vae", {k: v.half() for k, v in vae.state_dict().items()},
                               vae.checkpoint_config(), {"kind": "trajectory-vae"})
