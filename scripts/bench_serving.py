@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import faulthandler
 import gc
 import json
 import os
@@ -412,7 +413,14 @@ def main(argv: list[str] | None = None) -> dict:
                     help="only measurement 5: served frames/s (1 and 16 sessions) vs offline")
     ap.add_argument("--keeps-up-chunks", type=int,
                     help="timed chunks of each side in measurement 5 (default 24; --quick 4)")
+    ap.add_argument("--deadline", type=float, default=0,
+                    help="seconds after which the run prints every thread's stack and exits "
+                    "with an error instead of running on (0: no deadline)")
     a = ap.parse_args(argv)
+    if a.deadline > 0:
+        # A run that stalls (a wait that never ends, a native library spinning) should say
+        # where, not hang whoever runs it: a test or a CI job.
+        faulthandler.dump_traceback_later(a.deadline, exit=True)
     repeats = a.repeats or (1 if a.quick else 5)
     chunks = a.chunks or (2 if a.quick else 8)
     requests = a.requests or (8 if a.quick else 200)

@@ -234,8 +234,9 @@ def cmd_train_lifelong(a: argparse.Namespace) -> None:
         out=a.out, tasks=_tasks(a.tasks), policy=a.policy, world_model=a.world_model, judge=a.judge,
         rounds=a.rounds, real_rollouts=a.real_rollouts, rollout_temperature=a.rollout_temperature,
         wm_steps=a.wm_steps, judge_steps=a.judge_steps, judge_horizon_cuts=a.judge_horizon_cuts,
-        grpo_steps=a.steps, groups=a.groups, group_size=a.group_size, chunks=a.chunks, lr=a.lr,
-        action_guidance=a.action_guidance, calibration_episodes=a.calibration_episodes, reward=a.reward,
+        grpo_steps=a.steps, groups=a.groups, group_size=a.group_size, chunks=a.chunks, temperature=a.temperature,
+        lr=a.lr, action_guidance=a.action_guidance, calibration_episodes=a.calibration_episodes,
+        calibration_every=a.calibration_every, reward=a.reward,
         task_sampling=a.task_sampling, eval_episodes=a.eval_episodes, workers=a.workers, seed=a.seed)
     result = run_lifelong(cfg, embedded=getattr(a, "embedded", None))
     print(json.dumps({"real_rollouts_total": result["real_rollouts_total"], "final": result["final"]}, indent=2))
@@ -669,10 +670,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--groups", type=int, default=8)
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--chunks", type=int, default=12)
+    p.add_argument("--temperature", type=float, default=1.6, help="the policy's sampling temperature in GRPO")
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--action-guidance", type=float, default=None,
                    help="in GRPO's simulator and the judge's imagined data: " + GUIDANCE_HELP)
     p.add_argument("--calibration-episodes", type=int, default=0, help="before each round's GRPO: " + CALIBRATION_HELP)
+    p.add_argument("--calibration-every", type=int, default=0,
+                   help="every K GRPO steps, the current policy on the same calibration layouts beside the "
+                   "step's imagined success (needs --calibration-episodes; 0: only before step 1)")
     _add_grpo_reward_flags(p)
     p.add_argument("--eval-episodes", type=int, default=100, help="held-out episodes per task after each round")
     p.add_argument("--workers", type=int, default=2)

@@ -21,7 +21,8 @@ TASK = "button-press-topdown-v3"
 def tiny(out) -> LifelongConfig:
     return LifelongConfig(out=str(out), tasks=[TASK], real_rollouts=4, wm_steps=2, judge_steps=2, grpo_steps=1,
                           groups=1, group_size=2, chunks=2, eval_episodes=0, workers=1, seed=1,
-                          action_guidance=2.0, judge_horizon_cuts=True, calibration_episodes=1)
+                          action_guidance=2.0, judge_horizon_cuts=True, calibration_episodes=1,
+                          calibration_every=1)
 
 
 @pytest.mark.slow
@@ -65,6 +66,9 @@ def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path
     # the start policy's real success within GRPO's horizon, beside imagination's first step
     calibration = rnd["grpo"]["calibration"]
     assert calibration["real"]["per_task"][TASK]["episodes"] == 1 and TASK in calibration["imagined_step1"]
+    # ... and the trained policy's after every step (--calibration-every 1), beside that step's imagined
+    (check,) = rnd["grpo"]["calibration_steps"]
+    assert check["step"] == 1 and check["real"]["per_task"][TASK]["episodes"] == 1 and TASK in check["imagined"]
     assert ledger["final"]["policy"] == rnd["grpo"]["policy"]
 
     # started again, every stage is found done and nothing runs twice

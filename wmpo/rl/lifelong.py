@@ -83,6 +83,8 @@ class LifelongConfig:
     # before GRPO: the policy's real success at GRPO's temperature within its horizon, on held-out
     # seeds (a diagnostic beside imagination's first step; not training data, so not counted in P)
     calibration_episodes: int = 0
+    # ... and every K GRPO steps, the current policy on the same layouts (0: only before step 1)
+    calibration_every: int = 0
     eval_episodes: int = 100  # per task, held-out seeds, after every round (0: skip)
     workers: int = 2
     seed: int = 0
@@ -125,7 +127,8 @@ class LifelongConfig:
             group_size=self.group_size, chunks=self.chunks, temperature=self.temperature, lr=self.lr,
             epochs=self.epochs, minibatch=self.minibatch, verify=self.verify, seed=self.seed + r,
             world_model=world_model, judge=judge, action_guidance=self.action_guidance,
-            calibration_episodes=self.calibration_episodes, reward=self.reward,
+            calibration_episodes=self.calibration_episodes, calibration_every=self.calibration_every,
+            reward=self.reward,
             task_sampling=self.task_sampling)
 
     def episodes_per_task(self) -> int:
@@ -255,6 +258,7 @@ def _grpo(cfg: LifelongConfig, r: int, rd: Path, policy: str, world_model: str, 
     return {"policy": str(rd / "grpo" / "policy"), "world_model_sha256": checkpoint_sha(world_model),
             "judge_sha256": checkpoint_sha(judge), "start_policy_sha256": checkpoint_sha(policy),
             "simulator": job.get("simulator", {}), "calibration": job.get("calibration"),
+            "calibration_steps": job.get("calibration_steps", []),
             "last": job["training"]["last"]}
 
 
