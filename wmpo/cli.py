@@ -222,7 +222,8 @@ def cmd_train_grpo(a: argparse.Namespace) -> None:
         judge_url=a.judge_url, world_model=a.world_model, judge=a.judge, eval_episodes=a.eval_episodes,
         eval_workers=a.workers, environment=a.environment, real_budget=a.real_budget,
         action_guidance=a.action_guidance, calibration_episodes=a.calibration_episodes,
-        calibration_every=a.calibration_every, reward=a.reward, task_sampling=a.task_sampling,
+        calibration_every=a.calibration_every, keep_best_real=a.keep_best_real, reward=a.reward,
+        task_sampling=a.task_sampling,
         perceptual_model=a.perceptual_model)
     print(json.dumps(run_grpo_job(cfg, embedded=getattr(a, "embedded", None)), indent=2))
 
@@ -236,7 +237,7 @@ def cmd_train_lifelong(a: argparse.Namespace) -> None:
         wm_steps=a.wm_steps, judge_steps=a.judge_steps, judge_horizon_cuts=a.judge_horizon_cuts,
         grpo_steps=a.steps, groups=a.groups, group_size=a.group_size, chunks=a.chunks, temperature=a.temperature,
         lr=a.lr, action_guidance=a.action_guidance, calibration_episodes=a.calibration_episodes,
-        calibration_every=a.calibration_every, reward=a.reward,
+        calibration_every=a.calibration_every, keep_best_real=a.keep_best_real, reward=a.reward,
         task_sampling=a.task_sampling, eval_episodes=a.eval_episodes, workers=a.workers, seed=a.seed)
     result = run_lifelong(cfg, embedded=getattr(a, "embedded", None))
     print(json.dumps({"real_rollouts_total": result["real_rollouts_total"], "final": result["final"]}, indent=2))
@@ -642,6 +643,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every K steps, run the current policy in MetaWorld on the same calibration layouts "
                    "(--calibration-episodes per task) beside the step's imagined success: shows when GRPO "
                    "learns what imagination rewards and MetaWorld does not (0: only before step 1)")
+    p.add_argument("--keep-best-real", action="store_true",
+                   help="with --calibration-every: answer with the policy of the best real check (the start "
+                   "policy's included; <out>/policy-best-real), not the last one")
     p.add_argument("--environment", choices=["imagination", "real"], default="imagination",
                    help="real: online GRPO in MetaWorld with its true success flag (the baseline)")
     p.add_argument("--real-budget", type=int, default=0,
@@ -678,6 +682,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-every", type=int, default=0,
                    help="every K GRPO steps, the current policy on the same calibration layouts beside the "
                    "step's imagined success (needs --calibration-episodes; 0: only before step 1)")
+    p.add_argument("--keep-best-real", action="store_true",
+                   help="with --calibration-every: each round goes on from the policy of the best real check (the start "
+                   "policy's included; <out>/policy-best-real), not the last one")
     _add_grpo_reward_flags(p)
     p.add_argument("--eval-episodes", type=int, default=100, help="held-out episodes per task after each round")
     p.add_argument("--workers", type=int, default=2)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, fields
@@ -62,6 +63,13 @@ class GRPOJobConfig(GRPOConfig):
     calibration_every: int = bounded(0, ge=0, le=1_000_000, flag="--calibration-every",
                                      doc="Every K steps, the current policy's real success on the calibration "
                                      "layouts beside the step's imagined success (0: only before step 1).")
+    # GRPO in imagination can climb a success the world model invents while the real one falls
+    # (results/world-model-failures): with the real checks above, the job also keeps the policy whose
+    # real success was highest (the start policy's counts; a tie keeps the earlier) and answers with it.
+    keep_best_real: bool = bounded(False, flag="--keep-best-real",
+                                   doc="Keep the policy of the best real calibration check (the start policy "
+                                   "included) as the job's result, under <out>/policy-best-real; needs "
+                                   "calibration_every.")
     eval_workers: int = bounded(2, ge=1, le=64, flag="--workers", doc="Parallel MetaWorld evaluation workers.")
     environment: str = bounded("imagination", choices=("imagination", "real"), flag="--environment",
                                doc="imagination: rollouts through the simulator and judge services; real: "
@@ -79,6 +87,9 @@ class GRPOJobConfig(GRPOConfig):
             raise ConfigError("reward (--reward) imitation compares imagined rollouts with the expert's: it needs "
                               "the imagination environment")
         super().validate()  # every field's bounds, this class's too
+        if self.keep_best_real and not (self.calibration_every and self.environment == "imagination"):
+            raise ConfigError("keep_best_real (--keep-best-real) chooses among the real checks of calibration_every "
+                              "(--calibration-every K > 0) in the imagination environment")
         if self.calibration_every and not self.calibration_episodes:
             raise ConfigError("calibration_every (--calibration-every) needs calibration_episodes "
                               "(--calibration-episodes) > 0: the real episodes per task of each check")
@@ -167,6 +178,31 @@ def calibration_table(real: dict[str, Any], imagined: dict[str, float] | None, s
     return "\n".join(rows)
 
 
+BEST_REAL = "policy-best-real"  # --keep-best-real: <out>/policy-best-real and <out>/best_real.json
+
+
+def _real_mean(real: dict[str, Any]) -> float:
+    """A real check's success averaged over its tasks (each task weighs the same)."""
+    rates = [r["success_rate"] for r in real["per_task"].values()]
+    return sum(rates) / len(rates)
+
+
+def _keep_if_best(cfg: GRPOJobConfig, step: int, real: dict[str, Any], policy: str) -> None:
+    """Copy ``policy`` to <out>/policy-best-real when its real check beats the best so far."""
+    out = Path(cfg.out)
+    record = out / "best_real.json"
+    best = json.loads(record.read_text()) if record.exists() else None
+    if best is not None and _real_mean(real) <= best["real_mean"]:
+        return
+    tmp = out / f"{BEST_REAL}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(policy, tmp)
+    shutil.rmtree(out / BEST_REAL, ignore_errors=True)
+    tmp.rename(out / BEST_REAL)  # the record follows the copy: a stop in between redoes this step's
+    atomic_write_json(record, {"step": step, "real_mean": _real_mean(real), "from": policy,
+                               "path": str(out / BEST_REAL)})
+
+
 def _with_step_calibration(cfg: GRPOJobConfig, on_step: Callable[[dict[str, Any]], None] | None
                            ) -> Callable[[dict[str, Any]], None] | None:
     """``on_step``, preceded every ``calibration_every`` steps by the current policy's real check
@@ -180,6 +216,8 @@ def _with_step_calibration(cfg: GRPOJobConfig, on_step: Callable[[dict[str, Any]
         if metrics["step"] % cfg.calibration_every == 0:
             real = _calibrate(cfg, policy=str(Path(cfg.out) / "policy"))
             imagined = metrics.get("per_task_success")
+            if cfg.keep_best_real:
+                _keep_if_best(cfg, metrics["step"], real, str(Path(cfg.out) / "policy"))
             log.write(step=metrics["step"], real=real, imagined=imagined)
             print(f"calibration after step {metrics['step']}: the current policy at temperature {cfg.temperature}\n"
                   + calibration_table(real, imagined, step=metrics["step"]))
@@ -221,6 +259,8 @@ def run_grpo_job(cfg: GRPOJobConfig, progress: bool = True,
         path = out / "calibration.json"
         calibration = json.loads(path.read_text())["real"] if path.exists() else _calibrate(cfg)
         atomic_write_json(path, {"real": calibration, "imagined_step1": None})
+        if cfg.keep_best_real and not (out / "best_real.json").exists():
+            _keep_if_best(cfg, 0, calibration, cfg.policy)  # the start policy is the first candidate
     if cfg.environment == "real":
         from wmpo.rl.real import RealGroupSimulator, RealSuccessJudge
 
@@ -257,8 +297,15 @@ def run_grpo_job(cfg: GRPOJobConfig, progress: bool = True,
               + calibration_table(calibration, first))
     if cfg.calibration_every:
         result["calibration_steps"] = read_step_calibration(out)
+    result["policy"] = summary["policy"]  # the job's answer: the last policy, or with keep_best_real ...
+    if cfg.keep_best_real:  # ... the best one by the real checks
+        result["best_real"] = json.loads((out / "best_real.json").read_text())
+        result["policy"] = result["best_real"]["path"]
+        update_manifest(result["policy"], best_real=result["best_real"])
+        print(f"best real check: step {result['best_real']['step']} "
+              f"({result['best_real']['real_mean']:.0%} real); the job's policy is {result['policy']}")
     if cfg.eval_episodes:
-        result["after"] = _evaluate(summary["policy"], cfg, "after GRPO (real MetaWorld, held-out seeds, greedy)")
+        result["after"] = _evaluate(result["policy"], cfg, "after GRPO (real MetaWorld, held-out seeds, greedy)")
         atomic_write_json(out / "eval_after.json", result["after"])
     atomic_write_json(out / "job.json", result)
     return result

@@ -85,6 +85,7 @@ class LifelongConfig:
     calibration_episodes: int = 0
     # ... and every K GRPO steps, the current policy on the same layouts (0: only before step 1)
     calibration_every: int = 0
+    keep_best_real: bool = False  # each round goes on from its best real check's policy (GRPOJobConfig)
     eval_episodes: int = 100  # per task, held-out seeds, after every round (0: skip)
     workers: int = 2
     seed: int = 0
@@ -128,7 +129,7 @@ class LifelongConfig:
             epochs=self.epochs, minibatch=self.minibatch, verify=self.verify, seed=self.seed + r,
             world_model=world_model, judge=judge, action_guidance=self.action_guidance,
             calibration_episodes=self.calibration_episodes, calibration_every=self.calibration_every,
-            reward=self.reward,
+            keep_best_real=self.keep_best_real, reward=self.reward,
             task_sampling=self.task_sampling)
 
     def episodes_per_task(self) -> int:
@@ -255,10 +256,10 @@ def _grpo(cfg: LifelongConfig, r: int, rd: Path, policy: str, world_model: str, 
     from wmpo.rl.job import run_grpo_job
 
     job = run_grpo_job(cfg.grpo_job(policy, str(rd / "grpo"), world_model, judge, r), embedded=embedded)
-    return {"policy": str(rd / "grpo" / "policy"), "world_model_sha256": checkpoint_sha(world_model),
+    return {"policy": job["policy"], "world_model_sha256": checkpoint_sha(world_model),
             "judge_sha256": checkpoint_sha(judge), "start_policy_sha256": checkpoint_sha(policy),
             "simulator": job.get("simulator", {}), "calibration": job.get("calibration"),
-            "calibration_steps": job.get("calibration_steps", []),
+            "calibration_steps": job.get("calibration_steps", []), "best_real": job.get("best_real"),
             "last": job["training"]["last"]}
 
 
