@@ -93,6 +93,20 @@ def load_json_sha(directory: Path) -> str:
     return json.loads((directory / "manifest.json").read_text())["weights_sha256"][:12]
 
 
+def test_a_round_whose_rollouts_all_failed_keeps_its_judge(tmp_path):
+    from wmpo.data.collect import CollectConfig, collect
+    from wmpo.rl.lifelong import _align_judge
+
+    # 16 steps: too short for anyone to press the button, so both rollouts fail
+    collect(CollectConfig(out=str(tmp_path / "real-train"), tasks=[TASK], source="policy", episodes=2,
+                          seed_start=300_000, workers=1, checkpoint=str(CKPT / "policy-base"), max_steps=16))
+    assert not any(m["succeeded"] for m in EpisodeDataset.load(tmp_path / "real-train").episodes)
+    real = {"real-train": {"path": str(tmp_path / "real-train")}}
+    res = _align_judge(tiny(tmp_path), 0, tmp_path, str(CKPT / "world-model"), str(CKPT / "judge"), real)
+    assert res["path"] == str(CKPT / "judge") and "all 2 training rollouts failed" in res["skipped"]
+    assert not (tmp_path / "judge").exists()
+
+
 def test_bad_loop_configs_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="real-rollouts"):
         LifelongConfig(out=str(tmp_path), tasks=[TASK, "drawer-close-v3"], real_rollouts=3).validate()

@@ -227,6 +227,15 @@ def _align_judge(cfg: LifelongConfig, r: int, rd: Path, world_model: str, judge:
         return once(dst, lambda: write_imagined_dataset(world_model, src, str(dst), seed=cfg.seed + 17 * r,
                                                         action_guidance=cfg.action_guidance))
 
+    # A judge learns success from both kinds: a round whose rollouts all failed (or all succeeded)
+    # keeps the judge it has, and says so, rather than stopping the loop.
+    train_eps = EpisodeDataset.load(real["real-train"]["path"]).episodes
+    successes = sum(bool(m["succeeded"]) for m in train_eps)
+    if successes in (0, len(train_eps)):
+        kind = "failed" if successes == 0 else "succeeded"
+        print(f"round {r}: all {len(train_eps)} training rollouts {kind}; the judge is kept as it is", flush=True)
+        return {"path": judge, "init_sha256": checkpoint_sha(judge),
+                "skipped": f"all {len(train_eps)} training rollouts {kind}: nothing to tell success from"}
     sets: dict[str, dict[str, str]] = {"train": {}, "val": {}}
     for split in sets:
         real_part = real[f"real-{split}"]["path"]
