@@ -227,11 +227,12 @@ def _align_judge(cfg: LifelongConfig, r: int, rd: Path, world_model: str, judge:
         return once(dst, lambda: write_imagined_dataset(world_model, src, str(dst), seed=cfg.seed + 17 * r,
                                                         action_guidance=cfg.action_guidance))
 
-    # A judge learns success from both kinds: a round whose rollouts all failed (or all succeeded)
-    # keeps the judge it has, and says so, rather than stopping the loop.
+    # A judge learns success from both kinds: a round whose rollouts all failed (or all succeeded,
+    # with no horizon cuts to add failures) keeps the judge it has, and says so, rather than
+    # stopping the loop.
     train_eps = EpisodeDataset.load(real["real-train"]["path"]).episodes
     successes = sum(bool(m["succeeded"]) for m in train_eps)
-    if successes in (0, len(train_eps)):
+    if successes == 0 or (successes == len(train_eps) and not cfg.judge_horizon_cuts):
         kind = "failed" if successes == 0 else "succeeded"
         print(f"round {r}: all {len(train_eps)} training rollouts {kind}; the judge is kept as it is", flush=True)
         return {"path": judge, "init_sha256": checkpoint_sha(judge),
