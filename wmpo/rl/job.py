@@ -192,14 +192,15 @@ def _keep_if_best(cfg: GRPOJobConfig, step: int, real: dict[str, Any], policy: s
     out = Path(cfg.out)
     record = out / "best_real.json"
     best = json.loads(record.read_text()) if record.exists() else None
-    if best is not None and _real_mean(real) <= best["real_mean"]:
+    mean = _real_mean(real)
+    if best is not None and mean <= best["real_mean"]:
         return
     tmp = out / f"{BEST_REAL}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(policy, tmp)
     shutil.rmtree(out / BEST_REAL, ignore_errors=True)
     tmp.rename(out / BEST_REAL)  # the record follows the copy: a stop in between redoes this step's
-    atomic_write_json(record, {"step": step, "real_mean": _real_mean(real), "from": policy,
+    atomic_write_json(record, {"step": step, "real_mean": mean, "from": policy,
                                "path": str(out / BEST_REAL)})
 
 
