@@ -40,6 +40,9 @@ REWARD_HELP = ("a rollout's reward: success = the judged success (1/0, WMPO); cl
 TASK_SAMPLING_HELP = ("start tasks of the imagined groups: round-robin, or informative = drawn by each "
                       "task's share of informative groups so far (a task the policy always or never "
                       "solves in imagination is imagined less; a uniform floor keeps every task)")
+TARGET_KL_HELP = ("bound each GRPO update: stop its mini-batch steps once the policy has drifted past 1.5 x "
+                  "this approximate KL per action chunk from the rollout policy, so a step on one "
+                  "informative group cannot move the policy as far as one on many (PPO's target KL; 0: off)")
 GUIDANCE_HELP = ("classifier-free guidance on the actions instead of the world model's (1 = off; 3 follows "
                  "the actions more closely at about twice the imagination time)")
 
@@ -218,6 +221,7 @@ def cmd_train_grpo(a: argparse.Namespace) -> None:
         policy=a.policy, out=a.out, tasks=_tasks(a.tasks), steps=a.steps, groups_per_step=a.groups,
         group_size=a.group_size, chunks=a.chunks, temperature=a.temperature, lr=a.lr, epochs=a.epochs,
         minibatch=a.minibatch, max_sampling_rounds=a.sampling_rounds, verify=not a.no_verify, seed=a.seed,
+        target_kl=a.target_kl,
         simulator_url=a.simulator_url,
         judge_url=a.judge_url, world_model=a.world_model, judge=a.judge, eval_episodes=a.eval_episodes,
         eval_workers=a.workers, environment=a.environment, real_budget=a.real_budget,
@@ -236,7 +240,8 @@ def cmd_train_lifelong(a: argparse.Namespace) -> None:
         rounds=a.rounds, real_rollouts=a.real_rollouts, rollout_temperature=a.rollout_temperature,
         wm_steps=a.wm_steps, judge_steps=a.judge_steps, judge_horizon_cuts=a.judge_horizon_cuts,
         grpo_steps=a.steps, groups=a.groups, group_size=a.group_size, chunks=a.chunks, temperature=a.temperature,
-        lr=a.lr, action_guidance=a.action_guidance, calibration_episodes=a.calibration_episodes,
+        lr=a.lr, target_kl=a.target_kl, action_guidance=a.action_guidance,
+        calibration_episodes=a.calibration_episodes,
         calibration_every=a.calibration_every, keep_best_real=a.keep_best_real, reward=a.reward,
         task_sampling=a.task_sampling, eval_episodes=a.eval_episodes, workers=a.workers, seed=a.seed)
     result = run_lifelong(cfg, embedded=getattr(a, "embedded", None))
@@ -622,6 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--minibatch", type=int, default=64)
+    p.add_argument("--target-kl", type=float, default=0.0, help=TARGET_KL_HELP)
     p.add_argument("--sampling-rounds", type=int, default=3,
                    help="dynamic sampling: imagination rounds per step while fewer than --groups groups "
                    "are informative (the step then trains on those it has)")
@@ -676,6 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks", type=int, default=12)
     p.add_argument("--temperature", type=float, default=1.6, help="the policy's sampling temperature in GRPO")
     p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--target-kl", type=float, default=0.0, help=TARGET_KL_HELP)
     p.add_argument("--action-guidance", type=float, default=None,
                    help="in GRPO's simulator and the judge's imagined data: " + GUIDANCE_HELP)
     p.add_argument("--calibration-episodes", type=int, default=0, help="before each round's GRPO: " + CALIBRATION_HELP)

@@ -71,6 +71,7 @@ class LifelongConfig:
     reward: str = "success"  # GRPO's member reward (wmpo.judge.rewards.REWARD_KINDS)
     task_sampling: str = "round-robin"  # GRPO's start tasks (wmpo.rl.trainer.GRPOConfig.task_sampling)
     lr: float = 5e-5
+    target_kl: float = 0.0  # GRPO's update bound (wmpo.rl.trainer.GRPOConfig.target_kl; 0: off)
     epochs: int = 2
     minibatch: int = 64
     verify: bool = True
@@ -126,7 +127,7 @@ class LifelongConfig:
         return GRPOJobConfig(
             policy=policy, out=out, tasks=self.tasks, steps=max(self.grpo_steps, 1), groups_per_step=self.groups,
             group_size=self.group_size, chunks=self.chunks, temperature=self.temperature, lr=self.lr,
-            epochs=self.epochs, minibatch=self.minibatch, verify=self.verify, seed=self.seed + r,
+            target_kl=self.target_kl, epochs=self.epochs, minibatch=self.minibatch, verify=self.verify, seed=self.seed + r,
             world_model=world_model, judge=judge, action_guidance=self.action_guidance,
             calibration_episodes=self.calibration_episodes, calibration_every=self.calibration_every,
             keep_best_real=self.keep_best_real, reward=self.reward,

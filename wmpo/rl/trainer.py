@@ -14,6 +14,7 @@ makes the same updates as an uninterrupted run (imagination is seeded per step).
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -65,6 +66,13 @@ class GRPOConfig:
     lr: float = bounded(1e-5, gt=0, lt=1, flag="--lr", doc="AdamW learning rate.")
     epochs: int = bounded(2, ge=1, le=1000, flag="--epochs", doc="Passes over each step's batch.")
     minibatch: int = bounded(64, ge=1, le=1_000_000, flag="--minibatch", doc="Chunks per gradient step.")
+    # Adam moves the weights about lr per gradient step whatever the evidence: one informative
+    # group moves the policy as far as sixty-four (results/lifelong-door: approx. KL 11 on 6
+    # groups). A target KL bounds each update in policy space instead (``update``).
+    target_kl: float = bounded(0.0, ge=0, le=100, flag="--target-kl",
+                               doc="Bound each update's drift from the rollout policy (approximate KL per "
+                               "action chunk): a gradient step past 1.5 x this is undone and retried at half "
+                               "the learning rate, and the update stops once past it (0: off).")
     max_sampling_rounds: int = bounded(3, ge=1, le=100, flag="--sampling-rounds",
                                        doc="Imagination rounds per step while filling the batch with "
                                        "informative groups (dynamic sampling).")
@@ -168,26 +176,77 @@ def _samples(groups: list[ImaginedGroup]) -> dict[str, Any]:
             "adv": torch.from_numpy(np.concatenate(adv)).float(), "instr": instr}
 
 
+MAX_BACKTRACKS = 12  # halvings of the learning rate tried on one mini-batch before the update stops
+
+
 def update(policy: Policy, opt: torch.optim.Optimizer, batch: dict[str, Any], cfg: GRPOConfig,
            gen: torch.Generator) -> dict[str, float]:
     """``epochs`` passes of shuffled mini-batch clipped-surrogate updates. Dropout stays off (eval
-    mode) so the new log-probs are those of the policy the ratio refers to."""
+    mode) so the new log-probs are those of the policy the ratio refers to.
+
+    With ``cfg.target_kl``, each gradient step is checked after it is taken: if it moved its
+    mini-batch's chunks past 1.5 x the target (approximate KL to the rollout policy), it is undone
+    and retried at half the learning rate; the update stops once a kept step has passed the target.
+    The check is after the step because Adam's first steps move every weight by about lr whatever
+    the gradient, and on these policies one such step at lr 1e-4 shifts a chunk's log-prob by
+    about 9 nats. The halved rate stays in the optimizer (and its saved state) for later updates;
+    an update that never came near the target doubles it again, up to ``cfg.lr``."""
     policy.eval()
     n = len(batch["adv"])
     text = policy.embed(batch["instr"])
     stats: list[dict[str, float]] = []
+    planned = cfg.epochs * -(-n // cfg.minibatch)
+    bounded_kl = cfg.target_kl > 0
+    stopped, kl_max, backtracks = False, 0.0, 0
+
+    def log_prob(idx: torch.Tensor) -> torch.Tensor:
+        return temperature_log_prob(policy, batch["obs"][idx], text[idx], batch["tokens"][idx], cfg.temperature)
+
     for _ in range(cfg.epochs):
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, cfg.minibatch):
             idx = perm[i:i + cfg.minibatch]
-            new = temperature_log_prob(policy, batch["obs"][idx], text[idx], batch["tokens"][idx], cfg.temperature)
-            loss, st = clipped_surrogate(new, batch["old_logp"][idx], batch["adv"][idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-            opt.step()
+            saved = (copy.deepcopy(policy.state_dict()), copy.deepcopy(opt.state_dict())) if bounded_kl else None
+            for _attempt in range(MAX_BACKTRACKS if bounded_kl else 1):
+                loss, st = clipped_surrogate(log_prob(idx), batch["old_logp"][idx], batch["adv"][idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                opt.step()
+                if not bounded_kl:
+                    break
+                with torch.no_grad():
+                    _, after = clipped_surrogate(log_prob(idx), batch["old_logp"][idx], batch["adv"][idx])
+                if after["approx_kl"] <= 1.5 * cfg.target_kl:
+                    break
+                rate = opt.param_groups[0]["lr"]
+                policy.load_state_dict(saved[0])  # undo, and try again with smaller steps
+                opt.load_state_dict(saved[1])  # (this restores the rate too)
+                _set_lr(opt, rate / 2)
+                backtracks += 1
+            else:
+                stopped = True  # no step small enough: the policy stays where the last kept step left it
+                break
             stats.append({"loss": loss.item(), **st})
-    return {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
+            if bounded_kl:
+                kl_max = max(kl_max, after["approx_kl"])
+                if after["approx_kl"] > cfg.target_kl:
+                    stopped = True
+                    break
+        if stopped:
+            break
+    if bounded_kl and not stopped and kl_max < cfg.target_kl / 2:
+        _set_lr(opt, min(2 * opt.param_groups[0]["lr"], cfg.lr))
+    out = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]} if stats else {}
+    out.update(gradient_steps=len(stats), gradient_steps_planned=planned, lr=opt.param_groups[0]["lr"])
+    if bounded_kl:
+        out.update(approx_kl_max=kl_max, backtracks=backtracks)
+    return out
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
 
 
 class Cancelled(Exception):
