@@ -101,7 +101,7 @@ JobId = Annotated[
 # stack's checkpoints and sampler, the calibration run) or replaced by endpoint choices.
 CLIENT_FIELDS = (
     "tasks", "steps", "groups_per_step", "group_size", "chunks", "temperature", "lr", "epochs",
-    "minibatch", "max_sampling_rounds", "verify", "max_grad_norm", "seed", "eval_episodes",
+    "minibatch", "max_sampling_rounds", "target_kl", "verify", "max_grad_norm", "seed", "eval_episodes",
     "eval_workers", "environment", "real_budget", "reward", "task_sampling",
 )
 

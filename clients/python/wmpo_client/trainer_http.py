@@ -117,7 +117,7 @@ class TrainerClient(SyncHttp, JobMethods):
     def submit(self, policy: str, *, job_id: str | None = None, **options: Any) -> TrainerJob:
         """Submit a GRPO job; returns it (queued). `policy` is a checkpoint directory on the
         trainer's filesystem; `options` are the job's fields (tasks, steps, groups_per_step,
-        group_size, chunks, temperature, lr, epochs, minibatch, max_sampling_rounds, verify,
+        group_size, chunks, temperature, lr, epochs, minibatch, max_sampling_rounds, target_kl, verify,
         max_grad_norm, seed, eval_episodes, eval_workers, endpoint, simulator_url, judge_url,
         environment, real_budget). `endpoint` names one of the trainer's configured endpoint
         sets; `simulator_url` / `judge_url` may only name URLs the trainer is configured with."""

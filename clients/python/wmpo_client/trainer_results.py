@@ -37,6 +37,7 @@ SPEC_FIELDS: tuple[str, ...] = (
     "epochs",
     "minibatch",
     "max_sampling_rounds",
+    "target_kl",
     "verify",
     "max_grad_norm",
     "seed",

@@ -101,6 +101,7 @@ BAD_SPECS: list[tuple[dict[str, Any], int, str]] = [
     ({"steps": -1}, 422, "steps"),
     ({"steps": "two"}, 422, "steps"),
     ({"lr": 2.0}, 422, "lr"),
+    ({"target_kl": -0.1}, 422, "target_kl"),
     ({"verify": "yes"}, 422, "verify"),
     ({"out": "/tmp/elsewhere"}, 422, "out"),  # chosen by the service, not the client
     ({"world_model": "x"}, 422, "world_model"),
@@ -141,7 +142,7 @@ def test_a_bad_job_over_grpc_is_invalid_argument_naming_the_field(make_trainer: 
     trainer = make_trainer()
     with GrpcTrainerClient(trainer.grpc_target) as rpc:
         for options, field in (({"group_size": 1}, "group_size"), ({"tasks": ["nope"]}, "tasks"),
-                               ({"steps": 0}, "steps")):
+                               ({"steps": 0}, "steps"), ({"target_kl": -0.1}, "target_kl")):
             with pytest.raises(SimulatorError) as err:
                 rpc.submit(POLICY, **{**TINY, **options})
             assert err.value.code == "INVALID_ARGUMENT" and field in err.value.message

@@ -27,7 +27,7 @@ JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
 
 class JobSpec(_message.Message):
-    __slots__ = ("job_id", "policy", "tasks", "steps", "groups_per_step", "group_size", "chunks", "temperature", "lr", "epochs", "minibatch", "max_sampling_rounds", "verify", "max_grad_norm", "seed", "eval_episodes", "eval_workers", "simulator_urls", "judge_url", "endpoint", "environment", "real_budget", "reward", "task_sampling")
+    __slots__ = ("job_id", "policy", "tasks", "steps", "groups_per_step", "group_size", "chunks", "temperature", "lr", "epochs", "minibatch", "max_sampling_rounds", "verify", "max_grad_norm", "seed", "eval_episodes", "eval_workers", "simulator_urls", "judge_url", "endpoint", "environment", "real_budget", "reward", "task_sampling", "target_kl")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class JobSpec(_message.Message):
     REAL_BUDGET_FIELD_NUMBER: _ClassVar[int]
     REWARD_FIELD_NUMBER: _ClassVar[int]
     TASK_SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    TARGET_KL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     policy: str
     tasks: _containers.RepeatedScalarFieldContainer[str]
@@ -76,7 +77,8 @@ class JobSpec(_message.Message):
     real_budget: int
     reward: str
     task_sampling: str
-    def __init__(self, job_id: _Optional[str] = ..., policy: _Optional[str] = ..., tasks: _Optional[_Iterable[str]] = ..., steps: _Optional[int] = ..., groups_per_step: _Optional[int] = ..., group_size: _Optional[int] = ..., chunks: _Optional[int] = ..., temperature: _Optional[float] = ..., lr: _Optional[float] = ..., epochs: _Optional[int] = ..., minibatch: _Optional[int] = ..., max_sampling_rounds: _Optional[int] = ..., verify: _Optional[bool] = ..., max_grad_norm: _Optional[float] = ..., seed: _Optional[int] = ..., eval_episodes: _Optional[int] = ..., eval_workers: _Optional[int] = ..., simulator_urls: _Optional[_Iterable[str]] = ..., judge_url: _Optional[str] = ..., endpoint: _Optional[str] = ..., environment: _Optional[str] = ..., real_budget: _Optional[int] = ..., reward: _Optional[str] = ..., task_sampling: _Optional[str] = ...) -> None: ...
+    target_kl: float
+    def __init__(self, job_id: _Optional[str] = ..., policy: _Optional[str] = ..., tasks: _Optional[_Iterable[str]] = ..., steps: _Optional[int] = ..., groups_per_step: _Optional[int] = ..., group_size: _Optional[int] = ..., chunks: _Optional[int] = ..., temperature: _Optional[float] = ..., lr: _Optional[float] = ..., epochs: _Optional[int] = ..., minibatch: _Optional[int] = ..., max_sampling_rounds: _Optional[int] = ..., verify: _Optional[bool] = ..., max_grad_norm: _Optional[float] = ..., seed: _Optional[int] = ..., eval_episodes: _Optional[int] = ..., eval_workers: _Optional[int] = ..., simulator_urls: _Optional[_Iterable[str]] = ..., judge_url: _Optional[str] = ..., endpoint: _Optional[str] = ..., environment: _Optional[str] = ..., real_budget: _Optional[int] = ..., reward: _Optional[str] = ..., task_sampling: _Optional[str] = ..., target_kl: _Optional[float] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec",)
