@@ -233,8 +233,11 @@ def cmd_train_grpo(a: argparse.Namespace) -> None:
 
 
 def cmd_train_lifelong(a: argparse.Namespace) -> None:
-    from wmpo.rl.lifelong import LifelongConfig, run_lifelong
+    from wmpo.rl.lifelong import LifelongConfig, report, run_lifelong
 
+    if a.report:
+        print(report(a.out))
+        return
     cfg = LifelongConfig(
         out=a.out, tasks=_tasks(a.tasks), policy=a.policy, world_model=a.world_model, judge=a.judge,
         rounds=a.rounds, real_rollouts=a.real_rollouts, rollout_temperature=a.rollout_temperature,
@@ -245,6 +248,7 @@ def cmd_train_lifelong(a: argparse.Namespace) -> None:
         calibration_every=a.calibration_every, keep_best_real=a.keep_best_real, reward=a.reward,
         task_sampling=a.task_sampling, eval_episodes=a.eval_episodes, workers=a.workers, seed=a.seed)
     result = run_lifelong(cfg, embedded=getattr(a, "embedded", None))
+    print(report(a.out))
     print(json.dumps({"real_rollouts_total": result["real_rollouts_total"], "final": result["final"]}, indent=2))
 
 
@@ -694,6 +698,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "policy's included; <out>/policy-best-real), not the last one")
     _add_grpo_reward_flags(p)
     p.add_argument("--eval-episodes", type=int, default=100, help="held-out episodes per task after each round")
+    p.add_argument("--report", action="store_true",
+                   help="print the loop in --out as a markdown table (rounds, GRPO steps, real checks, "
+                   "evaluations) and exit; also printed at the end of a run")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train_lifelong)

@@ -2,6 +2,7 @@
 fine-tuned on them, GRPO through the embedded services), and the online baseline's budget."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from services.embedded import job_stack
 from wmpo.data.episodes import EpisodeDataset
 from wmpo.errors import ConfigError, WmpoError
 from wmpo.rl.job import GRPOJobConfig, run_grpo_job
-from wmpo.rl.lifelong import LifelongConfig, run_lifelong
+from wmpo.rl.lifelong import LifelongConfig, report, run_lifelong
 from wmpo.utils.checkpoint import load_checkpoint
 
 CKPT = Path(__file__).resolve().parents[2] / "checkpoints"
@@ -22,7 +23,7 @@ def tiny(out) -> LifelongConfig:
     return LifelongConfig(out=str(out), tasks=[TASK], real_rollouts=4, wm_steps=2, judge_steps=2, grpo_steps=1,
                           groups=1, group_size=2, chunks=2, eval_episodes=0, workers=1, seed=1,
                           action_guidance=2.0, judge_horizon_cuts=True, calibration_episodes=1,
-                          calibration_every=1)
+                          calibration_every=1, target_kl=0.5)
 
 
 @pytest.mark.slow
@@ -70,6 +71,16 @@ def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path
     (check,) = rnd["grpo"]["calibration_steps"]
     assert check["step"] == 1 and check["real"]["per_task"][TASK]["episodes"] == 1 and TASK in check["imagined"]
     assert ledger["final"]["policy"] == rnd["grpo"]["policy"]
+    manifest = json.loads((Path(rnd["grpo"]["policy"]) / "manifest.json").read_text())
+    assert manifest["training"]["target_kl"] == 0.5
+    # the report: the round's rollouts, its threshold, the step with its real check
+    table = report(tmp_path).splitlines()
+    real = rnd["collect"]["real-train"]["per_task"][TASK]["successes"] + rnd["collect"]["real-val"]["per_task"][TASK]["successes"]
+    assert table[2].startswith(f"| 0 | button-press-topdown {real}/4 | {rnd['judge']['threshold']:.3f} | start |")
+    step = table[3].split(" | ")
+    assert step[3] == "1" and re.fullmatch(r"\d+ -> \d+", step[4]) and step[7] == f"{check['real']['per_task'][TASK]['successes']}/1"
+    with pytest.raises(ConfigError, match="no lifelong loop"):
+        report(tmp_path / "round-0")
 
     # started again, every stage is found done and nothing runs twice
     mtime = (tmp_path / "round-0" / "world-model" / "model.safetensors").stat().st_mtime

@@ -319,3 +319,50 @@ def run_lifelong(cfg: LifelongConfig, embedded: Any = None) -> dict[str, Any]:
     atomic_write_json(ledger.path, ledger.data)
     return ledger.data
 
+
+
+def _rates(rec: dict[str, Any] | None, tasks: list[str]) -> str:
+    """'k/n, k/n' per task of an evaluation record, or '' where there is none."""
+    per_task = (rec or {}).get("per_task", {})
+    return ", ".join(f"{per_task[t]['successes']}/{per_task[t]['episodes']}" for t in tasks if t in per_task)
+
+
+def report(out: str | Path) -> str:
+    """The loop in ``out`` as a markdown table, one row per GRPO step: each round's real rollouts
+    and judge threshold, each step's groups, imagined success and update size (from the round's
+    ``grpo/train_log.jsonl``), the real checks beside them and the held-out evaluation after the
+    round. Works on a loop that is still running (stages not done yet are blank)."""
+    root = Path(out)
+    path = root / "lifelong.json"
+    if not path.exists():
+        raise ConfigError(f"no lifelong loop in {root} (no lifelong.json)")
+    ledger = json.loads(path.read_text())
+    tasks = ledger["config"]["tasks"]
+    head = ["round", "real rollouts: successes", "judge threshold", "GRPO step", "groups imagined -> kept",
+            "imagined success", "update: approx. KL max, gradient steps", "real check", "greedy, held-out"]
+    rows = []
+    for r, rd in enumerate(ledger["rounds"]):
+        col = rd.get("collect", {})
+        real = ", ".join(f"{t.removesuffix('-v3')} {sum(col[p]['per_task'][t]['successes'] for p in ('real-train', 'real-val'))}"
+                         f"/{sum(col[p]['per_task'][t]['episodes'] for p in ('real-train', 'real-val'))}"
+                         for t in tasks) if col else ""
+        judge = rd.get("judge", {})
+        threshold = "kept (" + judge["skipped"] + ")" if "skipped" in judge else (
+            f"{judge['threshold']:.3f}" if "threshold" in judge else "")
+        grpo = rd.get("grpo", {})
+        checks = {0: (grpo.get("calibration") or {}).get("real")}
+        checks.update({c["step"]: c["real"] for c in grpo.get("calibration_steps", [])})
+        rows.append([str(r), real, threshold, "start", "", "", "", _rates(checks.get(0), tasks), ""])
+        log = root / f"round-{r}" / "grpo" / "train_log.jsonl"
+        steps = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+        for h in steps:
+            update = (f"{h['approx_kl_max']:.2f}, {h['gradient_steps']}/{h['gradient_steps_planned']}"
+                      if "approx_kl_max" in h else f"mean {h['approx_kl']:.2f}" if "approx_kl" in h else "")
+            rows.append(["", "", "", str(h["step"]), f"{h['groups_imagined']} -> {h['groups_kept']}",
+                         f"{h['imagined_success']:.0%}", update, _rates(checks.get(h["step"]), tasks), ""])
+        if best := grpo.get("best_real"):
+            rows[-1][7] += f" (kept step {best['step']})"
+        rows[-1][8] = _rates(rd.get("eval"), tasks)
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
