@@ -194,3 +194,20 @@ def test_target_kl_bounds_each_update_by_backtracking_the_learning_rate():
         else:
             assert stats["gradient_steps"] == 16 and stats["lr"] == lr
     assert drift[0.0] > 10 and drift[0.05] < 0.5, drift
+
+
+def test_an_update_already_past_the_target_takes_no_step_and_keeps_its_learning_rate():
+    from wmpo.models.policy import Policy
+    from wmpo.rl.trainer import update
+
+    batch = _update_batch()
+    batch["old_logp"] = batch["old_logp"] - 1.0  # the rollout policy 1 nat away: KL e - 2 = 0.72 per chunk
+    c = cfg("unused", 1)
+    c.lr, c.epochs, c.minibatch, c.temperature, c.target_kl = 1e-4, 2, 16, 1.0, 0.05
+    policy, _ = Policy.from_checkpoint(POLICY)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    opt = torch.optim.AdamW(policy.parameters(), lr=c.lr)
+    stats = update(policy, opt, batch, c, torch.Generator().manual_seed(0))
+    assert stats["gradient_steps"] == 0 and stats["backtracks"] == 0 and stats["lr"] == 1e-4
+    assert stats["approx_kl_max"] == pytest.approx(np.e - 2, rel=1e-3)
+    assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())

@@ -186,7 +186,8 @@ def update(policy: Policy, opt: torch.optim.Optimizer, batch: dict[str, Any], cf
 
     With ``cfg.target_kl``, each gradient step is checked after it is taken: if it moved its
     mini-batch's chunks past 1.5 x the target (approximate KL to the rollout policy), it is undone
-    and retried at half the learning rate; the update stops once a kept step has passed the target.
+    and retried at half the learning rate; the update stops once a kept step has passed the target,
+    or at a mini-batch that is past it before its step (the earlier steps moved its chunks too).
     The check is after the step because Adam's first steps move every weight by about lr whatever
     the gradient, and on these policies one such step at lr 1e-4 shifts a chunk's log-prob by
     about 9 nats. The halved rate stays in the optimizer (and its saved state) for later updates;
@@ -202,37 +203,48 @@ def update(policy: Policy, opt: torch.optim.Optimizer, batch: dict[str, Any], cf
     def log_prob(idx: torch.Tensor) -> torch.Tensor:
         return temperature_log_prob(policy, batch["obs"][idx], text[idx], batch["tokens"][idx], cfg.temperature)
 
+    def surrogate(idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        return clipped_surrogate(log_prob(idx), batch["old_logp"][idx], batch["adv"][idx])
+
+    def gradient_step(loss: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+        opt.step()
+
     for _ in range(cfg.epochs):
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, cfg.minibatch):
             idx = perm[i:i + cfg.minibatch]
-            saved = (copy.deepcopy(policy.state_dict()), copy.deepcopy(opt.state_dict())) if bounded_kl else None
-            for _attempt in range(MAX_BACKTRACKS if bounded_kl else 1):
-                loss, st = clipped_surrogate(log_prob(idx), batch["old_logp"][idx], batch["adv"][idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                opt.step()
-                if not bounded_kl:
-                    break
+            loss, st = surrogate(idx)
+            if not bounded_kl:
+                gradient_step(loss)
+                stats.append({"loss": loss.item(), **st})
+                continue
+            if st["approx_kl"] > cfg.target_kl:  # the earlier steps moved this mini-batch past the target
+                kl_max, stopped = max(kl_max, st["approx_kl"]), True
+                break
+            saved = copy.deepcopy(policy.state_dict()), copy.deepcopy(opt.state_dict())
+            for _attempt in range(MAX_BACKTRACKS):
+                gradient_step(loss)
                 with torch.no_grad():
-                    _, after = clipped_surrogate(log_prob(idx), batch["old_logp"][idx], batch["adv"][idx])
-                if after["approx_kl"] <= 1.5 * cfg.target_kl:
+                    kl_after = surrogate(idx)[1]["approx_kl"]
+                if kl_after <= 1.5 * cfg.target_kl:
                     break
                 rate = opt.param_groups[0]["lr"]
                 policy.load_state_dict(saved[0])  # undo, and try again with smaller steps
                 opt.load_state_dict(saved[1])  # (this restores the rate too)
                 _set_lr(opt, rate / 2)
                 backtracks += 1
+                loss, st = surrogate(idx)
             else:
                 stopped = True  # no step small enough: the policy stays where the last kept step left it
                 break
             stats.append({"loss": loss.item(), **st})
-            if bounded_kl:
-                kl_max = max(kl_max, after["approx_kl"])
-                if after["approx_kl"] > cfg.target_kl:
-                    stopped = True
-                    break
+            kl_max = max(kl_max, kl_after)
+            if kl_after > cfg.target_kl:
+                stopped = True
+                break
         if stopped:
             break
     if bounded_kl and not stopped and kl_max < cfg.target_kl / 2:
