@@ -40,9 +40,10 @@ REWARD_HELP = ("a rollout's reward: success = the judged success (1/0, WMPO); cl
 TASK_SAMPLING_HELP = ("start tasks of the imagined groups: round-robin, or informative = drawn by each "
                       "task's share of informative groups so far (a task the policy always or never "
                       "solves in imagination is imagined less; a uniform floor keeps every task)")
-TARGET_KL_HELP = ("bound each GRPO update: stop its mini-batch steps once the policy has drifted past 1.5 x "
-                  "this approximate KL per action chunk from the rollout policy, so a step on one "
-                  "informative group cannot move the policy as far as one on many (PPO's target KL; 0: off)")
+TARGET_KL_HELP = ("bound each GRPO update's drift from the rollout policy (approximate KL per action chunk): "
+                  "a gradient step past 1.5 x this is undone and retried at half the learning rate, and the "
+                  "update stops once past it, so a step on one informative group cannot move the policy as "
+                  "far as one on many (0: off)")
 GUIDANCE_HELP = ("classifier-free guidance on the actions instead of the world model's (1 = off; 3 follows "
                  "the actions more closely at about twice the imagination time)")
 

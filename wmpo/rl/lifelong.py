@@ -320,7 +320,6 @@ def run_lifelong(cfg: LifelongConfig, embedded: Any = None) -> dict[str, Any]:
     return ledger.data
 
 
-
 def _rates(rec: dict[str, Any] | None, tasks: list[str]) -> str:
     """'k/n, k/n' per task of an evaluation record, or '' where there is none."""
     per_task = (rec or {}).get("per_task", {})
