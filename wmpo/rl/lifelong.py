@@ -342,9 +342,9 @@ def report(out: str | Path) -> str:
     rows = []
     for r, rd in enumerate(ledger["rounds"]):
         col = rd.get("collect", {})
-        real = ", ".join(f"{t.removesuffix('-v3')} {sum(col[p]['per_task'][t]['successes'] for p in ('real-train', 'real-val'))}"
-                         f"/{sum(col[p]['per_task'][t]['episodes'] for p in ('real-train', 'real-val'))}"
-                         for t in tasks) if col else ""
+        parts = [col[p]["per_task"] for p in ("real-train", "real-val") if p in col]
+        real = ", ".join(f"{t.removesuffix('-v3')} {sum(x[t]['successes'] for x in parts)}"
+                         f"/{sum(x[t]['episodes'] for x in parts)}" for t in tasks) if parts else ""
         judge = rd.get("judge", {})
         threshold = "kept (" + judge["skipped"] + ")" if "skipped" in judge else (
             f"{judge['threshold']:.3f}" if "threshold" in judge else "")

@@ -41,7 +41,7 @@ from wmpo.rl.imagination import (
     imagine_groups,
     temperature_log_prob,
 )
-from wmpo.train.common import JsonlLog, load_train_state, save_train_state
+from wmpo.train.common import JsonlLog, load_train_state, save_train_state, set_lr
 from wmpo.utils.checkpoint import environment_info, save_checkpoint
 from wmpo.utils.config import bounded, check_bounds
 
@@ -234,7 +234,7 @@ def update(policy: Policy, opt: torch.optim.Optimizer, batch: dict[str, Any], cf
                 rate = opt.param_groups[0]["lr"]
                 policy.load_state_dict(saved[0])  # undo, and try again with smaller steps
                 opt.load_state_dict(saved[1])  # (this restores the rate too)
-                _set_lr(opt, rate / 2)
+                set_lr(opt, rate / 2)
                 backtracks += 1
                 loss, st = surrogate(idx)
             else:
@@ -248,17 +248,12 @@ def update(policy: Policy, opt: torch.optim.Optimizer, batch: dict[str, Any], cf
         if stopped:
             break
     if bounded_kl and not stopped and kl_max < cfg.target_kl / 2:
-        _set_lr(opt, min(2 * opt.param_groups[0]["lr"], cfg.lr))
+        set_lr(opt, min(2 * opt.param_groups[0]["lr"], cfg.lr))
     out = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]} if stats else {}
     out.update(gradient_steps=len(stats), gradient_steps_planned=planned, lr=opt.param_groups[0]["lr"])
     if bounded_kl:
         out.update(approx_kl_max=kl_max, backtracks=backtracks)
     return out
-
-
-def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for g in opt.param_groups:
-        g["lr"] = lr
 
 
 class Cancelled(Exception):

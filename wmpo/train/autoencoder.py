@@ -19,7 +19,7 @@ from tqdm import tqdm
 from wmpo.data.episodes import EpisodeDataset
 from wmpo.errors import ConfigError
 from wmpo.models.autoencoder import PRESETS, FrameAutoencoder, psnr, reconstruction_loss
-from wmpo.train.common import JsonlLog, cosine_lr, load_train_state, save_train_state
+from wmpo.train.common import JsonlLog, cosine_lr, load_train_state, save_train_state, set_lr
 from wmpo.utils.checkpoint import environment_info, save_checkpoint
 
 
@@ -111,8 +111,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> dic
     bar = tqdm(range(start, cfg.steps), desc="train autoencoder", initial=start, total=cfg.steps,
                disable=not progress)
     for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.lr, cfg.steps, cfg.warmup)
+        set_lr(opt, cosine_lr(step, cfg.lr, cfg.steps, cfg.warmup))
         rows = train_rows[torch.randint(0, len(train_rows), (cfg.batch_size,), generator=gen)]
         x = ae.to_input(frames[rows])
         ref = ae.to_input(frames[starts[rows]])

@@ -21,6 +21,12 @@ def cosine_lr(step: int, base: float, total: int, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate (schedules, GRPO's KL backtracking)."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
 class JsonlLog:
     """Append-only JSON-lines log that a background run can be followed with ``tail -f``."""
 

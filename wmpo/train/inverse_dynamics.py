@@ -37,7 +37,7 @@ from wmpo.data.play import expand_datasets
 from wmpo.errors import ConfigError, DatasetError
 from wmpo.models.inverse_dynamics import PRESETS, InverseDynamics, InverseDynamicsConfig
 from wmpo.models.trajectory_vae import TrajectoryVAE
-from wmpo.train.common import cosine_lr
+from wmpo.train.common import cosine_lr, set_lr
 from wmpo.train.trajectory_vae import action_windows
 from wmpo.utils.checkpoint import environment_info, save_checkpoint
 from wmpo.utils.config import bounded, check_bounds
@@ -262,8 +262,7 @@ def train_inverse_dynamics(cfg: InverseDynamicsTrainConfig, progress: bool = Tru
         bar = tqdm(range(cfg.steps), desc=f"inverse dynamics ({variant})", disable=not progress)
         ema = None
         for step in bar:
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(step, cfg.lr, cfg.steps, cfg.warmup)
+            set_lr(opt, cosine_lr(step, cfg.lr, cfg.steps, cfg.warmup))
             pick = torch.randint(0, len(train_pairs), (cfg.batch_size,), generator=g).numpy()
             draw = torch.randint(0, cfg.prior_draws, (cfg.batch_size,), generator=g).numpy()
             b = train_pairs[pick]

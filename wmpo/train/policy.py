@@ -25,7 +25,7 @@ from tqdm import tqdm
 from wmpo.data.episodes import EpisodeDataset
 from wmpo.errors import ConfigError
 from wmpo.models.policy import PRESETS, Policy
-from wmpo.train.common import cosine_lr, load_train_state, save_train_state
+from wmpo.train.common import cosine_lr, load_train_state, save_train_state, set_lr
 from wmpo.utils.checkpoint import environment_info, save_checkpoint
 
 
@@ -155,8 +155,7 @@ def train_policy(cfg: PolicyTrainConfig, progress: bool = True) -> dict[str, Any
                total=cfg.steps)
     loss_ema = None
     for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+        set_lr(opt, lr_at(step))
         idx = torch.randint(0, len(rows_t), (cfg.batch_size,), generator=gen)
         images = random_shift(frames[rows_t[idx]], cfg.shift, gen)
         text = policy.instruction_table[instr_t[idx]]

@@ -32,7 +32,7 @@ from wmpo.judge.clips import subsample_indices, training_clips
 from wmpo.judge.success import SuccessJudge
 from wmpo.models.success_classifier import PRESETS, SuccessClassifier
 from wmpo.models.text import embed_instructions
-from wmpo.train.common import JsonlLog, cosine_lr, load_train_state, save_train_state
+from wmpo.train.common import JsonlLog, cosine_lr, load_train_state, save_train_state, set_lr
 from wmpo.utils.checkpoint import checkpoint_sha, environment_info, save_checkpoint
 
 
@@ -186,8 +186,7 @@ def train_success_classifier(cfg: JudgeTrainConfig, progress: bool = True) -> di
     model.train()
     bar = tqdm(range(start, cfg.steps), desc="train judge", initial=start, total=cfg.steps, disable=not progress)
     for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.lr, cfg.steps, cfg.warmup)
+        set_lr(opt, cosine_lr(step, cfg.lr, cfg.steps, cfg.warmup))
         pi = torch.randint(0, len(index.positives), (half,), generator=gen).numpy()
         ni = torch.randint(0, len(index.negatives), (cfg.batch_size - half,), generator=gen).numpy()
         rows = torch.from_numpy(np.concatenate([index.positives[pi], index.negatives[ni]]))  # (B, L)

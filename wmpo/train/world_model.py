@@ -54,7 +54,14 @@ from wmpo.models.trajectory_vae import TrajectoryVAE
 from wmpo.models.video_dit import PRESETS, PlanCondition, VideoDiT, VideoDiTConfig
 from wmpo.sampling.rollout import SamplerConfig, start_rollout, step_rollouts
 from wmpo.sampling.world_model import TorchWorldModel
-from wmpo.train.common import JsonlLog, cosine_lr, load_train_state, save_train_state, wsd_lr
+from wmpo.train.common import (
+    JsonlLog,
+    cosine_lr,
+    load_train_state,
+    save_train_state,
+    set_lr,
+    wsd_lr,
+)
 from wmpo.utils.checkpoint import environment_info, load_checkpoint
 
 LR_SCHEDULES = ("cosine", "wsd")
@@ -526,8 +533,7 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
     for step in bar:
         if step >= cfg.steps:
             break
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+        set_lr(opt, lr_at(step))
         if step == timing_from + 10:
             t_timing = time.time()
         elif step == timing_from + 10 + TIMING_STEPS:
