@@ -143,10 +143,8 @@ def cmd_train_world_model(a: argparse.Namespace) -> None:
 
 def cmd_eval_optimizer(a: argparse.Namespace) -> None:
     """The action optimizer in MetaWorld's closed loop (plan, execute, re-plan) on held-out seeds."""
-    import numpy as np
-
     from wmpo.data.collect import SourceSpec
-    from wmpo.eval.policy import EvalConfig, evaluate, format_table
+    from wmpo.eval.policy import EvalConfig, evaluate
 
     opt = {"generator": a.generator, "vae": a.trajectory_vae, "idm": a.inverse_dynamics, "variant": a.variant,
            "steps": a.steps, "execute_chunks": a.execute_chunks, "world_model": a.world_model, "goal": a.goal}
@@ -154,19 +152,19 @@ def cmd_eval_optimizer(a: argparse.Namespace) -> None:
     spec.build()  # fail fast on bad checkpoints, before starting workers
     report = evaluate(EvalConfig(tasks=_tasks(a.tasks), source=spec, episodes=a.episodes, seed_offset=a.seed_offset,
                                  workers=a.workers, max_steps=a.max_steps))
-    secs = np.asarray([s for r in report["episodes_detail"] for s in r.get("plan_seconds", [])])
-    report["plans"] = {"count": int(secs.size), "seconds_p50": float(np.median(secs)) if secs.size else None,
-                       "seconds_p90": float(np.quantile(secs, 0.9)) if secs.size else None}
-    goal = [r for r in report["episodes_detail"] if "object_error" in r]
-    if goal:  # goal reaching: where the episodes ended vs the demonstrations
-        report["goal_reaching"] = {
-            "demo_success": float(np.mean([r["demo_success"] for r in goal])),
-            **{f"{k}_median": float(np.median([r[k] for r in goal])) for k in ("object_error", "hand_error")}}
-    print(format_table(report, f"action optimizer ({a.variant}, goal: {a.goal})"))
-    print("plans:", json.dumps(report["plans"]))
-    if goal:
-        print("goal reaching:", json.dumps(report["goal_reaching"]))
+    _print_eval(report, f"action optimizer ({a.variant}, goal: {a.goal})")
     _write_json(report, a.json)
+
+
+def _print_eval(report: dict, title: str) -> None:
+    """A real-simulator evaluation's table and, where the episodes had them, its summaries."""
+    from wmpo.eval.policy import format_table
+
+    print(format_table(report, title))
+    for key, what in (("verification", "verify before execute"), ("plans", "plans"),
+                      ("goal_reaching", "goal reaching")):
+        if key in report:
+            print(f"{what}:", json.dumps(report[key]))
 
 
 def cmd_eval_world_model(a: argparse.Namespace) -> None:
@@ -289,8 +287,13 @@ def cmd_eval_judge(a: argparse.Namespace) -> None:
 
 def cmd_eval_policy(a: argparse.Namespace) -> None:
     from wmpo.data.collect import SourceSpec
-    from wmpo.eval.policy import EvalConfig, evaluate, format_table
+    from wmpo.eval.policy import EvalConfig, evaluate, merge_reports
 
+    if a.merge:
+        report = merge_reports([_read_json_report(p) for p in a.merge])
+        _print_eval(report, f"{len(a.merge)} reports merged: {report['source'].get('kind')}")
+        _write_json(report, a.json)
+        return
     if a.temperature is None:
         a.temperature = 1.0 if a.verify else 0.0
     elif a.verify and a.temperature <= 0:
@@ -318,9 +321,7 @@ def cmd_eval_policy(a: argparse.Namespace) -> None:
                          workers=a.workers, max_steps=a.max_steps)
         report = evaluate(cfg)
     title = "expert" if a.expert else f"policy {a.checkpoint}" + (" + verify before execute" if a.verify else "")
-    print(format_table(report, title))
-    if "verification" in report:
-        print("verify before execute:", json.dumps(report["verification"]))
+    _print_eval(report, title)
     _write_json(report, a.json)
     if a.record and not a.expert:
         from wmpo.utils.checkpoint import record_evaluation
@@ -711,6 +712,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--checkpoint", default=str(BUNDLED_POLICY), help="policy checkpoint (default: bundled)")
     g.add_argument("--expert", action="store_true", help="evaluate the scripted expert instead")
+    g.add_argument("--merge", nargs="+", metavar="REPORT", help="instead: combine the --json reports of "
+                   "`eval policy` or `eval optimizer` runs of one source over other tasks or seed ranges "
+                   "into one report (every episode once; intervals over all of them)")
     p.add_argument("--tasks", default="policy")
     p.add_argument("--episodes", type=int, default=100, help="episodes per task")
     p.add_argument("--seed-offset", type=int, default=0)

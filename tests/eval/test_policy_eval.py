@@ -1,7 +1,10 @@
+import json
+
 import pytest
 
 from wmpo.data.collect import EVAL_SEED_BASE, SourceSpec
-from wmpo.eval.policy import EvalConfig, evaluate, format_table
+from wmpo.errors import ConfigError
+from wmpo.eval.policy import EvalConfig, evaluate, format_table, merge_reports
 from wmpo.eval.stats import wilson_interval
 
 
@@ -13,11 +16,63 @@ def test_wilson_interval_known_values():
     assert wilson_interval(10, 10)[1] == pytest.approx(1.0)
 
 
-def test_scripted_expert_scores_near_100_percent_on_held_out_seeds():
-    report = evaluate(EvalConfig(tasks=["button-press-topdown-v3", "drawer-close-v3"],
+@pytest.fixture(scope="module")
+def expert_report():
+    return evaluate(EvalConfig(tasks=["button-press-topdown-v3", "drawer-close-v3"],
                                  source=SourceSpec("expert"), episodes=4, workers=2), progress=False)
+
+
+def test_scripted_expert_scores_near_100_percent_on_held_out_seeds(expert_report):
+    report = expert_report
     assert report["overall"]["success_rate"] >= 0.95
     assert report["seeds"] == [EVAL_SEED_BASE, EVAL_SEED_BASE + 3]
     assert all(r["seed"] >= EVAL_SEED_BASE for r in report["episodes_detail"])
     table = format_table(report)
     assert "button-press-topdown-v3" in table and "overall" in table
+
+
+def _piece(report: dict, keep) -> dict:
+    """The report of a run over part of the same episodes (as a split evaluation writes it)."""
+    episodes = [r for r in report["episodes_detail"] if keep(r)]
+    tasks = sorted({r["task"] for r in episodes})
+    return {**report, "episodes_detail": episodes, "per_task": {t: report["per_task"][t] for t in tasks},
+            "seconds": 1.0}
+
+
+def test_pieces_over_seeds_and_tasks_merge_into_the_whole_evaluation(expert_report, tmp_path):
+    from wmpo.cli import main
+
+    first = _piece(expert_report, lambda r: r["seed"] < EVAL_SEED_BASE + 2)
+    rest = _piece(expert_report, lambda r: r["seed"] >= EVAL_SEED_BASE + 2 and r["task"] == "drawer-close-v3")
+    last = _piece(expert_report, lambda r: r["seed"] >= EVAL_SEED_BASE + 2 and r["task"] != "drawer-close-v3")
+    merged = merge_reports([first, rest, last])
+    for key in ("per_task", "overall", "seeds", "episodes_detail", "source"):
+        assert merged[key] == expert_report[key], key
+    assert list(merged["per_task"]) == list(expert_report["per_task"]) and merged["merged_reports"] == 3
+    assert merged["seconds"] == 3.0
+
+    partial = merge_reports([first, last])  # drawer's last two seeds missing: counted as run
+    assert partial["per_task"]["drawer-close-v3"]["episodes"] == 2
+    assert partial["per_task"]["button-press-topdown-v3"]["episodes"] == 4
+
+    paths = []
+    for i, rep in enumerate((first, rest, last)):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(rep))
+    main(["eval", "policy", "--merge", *map(str, paths), "--json", str(tmp_path / "all.json")])
+    assert json.loads((tmp_path / "all.json").read_text())["overall"] == expert_report["overall"]
+
+
+def test_merge_refuses_overlapping_or_different_evaluations(expert_report):
+    with pytest.raises(ConfigError, match="seed 1000000 is in more than one report"):
+        merge_reports([expert_report, _piece(expert_report, lambda r: r["seed"] == EVAL_SEED_BASE)])
+    other = {**expert_report, "source": {**expert_report["source"], "kind": "policy", "temperature": 0.5}}
+    with pytest.raises(ConfigError, match=r"differs from the first in source: \['kind', 'temperature'\]"):
+        merge_reports([_piece(expert_report, lambda r: r["seed"] < EVAL_SEED_BASE + 2),
+                       _piece(other, lambda r: r["seed"] >= EVAL_SEED_BASE + 2)])
+    with pytest.raises(ConfigError, match="differs from the first in max_steps"):
+        merge_reports([expert_report, {**_piece(expert_report, lambda r: False), "max_steps": 500}])
+    with pytest.raises(ConfigError, match="not a `wmpo eval policy`"):
+        merge_reports([{"overall": {}}])
+    with pytest.raises(ConfigError, match="at least one"):
+        merge_reports([])

@@ -41,9 +41,17 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     t0 = time.time()
     results = run_episodes(cfg.source, jobs, {"image_size": cfg.image_size, "max_steps": cfg.max_steps},
                            cfg.workers, desc=f"eval {cfg.source.kind}", progress=progress)
-    elapsed = time.time() - t0
+    return summarize(asdict(cfg.source), cfg.max_steps, cfg.tasks, results, time.time() - t0)
+
+
+def summarize(source: dict[str, Any], max_steps: int, tasks: list[str], results: list[dict[str, Any]],
+              seconds: float) -> dict[str, Any]:
+    """The report of a set of episodes: per task and overall success with 95% Wilson intervals,
+    and, where the episodes carry them, verification, plan latency and goal-reaching summaries."""
+    import numpy as np
+
     per_task = {}
-    for task in cfg.tasks:
+    for task in tasks:
         rs = [r for r in results if r["task"] == task]
         k = sum(r["success"] for r in rs)
         lo, hi = wilson_interval(k, len(rs))
@@ -59,16 +67,57 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     n = len(results)
     k = sum(r["success"] for r in results)
     lo, hi = wilson_interval(k, n)
-    extra = {"verification": verification_summary(results)} if any("decisions" in r for r in results) else {}
-    return {**extra,
-        "source": asdict(cfg.source),
-        "seeds": [seeds.start, seeds.stop - 1],
-        "max_steps": cfg.max_steps,
+    seeds = [r["seed"] for r in results]
+    report: dict[str, Any] = {
+        "source": source,
+        "seeds": [min(seeds), max(seeds)],
+        "max_steps": max_steps,
         "per_task": per_task,
         "overall": {"episodes": n, "successes": k, "success_rate": k / n, "ci95": [round(lo, 4), round(hi, 4)]},
-        "seconds": round(elapsed, 1),
+        "seconds": round(seconds, 1),
         "episodes_detail": sorted(results, key=lambda r: (r["task"], r["seed"])),
     }
+    if any("decisions" in r for r in results):
+        report = {"verification": verification_summary(results), **report}
+    if any("plans" in r for r in results):  # the action optimizer's re-planning
+        secs = np.asarray([s for r in results for s in r.get("plan_seconds", [])])
+        report["plans"] = {"count": int(secs.size), "seconds_p50": float(np.median(secs)) if secs.size else None,
+                           "seconds_p90": float(np.quantile(secs, 0.9)) if secs.size else None}
+    goal = [r for r in results if "object_error" in r]
+    if goal:  # goal reaching: where the episodes ended vs the demonstrations
+        report["goal_reaching"] = {
+            "demo_success": float(np.mean([r["demo_success"] for r in goal])),
+            **{f"{k}_median": float(np.median([r[k] for r in goal])) for k in ("object_error", "hand_error")}}
+    return report
+
+
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from evaluations of the same source split over tasks or seed ranges (pieces run
+    in other processes, machines or sessions). Every episode counts once: the pieces must share
+    the source and the episode length, and no (task, seed) may be in two of them."""
+    if not reports:
+        raise ConfigError("give at least one report to merge")
+    first = reports[0]
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    tasks: list[str] = []
+    for i, rep in enumerate(reports, 1):
+        missing = [k for k in ("source", "max_steps", "per_task", "episodes_detail") if k not in rep]
+        if missing:
+            raise ConfigError(f"report {i} is not a `wmpo eval policy` / `eval optimizer` report (no {missing[0]})")
+        for key in ("source", "max_steps"):
+            if rep[key] != first[key]:
+                a, b = (rep[key], first[key])
+                diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)) if isinstance(a, dict) else key
+                raise ConfigError(f"report {i} differs from the first in {key}: {diff}")
+        for r in rep["episodes_detail"]:
+            key = (r["task"], r["seed"])
+            if key in results:
+                raise ConfigError(f"{r['task']} seed {r['seed']} is in more than one report (report {i})")
+            results[key] = r
+        tasks += [t for t in rep["per_task"] if t not in tasks]
+    merged = summarize(first["source"], first["max_steps"], tasks, list(results.values()),
+                       sum(r.get("seconds", 0.0) for r in reports))
+    return {**merged, "merged_reports": len(reports)}
 
 
 def verification_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
