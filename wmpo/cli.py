@@ -44,6 +44,8 @@ TARGET_KL_HELP = ("bound each GRPO update's drift from the rollout policy (appro
                   "a gradient step past 1.5 x this is undone and retried at half the learning rate, and the "
                   "update stops once past it, so a step on one informative group cannot move the policy as "
                   "far as one on many (0: off)")
+JOURNAL_HELP = ("append every finished episode to this JSONL file; the same command rerun with it after an "
+                "interruption runs only the episodes not in it (it refuses another evaluation's journal)")
 GUIDANCE_HELP = ("classifier-free guidance on the actions instead of the world model's (1 = off; 3 follows "
                  "the actions more closely at about twice the imagination time)")
 
@@ -151,7 +153,7 @@ def cmd_eval_optimizer(a: argparse.Namespace) -> None:
     spec = SourceSpec("optimizer", checkpoint=a.policy, temperature=a.temperature, optimizer=opt)
     spec.build()  # fail fast on bad checkpoints, before starting workers
     report = evaluate(EvalConfig(tasks=_tasks(a.tasks), source=spec, episodes=a.episodes, seed_offset=a.seed_offset,
-                                 workers=a.workers, max_steps=a.max_steps))
+                                 workers=a.workers, max_steps=a.max_steps, journal=a.journal))
     _print_eval(report, f"action optimizer ({a.variant}, goal: {a.goal})")
     _write_json(report, a.json)
 
@@ -318,7 +320,7 @@ def cmd_eval_policy(a: argparse.Namespace) -> None:
             spec = SourceSpec("policy", checkpoint=a.checkpoint, temperature=a.temperature)
             spec.build()  # fail fast on a bad checkpoint, before starting workers
         cfg = EvalConfig(tasks=_tasks(a.tasks), source=spec, episodes=a.episodes, seed_offset=a.seed_offset,
-                         workers=a.workers, max_steps=a.max_steps)
+                         workers=a.workers, max_steps=a.max_steps, journal=a.journal)
         report = evaluate(cfg)
     title = "expert" if a.expert else f"policy {a.checkpoint}" + (" + verify before execute" if a.verify else "")
     _print_eval(report, title)
@@ -723,6 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="0 = greedy decoding (default; with --verify: 1.0, candidates must differ)")
     p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS)
     p.add_argument("--json", default=None, help="write the full report here")
+    p.add_argument("--journal", default=None, help=JOURNAL_HELP)
     p.add_argument("--record", action="store_true", help="also record the result in the checkpoint's manifest")
     p.add_argument("--verify", action="store_true",
                    help="verify before execute: imagine N sampled candidates per chunk, execute the judge's best")
@@ -761,6 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS)
     p.add_argument("--json", default=None, help="write the full report here")
+    p.add_argument("--journal", default=None, help=JOURNAL_HELP)
     p.set_defaults(func=cmd_eval_optimizer)
 
     p = ev.add_parser("world-model", help="action following and fidelity against the real simulator")

@@ -76,3 +76,28 @@ def test_merge_refuses_overlapping_or_different_evaluations(expert_report):
         merge_reports([{"overall": {}}])
     with pytest.raises(ConfigError, match="at least one"):
         merge_reports([])
+
+
+def test_an_interrupted_evaluation_resumes_from_its_journal(tmp_path):
+    journal = tmp_path / "eval.jsonl"
+    cfg = EvalConfig(tasks=["button-press-topdown-v3"], source=SourceSpec("expert"), episodes=2, workers=1,
+                     journal=str(journal))
+    full = evaluate(cfg, progress=False)
+    header, *episodes = journal.read_text().splitlines()
+    assert len(episodes) == 2 and "resumed_episodes" not in full
+    # As if the run stopped during the second episode's line, after the first: mark the first so
+    # that its reuse shows (the expert solves it), and cut the second short.
+    first = {**json.loads(episodes[0]), "success": False}
+    journal.write_text("\n".join([header, json.dumps(first), episodes[1][:20]]))
+    resumed = evaluate(cfg, progress=False)
+    assert resumed["resumed_episodes"] == 1 and resumed["overall"]["episodes"] == 2
+    by_seed = {r["seed"]: r for r in resumed["episodes_detail"]}
+    assert by_seed[first["seed"]]["success"] is False  # read back, not run again
+    rerun = next(r for r in full["episodes_detail"] if r["seed"] != first["seed"])
+    assert by_seed[rerun["seed"]]["success"] == rerun["success"]
+    assert [json.loads(x)["seed"] for x in journal.read_text().splitlines()[1:]] == [first["seed"], rerun["seed"]]
+
+    other = EvalConfig(tasks=cfg.tasks, source=SourceSpec("expert", noise_std=0.1), episodes=2, workers=1,
+                       journal=str(journal))
+    with pytest.raises(ConfigError, match="journal of another evaluation"):
+        evaluate(other, progress=False)

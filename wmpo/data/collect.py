@@ -13,6 +13,7 @@ import multiprocessing as mp
 import queue
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,10 +164,11 @@ def run_episodes(
     store: tuple[str, int] | None = None,
     desc: str = "episodes",
     progress: bool = True,
+    on_episode: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``jobs`` (task, seed) in ``workers`` processes; returns one result dict per episode
     (task, seed, success, length), in completion order. With ``store=(dir, per_shard)`` the
-    episodes are also written to that dataset."""
+    episodes are also written to that dataset; ``on_episode`` sees each result as it arrives."""
     if not jobs:
         return []
     n_workers = max(1, min(workers, len(jobs)))
@@ -191,6 +193,8 @@ def run_episodes(
                     continue
                 if kind == "episode":
                     results.append(payload)
+                    if on_episode is not None:
+                        on_episode(payload)
                     frames += payload["length"] + 1
                     bar.update(1)
                     bar.set_postfix(fps=f"{frames / (time.time() - t0):.0f}")

@@ -8,8 +8,10 @@ noise (sampling temperature) is seeded by its seed, so a run is reproducible.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from wmpo.data.collect import EVAL_SEED_BASE, SourceSpec, run_episodes
@@ -26,6 +28,8 @@ class EvalConfig:
     workers: int = 2
     image_size: int = 64
     max_steps: int = 160
+    # JSONL of finished episodes: an interrupted evaluation rerun with it skips what is done
+    journal: str | None = None
 
     def validate(self) -> None:
         if self.episodes < 1:
@@ -38,10 +42,65 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     cfg.validate()
     seeds = range(EVAL_SEED_BASE + cfg.seed_offset, EVAL_SEED_BASE + cfg.seed_offset + cfg.episodes)
     jobs = [(task, s) for s in seeds for task in cfg.tasks]
+    source = asdict(cfg.source)
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    record = None
+    if cfg.journal:
+        done, record = _open_journal(Path(cfg.journal), {"source": source, "max_steps": cfg.max_steps})
+    todo = [j for j in jobs if j not in done]
     t0 = time.time()
-    results = run_episodes(cfg.source, jobs, {"image_size": cfg.image_size, "max_steps": cfg.max_steps},
-                           cfg.workers, desc=f"eval {cfg.source.kind}", progress=progress)
-    return summarize(asdict(cfg.source), cfg.max_steps, cfg.tasks, results, time.time() - t0)
+    try:
+        results = run_episodes(cfg.source, todo, {"image_size": cfg.image_size, "max_steps": cfg.max_steps},
+                               cfg.workers, desc=f"eval {cfg.source.kind}", progress=progress, on_episode=record)
+    finally:
+        if record is not None:
+            record.close()
+    resumed = [done[j] for j in jobs if j in done]
+    report = summarize(source, cfg.max_steps, cfg.tasks, results + resumed, time.time() - t0)
+    return {**report, "resumed_episodes": len(resumed)} if resumed else report
+
+
+class _Journal:
+    """Appends each finished episode to the journal as one JSON line, flushed at once."""
+
+    def __init__(self, path: Path) -> None:
+        self._f = path.open("a")
+
+    def __call__(self, episode: dict[str, Any]) -> None:
+        self._f.write(json.dumps(episode, default=str) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _open_journal(path: Path, header: dict[str, Any]) -> tuple[dict[tuple[str, int], dict[str, Any]], _Journal]:
+    """The episodes an earlier run of the same evaluation finished, and an appender for the rest.
+    The first line names the evaluation (source, episode length); another evaluation's journal is
+    refused rather than mixed in. A line cut short by the interruption is dropped."""
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    if path.exists() and path.stat().st_size:
+        lines = path.read_text().splitlines()
+        try:
+            found = json.loads(lines[0])
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not an evaluation journal: {e}") from e
+        if found != {"journal": json.loads(json.dumps(header, default=str))}:
+            raise ConfigError(f"{path} is the journal of another evaluation ({json.dumps(found)[:200]}); "
+                              "give a new path, or delete it to start over")
+        kept = lines[:1]
+        for line in lines[1:]:
+            try:
+                ep = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the last line, cut short when the run stopped: that episode runs again
+            done[(ep["task"], ep["seed"])] = ep
+            kept.append(line)
+        path.write_text("\n".join(kept) + "\n")  # appends start on a fresh line
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"journal": header}, default=str) + "\n")
+    return done, _Journal(path)
 
 
 def summarize(source: dict[str, Any], max_steps: int, tasks: list[str], results: list[dict[str, Any]],
