@@ -44,6 +44,8 @@ TARGET_KL_HELP = ("bound each GRPO update's drift from the rollout policy (appro
                   "a gradient step past 1.5 x this is undone and retried at half the learning rate, and the "
                   "update stops once past it, so a step on one informative group cannot move the policy as "
                   "far as one on many (0: off)")
+SEED_OFFSET_HELP = ("episode i of a task uses layout 1,000,000 + offset + i; pieces run over other offsets "
+                    "combine with `wmpo eval policy --merge`")
 JOURNAL_HELP = ("append every finished episode to this JSONL file; the same command rerun with it after an "
                 "interruption runs only the episodes not in it (it refuses another evaluation's journal)")
 GUIDANCE_HELP = ("classifier-free guidance on the actions instead of the world model's (1 = off; 3 follows "
@@ -719,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "into one report (every episode once; intervals over all of them)")
     p.add_argument("--tasks", default="policy")
     p.add_argument("--episodes", type=int, default=100, help="episodes per task")
-    p.add_argument("--seed-offset", type=int, default=0)
+    p.add_argument("--seed-offset", type=int, default=0, help=SEED_OFFSET_HELP)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--temperature", type=float, default=None,
                    help="0 = greedy decoding (default; with --verify: 1.0, candidates must differ)")
@@ -760,7 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="the policy's sampling temperature")
     p.add_argument("--tasks", default="policy")
     p.add_argument("--episodes", type=int, default=30, help="episodes per task")
-    p.add_argument("--seed-offset", type=int, default=0)
+    p.add_argument("--seed-offset", type=int, default=0, help=SEED_OFFSET_HELP)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS)
     p.add_argument("--json", default=None, help="write the full report here")
