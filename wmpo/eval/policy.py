@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,39 +45,27 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     jobs = [(task, s) for s in seeds for task in cfg.tasks]
     source = asdict(cfg.source)
     done: dict[tuple[str, int], dict[str, Any]] = {}
-    record = None
+    record: Callable[[dict[str, Any]], None] | None = None
     if cfg.journal:
-        done, record = _open_journal(Path(cfg.journal), {"source": source, "max_steps": cfg.max_steps})
+        from wmpo.train.common import JsonlLog  # (torch: only evaluations that journal pay for it)
+
+        done = _open_journal(Path(cfg.journal), {"source": source, "max_steps": cfg.max_steps})
+        log = JsonlLog(Path(cfg.journal), elapsed=False)
+
+        def record(episode: dict[str, Any]) -> None:
+            log.write(**episode)
     todo = [j for j in jobs if j not in done]
     t0 = time.time()
-    try:
-        results = run_episodes(cfg.source, todo, {"image_size": cfg.image_size, "max_steps": cfg.max_steps},
-                               cfg.workers, desc=f"eval {cfg.source.kind}", progress=progress, on_episode=record)
-    finally:
-        if record is not None:
-            record.close()
+    results = run_episodes(cfg.source, todo, {"image_size": cfg.image_size, "max_steps": cfg.max_steps},
+                           cfg.workers, desc=f"eval {cfg.source.kind}", progress=progress, on_episode=record)
     resumed = [done[j] for j in jobs if j in done]
     report = summarize(source, cfg.max_steps, cfg.tasks, results + resumed, time.time() - t0)
     return {**report, "resumed_episodes": len(resumed)} if resumed else report
 
 
-class _Journal:
-    """Appends each finished episode to the journal as one JSON line, flushed at once."""
-
-    def __init__(self, path: Path) -> None:
-        self._f = path.open("a")
-
-    def __call__(self, episode: dict[str, Any]) -> None:
-        self._f.write(json.dumps(episode, default=str) + "\n")
-        self._f.flush()
-
-    def close(self) -> None:
-        self._f.close()
-
-
-def _open_journal(path: Path, header: dict[str, Any]) -> tuple[dict[tuple[str, int], dict[str, Any]], _Journal]:
-    """The episodes an earlier run of the same evaluation finished, and an appender for the rest.
-    The first line names the evaluation (source, episode length); another evaluation's journal is
+def _open_journal(path: Path, header: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
+    """The episodes an earlier run of the same evaluation finished; a new journal gets its header.
+    The first line names the evaluation (source, episode length): another evaluation's journal is
     refused rather than mixed in. A line cut short by the interruption is dropped."""
     done: dict[tuple[str, int], dict[str, Any]] = {}
     if path.exists() and path.stat().st_size:
@@ -100,7 +89,7 @@ def _open_journal(path: Path, header: dict[str, Any]) -> tuple[dict[tuple[str, i
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"journal": header}, default=str) + "\n")
-    return done, _Journal(path)
+    return done
 
 
 def summarize(source: dict[str, Any], max_steps: int, tasks: list[str], results: list[dict[str, Any]],

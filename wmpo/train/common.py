@@ -28,16 +28,18 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 
 class JsonlLog:
-    """Append-only JSON-lines log that a background run can be followed with ``tail -f``."""
+    """Append-only JSON-lines log that a background run can be followed with ``tail -f``; each
+    record gets the seconds since the log was opened, unless ``elapsed`` is off."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, elapsed: bool = True) -> None:
         self.path = path
-        self.t0 = time.time()
+        self.t0 = time.time() if elapsed else None
 
     def write(self, **record: Any) -> None:
-        record.setdefault("elapsed", round(time.time() - self.t0, 2))
+        if self.t0 is not None:
+            record.setdefault("elapsed", round(time.time() - self.t0, 2))
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, default=str) + "\n")
 
 
 def save_train_state(path: Path, **state: Any) -> None:
