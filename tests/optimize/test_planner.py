@@ -59,6 +59,19 @@ def test_optimization_recovers_a_known_latent():
     assert after < 0.5 * before  # ... and the decoded actions move to the known ones
 
 
+def test_activation_checkpointing_changes_nothing_but_cost():
+    """Recomputing each AR step in the backward pass (the memory-saving option) gives the same
+    latents, objective trace and actions as storing the activations (the default)."""
+    req = PlanRequest(frames(1, 0)[0], "push the puck", seed=3)
+    out = []
+    for ck in (False, True):
+        planner = tiny_planner(checkpoint=ck, steps=4)
+        [r] = planner.plan([req])
+        out.append(r)
+    assert out[0].objective == out[1].objective
+    assert np.array_equal(out[0].latent, out[1].latent) and np.array_equal(out[0].actions, out[1].actions)
+
+
 def test_optimization_through_a_world_model_recovers_known_actions():
     """The other route: z -> the VAE's actions -> an action-conditioned world model that shares
     the generator's autoencoder; the target is that model's future under a known latent."""

@@ -68,7 +68,7 @@ def plan_future(model: VideoDiT, problems: list[PlanProblem], z: torch.Tensor, s
 
 
 def plan_objective(model: VideoDiT, problems: list[PlanProblem], z: torch.Tensor, sampler: SamplerConfig,
-                   chunks: int, chunk_frames: int, checkpoint: bool = True,
+                   chunks: int, chunk_frames: int, checkpoint: bool = False,
                    decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-plan objective and distance, each (B,), for latents z (B, S, Z); differentiable in z."""
     future = plan_future(model, problems, z, sampler, chunks, chunk_frames, checkpoint, decode)
@@ -81,7 +81,7 @@ def plan_objective(model: VideoDiT, problems: list[PlanProblem], z: torch.Tensor
 
 
 def optimization_step(model: VideoDiT, problems: list[PlanProblem], sampler: SamplerConfig, chunks: int,
-                      chunk_frames: int, checkpoint: bool = True,
+                      chunk_frames: int, checkpoint: bool = False,
                       decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
     """One Adam step on every plan's latent: one batched forward + backward of the generator.
     The generator's weights must not require gradients (the planner freezes them)."""

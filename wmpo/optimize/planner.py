@@ -58,7 +58,10 @@ class PlannerConfig:
     sampler_steps: int = bounded(4, ge=1, le=64, doc="denoising steps of the generator inside the optimization")
     target_steps: int = bounded(8, ge=1, le=64, doc="denoising steps of the instruction-only target future")
     init_scale: float = bounded(1.0, ge=0.0, le=10.0, doc="std of a random initial latent (the VAE's prior: 1)")
-    checkpoint: bool = True  # recompute each AR step in the backward pass (memory for compute)
+    # Recompute each AR step in the backward pass instead of storing its activations: memory for
+    # compute, for large batches of plans on a GPU. Off by default: the results are identical
+    # and a step is 1.8x faster without it (one plan, one CPU thread: 0.39 vs 0.70 s).
+    checkpoint: bool = False
     # Which frames the inverse-dynamics model reads: "plan" (the future imagined under the
     # optimized latent: the method) or "target" (the target future itself: the full-IDM baseline,
     # which needs no latent at all).
