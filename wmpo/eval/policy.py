@@ -74,9 +74,10 @@ def _open_journal(path: Path, header: dict[str, Any]) -> dict[tuple[str, int], d
             found = json.loads(lines[0])
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path} is not an evaluation journal: {e}") from e
-        if found != {"journal": json.loads(json.dumps(header, default=str))}:
-            raise ConfigError(f"{path} is the journal of another evaluation ({json.dumps(found)[:200]}); "
-                              "give a new path, or delete it to start over")
+        now = {"journal": json.loads(json.dumps(header, default=str))}
+        if found != now:
+            raise ConfigError(f"{path} is the journal of another evaluation ({_differences(found, now)}, "
+                              "journal vs this run); give a new path, or delete it to start over")
         kept = lines[:1]
         for line in lines[1:]:
             try:
@@ -90,6 +91,14 @@ def _open_journal(path: Path, header: dict[str, Any]) -> dict[tuple[str, int], d
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"journal": header}, default=str) + "\n")
     return done
+
+
+def _differences(a: Any, b: Any, at: str = "") -> str:
+    """Where two descriptions of an evaluation differ, e.g. "source.checkpoint: 'x' vs 'y'"."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return "; ".join(_differences(a.get(k), b.get(k), f"{at}.{k}" if at else k)
+                         for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k))
+    return f"{at or 'value'}: {a!r} vs {b!r}"
 
 
 def summarize(source: dict[str, Any], max_steps: int, tasks: list[str], results: list[dict[str, Any]],
@@ -154,9 +163,8 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
             raise ConfigError(f"report {i} is not a `wmpo eval policy` / `eval optimizer` report (no {missing[0]})")
         for key in ("source", "max_steps"):
             if rep[key] != first[key]:
-                a, b = (rep[key], first[key])
-                diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)) if isinstance(a, dict) else key
-                raise ConfigError(f"report {i} differs from the first in {key}: {diff}")
+                raise ConfigError(f"report {i} differs from the first in {key}: "
+                                  f"{_differences({key: rep[key]}, {key: first[key]})}, this report vs the first")
         for r in rep["episodes_detail"]:
             key = (r["task"], r["seed"])
             if key in results:
