@@ -23,7 +23,7 @@ from services.optimizer.http_api import create_optimizer_app
 from services.optimizer.runtime import SERVICE, VERSION, OptimizerRuntime
 from services.optimizer.settings import OptimizerSettings
 from wmpo.errors import CheckpointError, ConfigError
-from wmpo.optimize.planner import Planner
+from wmpo.optimize.planner import Planner, PlannerConfig
 
 
 def load_planner(settings: OptimizerSettings) -> Planner:
@@ -41,6 +41,7 @@ def load_planner(settings: OptimizerSettings) -> Planner:
         if path is not None and not Path(path).exists():
             raise CheckpointError(f"no {name} checkpoint at {path}")
     return Planner.load(settings.generator, settings.trajectory_vae, settings.inverse_dynamics,
+                        PlannerConfig(checkpoint=settings.activation_checkpointing),
                         world_model=settings.world_model)
 
 

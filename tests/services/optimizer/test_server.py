@@ -29,6 +29,10 @@ def test_the_planner_loads_from_checkpoints_with_their_hashes(checkpoints) -> No
     planner = load_planner(OptimizerSettings(generator=str(generator), trajectory_vae=str(vae), dev_mode=True))
     assert planner.horizon == HORIZON and planner.idm is None
     assert len(planner.hashes["generator_sha256"]) == 12 and len(planner.hashes["trajectory_vae_sha256"]) == 12
+    assert planner.config.checkpoint is False  # the default: store activations (faster, same plans)
+    low_memory = OptimizerSettings(generator=str(generator), trajectory_vae=str(vae), dev_mode=True,
+                                   activation_checkpointing=True)
+    assert load_planner(low_memory).config.checkpoint is True
 
 
 def test_the_planner_optimizes_through_a_world_model_when_one_is_set(checkpoints) -> None:
