@@ -67,3 +67,29 @@ def test_an_unknown_goal_is_refused(checkpoints) -> None:
         OptimizerSource(str(generator), str(vae), None, variant="full", goal="dream")
     # The default goal keeps describe() (and so earlier runs' episode seeds) as it was.
     assert "goal" not in OptimizerSource(str(generator), str(vae), None, variant="full").describe()
+
+
+def test_the_learning_rate_reaches_the_planner_and_is_checked(checkpoints) -> None:
+    generator, vae = checkpoints
+    assert OptimizerSource(str(generator), str(vae), None, variant="full").planner.config.lr == 0.1
+    source = OptimizerSource(str(generator), str(vae), None, variant="full", lr=0.02)
+    assert source.planner.config.lr == 0.02 and source.describe()["planner"]["lr"] == 0.02
+    with pytest.raises(ConfigError, match="invalid planner config: lr"):
+        OptimizerSource(str(generator), str(vae), None, variant="full", lr=-1.0)
+
+
+def test_eval_optimizer_command_records_the_learning_rate_only_when_set(checkpoints, tmp_path) -> None:
+    """`wmpo eval optimizer --lr`: in the report's source when given; absent otherwise, so the
+    journals and pieces of evaluations run before the flag existed still match."""
+    import json
+
+    from wmpo.cli import main
+
+    generator, vae = checkpoints
+    base = ["eval", "optimizer", "--generator", str(generator), "--trajectory-vae", str(vae), "--variant", "full",
+            "--steps", "1", "--tasks", TASK, "--episodes", "1", "--workers", "1", "--max-steps", "8"]
+    for extra, want in (([], None), (["--lr", "0.02"], 0.02)):
+        out = tmp_path / f"report{len(extra)}.json"
+        main([*base, *extra, "--json", str(out)])
+        report = json.loads(out.read_text())
+        assert report["source"]["optimizer"].get("lr") == want and report["overall"]["episodes"] == 1

@@ -78,7 +78,8 @@ class ExpertDemo:
 class OptimizerSource:
     def __init__(self, generator: str, vae: str, idm: str | None, variant: str = "full-init",
                  policy: str | None = None, steps: int | None = None, execute_chunks: int = 1,
-                 temperature: float = 0.0, world_model: str | None = None, goal: str = "instruction") -> None:
+                 temperature: float = 0.0, world_model: str | None = None, goal: str = "instruction",
+                 lr: float | None = None) -> None:
         if variant not in VARIANTS:
             raise ConfigError(f"unknown optimizer variant {variant!r}; valid: {', '.join(VARIANTS)}")
         if goal not in GOALS:
@@ -87,7 +88,8 @@ class OptimizerSource:
             raise ConfigError(f"the {variant} variant needs a policy checkpoint (--checkpoint)")
         if variant == "full-idm" and not idm:
             raise ConfigError("the full-idm variant needs a full inverse-dynamics checkpoint")
-        cfg = PlannerConfig(idm_input="target" if variant == "full-idm" else "plan")
+        cfg = PlannerConfig(idm_input="target" if variant == "full-idm" else "plan",
+                            **({"lr": lr} if lr is not None else {}))
         default_steps = {"full": 100, "full-init": 15, "act-head": 0, "full-idm": 0}[variant]
         self.steps = default_steps if steps is None else steps
         self.planner = Planner.load(generator, vae, idm, cfg, world_model=world_model)
