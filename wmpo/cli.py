@@ -152,8 +152,14 @@ def cmd_eval_optimizer(a: argparse.Namespace) -> None:
 
     opt = {"generator": a.generator, "vae": a.trajectory_vae, "idm": a.inverse_dynamics, "variant": a.variant,
            "steps": a.steps, "execute_chunks": a.execute_chunks, "world_model": a.world_model, "goal": a.goal}
-    if a.lr is not None:  # only when set, so earlier evaluations' journals and pieces still match
+    if a.lr is not None:
         opt["lr"] = a.lr
+    elif a.variant == "full-init":
+        # Its default step changed (0.1 -> 0.01): recorded, so that reports and journals from
+        # before do not merge with these.
+        from wmpo.optimize.planner import PlannerConfig
+
+        opt["lr"] = PlannerConfig().init_lr
     spec = SourceSpec("optimizer", checkpoint=a.policy, temperature=a.temperature, optimizer=opt)
     spec.build()  # fail fast on bad checkpoints, before starting workers
     report = evaluate(EvalConfig(tasks=_tasks(a.tasks), source=spec, episodes=a.episodes, seed_offset=a.seed_offset,
@@ -759,7 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "full, 15 for full-init, 0 for act-head and full-idm)")
     p.add_argument("--execute-chunks", type=int, default=1, help="chunks executed per plan before re-planning")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate on the trajectory latent "
-                   "(default: the planner's, 0.1)")
+                   "(default: the planner's, 0.1 from a random latent, 0.01 from the policy's chunks)")
     p.add_argument("--goal", default="instruction", choices=["instruction", "demo"],
                    help="the target future: the generator's instruction-only future, or the scripted expert's "
                    "demonstration from the same layout (goal reaching; reports the final object/hand error)")

@@ -72,6 +72,20 @@ def test_activation_checkpointing_changes_nothing_but_cost():
     assert np.array_equal(out[0].latent, out[1].latent) and np.array_equal(out[0].actions, out[1].actions)
 
 
+def test_a_plan_from_given_actions_takes_the_smaller_step():
+    """+ActionInit refines the guess (init_lr); a random latent must travel (lr)."""
+    planner = tiny_planner(lr=0.1, init_lr=0.01)
+    guess = np.zeros((planner.horizon, 4), np.float32)
+    fresh, guided = planner.prepare([PlanRequest(frames(1, 0)[0], "push the puck", seed=3),
+                                     PlanRequest(frames(1, 0)[0], "push the puck", init_actions=guess, seed=3)])
+    assert (fresh.lr, guided.lr) == (0.1, 0.01)
+    planner.initialize(fresh, guess)  # a guess chosen after seeing the target
+    assert fresh.lr == 0.01
+    planner.step([fresh])
+    moved = float((fresh.z - planner.vae.encode(torch.as_tensor(guess)[None])[0][0]).abs().max())
+    assert 0 < moved <= 0.01 + 1e-6  # Adam's first step moves each coordinate by at most lr
+
+
 def test_optimization_through_a_world_model_recovers_known_actions():
     """The other route: z -> the VAE's actions -> an action-conditioned world model that shares
     the generator's autoencoder; the target is that model's future under a known latent."""

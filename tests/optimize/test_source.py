@@ -73,7 +73,8 @@ def test_the_learning_rate_reaches_the_planner_and_is_checked(checkpoints) -> No
     generator, vae = checkpoints
     assert OptimizerSource(str(generator), str(vae), None, variant="full").planner.config.lr == 0.1
     source = OptimizerSource(str(generator), str(vae), None, variant="full", lr=0.02)
-    assert source.planner.config.lr == 0.02 and source.describe()["planner"]["lr"] == 0.02
+    assert source.planner.config.lr == source.planner.config.init_lr == 0.02
+    assert source.describe()["planner"]["lr"] == 0.02
     with pytest.raises(ConfigError, match="invalid planner config: lr"):
         OptimizerSource(str(generator), str(vae), None, variant="full", lr=-1.0)
 

@@ -53,7 +53,13 @@ from wmpo.utils.config import bounded, check_bounds
 class PlannerConfig:
     steps: int = bounded(100, ge=1, le=1000, doc="optimization steps per plan (MVISTA-4D: 100 from a random "
                          "latent, 10-15 from an action-head guess)")
-    lr: float = bounded(0.1, gt=0.0, le=10.0, doc="Adam learning rate on the trajectory latent")
+    lr: float = bounded(0.1, gt=0.0, le=10.0, doc="Adam learning rate on a trajectory latent drawn at random")
+    # From a given guess (+ActionInit: the policy's chunks) the optimization must refine the guess,
+    # not leave it: at 0.1, 15 steps walked the policy's chunks away from success (closed loop,
+    # button + drawer, first 10 layouts each: 4/20 at 0.1, 18/20 at 0.01, the policy 17/20;
+    # results/optimizer-closed-loop/).
+    init_lr: float = bounded(0.01, gt=0.0, le=10.0, doc="Adam learning rate on a latent that starts "
+                             "from given actions (+ActionInit)")
     l2: float = bounded(1e-3, ge=0.0, le=10.0, doc="lambda: weight of ||z||^2 (pulls toward the VAE's prior)")
     sampler_steps: int = bounded(4, ge=1, le=64, doc="denoising steps of the generator inside the optimization")
     target_steps: int = bounded(8, ge=1, le=64, doc="denoising steps of the instruction-only target future")
@@ -231,8 +237,9 @@ class Planner:
             else:
                 g = torch.Generator().manual_seed(int(r.seed))
                 z0 = torch.randn(self.vae.cfg.tokens, self.vae.cfg.latent_dim, generator=g) * cfg.init_scale
+            lr = cfg.lr if r.init_actions is None else cfg.init_lr
             problems.append(PlanProblem(start[i], text[i] if text is not None else None, targets[i], weights[i],
-                                        z0, int(r.seed), cfg.lr, cfg.l2))
+                                        z0, int(r.seed), lr, cfg.l2))
         return problems
 
     @torch.no_grad()
@@ -243,6 +250,7 @@ class Planner:
         if a.shape != (self.horizon, 4) or not np.all(np.isfinite(a)):
             raise ValueError(f"init actions must be finite ({self.horizon}, 4), got {a.shape}")
         problem.z = self.vae.encode(torch.as_tensor(np.clip(a, -1, 1))[None])[0][0]
+        problem.lr = self.config.init_lr
         problem.m = problem.v = None
         problem.steps_done = 0
         problem.trace.clear()

@@ -89,7 +89,7 @@ class OptimizerSource:
         if variant == "full-idm" and not idm:
             raise ConfigError("the full-idm variant needs a full inverse-dynamics checkpoint")
         cfg = PlannerConfig(idm_input="target" if variant == "full-idm" else "plan",
-                            **({"lr": lr} if lr is not None else {}))
+                            **({"lr": lr, "init_lr": lr} if lr is not None else {}))
         default_steps = {"full": 100, "full-init": 15, "act-head": 0, "full-idm": 0}[variant]
         self.steps = default_steps if steps is None else steps
         self.planner = Planner.load(generator, vae, idm, cfg, world_model=world_model)
