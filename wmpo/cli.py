@@ -299,8 +299,19 @@ def cmd_eval_judge(a: argparse.Namespace) -> None:
 
 def cmd_eval_policy(a: argparse.Namespace) -> None:
     from wmpo.data.collect import SourceSpec
-    from wmpo.eval.policy import EvalConfig, evaluate, merge_reports
+    from wmpo.eval.policy import (
+        EvalConfig,
+        compare_reports,
+        evaluate,
+        format_comparison,
+        merge_reports,
+    )
 
+    if a.compare:
+        cmp = compare_reports(*(_read_json_report(p) for p in a.compare))
+        print(format_comparison(cmp))
+        _write_json(cmp, a.json)
+        return
     if a.merge:
         report = merge_reports([_read_json_report(p) for p in a.merge])
         _print_eval(report, f"{len(a.merge)} reports merged: {report['source'].get('kind')}")
@@ -727,6 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--merge", nargs="+", metavar="REPORT", help="instead: combine the --json reports of "
                    "`eval policy` or `eval optimizer` runs of one source over other tasks or seed ranges "
                    "into one report (every episode once; intervals over all of them)")
+    g.add_argument("--compare", nargs=2, metavar=("A", "B"), help="instead: a paired comparison of two --json "
+                   "reports on the layouts both ran (per task: successes, layouts only one solved, exact McNemar p)")
     p.add_argument("--tasks", default="policy")
     p.add_argument("--episodes", type=int, default=100, help="episodes per task")
     p.add_argument("--seed-offset", type=int, default=0, help=SEED_OFFSET_HELP)

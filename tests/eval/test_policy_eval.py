@@ -102,3 +102,41 @@ def test_an_interrupted_evaluation_resumes_from_its_journal(tmp_path):
                        journal=str(journal))
     with pytest.raises(ConfigError, match=r"journal of another evaluation \(journal.source.noise_std: 0.5 vs 0.1"):
         evaluate(other, progress=False)
+
+
+def test_mcnemar_exact_known_values():
+    from wmpo.eval.stats import mcnemar_exact
+
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(5, 0) == pytest.approx(2 / 32)  # 5 discordant pairs, all one way
+    assert mcnemar_exact(13, 0) == pytest.approx(2 / 2**13)
+    assert mcnemar_exact(3, 3) == 1.0 and mcnemar_exact(1, 4) == mcnemar_exact(4, 1) == pytest.approx(0.375)
+
+
+def test_two_evaluations_compare_paired_on_their_shared_layouts(expert_report, tmp_path, capsys):
+    from wmpo.cli import main
+    from wmpo.eval.policy import compare_reports
+
+    # B: the same episodes but button's first three layouts failed, and drawer's last seed not run.
+    failed = {("button-press-topdown-v3", EVAL_SEED_BASE + i) for i in range(3)}
+    b_detail = [{**r, "success": r["success"] and (r["task"], r["seed"]) not in failed}
+                for r in expert_report["episodes_detail"]
+                if (r["task"], r["seed"]) != ("drawer-close-v3", EVAL_SEED_BASE + 3)]
+    b = {**expert_report, "episodes_detail": b_detail}
+    cmp = compare_reports(expert_report, b)
+    button, drawer = cmp["per_task"]["button-press-topdown-v3"], cmp["per_task"]["drawer-close-v3"]
+    solved = sum(r["success"] for r in expert_report["episodes_detail"] if (r["task"], r["seed"]) in failed)
+    assert (button["episodes"], button["only_a"], button["only_b"]) == (4, solved, 0)
+    assert drawer["episodes"] == 3 and drawer["only_a"] == drawer["only_b"] == 0 and drawer["p_value"] == 1.0
+    assert cmp["overall"]["episodes"] == 7 and cmp["unpaired_episodes"] == [1, 0]
+    with pytest.raises(ConfigError, match="share no"):
+        compare_reports(expert_report, {**b, "episodes_detail": []})
+    with pytest.raises(ConfigError, match="different lengths"):
+        compare_reports(expert_report, {**b, "max_steps": 500})
+
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, rep in zip(paths, (expert_report, b), strict=True):
+        path.write_text(json.dumps(rep))
+    main(["eval", "policy", "--compare", *map(str, paths), "--json", str(tmp_path / "cmp.json")])
+    assert json.loads((tmp_path / "cmp.json").read_text())["overall"] == cmp["overall"]
+    assert "only A" in capsys.readouterr().out

@@ -17,7 +17,7 @@ from typing import Any
 
 from wmpo.data.collect import EVAL_SEED_BASE, SourceSpec, run_episodes
 from wmpo.errors import ConfigError
-from wmpo.eval.stats import wilson_interval
+from wmpo.eval.stats import mcnemar_exact, wilson_interval
 
 
 @dataclass
@@ -174,6 +174,44 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     merged = summarize(first["source"], first["max_steps"], tasks, list(results.values()),
                        sum(r.get("seconds", 0.0) for r in reports))
     return {**merged, "merged_reports": len(reports)}
+
+
+def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """A paired comparison of two evaluations on the layouts both ran (the same held-out seeds
+    give the same layout to both): per task and overall, each one's successes, the pairs only
+    one of them solved, and the exact McNemar p-value. On shared layouts this sees differences
+    that two separate intervals hide, since most layouts are solved by both or by neither."""
+    details = []
+    for i, rep in enumerate((a, b), 1):
+        if "episodes_detail" not in rep:
+            raise ConfigError(f"report {i} is not a `wmpo eval policy` / `eval optimizer` report (no episodes_detail)")
+        details.append({(r["task"], r["seed"]): bool(r["success"]) for r in rep["episodes_detail"]})
+    da, db = details
+    shared = sorted(da.keys() & db.keys())
+    if not shared:
+        raise ConfigError("the two reports share no (task, seed) episode: nothing to pair")
+    if a.get("max_steps") != b.get("max_steps"):
+        raise ConfigError(f"the reports ran episodes of different lengths ({a.get('max_steps')} vs {b.get('max_steps')})")
+
+    def paired(keys: list[tuple[str, int]]) -> dict[str, Any]:
+        only_a = sum(da[k] and not db[k] for k in keys)
+        only_b = sum(db[k] and not da[k] for k in keys)
+        return {"episodes": len(keys), "successes_a": sum(da[k] for k in keys), "successes_b": sum(db[k] for k in keys),
+                "only_a": only_a, "only_b": only_b, "p_value": round(mcnemar_exact(only_a, only_b), 6)}
+
+    tasks = list(dict.fromkeys(t for t, _ in shared))
+    return {"per_task": {t: paired([k for k in shared if k[0] == t]) for t in tasks}, "overall": paired(shared),
+            "unpaired_episodes": [len(da) - len(shared), len(db) - len(shared)],
+            "sources": [a.get("source"), b.get("source")]}
+
+
+def format_comparison(cmp: dict[str, Any], names: tuple[str, str] = ("A", "B")) -> str:
+    a, b = names
+    lines = [f"{'task':<26} {'episodes':>8} {a + ' ok':>8} {b + ' ok':>8} {'only ' + a:>8} {'only ' + b:>8} {'p':>8}"]
+    for task, r in [*cmp["per_task"].items(), ("overall", cmp["overall"])]:
+        lines.append(f"{task:<26} {r['episodes']:>8} {r['successes_a']:>8} {r['successes_b']:>8} {r['only_a']:>8} "
+                     f"{r['only_b']:>8} {r['p_value']:>8.3g}")
+    return "\n".join(lines)
 
 
 def verification_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
