@@ -197,7 +197,7 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         only_a = sum(da[k] and not db[k] for k in keys)
         only_b = sum(db[k] and not da[k] for k in keys)
         return {"episodes": len(keys), "successes_a": sum(da[k] for k in keys), "successes_b": sum(db[k] for k in keys),
-                "only_a": only_a, "only_b": only_b, "p_value": round(mcnemar_exact(only_a, only_b), 6)}
+                "only_a": only_a, "only_b": only_b, "p_value": mcnemar_exact(only_a, only_b)}
 
     tasks = list(dict.fromkeys(t for t, _ in shared))
     return {"per_task": {t: paired([k for k in shared if k[0] == t]) for t in tasks}, "overall": paired(shared),
@@ -210,7 +210,7 @@ def format_comparison(cmp: dict[str, Any], names: tuple[str, str] = ("A", "B")) 
     lines = [f"{'task':<26} {'episodes':>8} {a + ' ok':>8} {b + ' ok':>8} {'only ' + a:>8} {'only ' + b:>8} {'p':>8}"]
     for task, r in [*cmp["per_task"].items(), ("overall", cmp["overall"])]:
         lines.append(f"{task:<26} {r['episodes']:>8} {r['successes_a']:>8} {r['successes_b']:>8} {r['only_a']:>8} "
-                     f"{r['only_b']:>8} {r['p_value']:>8.3g}")
+                     f"{r['only_b']:>8} {r['p_value']:>8.2g}")
     return "\n".join(lines)
 
 
