@@ -148,6 +148,12 @@ def summarize(source: dict[str, Any], max_steps: int, tasks: list[str], results:
     return report
 
 
+def _check_report(rep: dict[str, Any], i: int, keys: tuple[str, ...]) -> None:
+    missing = [k for k in keys if k not in rep]
+    if missing:
+        raise ConfigError(f"report {i} is not a `wmpo eval policy` / `eval optimizer` report (no {missing[0]})")
+
+
 def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """One report from evaluations of the same source split over tasks or seed ranges (pieces run
     in other processes, machines or sessions). Every episode counts once: the pieces must share
@@ -158,9 +164,7 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     results: dict[tuple[str, int], dict[str, Any]] = {}
     tasks: list[str] = []
     for i, rep in enumerate(reports, 1):
-        missing = [k for k in ("source", "max_steps", "per_task", "episodes_detail") if k not in rep]
-        if missing:
-            raise ConfigError(f"report {i} is not a `wmpo eval policy` / `eval optimizer` report (no {missing[0]})")
+        _check_report(rep, i, ("source", "max_steps", "per_task", "episodes_detail"))
         for key in ("source", "max_steps"):
             if rep[key] != first[key]:
                 raise ConfigError(f"report {i} differs from the first in {key}: "
@@ -183,8 +187,7 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     that two separate intervals hide, since most layouts are solved by both or by neither."""
     details = []
     for i, rep in enumerate((a, b), 1):
-        if "episodes_detail" not in rep:
-            raise ConfigError(f"report {i} is not a `wmpo eval policy` / `eval optimizer` report (no episodes_detail)")
+        _check_report(rep, i, ("episodes_detail",))
         details.append({(r["task"], r["seed"]): bool(r["success"]) for r in rep["episodes_detail"]})
     da, db = details
     shared = sorted(da.keys() & db.keys())
@@ -205,8 +208,8 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             "sources": [a.get("source"), b.get("source")]}
 
 
-def format_comparison(cmp: dict[str, Any], names: tuple[str, str] = ("A", "B")) -> str:
-    a, b = names
+def format_comparison(cmp: dict[str, Any]) -> str:
+    a, b = "A", "B"
     lines = [f"{'task':<26} {'episodes':>8} {a + ' ok':>8} {b + ' ok':>8} {'only ' + a:>8} {'only ' + b:>8} {'p':>8}"]
     for task, r in [*cmp["per_task"].items(), ("overall", cmp["overall"])]:
         lines.append(f"{task:<26} {r['episodes']:>8} {r['successes_a']:>8} {r['successes_b']:>8} {r['only_a']:>8} "
