@@ -154,6 +154,8 @@ def cmd_eval_optimizer(a: argparse.Namespace) -> None:
            "steps": a.steps, "execute_chunks": a.execute_chunks, "world_model": a.world_model, "goal": a.goal}
     if a.lr is not None:
         opt["lr"] = a.lr
+    if a.anchor:  # recorded only when set, so reports from before still merge with their kind
+        opt["anchor"] = True
     elif a.variant == "full-init":
         # Its default step changed (0.1 -> 0.01): recorded, so that reports and journals from
         # before do not merge with these.
@@ -779,6 +781,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--execute-chunks", type=int, default=1, help="chunks executed per plan before re-planning")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate on the trajectory latent "
                    "(default: the planner's, 0.1 from a random latent, 0.01 from the policy's chunks)")
+    p.add_argument("--anchor", action="store_true", help="start a plan from the policy's chunks exactly, "
+                   "not from their VAE round trip (the guess's reconstruction error is kept in every decoding)")
     p.add_argument("--goal", default="instruction", choices=["instruction", "demo"],
                    help="the target future: the generator's instruction-only future, or the scripted expert's "
                    "demonstration from the same layout (goal reaching; reports the final object/hand error)")

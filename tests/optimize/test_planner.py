@@ -1,6 +1,8 @@
 """The action optimizer's core on tiny models: optimization lowers the objective and recovers
 a known latent's actions; the planner's three moves; the residual IDM; clear errors."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -86,6 +88,31 @@ def test_a_plan_from_given_actions_takes_the_smaller_step():
     assert 0 < moved <= 0.01 + 1e-6  # Adam's first step moves each coordinate by at most lr
 
 
+@pytest.mark.parametrize("through_world_model", [False, True])
+def test_an_anchored_plan_starts_at_exactly_the_given_actions(through_world_model):
+    """anchor: the guess's VAE round trip is corrected, so 0 steps return the guess itself (the
+    plain +ActionInit returns its round trip), and the optimization still moves the actions."""
+    guess = np.random.default_rng(0).uniform(-0.8, 0.8, (16, 4)).astype(np.float32)
+    req = PlanRequest(frames(1, 0)[0], "push the puck", target_frames=frames(8, 1), init_actions=guess, seed=4)
+    plans = {}
+    for anchor in (False, True):
+        planner = tiny_planner(anchor=anchor, init_lr=0.1)
+        if through_world_model:  # the same VAE and autoencoder, actions driving an action-conditioned DiT
+            torch.manual_seed(5)
+            wm = TorchWorldModel(planner.generator.ae, perturbed(VideoDiT(PRESETS["tiny"]), 0.1, 6),
+                                 SamplerConfig(steps=2))
+            planner = Planner(planner.generator, planner.vae, None, planner.config, {}, wm)
+        plans[anchor] = [planner.plan([replace(req, steps=n)])[0] for n in (0, 3)]
+    round_trip = plans[False][0].prior_actions
+    assert np.abs(round_trip - guess).max() > 0.05  # the VAE does not reproduce the guess
+    assert np.allclose(plans[True][0].actions, guess, atol=1e-5)
+    # the anchor shifts every decoding by the same offset: the steps move both plans alike
+    moved = plans[True][1].prior_actions - plans[True][0].prior_actions
+    assert np.abs(moved).max() > 1e-3
+    if not through_world_model:  # the optimization itself does not see the offset on this route
+        assert np.allclose(plans[True][1].latent, plans[False][1].latent, atol=1e-6)
+
+
 def test_optimization_through_a_world_model_recovers_known_actions():
     """The other route: z -> the VAE's actions -> an action-conditioned world model that shares
     the generator's autoencoder; the target is that model's future under a known latent."""
@@ -131,6 +158,9 @@ def test_plan_end_to_end_with_targets_goal_images_and_action_init():
     # float rounding differs between a batch of 3 and a batch of 1).
     again = planner.plan(reqs[:1])[0]
     assert np.allclose(again.actions, results[0].actions, atol=1e-5)
+    # steps=0 decodes the initial latent: no optimization step, not the planner's default.
+    [zero] = planner.plan([replace(reqs[2], steps=0)])
+    assert zero.objective == [] and np.allclose(zero.latent, planner.prepare([reqs[2]])[0].z.numpy())
 
 
 def test_residual_idm_corrects_the_prior_and_starts_as_identity():

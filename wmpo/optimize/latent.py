@@ -46,9 +46,23 @@ class PlanProblem:
     l2: float
     m: torch.Tensor | None = None  # Adam moments
     v: torch.Tensor | None = None
+    # (T, 4) with an anchored guess: the guess minus its VAE round trip, added to every decoding
+    # of z, so the plan starts at exactly the given actions (``PlannerConfig.anchor``).
+    offset: torch.Tensor | None = None
     steps_done: int = 0
     trace: list[float] = field(default_factory=list)  # objective before each update
     distance: list[float] = field(default_factory=list)  # D alone
+
+
+def decoded_actions(decode: Callable[[torch.Tensor], torch.Tensor], problems: list[PlanProblem],
+                    z: torch.Tensor) -> torch.Tensor:
+    """The plans' actions (B, T, 4) under latents z: the VAE's decoding plus each anchored plan's
+    offset, in the action range."""
+    actions = decode(z)
+    if all(p.offset is None for p in problems):
+        return actions
+    offsets = torch.stack([torch.zeros_like(actions[0]) if p.offset is None else p.offset for p in problems])
+    return (actions + offsets).clamp(-1, 1)
 
 
 def plan_future(model: VideoDiT, problems: list[PlanProblem], z: torch.Tensor, sampler: SamplerConfig,
@@ -61,7 +75,7 @@ def plan_future(model: VideoDiT, problems: list[PlanProblem], z: torch.Tensor, s
     seeds = [p.seed for p in problems]
     if decode is not None:
         return imagine_plan(model, start, None, None, None, seeds, sampler, chunks, chunk_frames,
-                            checkpoint=checkpoint, actions=decode(z))
+                            checkpoint=checkpoint, actions=decoded_actions(decode, problems, z))
     text = torch.stack([p.text for p in problems]) if problems[0].text is not None else None
     has = torch.ones(len(problems), dtype=torch.bool)
     return imagine_plan(model, start, z, has, text, seeds, sampler, chunks, chunk_frames, checkpoint=checkpoint)

@@ -79,7 +79,7 @@ class OptimizerSource:
     def __init__(self, generator: str, vae: str, idm: str | None, variant: str = "full-init",
                  policy: str | None = None, steps: int | None = None, execute_chunks: int = 1,
                  temperature: float = 0.0, world_model: str | None = None, goal: str = "instruction",
-                 lr: float | None = None) -> None:
+                 lr: float | None = None, anchor: bool = False) -> None:
         if variant not in VARIANTS:
             raise ConfigError(f"unknown optimizer variant {variant!r}; valid: {', '.join(VARIANTS)}")
         if goal not in GOALS:
@@ -88,7 +88,7 @@ class OptimizerSource:
             raise ConfigError(f"the {variant} variant needs a policy checkpoint (--checkpoint)")
         if variant == "full-idm" and not idm:
             raise ConfigError("the full-idm variant needs a full inverse-dynamics checkpoint")
-        cfg = PlannerConfig(idm_input="target" if variant == "full-idm" else "plan",
+        cfg = PlannerConfig(idm_input="target" if variant == "full-idm" else "plan", anchor=anchor,
                             **({"lr": lr, "init_lr": lr} if lr is not None else {}))
         default_steps = {"full": 100, "full-init": 15, "act-head": 0, "full-idm": 0}[variant]
         self.steps = default_steps if steps is None else steps
