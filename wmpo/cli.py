@@ -400,8 +400,15 @@ def cmd_eval_policy_imagination(a: argparse.Namespace) -> None:
 
 
 def _read_json_report(path: str) -> dict:
+    """A --json report, or an evaluation's --journal (the episodes it has finished so far)."""
     try:
-        return json.loads(Path(path).read_text())
+        text = Path(path).read_text()
+        first = text.split("\n", 1)[0]
+        if first.startswith('{"journal"'):
+            from wmpo.eval.policy import journal_report
+
+            return journal_report(Path(path))
+        return json.loads(text)
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read the report {path}: {e}") from e
 
@@ -737,11 +744,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--checkpoint", default=str(BUNDLED_POLICY), help="policy checkpoint (default: bundled)")
     g.add_argument("--expert", action="store_true", help="evaluate the scripted expert instead")
-    g.add_argument("--merge", nargs="+", metavar="REPORT", help="instead: combine the --json reports of "
-                   "`eval policy` or `eval optimizer` runs of one source over other tasks or seed ranges "
-                   "into one report (every episode once; intervals over all of them)")
+    g.add_argument("--merge", nargs="+", metavar="REPORT", help="instead: combine the --json reports (or "
+                   "--journal files: the episodes finished so far) of `eval policy` or `eval optimizer` runs of "
+                   "one source over other tasks or seed ranges into one report (every episode once; intervals "
+                   "over all of them)")
     g.add_argument("--compare", nargs=2, metavar=("A", "B"), help="instead: a paired comparison of two --json "
-                   "reports on the layouts both ran (per task: successes, layouts only one solved, exact McNemar p)")
+                   "reports or journals on the layouts both ran (per task: successes, layouts only one solved, "
+                   "exact McNemar p)")
     p.add_argument("--tasks", default="policy")
     p.add_argument("--episodes", type=int, default=100, help="episodes per task")
     p.add_argument("--seed-offset", type=int, default=0, help=SEED_OFFSET_HELP)

@@ -98,6 +98,24 @@ def test_an_interrupted_evaluation_resumes_from_its_journal(tmp_path):
     assert by_seed[rerun["seed"]]["success"] == rerun["success"]
     assert [json.loads(x)["seed"] for x in journal.read_text().splitlines()[1:]] == [first["seed"], rerun["seed"]]
 
+    # A journal reads as the report of its finished episodes (for --compare / --merge of a run
+    # still going or stopped), without being rewritten: a cut line stays, for the run to drop.
+    from wmpo.cli import _read_json_report
+
+    journal.write_text(journal.read_text() + episodes[0][:15])
+    before = journal.read_text()
+    partial = _read_json_report(str(journal))
+    assert journal.read_text() == before and partial["journal"] == str(journal)
+    assert partial["episodes_detail"] == resumed["episodes_detail"] and partial["overall"] == resumed["overall"]
+    assert partial["source"] == resumed["source"] and partial["max_steps"] == resumed["max_steps"]
+    journal.write_text(header + "\n")
+    with pytest.raises(ConfigError, match="no finished episode"):
+        _read_json_report(str(journal))
+    (tmp_path / "other.jsonl").write_text('{"journal": {"source": 1}\n')  # a header cut short
+    with pytest.raises(ConfigError, match="other.jsonl is not an evaluation journal"):
+        _read_json_report(str(tmp_path / "other.jsonl"))
+    journal.write_text(before)
+
     other = EvalConfig(tasks=cfg.tasks, source=SourceSpec("expert", noise_std=0.1), episodes=2, workers=1,
                        journal=str(journal))
     with pytest.raises(ConfigError, match=r"journal of another evaluation \(journal.source.noise_std: 0.5 vs 0.1"):

@@ -67,30 +67,49 @@ def _open_journal(path: Path, header: dict[str, Any]) -> dict[tuple[str, int], d
     """The episodes an earlier run of the same evaluation finished; a new journal gets its header.
     The first line names the evaluation (source, episode length): another evaluation's journal is
     refused rather than mixed in. A line cut short by the interruption is dropped."""
-    done: dict[tuple[str, int], dict[str, Any]] = {}
     if path.exists() and path.stat().st_size:
-        lines = path.read_text().splitlines()
-        try:
-            found = json.loads(lines[0])
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not an evaluation journal: {e}") from e
-        now = {"journal": json.loads(json.dumps(header, default=str))}
+        found, done = read_journal(path)
+        now = json.loads(json.dumps(header, default=str))
         if found != now:
-            raise ConfigError(f"{path} is the journal of another evaluation ({_differences(found, now)}, "
+            raise ConfigError(f"{path} is the journal of another evaluation ({_differences(found, now, 'journal')}, "
                               "journal vs this run); give a new path, or delete it to start over")
-        kept = lines[:1]
-        for line in lines[1:]:
-            try:
-                ep = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the last line, cut short when the run stopped: that episode runs again
-            done[(ep["task"], ep["seed"])] = ep
-            kept.append(line)
-        path.write_text("\n".join(kept) + "\n")  # appends start on a fresh line
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"journal": header}, default=str) + "\n")
-    return done
+        lines = [json.dumps({"journal": found})] + [json.dumps(ep) for ep in done.values()]
+        path.write_text("\n".join(lines) + "\n")  # without a cut line: appends start on a fresh line
+        return done
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"journal": header}, default=str) + "\n")
+    return {}
+
+
+def read_journal(path: Path) -> tuple[dict[str, Any], dict[tuple[str, int], dict[str, Any]]]:
+    """An evaluation journal's header (source, episode length) and its finished episodes, read
+    without changing the file (an evaluation may still be appending to it)."""
+    lines = path.read_text().splitlines()
+    try:
+        header = json.loads(lines[0])["journal"] if lines else None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path} is not an evaluation journal: {e!r}") from e
+    if not isinstance(header, dict):
+        raise ConfigError(f"{path} is not an evaluation journal (no header line)")
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    for line in lines[1:]:
+        try:
+            ep = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the last line, cut short when the run stopped: that episode runs again
+        done[(ep["task"], ep["seed"])] = ep
+    return header, done
+
+
+def journal_report(path: Path) -> dict[str, Any]:
+    """The report of the episodes a journal holds: an evaluation still running, or one stopped
+    before its end, read as ``--json`` would have written it for those episodes."""
+    header, done = read_journal(path)
+    if not done:
+        raise ConfigError(f"the journal {path} holds no finished episode yet")
+    tasks = list(dict.fromkeys(t for t, _ in done))
+    report = summarize(header["source"], header["max_steps"], tasks, list(done.values()), 0.0)
+    return {**report, "journal": str(path)}
 
 
 def _differences(a: Any, b: Any, at: str = "") -> str:
