@@ -154,14 +154,14 @@ def cmd_eval_optimizer(a: argparse.Namespace) -> None:
            "steps": a.steps, "execute_chunks": a.execute_chunks, "world_model": a.world_model, "goal": a.goal}
     if a.lr is not None:
         opt["lr"] = a.lr
-    if a.anchor:  # recorded only when set, so reports from before still merge with their kind
-        opt["anchor"] = True
     elif a.variant == "full-init":
         # Its default step changed (0.1 -> 0.01): recorded, so that reports and journals from
         # before do not merge with these.
         from wmpo.optimize.planner import PlannerConfig
 
         opt["lr"] = PlannerConfig().init_lr
+    if a.anchor:  # recorded only when set, so reports from before still merge with their kind
+        opt["anchor"] = True
     spec = SourceSpec("optimizer", checkpoint=a.policy, temperature=a.temperature, optimizer=opt)
     spec.build()  # fail fast on bad checkpoints, before starting workers
     report = evaluate(EvalConfig(tasks=_tasks(a.tasks), source=spec, episodes=a.episodes, seed_offset=a.seed_offset,

@@ -89,8 +89,9 @@ def test_eval_optimizer_command_records_the_learning_rate_only_when_set(checkpoi
     generator, vae = checkpoints
     base = ["eval", "optimizer", "--generator", str(generator), "--trajectory-vae", str(vae), "--variant", "full",
             "--steps", "1", "--tasks", TASK, "--episodes", "1", "--workers", "1", "--max-steps", "8"]
-    for extra, want in (([], None), (["--lr", "0.02"], 0.02)):
+    for extra, want in (([], None), (["--lr", "0.02"], 0.02), (["--lr", "0.02", "--anchor"], 0.02)):
         out = tmp_path / f"report{len(extra)}.json"
         main([*base, *extra, "--json", str(out)])
         report = json.loads(out.read_text())
         assert report["source"]["optimizer"].get("lr") == want and report["overall"]["episodes"] == 1
+        assert report["source"]["optimizer"].get("anchor") == ("--anchor" in extra or None)
