@@ -27,21 +27,25 @@ def test_quick_benchmark_writes_sane_numbers(tmp_path: Path) -> None:
     out = tmp_path / "serving.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WMPO_")}
     env["MUJOCO_GL"] = "egl"
-    # Alone it takes under a minute. Two sessions saw it stall inside a full `make test`, so
+    # Alone it takes under a minute. Three sessions saw it stall inside a full `make test`, so
     # the run carries its own deadline (it prints every thread's stack, then exits), and its
-    # whole process group is killed from here if even that does not end it.
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--quick", "--threads", "1", "--out", str(out),
-         "--deadline", "240"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"bench_serving.py outlived its deadline; stderr:\n{stderr[-3000:]}")
+    # whole process group is killed from here if even that does not end it. Its output goes to
+    # files, not pipes: a pipe nobody drains blocks the writer, the deadline's stack dump included.
+    log_out, log_err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with log_out.open("w") as fo, log_err.open("w") as fe:
+        proc = subprocess.Popen(
+            [sys.executable, str(SCRIPT), "--quick", "--threads", "1", "--out", str(out),
+             "--deadline", "240"],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
+            start_new_session=True,
+        )
+        try:
+            proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail(f"bench_serving.py outlived its deadline; stderr:\n{log_err.read_text()[-3000:]}")
+    stdout, stderr = log_out.read_text(), log_err.read_text()
     assert proc.returncode == 0, stderr[-6000:]  # on a stall: the stacks of every thread
     assert "speedup" in stdout and "p99" in stdout
     res = json.loads(out.read_text())
