@@ -41,7 +41,8 @@ def load_planner(settings: OptimizerSettings) -> Planner:
         if path is not None and not Path(path).exists():
             raise CheckpointError(f"no {name} checkpoint at {path}")
     return Planner.load(settings.generator, settings.trajectory_vae, settings.inverse_dynamics,
-                        PlannerConfig(checkpoint=settings.activation_checkpointing),
+                        PlannerConfig(checkpoint=settings.activation_checkpointing,
+                                      anchor=settings.anchor_init),
                         world_model=settings.world_model)
 
 

@@ -33,6 +33,10 @@ def test_the_planner_loads_from_checkpoints_with_their_hashes(checkpoints) -> No
     low_memory = OptimizerSettings(generator=str(generator), trajectory_vae=str(vae), dev_mode=True,
                                    activation_checkpointing=True)
     assert load_planner(low_memory).config.checkpoint is True
+    assert planner.config.anchor is False  # MVISTA-4D's +ActionInit: from the guess's VAE round trip
+    anchored = load_planner(OptimizerSettings(generator=str(generator), trajectory_vae=str(vae), dev_mode=True,
+                                              anchor_init=True))
+    assert anchored.config.anchor is True and anchored.provenance()["planner"]["anchor"] is True
 
 
 def test_the_planner_optimizes_through_a_world_model_when_one_is_set(checkpoints) -> None:
