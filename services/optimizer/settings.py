@@ -54,9 +54,10 @@ class OptimizerSettings(ServiceSettings):
     )
     # The closed-loop rows at one executed chunk per plan ran anchored (results/optimizer-closed-loop/).
     anchor_init: bool = Field(
-        False, description="A plan from init_actions (+ActionInit) decodes to exactly them before its "
-        "first step (the guess's VAE reconstruction error is added back to every decoding), so the steps move from "
-        "the policy's chunk rather than from its round trip; off: MVISTA-4D's +ActionInit."
+        False, description="A plan from init_actions (+ActionInit) decodes to exactly them before "
+        "its first step (the guess's VAE reconstruction error is added back to every decoding), so "
+        "the steps move from the policy's chunk rather than from its round trip; off: MVISTA-4D's "
+        "+ActionInit."
     )
     max_steps: int = Field(200, ge=1, le=1000, description="Most optimization steps one plan may ask for.")
     default_steps: int = Field(

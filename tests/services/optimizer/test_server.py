@@ -34,8 +34,8 @@ def test_the_planner_loads_from_checkpoints_with_their_hashes(checkpoints) -> No
                                    activation_checkpointing=True)
     assert load_planner(low_memory).config.checkpoint is True
     assert planner.config.anchor is False  # MVISTA-4D's +ActionInit: from the guess's VAE round trip
-    anchored = load_planner(OptimizerSettings(generator=str(generator), trajectory_vae=str(vae), dev_mode=True,
-                                              anchor_init=True))
+    anchored = load_planner(OptimizerSettings(generator=str(generator), trajectory_vae=str(vae),
+                                              dev_mode=True, anchor_init=True))
     assert anchored.config.anchor is True and anchored.provenance()["planner"]["anchor"] is True
 
 
