@@ -139,6 +139,7 @@ def cmd_train_world_model(a: argparse.Namespace) -> None:
                                 lr_schedule=a.lr_schedule, warmup=a.warmup, export=a.export, rewarm=a.rewarm,
                                 data_command=a.data_command or data_command(a.data + (a.heldout_data or [])),
                                 trajectory_vae=a.trajectory_vae, plan_drop_max=a.plan_drop_max,
+                                plan_drop_on=a.plan_drop_on,
                                 consistency_weight=a.consistency_weight, self_forcing=a.self_forcing,
                                 self_forcing_steps=a.self_forcing_steps, motion_conditioning=a.motion_conditioning,
                                 device=a.device, time_budget=a.time_budget, val_batch=a.val_batch)
@@ -593,6 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "VAE's tokens and the instruction (usually with --init, fine-tuning a world model)")
     p.add_argument("--plan-drop-max", type=float, default=0.5,
                    help="plan generator: the null-plan probability grows linearly from 0 to this")
+    p.add_argument("--plan-drop-on", choices=("all", "successes"), default="all",
+                   help="plan generator: windows whose plan may be dropped: all, or only those of episodes "
+                   "that reached their task (the instruction-only future learns what doing the task looks like)")
     p.add_argument("--consistency-weight", type=float, default=0.1,
                    help="plan generator: weight of the latent-consistency head's loss")
     p.add_argument("--self-forcing", type=float, default=0.0,

@@ -72,3 +72,24 @@ def test_windows_are_those_of_the_per_window_draws():
     assert torch.equal(b.n_context, 1 + torch.randint(1, 6, (32,), generator=ref_g))
     assert torch.equal(g.get_state(), ref_g.get_state())
     assert torch.equal(b.positions, torch.arange(7).expand(32, -1))
+
+
+def test_plan_windows_carry_whether_their_episode_succeeded():
+    data = episodes()
+    plain = data.sample(16, 6, torch.Generator().manual_seed(1), plan_frames=8)
+    assert plain.succeeded is None  # unknown (a packed file of the older format)
+    data.succeeded = np.array([True, False])
+    b = data.sample(16, 6, torch.Generator().manual_seed(1), plan_frames=8)
+    assert b.succeeded.tolist() == [t == "a-v3" for t in b.tasks]
+    assert torch.equal(b.latents, plain.latents)  # the windows do not change
+
+
+def test_packed_latents_keep_the_success_flags(tmp_path):
+    data = episodes()
+    data.succeeded = np.array([False, True])
+    data.save_packed(tmp_path / "p.npz", {"autoencoder_sha256": "x", "frame_stride": 2})
+    got, _ = LatentEpisodes.load_packed(tmp_path / "p.npz")
+    assert got.succeeded.tolist() == [False, True]
+    data.succeeded = None
+    data.save_packed(tmp_path / "q.npz", {})
+    assert LatentEpisodes.load_packed(tmp_path / "q.npz")[0].succeeded is None

@@ -234,3 +234,27 @@ def test_per_frame_modulation_matches_per_token():
     per_token = [m.squeeze(2).repeat_interleave(n, dim=1) for m in (shift, scale, gate)]
     torch.testing.assert_close(modulate(x, shift, scale), x * (1 + per_token[1]) + per_token[0])
     torch.testing.assert_close(gated_residual(x, gate, y), x + per_token[2] * y)
+
+
+def test_plan_generator_loss_drops_the_plan_only_where_droppable():
+    """``droppable`` (e.g. windows of successful episodes) limits the null plan to those windows;
+    the draws are the same, so with every window droppable the loss is the unrestricted one."""
+    from wmpo.models.flow import plan_generator_loss
+
+    model = randomized(VideoDiT(plan_config()))
+    b, f = 8, 5
+    z, _, a, has, pos = inputs(model.config, b=b, f=f)
+    batch = FlowBatch(z, a * 0, has & False, pos, torch.full((b,), 2), plan_index=torch.arange(f).expand(b, f).clone())
+    plan = plan_inputs(model.config, b=b, f=f)
+
+    def run(drop: float, droppable: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        return plan_generator_loss(model, batch, plan.tokens, plan.text, drop, 0.1, torch.Generator().manual_seed(4),
+                                   droppable=droppable)
+
+    everything = torch.ones(b, dtype=torch.bool)
+    assert run(1.0, None)[1]["kept"] == 0.0 and run(1.0, ~everything)[1]["kept"] == 1.0
+    half = torch.arange(b) % 2 == 0
+    assert run(1.0, half)[1]["kept"] == 0.5  # only the droppable half lost its plan
+    loss, stats = run(0.5, everything)
+    ref, ref_stats = run(0.5, None)
+    assert torch.equal(loss, ref) and stats == ref_stats

@@ -151,6 +151,19 @@ def test_plan_generator_fine_tunes_from_a_world_model(pipeline):
     with pytest.raises(ConfigError, match="more frames than a plan covers"):
         train_world_model(WorldModelTrainConfig(out=str(root / "bad"), steps=2, trajectory_vae=str(root / "vae"),
                                                 **{**common, "window": 12}), progress=False)
+    # The null plan only on windows of episodes that reached their task (an expert's here).
+    expert = str(root / "expert")
+    collect(CollectConfig(out=expert, tasks=["reach-v3"], source="expert", episodes=1, max_steps=60, workers=1),
+            progress=False)
+    r = train_world_model(WorldModelTrainConfig(out=str(root / "plan-succ"), steps=2, init=str(root / "wm0"),
+                                                trajectory_vae=str(root / "vae"), plan_drop_on="successes",
+                                                **{**common, "data": [data, expert]}), progress=False)
+    assert r["val_loss"] > 0
+    saved = json.loads((root / "plan-succ" / "manifest.json").read_text())
+    assert '"plan_drop_on": "successes"' in json.dumps(saved)
+    with pytest.raises(ConfigError, match="plan-drop-on"):
+        WorldModelTrainConfig(out=str(root / "bad"), trajectory_vae=str(root / "vae"), plan_drop_on="failures",
+                              **common).validate()
 
 
 def test_plan_generator_action_following_is_evaluated_against_the_simulator(pipeline, tmp_path):

@@ -34,12 +34,14 @@ class LatentEpisodes:
     starts: np.ndarray  # (E,) first row of each episode
     lengths: np.ndarray  # (E,) latent frames per episode
     tasks: list[str]
+    # (E,) whether each episode reached its task; None where unknown (a packed file of an older format)
+    succeeded: np.ndarray | None = None
 
     @classmethod
     @torch.no_grad()
     def encode(cls, paths: list[str], ae: FrameAutoencoder, stride: int, min_frames: int,
                batch: int = 512) -> LatentEpisodes:
-        lat, act, starts, lengths, tasks = [], [], [], [], []
+        lat, act, starts, lengths, tasks, succeeded = [], [], [], [], [], []
         row = 0
         for p in paths:
             ds = EpisodeDataset.load(p)
@@ -59,8 +61,10 @@ class LatentEpisodes:
                 starts.append(row)
                 lengths.append(n)
                 tasks.append(ds.episodes[i]["task"])
+                succeeded.append(ep.succeeded)
                 row += n
-        return cls(torch.cat(lat), torch.cat(act), np.asarray(starts), np.asarray(lengths), tasks)
+        return cls(torch.cat(lat), torch.cat(act), np.asarray(starts), np.asarray(lengths), tasks,
+                   np.asarray(succeeded, dtype=bool))
 
     @classmethod
     def encode_cached(cls, paths: list[str], ae: FrameAutoencoder, ae_id: str, stride: int, min_frames: int,
@@ -69,18 +73,20 @@ class LatentEpisodes:
         the stride and every shard file (name and size) of every dataset."""
         shards = [[p, sorted((f.name, f.stat().st_size) for f in (Path(p) / "data").glob("shard-*.npz"))]
                   for p in paths]
-        key = hashlib.sha256(json.dumps([ae_id, stride, min_frames, shards]).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([ae_id, stride, min_frames, shards, "succeeded"]).encode()).hexdigest()[:16]
         cache_dir = Path(cache_dir)
         path = cache_dir / f"latents-{key}.pt"
         if path.exists():
             d = torch.load(path, weights_only=True)
-            return cls(d["latents"], d["actions"], d["starts"].numpy(), d["lengths"].numpy(), d["tasks"])
+            return cls(d["latents"], d["actions"], d["starts"].numpy(), d["lengths"].numpy(), d["tasks"],
+                       d["succeeded"].numpy())
         data = cls.encode(paths, ae, stride, min_frames)
         import io
 
         buf = io.BytesIO()
         torch.save({"latents": data.latents, "actions": data.actions, "starts": torch.from_numpy(data.starts),
-                    "lengths": torch.from_numpy(data.lengths), "tasks": data.tasks}, buf)
+                    "lengths": torch.from_numpy(data.lengths), "tasks": data.tasks,
+                    "succeeded": torch.from_numpy(data.succeeded)}, buf)
         for old in cache_dir.glob("latents-*.pt"):  # replace, never accumulate
             old.unlink()
         atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
@@ -105,6 +111,7 @@ class LatentEpisodes:
         arrays = {"delta": np.frombuffer(lzma.compress(delta.tobytes(), preset=6), np.uint8),
                   "shape": np.asarray(q.shape), "lo": lo.flatten().numpy(), "scale": scale.flatten().numpy(),
                   "actions": self.actions.numpy(), "starts": self.starts, "lengths": self.lengths,
+                  **({"succeeded": self.succeeded} if self.succeeded is not None else {}),
                   "meta": np.frombuffer(json.dumps({**info, "tasks": self.tasks}).encode(), np.uint8)}
         atomic_write_bytes(Path(path), lambda f: np.savez(f, **arrays))
         return info
@@ -123,7 +130,9 @@ class LatentEpisodes:
             lo = torch.from_numpy(d["lo"]).view(1, -1, 1, 1)
             scale = torch.from_numpy(d["scale"]).view(1, -1, 1, 1)
             latents = (torch.from_numpy(q).float() * scale + lo).half()
-            data = cls(latents, torch.from_numpy(d["actions"].copy()), starts.copy(), lengths.copy(), meta.pop("tasks"))
+            succeeded = d["succeeded"].copy() if "succeeded" in d.files else None  # files packed before it: unknown
+            data = cls(latents, torch.from_numpy(d["actions"].copy()), starts.copy(), lengths.copy(), meta.pop("tasks"),
+                       succeeded)
         return data, meta
 
     def __len__(self) -> int:
@@ -137,7 +146,7 @@ class LatentEpisodes:
         ``plan_frames > 0`` (training the action optimizer's plan generator) adds a plan per
         window: a start frame p drawn so that every generated frame lies in (p, p + plan_frames],
         the plan_frames * stride env actions after p (zeros past the episode's end), each
-        frame's index in the plan, and the episode's task; frames then carry no per-frame
+        frame's index in the plan, the episode's task and whether it succeeded; frames then carry no per-frame
         actions (the plan is the only action input). Its random numbers are drawn after the
         others, so plain windows come out the same with or without this feature; from
         ``plan_gen`` when given, so that ``gen`` then also draws what it would draw for plain
@@ -181,5 +190,7 @@ class LatentEpisodes:
         batch.plan_actions = torch.stack(plan_actions)
         batch.plan_index = torch.stack(index).long()
         batch.tasks = [self.tasks[int(e)] for e in picks]
+        if self.succeeded is not None:
+            batch.succeeded = torch.from_numpy(self.succeeded[picks])
         batch.actions = torch.zeros_like(batch.actions)
         batch.has_action = torch.zeros_like(batch.has_action)

@@ -37,6 +37,7 @@ class FlowBatch:
     plan_actions: torch.Tensor | None = None  # (B, plan_frames * stride, 4) env actions of the plan
     plan_index: torch.Tensor | None = None  # (B, F) long: each frame's index in the plan
     tasks: list[str] | None = None
+    succeeded: torch.Tensor | None = None  # (B,) bool: the window's episode reached its task
 
     def to(self, device: torch.device | str) -> FlowBatch:
         """The tensors on ``device`` (training on a GPU). The windows and the per-sample random
@@ -115,14 +116,20 @@ def flow_matching_loss(model: VideoDiT, batch: FlowBatch, gen: torch.Generator |
 
 def plan_generator_loss(model: VideoDiT, batch: FlowBatch, tokens: torch.Tensor, text: torch.Tensor | None,
                         drop_prob: float, consistency_weight: float, gen: torch.Generator | None = None,
-                        moving_weight: float = 0.0, moving_threshold: float = 0.1
-                        ) -> tuple[torch.Tensor, dict[str, float]]:
+                        moving_weight: float = 0.0, moving_threshold: float = 0.1,
+                        droppable: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The plan generator's objective (MVISTA-4D section 4.3): the flow loss conditioned on the
     trajectory tokens (B, S, Z) and the instruction, with the whole plan replaced by the null
     plan with probability ``drop_prob`` per sample, plus ``consistency_weight`` x the MSE of the
-    latent-consistency head's tokens on the samples that kept their plan."""
+    latent-consistency head's tokens on the samples that kept their plan.
+
+    ``droppable`` (B,) bool limits the null plan to those samples (e.g. windows of episodes that
+    reached their task, so the instruction-only future is the future of doing the task); the
+    others always keep their plan. The random draws are the same either way."""
     b = tokens.shape[0]
     keep = torch.rand(b, generator=gen) >= drop_prob  # (B,)
+    if droppable is not None:
+        keep = keep | ~droppable.to(keep.device)
     plan = PlanCondition(tokens, keep, batch.plan_index, text)
     feats: list[torch.Tensor] = []
     flow = flow_matching_loss(model, batch, gen, moving_weight=moving_weight, moving_threshold=moving_threshold,

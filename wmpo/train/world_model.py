@@ -103,9 +103,12 @@ class WorldModelTrainConfig:
     data_command: str | None = None  # how the data is rebuilt on a new machine (recorded)
     # The action optimizer's plan generator (issue 17): a trajectory VAE checkpoint switches the
     # DiT's plan conditioning on (usually with --init, fine-tuning the world model); the plan is
-    # dropped with a probability growing linearly from 0 to plan_drop_max over the run.
+    # dropped with a probability growing linearly from 0 to plan_drop_max over the run, on every
+    # window ("all") or only on windows of episodes that reached their task ("successes": the
+    # instruction-only future then learns what doing the task looks like, not the average of play).
     trajectory_vae: str | None = None
     plan_drop_max: float = 0.5
+    plan_drop_on: str = "all"
     consistency_weight: float = 0.1
     # Imagined context (scheduled sampling): this fraction of the windows gets its recent context
     # imagined by the EMA model from the real actions, so the loss teaches the model to continue
@@ -148,6 +151,8 @@ class WorldModelTrainConfig:
         if not 0 <= self.plan_drop_max <= 1 or self.consistency_weight < 0:
             raise ConfigError(f"--plan-drop-max must be in [0, 1] and --consistency-weight >= 0, got "
                               f"{self.plan_drop_max}, {self.consistency_weight}")
+        if self.plan_drop_on not in ("all", "successes"):
+            raise ConfigError(f"--plan-drop-on must be 'all' or 'successes', got {self.plan_drop_on!r}")
 
 
 def load_autoencoder(directory: str) -> tuple[FrameAutoencoder, str]:
@@ -400,6 +405,10 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
     data = load_latents(cfg.data, ae, ae_sha, dit_cfg.frame_stride, cfg.window + 1, out / "cache" / "train")
     if len(data) < 2:
         raise ConfigError(f"need at least 2 episodes with >= {cfg.window + 1} latent frames, got {len(data)}")
+    if cfg.plan_drop_on == "successes" and (data.succeeded is None or not data.succeeded.any()):
+        raise ConfigError("--plan-drop-on successes needs episodes that reached their task, and "
+                          + ("this packed file does not record which did (pack it again)" if data.succeeded is None
+                             else "none of the training episodes did"))
     heldout = (load_latents(cfg.heldout_data, ae, ae_sha, dit_cfg.frame_stride, cfg.window + 1,
                             out / "cache" / "heldout") if cfg.heldout_data else None)
     if heldout is not None and set(heldout.tasks) & set(data.tasks):
@@ -550,7 +559,8 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
             batch = data.sample(cfg.batch_size, cfg.window, gen, train_eps, plan_frames=planner.frames)
             loss, _ = plan_generator_loss(dit, batch, planner.tokens(batch), planner.texts(batch),
                                           cfg.plan_drop_max * step / cfg.steps, cfg.consistency_weight, gen,
-                                          cfg.moving_weight, cfg.moving_threshold)
+                                          cfg.moving_weight, cfg.moving_threshold,
+                                          batch.succeeded if cfg.plan_drop_on == "successes" else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
