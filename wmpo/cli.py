@@ -596,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plan generator: the null-plan probability grows linearly from 0 to this")
     p.add_argument("--plan-drop-on", choices=("all", "successes"), default="all",
                    help="plan generator: windows whose plan may be dropped: all, or only those of episodes "
-                   "that reached their task (the instruction-only future learns what doing the task looks like)")
+                   "that reached their task (the instruction-only future learns from doing the task; measured level "
+                   "with all on the policy tasks: results/plan-generator)")
     p.add_argument("--consistency-weight", type=float, default=0.1,
                    help="plan generator: weight of the latent-consistency head's loss")
     p.add_argument("--self-forcing", type=float, default=0.0,
