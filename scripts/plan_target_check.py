@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
 from wmpo.data.episodes import EpisodeDataset  # noqa: E402
 from wmpo.eval.stats import wilson_interval  # noqa: E402
 from wmpo.judge.success import SuccessJudge  # noqa: E402
-from wmpo.optimize.planner import Planner  # noqa: E402
+from wmpo.optimize.planner import TARGET_SEED_OFFSET, Planner, PlanRequest  # noqa: E402
 from wmpo.sampling.plan import imagine_plan  # noqa: E402
 from wmpo.sampling.world_model import TorchWorldModel  # noqa: E402
 
@@ -79,16 +79,17 @@ def futures(planner: Planner, world_model: TorchWorldModel, wins: list[dict], se
     """The three imagined futures of every window as (n, H, W, 3) uint8 videos with the start
     frame first, one batched generation per row."""
     gen = planner.generator
-    c = gen.dit.config
     b = len(wins)
     start = gen.encode(np.stack([w["frame"] for w in wins]))
     text = planner.text([w["instruction"] for w in wins])
     seeds = [seed * 100_003 + k for k in range(b)]
+    # The instruction-only target exactly as the planner makes it (its seed offset undone, so
+    # the target's noise is `seeds`, as the real-plan row's).
+    problems = planner.prepare([PlanRequest(w["frame"], w["instruction"], seed=s - TARGET_SEED_OFFSET)
+                                for w, s in zip(wins, seeds, strict=True)])
+    instr = torch.stack([p.target for p in problems])
     sampler = replace(gen.sampler, steps=planner.config.target_steps)  # as the planner's target
     with torch.no_grad():
-        nulls = torch.zeros(b, c.plan_tokens, c.plan_dim)
-        instr = imagine_plan(gen.dit, start, nulls, torch.zeros(b, dtype=torch.bool), text, seeds, sampler,
-                             planner.chunks, planner.chunk_frames)
         real_actions = torch.as_tensor(np.stack([w["actions"] for w in wins]))
         tokens = planner.vae.encode(real_actions)[0]
         plan = imagine_plan(gen.dit, start, tokens, torch.ones(b, dtype=torch.bool), text, seeds, sampler,

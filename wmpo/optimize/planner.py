@@ -48,6 +48,9 @@ from wmpo.sampling.world_model import TorchWorldModel, check_frames
 from wmpo.utils.checkpoint import checkpoint_sha
 from wmpo.utils.config import bounded, check_bounds
 
+# The instruction-only target's noise is drawn from the plan's seed + this: not the optimization's noise.
+TARGET_SEED_OFFSET = 7919
+
 
 @dataclass
 class PlannerConfig:
@@ -230,7 +233,7 @@ class Planner:
             nulls = torch.zeros(len(need), c.plan_tokens, c.plan_dim)
             future = imagine_plan(wm.dit, start[need], nulls, torch.zeros(len(need), dtype=torch.bool),
                                   text[need] if text is not None else None,
-                                  [requests[i].seed + 7919 for i in need],  # not the optimization's noise
+                                  [requests[i].seed + TARGET_SEED_OFFSET for i in need],
                                   replace(wm.sampler, steps=cfg.target_steps), self.chunks, self.chunk_frames)
             for j, i in enumerate(need):
                 targets[i] = future[j]
