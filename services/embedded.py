@@ -9,7 +9,7 @@ talk to them over real sockets, exactly as they would to a deployed cluster.
 The trainer is served the same way by ``services.trainer.server.serve_trainer_in_thread`` (its
 jobs reach the simulator and judge through their URLs, or through ``job_stack``, this stack per
 job). The action optimizer joins the stack only when a plan-generator checkpoint is given
-(``optimizer_generator`` and ``optimizer_vae``, e.g. the bundled ``checkpoints/plan-generator``
+(``optimizer_generator`` and ``optimizer_vae``, e.g. the bundled ``checkpoints/plan-generator-tasks``
 and ``checkpoints/trajectory-vae``): the demo does not need it. Nothing here imports the trainer, so the trainer can use this module without an
 import cycle.
 """

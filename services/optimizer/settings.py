@@ -10,7 +10,7 @@ trajectory VAE it was trained with), optionally `WMPO_INVERSE_DYNAMICS` (the res
 inverse-dynamics model) and `WMPO_WORLD_MODEL` (optimize through this action-conditioned world
 model: the decoded actions drive its DiT, the generator only imagines the instruction-only
 target). `wmpo serve optimizer` defaults the first three to the repository's bundled
-checkpoints (`checkpoints/plan-generator`, `trajectory-vae`, `inverse-dynamics`).
+checkpoints (`checkpoints/plan-generator-tasks`, `trajectory-vae`, `inverse-dynamics`).
 """
 
 from __future__ import annotations

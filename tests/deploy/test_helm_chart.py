@@ -516,7 +516,7 @@ def test_the_optimizer_serves_the_images_bundled_checkpoints_when_only_enabled(h
     pod = start(docs, deployment)
     s = pod.settings
     assert (pod.checkpoint, s.trajectory_vae, s.inverse_dynamics, s.world_model) == (
-        "/app/checkpoints/plan-generator", "/app/checkpoints/trajectory-vae", "/app/checkpoints/inverse-dynamics", None)
+        "/app/checkpoints/plan-generator-tasks", "/app/checkpoints/trajectory-vae", "/app/checkpoints/inverse-dynamics", None)
 
 
 def resolve(docs: list[dict[str, Any]], url: str) -> tuple[dict[str, Any], dict[str, Any]]:

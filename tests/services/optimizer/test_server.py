@@ -84,7 +84,7 @@ def test_serve_optimizer_command(checkpoints, capsys, monkeypatch) -> None:
     # Nothing configured: the bundled plan generator, trajectory VAE and residual inverse dynamics.
     assert main(["serve", "optimizer", "--dev"]) == 0
     settings, planner = served[1]
-    assert Path(settings.generator) == REPO / "checkpoints" / "plan-generator" and settings.world_model is None
+    assert Path(settings.generator) == REPO / "checkpoints" / "plan-generator-tasks" and settings.world_model is None
     assert planner.idm is not None and planner.hashes["trajectory_vae_sha256"] == "11d0c6f5e67b"
     assert "through the plan tokens" in capsys.readouterr().err
     assert main(["serve", "optimizer", "--dev", "--worker", "--generator", str(generator),
