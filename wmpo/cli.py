@@ -271,8 +271,8 @@ def cmd_train_lifelong(a: argparse.Namespace) -> None:
 def cmd_imagine_dataset(a: argparse.Namespace) -> None:
     from wmpo.eval.judge import write_imagined_dataset
 
-    print(json.dumps(write_imagined_dataset(a.world_model, a.data, a.out, a.seed,
-                                            action_guidance=a.action_guidance), indent=2))
+    print(json.dumps(write_imagined_dataset(a.world_model, a.data, a.out, a.seed, action_guidance=a.action_guidance,
+                                            reconstruct=a.reconstruct), indent=2))
 
 
 def cmd_eval_judge(a: argparse.Namespace) -> None:
@@ -527,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-model", default=str(BUNDLED_WORLD_MODEL))
     p.add_argument("--action-guidance", type=float, default=None, help=GUIDANCE_HELP)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reconstruct", action="store_true",
+                   help="the world model's autoencoder reconstructions of the real frames instead of its "
+                   "replays: what a judge can read at best through this latent")
     p.set_defaults(func=cmd_imagine_dataset)
 
     tr = sub.add_parser("train", help="train a model").add_subparsers(dest="what", required=True)

@@ -70,15 +70,24 @@ def judge_dataset(judge: SuccessJudge, dataset: EpisodeDataset, batch_episodes: 
 
 
 def imagine_dataset(world_model: Any, dataset: EpisodeDataset, seed: int = 0, batch: int = 16,
-                    progress: bool = False) -> list[np.ndarray]:
+                    progress: bool = False, reconstruct: bool = False) -> list[np.ndarray]:
     """Imagined videos (frames at the world model's stride) of each episode's recorded actions,
-    started from its real first frame, as long as the real episode."""
+    started from its real first frame, as long as the real episode. ``reconstruct``: instead, the
+    autoencoder's reconstruction of the real frames at the same times, the best any imagination
+    through this latent can show (the judge's ceiling on this world model)."""
     stride = world_model.frame_stride
     chunk = min(8, world_model.max_chunk_length) // stride * stride
     videos: list[np.ndarray] = []
-    bar = tqdm(total=len(dataset), desc="imagine episodes", disable=not progress)
+    bar = tqdm(total=len(dataset), desc="reconstruct episodes" if reconstruct else "imagine episodes",
+               disable=not progress)
     for i in range(0, len(dataset), batch):
         eps = [dataset.episode(j) for j in range(i, min(i + batch, len(dataset)))]
+        if reconstruct:
+            for e in eps:
+                real = e.frames[stride:(e.length // stride) * stride + 1:stride]
+                videos.append(np.concatenate([e.frames[:1], world_model.decode(world_model.encode(real))]))
+            bar.update(len(eps))
+            continue
         rollouts = world_model.start(np.stack([e.frames[0] for e in eps]), [seed + i + k for k in range(len(eps))])
         steps = max(e.length for e in eps)
         steps = (steps + chunk - 1) // chunk * chunk
@@ -96,32 +105,35 @@ def imagine_dataset(world_model: Any, dataset: EpisodeDataset, seed: int = 0, ba
 
 
 def write_imagined_dataset(world_model_dir: str, data: str, out: str, seed: int = 0,
-                           progress: bool = True, action_guidance: float | None = None) -> dict[str, Any]:
+                           progress: bool = True, action_guidance: float | None = None,
+                           reconstruct: bool = False) -> dict[str, Any]:
     """An episode dataset of the world model's replays of ``data``'s episodes (same start frame, same
     actions), at the world model's frame stride, each labelled with the *real* outcome: its last frame
     carries the real episode's success flag. The judge can be trained and evaluated on it
     (``frame_stride`` in each episode's metadata tells the judge the spacing). ``action_guidance``
-    replaces the checkpoint's (imagine with the sampler the simulator will serve with)."""
+    replaces the checkpoint's (imagine with the sampler the simulator will serve with).
+    ``reconstruct``: the autoencoder's reconstructions of the real frames instead of replays."""
     from wmpo.data.episodes import Episode, ShardWriter, append_manifest, init_dataset_like
     from wmpo.sampling.world_model import TorchWorldModel
 
     wm = TorchWorldModel.load(world_model_dir).with_sampler(action_guidance=action_guidance)
     src = EpisodeDataset.load(data)
     init_dataset_like(data, out)
-    videos = imagine_dataset(wm, src, seed, progress=progress)
+    videos = imagine_dataset(wm, src, seed, progress=progress, reconstruct=reconstruct)
+    kind = "reconstructed" if reconstruct else "imagined"
     writer = ShardWriter(out, 16, prefix="imagined-")
     for i, video in enumerate(videos):
         real = src.episode(i)
         success = np.zeros(len(video), bool)
         success[-1] = real.succeeded
-        meta = {**real.meta, "source": {"kind": "imagined", "world_model": wm.provenance().get("world_model_sha256"),
+        meta = {**real.meta, "source": {"kind": kind, "world_model": wm.provenance().get("world_model_sha256"),
                                         "from": data, "seed": seed + i,
                                         "action_guidance": wm.sampler.action_guidance},
                 "frame_stride": wm.frame_stride}
         writer.add(Episode(video, np.zeros((len(video) - 1, 4), np.float32), success, meta))
     writer.flush()
     summary = {"episodes": len(videos), "successes": int(sum(m["succeeded"] for m in src.episodes))}
-    append_manifest(out, {**summary, "source": "imagined", "world_model": world_model_dir, "from": data,
+    append_manifest(out, {**summary, "source": kind, "world_model": world_model_dir, "from": data,
                           "sampler": asdict(wm.sampler),
                           "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return summary
