@@ -84,8 +84,11 @@ def test_reconstructions_are_the_autoencoders_copy_of_the_real_frames(imagined, 
     from wmpo.sampling.world_model import TorchWorldModel
 
     wm = TorchWorldModel.load(ROOT / "world-model")
+    by_seed = {m["seed"]: i for i, m in enumerate(real.episodes)}
+    im_by_seed = {m["seed"]: i for i, m in enumerate(im.episodes)}
     for i in range(len(rec)):
-        r, e, m = real.episode(i), rec.episode(i), im.episode(i)
+        e = rec.episode(i)
+        r, m = real.episode(by_seed[e.meta["seed"]]), im.episode(im_by_seed[e.meta["seed"]])
         assert e.meta["source"]["kind"] == "reconstructed" and e.meta["frame_stride"] == 2
         assert e.frames.shape == m.frames.shape  # the same times as the replays: a judge reads both alike
         assert np.array_equal(e.frames[0], r.frames[0]) and e.success[-1] == r.succeeded
