@@ -85,7 +85,8 @@ def imagine_dataset(world_model: Any, dataset: EpisodeDataset, seed: int = 0, ba
         if reconstruct:
             for e in eps:
                 real = e.frames[stride:(e.length // stride) * stride + 1:stride]
-                videos.append(np.concatenate([e.frames[:1], world_model.decode(world_model.encode(real))]))
+                coded = world_model.decode(world_model.encode(real)) if len(real) else real
+                videos.append(np.concatenate([e.frames[:1], coded]))
             bar.update(len(eps))
             continue
         rollouts = world_model.start(np.stack([e.frames[0] for e in eps]), [seed + i + k for k in range(len(eps))])
