@@ -3,7 +3,7 @@ autoencoder's reconstructions (``wmpo imagine-dataset --reconstruct``) and the i
 (``wmpo imagine-dataset``), one row each, the last frames of each episode side by side.
 
 Where the reconstruction shows the object and the replay does not, the dynamics model lost it,
-not the latent. Usage (datasets of the same episodes, in the same order):
+not the latent. Usage (replay datasets of the real one's episodes; rows pair by task and seed):
 
     python scripts/replay_strip.py --real datasets/judge-test-noisy --rows \
         datasets/judge-test-noisy-rec datasets/judge-test-noisy-imagined-bundled \

@@ -75,7 +75,6 @@ def test_guided_replays_differ_and_record_their_guidance(imagined, tmp_path):
     assert np.array_equal(a[0], b[0]) and not np.array_equal(a[1:], b[1:])  # same start, other imagination
 
 
-
 def test_reconstructions_are_the_autoencoders_copy_of_the_real_frames(imagined, tmp_path):
     real, im = imagined
     write_imagined_dataset(str(ROOT / "world-model"), str(real.root), str(tmp_path / "rec"), progress=False,

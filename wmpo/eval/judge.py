@@ -70,25 +70,15 @@ def judge_dataset(judge: SuccessJudge, dataset: EpisodeDataset, batch_episodes: 
 
 
 def imagine_dataset(world_model: Any, dataset: EpisodeDataset, seed: int = 0, batch: int = 16,
-                    progress: bool = False, reconstruct: bool = False) -> list[np.ndarray]:
+                    progress: bool = False) -> list[np.ndarray]:
     """Imagined videos (frames at the world model's stride) of each episode's recorded actions,
-    started from its real first frame, as long as the real episode. ``reconstruct``: instead, the
-    autoencoder's reconstruction of the real frames at the same times, the best any imagination
-    through this latent can show (the judge's ceiling on this world model)."""
+    started from its real first frame, as long as the real episode."""
     stride = world_model.frame_stride
     chunk = min(8, world_model.max_chunk_length) // stride * stride
     videos: list[np.ndarray] = []
-    bar = tqdm(total=len(dataset), desc="reconstruct episodes" if reconstruct else "imagine episodes",
-               disable=not progress)
+    bar = tqdm(total=len(dataset), desc="imagine episodes", disable=not progress)
     for i in range(0, len(dataset), batch):
         eps = [dataset.episode(j) for j in range(i, min(i + batch, len(dataset)))]
-        if reconstruct:
-            for e in eps:
-                real = e.frames[stride:(e.length // stride) * stride + 1:stride]
-                coded = world_model.decode(world_model.encode(real)) if len(real) else real
-                videos.append(np.concatenate([e.frames[:1], coded]))
-            bar.update(len(eps))
-            continue
         rollouts = world_model.start(np.stack([e.frames[0] for e in eps]), [seed + i + k for k in range(len(eps))])
         steps = max(e.length for e in eps)
         steps = (steps + chunk - 1) // chunk * chunk
@@ -102,6 +92,20 @@ def imagine_dataset(world_model: Any, dataset: EpisodeDataset, seed: int = 0, ba
             videos.append(np.concatenate([e.frames[:1], frames[k, :n]]))
         bar.update(len(eps))
     bar.close()
+    return videos
+
+
+def reconstruct_dataset(world_model: Any, dataset: EpisodeDataset, progress: bool = False) -> list[np.ndarray]:
+    """The autoencoder's copy of each episode's real frames at the times ``imagine_dataset`` imagines
+    (first frame real): the best any imagination through this latent can show, so the judge's
+    ceiling on this world model."""
+    stride = world_model.frame_stride
+    videos: list[np.ndarray] = []
+    for j in tqdm(range(len(dataset)), desc="reconstruct episodes", disable=not progress):
+        e = dataset.episode(j)
+        real = e.frames[stride:(e.length // stride) * stride + 1:stride]
+        coded = world_model.decode(world_model.encode(real)) if len(real) else real
+        videos.append(np.concatenate([e.frames[:1], coded]))
     return videos
 
 
@@ -120,7 +124,8 @@ def write_imagined_dataset(world_model_dir: str, data: str, out: str, seed: int 
     wm = TorchWorldModel.load(world_model_dir).with_sampler(action_guidance=action_guidance)
     src = EpisodeDataset.load(data)
     init_dataset_like(data, out)
-    videos = imagine_dataset(wm, src, seed, progress=progress, reconstruct=reconstruct)
+    videos = (reconstruct_dataset(wm, src, progress=progress) if reconstruct
+              else imagine_dataset(wm, src, seed, progress=progress))
     kind = "reconstructed" if reconstruct else "imagined"
     writer = ShardWriter(out, 16, prefix="imagined-")
     for i, video in enumerate(videos):
