@@ -272,7 +272,9 @@ def cmd_imagine_dataset(a: argparse.Namespace) -> None:
     from wmpo.eval.judge import write_imagined_dataset
 
     print(json.dumps(write_imagined_dataset(a.world_model, a.data, a.out, a.seed, action_guidance=a.action_guidance,
-                                            reconstruct=a.reconstruct), indent=2))
+                                            reconstruct=a.reconstruct, real_context=a.real_context,
+                                            sampler_steps=a.sampler_steps, sampler_shift=a.sampler_shift),
+                     indent=2))
 
 
 def cmd_eval_judge(a: argparse.Namespace) -> None:
@@ -530,6 +532,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reconstruct", action="store_true",
                    help="the world model's autoencoder reconstructions of the real frames instead of its "
                    "replays: what a judge can read at best through this latent")
+    p.add_argument("--real-context", action="store_true",
+                   help="imagine every chunk from the real frames before it instead of the imagined ones: "
+                   "one chunk's error without the earlier chunks' errors compounding into it")
+    p.add_argument("--sampler-steps", type=int, default=None, help="denoising steps (default: the checkpoint's)")
+    p.add_argument("--sampler-shift", type=float, default=None,
+                   help="time shift of the denoising steps (default: the checkpoint's; < 1 spends more of "
+                   "them at low noise, where fine detail is drawn; > 1 at high noise)")
     p.set_defaults(func=cmd_imagine_dataset)
 
     tr = sub.add_parser("train", help="train a model").add_subparsers(dest="what", required=True)

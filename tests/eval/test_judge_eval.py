@@ -8,6 +8,7 @@ import pytest
 
 from wmpo.data.collect import CollectConfig, collect
 from wmpo.data.episodes import EpisodeDataset
+from wmpo.errors import ConfigError
 from wmpo.eval.judge import (
     choose_threshold,
     dual_noise_report,
@@ -95,3 +96,36 @@ def test_reconstructions_are_the_autoencoders_copy_of_the_real_frames(imagined, 
         assert np.abs(e.frames[3].astype(int) - alone).max() <= 2  # batched convolutions round differently
         err = np.abs(e.frames[1:].astype(int) - r.frames[2::2][: len(e.frames) - 1].astype(int)).mean()
         assert err < np.abs(m.frames[1:].astype(int) - r.frames[2::2][: len(m.frames) - 1].astype(int)).mean()
+
+
+def test_real_context_replays_imagine_each_chunk_from_the_real_frames(imagined, tmp_path):
+    real, im = imagined
+    write_imagined_dataset(str(ROOT / "world-model"), str(real.root), str(tmp_path / "rc"), progress=False,
+                           real_context=True)
+    rc = EpisodeDataset.load(tmp_path / "rc")
+    by_seed = {m["seed"]: i for i, m in enumerate(real.episodes)}
+    im_by_seed = {m["seed"]: i for i, m in enumerate(im.episodes)}
+    for i in range(len(rc)):
+        e = rc.episode(i)
+        r, m = real.episode(by_seed[e.meta["seed"]]), im.episode(im_by_seed[e.meta["seed"]])
+        assert e.meta["source"]["kind"] == "imagined-real-context" and e.frames.shape == m.frames.shape
+        assert e.success[-1] == r.succeeded
+        # The first chunk (8 env steps = 4 frames) starts from the real first frame either way: the same
+        # frames as the plain replay under the same seed; after it the context is real, not imagined.
+        assert np.array_equal(e.frames[:5], m.frames[:5]) and not np.array_equal(e.frames[5:], m.frames[5:])
+        truth = r.frames[2::2][: len(e.frames) - 1].astype(int)
+        assert np.abs(e.frames[1:].astype(int) - truth).mean() < np.abs(m.frames[1:].astype(int) - truth).mean()
+
+
+def test_imagined_dataset_sampler_overrides(imagined, tmp_path):
+    real, _ = imagined
+    write_imagined_dataset(str(ROOT / "world-model"), str(real.root), str(tmp_path / "s"), progress=False,
+                           sampler_steps=2, sampler_shift=0.5)
+    sampler = json.loads((tmp_path / "s" / "meta" / "manifest.json").read_text())["runs"][-1]["sampler"]
+    assert sampler["steps"] == 2 and sampler["shift"] == 0.5
+    with pytest.raises(ConfigError, match="shift"):
+        write_imagined_dataset(str(ROOT / "world-model"), str(real.root), str(tmp_path / "bad"), progress=False,
+                               sampler_shift=0.0)
+    with pytest.raises(ConfigError, match="exclude"):
+        write_imagined_dataset(str(ROOT / "world-model"), str(real.root), str(tmp_path / "bad2"), progress=False,
+                               reconstruct=True, real_context=True)

@@ -70,11 +70,16 @@ def judge_dataset(judge: SuccessJudge, dataset: EpisodeDataset, batch_episodes: 
 
 
 def imagine_dataset(world_model: Any, dataset: EpisodeDataset, seed: int = 0, batch: int = 16,
-                    progress: bool = False) -> list[np.ndarray]:
+                    progress: bool = False, real_context: bool = False) -> list[np.ndarray]:
     """Imagined videos (frames at the world model's stride) of each episode's recorded actions,
-    started from its real first frame, as long as the real episode."""
+    started from its real first frame, as long as the real episode.
+
+    ``real_context``: every chunk is imagined from the real frames before it (the first frame and
+    the sampler's context window of real frames), not from the imagined ones: one chunk's error
+    without the errors of the chunks before it compounding into it."""
     stride = world_model.frame_stride
     chunk = min(8, world_model.max_chunk_length) // stride * stride
+    context = world_model.sampler.context_frames
     videos: list[np.ndarray] = []
     bar = tqdm(total=len(dataset), desc="imagine episodes", disable=not progress)
     for i in range(0, len(dataset), batch):
@@ -85,7 +90,12 @@ def imagine_dataset(world_model: Any, dataset: EpisodeDataset, seed: int = 0, ba
         acts = np.zeros((len(eps), steps, 4), np.float32)
         for k, e in enumerate(eps):
             acts[k, : e.length] = e.actions  # past the real end: zero actions (hold still)
-        latents = [world_model.step(rollouts, acts[:, t:t + chunk]) for t in range(0, steps, chunk)]
+        latents = []
+        for t in range(0, steps, chunk):
+            if real_context and t > 0:
+                rollouts = [real_history_rollout(world_model, e, min(t, e.length // stride * stride), context,
+                                                 seed + i + k) for k, e in enumerate(eps)]
+            latents.append(world_model.step(rollouts, acts[:, t:t + chunk]))
         frames = world_model.decode(torch.cat(latents, 1))  # (B, steps/stride, H, W, 3)
         for k, e in enumerate(eps):
             n = e.length // stride  # imagined frames covering the real episode
@@ -93,6 +103,19 @@ def imagine_dataset(world_model: Any, dataset: EpisodeDataset, seed: int = 0, ba
         bar.update(len(eps))
     bar.close()
     return videos
+
+
+def real_history_rollout(world_model: Any, episode: Any, t: int, context: int, seed: int) -> Any:
+    """A rollout at env step ``t`` (a multiple of the stride, > 0) of a real episode: its first
+    frame as the anchor and the last ``context`` real frames at the stride up to ``t`` as history.
+    Past a shorter episode's end (``t`` clamped there) the chunk's frames are not used."""
+    stride = world_model.frame_stride
+    if t < stride:  # an episode shorter than the stride: its first frame is all the history there is
+        return world_model.start(episode.frames[:1], [seed])[0]
+    first = max(stride, t - (context - 1) * stride)
+    times = list(range(first, t + 1, stride))
+    actions = np.stack([episode.actions[k - stride:k].reshape(-1) for k in times])
+    return world_model.start_with_history(episode.frames[0], episode.frames[times], actions, seed)
 
 
 def reconstruct_dataset(world_model: Any, dataset: EpisodeDataset, progress: bool = False) -> list[np.ndarray]:
@@ -111,22 +134,28 @@ def reconstruct_dataset(world_model: Any, dataset: EpisodeDataset, progress: boo
 
 def write_imagined_dataset(world_model_dir: str, data: str, out: str, seed: int = 0,
                            progress: bool = True, action_guidance: float | None = None,
-                           reconstruct: bool = False) -> dict[str, Any]:
+                           reconstruct: bool = False, real_context: bool = False,
+                           sampler_steps: int | None = None, sampler_shift: float | None = None) -> dict[str, Any]:
     """An episode dataset of the world model's replays of ``data``'s episodes (same start frame, same
     actions), at the world model's frame stride, each labelled with the *real* outcome: its last frame
     carries the real episode's success flag. The judge can be trained and evaluated on it
     (``frame_stride`` in each episode's metadata tells the judge the spacing). ``action_guidance``
-    replaces the checkpoint's (imagine with the sampler the simulator will serve with).
-    ``reconstruct``: the autoencoder's reconstructions of the real frames instead of replays."""
+    replaces the checkpoint's (imagine with the sampler the simulator will serve with), as do
+    ``sampler_steps`` and ``sampler_shift``.
+    ``reconstruct``: the autoencoder's reconstructions of the real frames instead of replays;
+    ``real_context``: each chunk imagined from the real frames before it (``imagine_dataset``)."""
     from wmpo.data.episodes import Episode, ShardWriter, append_manifest, init_dataset_like
     from wmpo.sampling.world_model import TorchWorldModel
 
-    wm = TorchWorldModel.load(world_model_dir).with_sampler(action_guidance=action_guidance)
+    if reconstruct and real_context:
+        raise ConfigError("--reconstruct and --real-context exclude each other (reconstructions imagine nothing)")
+    wm = TorchWorldModel.load(world_model_dir).with_sampler(steps=sampler_steps, action_guidance=action_guidance,
+                                                            shift=sampler_shift)
     src = EpisodeDataset.load(data)
     init_dataset_like(data, out)
     videos = (reconstruct_dataset(wm, src, progress=progress) if reconstruct
-              else imagine_dataset(wm, src, seed, progress=progress))
-    kind = "reconstructed" if reconstruct else "imagined"
+              else imagine_dataset(wm, src, seed, progress=progress, real_context=real_context))
+    kind = "reconstructed" if reconstruct else "imagined-real-context" if real_context else "imagined"
     writer = ShardWriter(out, 16, prefix="imagined-")
     for i, video in enumerate(videos):
         real = src.episode(i)

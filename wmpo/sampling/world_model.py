@@ -153,13 +153,18 @@ class TorchWorldModel:
                   "weights_dtype": str(dtype).removeprefix("torch.")}
         return save_checkpoint(directory, tensors, config, manifest)
 
-    def with_sampler(self, steps: int | None = None, action_guidance: float | None = None) -> TorchWorldModel:
-        """Replace the checkpoint's denoising steps and action guidance (None keeps a setting);
-        returns self. ConfigError on values the sampler cannot run."""
+    def with_sampler(self, steps: int | None = None, action_guidance: float | None = None,
+                     shift: float | None = None) -> TorchWorldModel:
+        """Replace the checkpoint's denoising steps, action guidance and time shift (None keeps a
+        setting); returns self. ConfigError on values the sampler cannot run."""
         if steps is not None:
             if not 1 <= steps <= 256:
                 raise ConfigError(f"sampler steps must be in [1, 256], got {steps}")
             self.sampler = replace(self.sampler, steps=steps)
+        if shift is not None:
+            if not 0.05 <= shift <= 20.0:
+                raise ConfigError(f"sampler shift must be in [0.05, 20] (1 = uniform times), got {shift}")
+            self.sampler = replace(self.sampler, shift=shift)
         if action_guidance is not None:
             if not 0.0 <= action_guidance <= 10.0:
                 raise ConfigError(f"action guidance must be in [0, 10] (1 = off), got {action_guidance}")
