@@ -29,8 +29,7 @@ def strip(real: EpisodeDataset, rows: list[EpisodeDataset], task: str, episodes:
               if m["task"] == task and (m["succeeded"] or not successes_only)][:episodes]
     if not picked:
         raise SystemExit(f"no {'successful ' if successes_only else ''}{task} episode in {real.root}")
-    # a dataset's episodes load in shard order, which differs between a dataset and its replays
-    index = [{(m["task"], m["seed"]): j for j, m in enumerate(ds.episodes)} for ds in rows]
+    index = [ds.by_task_seed() for ds in rows]
     grid = []
     for i in picked:
         r = real.episode(i)

@@ -182,6 +182,11 @@ class EpisodeDataset:
         meta = {k: v for k, v in m.items() if k not in ("start", "shard", "length", "succeeded")}
         return Episode(c["frame"][s:s + t + 1], c["action"][s:s + t], c["success"][s:s + t + 1], meta)
 
+    def by_task_seed(self) -> dict[tuple[str, int], int]:
+        """Episode index by (task, seed): episodes load in shard order, which differs between a
+        dataset and its replays (``wmpo imagine-dataset``), so pair them by this key."""
+        return {(m["task"], m["seed"]): i for i, m in enumerate(self.episodes)}
+
     def summary(self) -> dict[str, Any]:
         per_task: dict[str, dict[str, int]] = {}
         for m in self.episodes:
