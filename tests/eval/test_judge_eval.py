@@ -20,6 +20,16 @@ from wmpo.judge.success import SuccessJudge
 ROOT = Path(__file__).resolve().parents[2] / "checkpoints"
 
 
+def with_real_and_replay(ds: EpisodeDataset, real: EpisodeDataset, im: EpisodeDataset):  # noqa: ANN201
+    """Each episode of ``ds`` with the real episode and the plain replay of the same (task, seed):
+    the datasets load in shard order, which differs between them."""
+    real_ix, im_ix = real.by_task_seed(), im.by_task_seed()
+    for i in range(len(ds)):
+        e = ds.episode(i)
+        key = (e.meta["task"], e.meta["seed"])
+        yield e, real.episode(real_ix[key]), im.episode(im_ix[key])
+
+
 @pytest.fixture(scope="module")
 def imagined(tmp_path_factory):
     root = tmp_path_factory.mktemp("imagined")
@@ -84,11 +94,7 @@ def test_reconstructions_are_the_autoencoders_copy_of_the_real_frames(imagined, 
     from wmpo.sampling.world_model import TorchWorldModel
 
     wm = TorchWorldModel.load(ROOT / "world-model")
-    by_seed = {m["seed"]: i for i, m in enumerate(real.episodes)}
-    im_by_seed = {m["seed"]: i for i, m in enumerate(im.episodes)}
-    for i in range(len(rec)):
-        e = rec.episode(i)
-        r, m = real.episode(by_seed[e.meta["seed"]]), im.episode(im_by_seed[e.meta["seed"]])
+    for e, r, m in with_real_and_replay(rec, real, im):
         assert e.meta["source"]["kind"] == "reconstructed" and e.meta["frame_stride"] == 2
         assert e.frames.shape == m.frames.shape  # the same times as the replays: a judge reads both alike
         assert np.array_equal(e.frames[0], r.frames[0]) and e.success[-1] == r.succeeded
@@ -103,11 +109,7 @@ def test_real_context_replays_imagine_each_chunk_from_the_real_frames(imagined, 
     write_imagined_dataset(str(ROOT / "world-model"), str(real.root), str(tmp_path / "rc"), progress=False,
                            real_context=True)
     rc = EpisodeDataset.load(tmp_path / "rc")
-    by_seed = {m["seed"]: i for i, m in enumerate(real.episodes)}
-    im_by_seed = {m["seed"]: i for i, m in enumerate(im.episodes)}
-    for i in range(len(rc)):
-        e = rc.episode(i)
-        r, m = real.episode(by_seed[e.meta["seed"]]), im.episode(im_by_seed[e.meta["seed"]])
+    for e, r, m in with_real_and_replay(rc, real, im):
         assert e.meta["source"]["kind"] == "imagined-real-context" and e.frames.shape == m.frames.shape
         assert e.success[-1] == r.succeeded
         # The first chunk (8 env steps = 4 frames) starts from the real first frame either way: the same

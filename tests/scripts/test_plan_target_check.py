@@ -4,24 +4,19 @@ every row is judged on every window."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.scripts.conftest import load_script
 from wmpo.data.collect import CollectConfig, collect
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "plan_target_check.py"
 
 
 @pytest.fixture(scope="module")
 def script():  # noqa: ANN201
-    spec = importlib.util.spec_from_file_location("plan_target_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("plan_target_check")
 
 
 @pytest.fixture(scope="module")

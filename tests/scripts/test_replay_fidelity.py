@@ -5,11 +5,11 @@ where things moved, and episodes pair by seed whatever order the datasets load i
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from tests.scripts.conftest import load_script
 from wmpo.data.collect import CollectConfig, collect
 from wmpo.data.episodes import EpisodeDataset
 from wmpo.eval.judge import write_imagined_dataset
@@ -20,10 +20,7 @@ TASK = "button-press-topdown-v3"
 
 @pytest.fixture(scope="module")
 def script():  # noqa: ANN201
-    spec = importlib.util.spec_from_file_location("replay_fidelity", ROOT / "scripts" / "replay_fidelity.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("replay_fidelity")
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,12 @@ episode it names, paired by seed whatever order the datasets load in."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.scripts.conftest import load_script
 from wmpo.data.collect import CollectConfig, collect
 from wmpo.data.episodes import EpisodeDataset
 from wmpo.eval.judge import write_imagined_dataset
@@ -18,10 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def script():  # noqa: ANN201
-    spec = importlib.util.spec_from_file_location("replay_strip", ROOT / "scripts" / "replay_strip.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("replay_strip")
 
 
 def test_rows_are_the_real_frames_and_their_replays_at_the_same_times(script, tmp_path: Path) -> None:
