@@ -90,11 +90,14 @@ def imagine_dataset(world_model: Any, dataset: EpisodeDataset, seed: int = 0, ba
         acts = np.zeros((len(eps), steps, 4), np.float32)
         for k, e in enumerate(eps):
             acts[k, : e.length] = e.actions  # past the real end: zero actions (hold still)
+        # real context: each episode's frames at the stride encoded once, not again at every chunk
+        coded = [world_model.encode(e.frames[:e.length // stride * stride + 1:stride]) for e in eps] \
+            if real_context else []
         latents = []
         for t in range(0, steps, chunk):
             if real_context and t > 0:
-                rollouts = [real_history_rollout(world_model, e, min(t, e.length // stride * stride), context,
-                                                 seed + i + k) for k, e in enumerate(eps)]
+                rollouts = [real_history_rollout(world_model, e, coded[k], min(t, e.length // stride * stride),
+                                                 context, seed + i + k) for k, e in enumerate(eps)]
             latents.append(world_model.step(rollouts, acts[:, t:t + chunk]))
         frames = world_model.decode(torch.cat(latents, 1))  # (B, steps/stride, H, W, 3)
         for k, e in enumerate(eps):
@@ -105,17 +108,18 @@ def imagine_dataset(world_model: Any, dataset: EpisodeDataset, seed: int = 0, ba
     return videos
 
 
-def real_history_rollout(world_model: Any, episode: Any, t: int, context: int, seed: int) -> Any:
-    """A rollout at env step ``t`` (a multiple of the stride, > 0) of a real episode: its first
-    frame as the anchor and the last ``context`` real frames at the stride up to ``t`` as history.
-    Past a shorter episode's end (``t`` clamped there) the chunk's frames are not used."""
+def real_history_rollout(world_model: Any, episode: Any, coded: torch.Tensor, t: int, context: int,
+                         seed: int) -> Any:
+    """A rollout at env step ``t`` (a multiple of the stride) of a real episode: its first frame as
+    the anchor and the last ``context`` real frames at the stride up to ``t`` as history. ``coded``:
+    the episode's frames at the stride, encoded (row k is env step k * stride). Past a shorter
+    episode's end (``t`` clamped there) the chunk's frames are not used; an episode shorter than
+    the stride has its first frame as all the history there is."""
     stride = world_model.frame_stride
-    if t < stride:  # an episode shorter than the stride: its first frame is all the history there is
-        return world_model.start(episode.frames[:1], [seed])[0]
     first = max(stride, t - (context - 1) * stride)
     times = list(range(first, t + 1, stride))
-    actions = np.stack([episode.actions[k - stride:k].reshape(-1) for k in times])
-    return world_model.start_with_history(episode.frames[0], episode.frames[times], actions, seed)
+    actions = np.stack([episode.actions[k - stride:k].reshape(-1) for k in times]) if times else np.zeros((0,))
+    return world_model.start_with_latent_history(coded[0], coded[[k // stride for k in times]], actions, seed)
 
 
 def reconstruct_dataset(world_model: Any, dataset: EpisodeDataset, progress: bool = False) -> list[np.ndarray]:

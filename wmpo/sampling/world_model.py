@@ -106,8 +106,16 @@ class TorchWorldModel:
         """A rollout whose context is real history: the episode's first frame, then real frames
         at the model's stride (T, H, W, 3), each with the stride*4 actions that led into it."""
         z = self.encode(np.concatenate([anchor_frame[None], frames]))
-        acts = torch.as_tensor(np.asarray(actions, np.float32).reshape(len(frames), -1))
-        return start_rollout(z[0], seed, z[1:], acts)
+        return self.start_with_latent_history(z[0], z[1:], actions, seed)
+
+    def start_with_latent_history(self, anchor: torch.Tensor, history: torch.Tensor, actions: np.ndarray,
+                                  seed: int) -> Rollout:
+        """``start_with_history`` from latents already encoded (anchor (C, h, w), history (T, C, h, w)):
+        callers that start many rollouts from one real episode encode its frames once."""
+        if not len(history):
+            return start_rollout(anchor, seed, action_width=self.dit.config.frame_action_dim)
+        acts = torch.as_tensor(np.asarray(actions, np.float32).reshape(len(history), -1))
+        return start_rollout(anchor, seed, history, acts)
 
     def fork(self, rollout: Rollout, seeds: list[int]) -> list[Rollout]:
         return [rollout.fork(int(s)) for s in seeds]
