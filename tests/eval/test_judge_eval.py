@@ -12,10 +12,12 @@ from wmpo.errors import ConfigError
 from wmpo.eval.judge import (
     choose_threshold,
     dual_noise_report,
+    imagine_dataset,
     precision_recall_f1,
     write_imagined_dataset,
 )
 from wmpo.judge.success import SuccessJudge
+from wmpo.sampling.world_model import TorchWorldModel
 
 ROOT = Path(__file__).resolve().parents[2] / "checkpoints"
 
@@ -60,6 +62,20 @@ def test_dual_noise_report_counts_flags_against_real_outcomes(imagined):
     assert r["judged_successes"] == 2 and r["flagged"] == 0  # threshold 0: the replay passes too
     judge.threshold = 1.0
     assert dual_noise_report(judge, real, im, str(ROOT / "world-model"), seed=5, progress=False)["judged_successes"] == 0
+    judge.threshold = 0.0
+    with pytest.raises(ConfigError, match="fresh noise"):  # the replays' own seed: no second draw
+        dual_noise_report(judge, real, im, str(ROOT / "world-model"), seed=0, progress=False)
+
+
+def test_replay_noise_follows_the_episode_not_its_position(imagined):
+    """A dataset rebuilt in another shard order (e.g. another number of collection workers) gets
+    the same replay of every episode; another seed gets another draw."""
+    real, _ = imagined
+    wm = TorchWorldModel.load(str(ROOT / "world-model"))
+    flipped = EpisodeDataset(real.root, real.columns, real.episodes[::-1])
+    a, b = imagine_dataset(wm, real, seed=3), imagine_dataset(wm, flipped, seed=3)
+    assert np.array_equal(a[0], b[1]) and np.array_equal(a[1], b[0])
+    assert not np.array_equal(a[0], imagine_dataset(wm, real, seed=4)[0])
 
 
 def test_threshold_and_f1_by_hand():

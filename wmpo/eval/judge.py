@@ -9,6 +9,7 @@ the number measures what the trainer will get (world-model errors and judge erro
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -69,6 +70,15 @@ def judge_dataset(judge: SuccessJudge, dataset: EpisodeDataset, batch_episodes: 
     return JudgedEpisodes(np.asarray(scores), np.asarray(labels, bool), tasks)
 
 
+def replay_seed(seed: int, meta: dict[str, Any], index: int) -> int:
+    """The noise seed of one episode's replay: the run's ``seed`` and the episode's identity (task,
+    env seed), not its position, so a dataset rebuilt in another shard order (collected with
+    another number of workers) is imagined with the same noise. ``index`` stands in for an
+    episode without an env seed."""
+    key = f"{meta.get('task')}/{meta['seed']}" if meta.get("seed") is not None else f"#{index}"
+    return seed * 1_000_003 + zlib.crc32(key.encode())
+
+
 def imagine_dataset(world_model: Any, dataset: EpisodeDataset, seed: int = 0, batch: int = 16,
                     progress: bool = False, real_context: bool = False) -> list[np.ndarray]:
     """Imagined videos (frames at the world model's stride) of each episode's recorded actions,
@@ -84,7 +94,8 @@ def imagine_dataset(world_model: Any, dataset: EpisodeDataset, seed: int = 0, ba
     bar = tqdm(total=len(dataset), desc="imagine episodes", disable=not progress)
     for i in range(0, len(dataset), batch):
         eps = [dataset.episode(j) for j in range(i, min(i + batch, len(dataset)))]
-        rollouts = world_model.start(np.stack([e.frames[0] for e in eps]), [seed + i + k for k in range(len(eps))])
+        seeds = [replay_seed(seed, e.meta, i + k) for k, e in enumerate(eps)]
+        rollouts = world_model.start(np.stack([e.frames[0] for e in eps]), seeds)
         steps = max(e.length for e in eps)
         steps = (steps + chunk - 1) // chunk * chunk
         acts = np.zeros((len(eps), steps, 4), np.float32)
@@ -97,7 +108,7 @@ def imagine_dataset(world_model: Any, dataset: EpisodeDataset, seed: int = 0, ba
         for t in range(0, steps, chunk):
             if real_context and t > 0:
                 rollouts = [real_history_rollout(world_model, e, coded[k], min(t, e.length // stride * stride),
-                                                 context, seed + i + k) for k, e in enumerate(eps)]
+                                                 context, seeds[k]) for k, e in enumerate(eps)]
             latents.append(world_model.step(rollouts, acts[:, t:t + chunk]))
         frames = world_model.decode(torch.cat(latents, 1))  # (B, steps/stride, H, W, 3)
         for k, e in enumerate(eps):
@@ -166,7 +177,7 @@ def write_imagined_dataset(world_model_dir: str, data: str, out: str, seed: int 
         success = np.zeros(len(video), bool)
         success[-1] = real.succeeded
         meta = {**real.meta, "source": {"kind": kind, "world_model": wm.provenance().get("world_model_sha256"),
-                                        "from": data, "seed": seed + i,
+                                        "from": data, "seed": replay_seed(seed, real.meta, i),
                                         "action_guidance": wm.sampler.action_guidance},
                 "frame_stride": wm.frame_stride}
         writer.add(Episode(video, np.zeros((len(video) - 1, 4), np.float32), success, meta))
@@ -196,6 +207,11 @@ def dual_noise_report(judge: SuccessJudge, real: EpisodeDataset, imagined: Episo
                              [by_key[(imagined.episodes[i]["task"], imagined.episodes[i]["seed"])] for i in positives])
     except KeyError as e:
         raise ConfigError(f"imagined episode {e} has no real episode in {real.root}") from None
+    same = [i for i, m in zip(positives, sub.episodes, strict=True)
+            if imagined.episodes[i].get("source", {}).get("seed") == replay_seed(seed, m, -1)]
+    if same:
+        raise ConfigError(f"--seed {seed} is the seed these replays were imagined with: dual-noise "
+                          "verification needs fresh noise, pass another --seed")
     wm = TorchWorldModel.load(world_model_dir)
     videos = imagine_dataset(wm, sub, seed, progress=progress)
     again = [judge.judge_many([v], [m["instruction"]], [wm.frame_stride])[0].success
