@@ -528,7 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--world-model", default=str(BUNDLED_WORLD_MODEL))
     p.add_argument("--action-guidance", type=float, default=None, help=GUIDANCE_HELP)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="noise seed; each replay's own seed follows from it and the episode's task and env seed")
     p.add_argument("--reconstruct", action="store_true",
                    help="the world model's autoencoder reconstructions of the real frames instead of its "
                    "replays: what a judge can read at best through this latent")
