@@ -8,8 +8,9 @@
 #   scripts/eval_world_model_candidate.sh checkpoints/world-model-tasks results/world-model-tasks/eval
 #
 # BASELINE (default checkpoints/world-model) is evaluated the same way, with the same seeds, unless
-# BASELINE=none. About 30 min per model on 2 cores (two 200- and 90-episode imaginations, one
-# thread each side by side, then action following on 2 threads).
+# BASELINE=none. About 13 min per model on 2 idle cores (the 200- and 90-episode imaginations,
+# one thread each side by side, 4 min; the judge and fidelity 2 min; action following 3-6 min).
+# Run nothing else beside it: the 2-thread steps slow several-fold on a shared core.
 set -e
 [ $# -eq 2 ] || { echo "usage: $0 CHECKPOINT OUT_DIR" >&2; exit 2; }
 CKPT=$1
