@@ -8,7 +8,8 @@
 #   scripts/eval_world_model_candidate.sh checkpoints/world-model-tasks results/world-model-tasks/eval
 #
 # BASELINE (default checkpoints/world-model) is evaluated the same way, with the same seeds, unless
-# BASELINE=none. About 13 min per model on 2 idle cores (the 200- and 90-episode imaginations,
+# BASELINE=none. JUDGE (default checkpoints/judge) reads the candidate's replays, BASELINE_JUDGE
+# (default: the same) the baseline's: a world model with the judge retrained on its replays. About 13 min per model on 2 idle cores (the 200- and 90-episode imaginations,
 # one thread each side by side, 4 min; the judge and fidelity 2 min; action following 3-6 min).
 # Run nothing else beside it: the 2-thread steps slow several-fold on a shared core.
 set -e
@@ -16,6 +17,8 @@ set -e
 CKPT=$1
 OUT=$2
 BASELINE=${BASELINE:-checkpoints/world-model}
+JUDGE=${JUDGE:-checkpoints/judge}
+BASELINE_JUDGE=${BASELINE_JUDGE:-$JUDGE}
 export PATH="$PWD/.venv/bin:$PATH"
 export MUJOCO_GL=${MUJOCO_GL:-egl}
 [ -f "$CKPT/config.json" ] || { echo "$CKPT: not a world model checkpoint (no config.json)" >&2; exit 2; }
@@ -27,7 +30,7 @@ OMP_NUM_THREADS=1 wmpo collect --out datasets/judge-test --tasks policy --source
 OMP_NUM_THREADS=1 wmpo collect --out datasets/judge-test-noisy --tasks door-open-v3,push-v3,pick-place-v3 \
     --source noisy --noise-std 0.4 --episodes 30 --seed-start 42000 --workers 2
 
-evaluate() {  # $1 checkpoint, $2 tag; replays are kept per weights (reused only for the same sha)
+evaluate() {  # $1 checkpoint, $2 tag, $3 judge; replays are kept per weights (reused only for the same sha)
     sha=$(sha256sum "$1/model.safetensors" | cut -c1-12)
     for d in judge-test judge-test-noisy; do
         if [ ! -f "datasets/$d-imagined-$sha/meta/manifest.json" ]; then
@@ -39,7 +42,7 @@ evaluate() {  # $1 checkpoint, $2 tag; replays are kept per weights (reused only
     done
     for p in $pids; do wait "$p"; done  # each job's status: a failed imagination stops the script
     pids=
-    OMP_NUM_THREADS=2 wmpo eval judge --data "datasets/judge-test-imagined-$sha" \
+    OMP_NUM_THREADS=2 wmpo eval judge --checkpoint "$3" --data "datasets/judge-test-imagined-$sha" \
         "datasets/judge-test-noisy-imagined-$sha" --json "$OUT/judge-imagined-$2.json"
     for d in judge-test judge-test-noisy; do
         python scripts/replay_fidelity.py --real "datasets/$d" --replays "datasets/$d-imagined-$sha" \
@@ -49,6 +52,6 @@ evaluate() {  # $1 checkpoint, $2 tag; replays are kept per weights (reused only
         --json "$OUT/action-following-$2.json"
 }
 
-evaluate "$CKPT" candidate
-[ "$BASELINE" = none ] || evaluate "$BASELINE" baseline
+evaluate "$CKPT" candidate "$JUDGE"
+[ "$BASELINE" = none ] || evaluate "$BASELINE" baseline "$BASELINE_JUDGE"
 echo "written to $OUT: judge-imagined-*.json, fidelity-*.json, action-following-*.json"
