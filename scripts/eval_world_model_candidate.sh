@@ -5,7 +5,7 @@
 # (wmpo eval world-model, 12 cases per policy task). The test sets are the ones of
 # results/world-model-ceiling (seeded; rebuilt when missing). Everything is written to OUT.
 #
-#   scripts/eval_world_model_candidate.sh checkpoints/world-model-tasks results/world-model-tasks/eval
+#   scripts/eval_world_model_candidate.sh runs/my-world-model results/my-world-model/eval
 #
 # BASELINE (default checkpoints/world-model) is evaluated the same way, with the same seeds, unless
 # BASELINE=none. JUDGE (default checkpoints/judge) reads the candidate's replays, BASELINE_JUDGE

@@ -4,7 +4,7 @@
 # demonstrations per task), each once more as this world model's imagined replay, and a success
 # classifier trained on all of them (threshold chosen on validation, real and imagined).
 #
-#   scripts/retrain_judge.sh checkpoints/world-model-tasks runs/judge-tasks
+#   scripts/retrain_judge.sh checkpoints/world-model runs/judge-tasks
 #
 # Everything it builds is reused when present: datasets (collect skips episodes on disk), the
 # policies (runs/policies/dN), and replays (kept per world model weights: *-imagined-<sha12>).
