@@ -9,8 +9,10 @@
 #
 # BASELINE (default checkpoints/world-model) is evaluated the same way, with the same seeds, unless
 # BASELINE=none. JUDGE (default checkpoints/judge) reads the candidate's replays, BASELINE_JUDGE
-# (default: the same) the baseline's: a world model with the judge retrained on its replays. About 13 min per model on 2 idle cores (the 200- and 90-episode imaginations,
-# one thread each side by side, 4 min; the judge and fidelity 2 min; action following 3-6 min).
+# (default: the same) the baseline's: a world model with the judge retrained on its replays
+# (scripts/retrain_judge.sh). About 13 min per model on 2 idle cores (the 200- and 90-episode
+# imaginations, one thread each side by side, 4 min; the judge and fidelity 2 min; action
+# following 3-6 min).
 # Run nothing else beside it: the 2-thread steps slow several-fold on a shared core.
 set -e
 [ $# -eq 2 ] || { echo "usage: $0 CHECKPOINT OUT_DIR" >&2; exit 2; }
