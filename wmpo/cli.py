@@ -226,7 +226,8 @@ def cmd_train_judge(a: argparse.Namespace) -> None:
 
     cfg = JudgeTrainConfig(data=a.data, val_data=a.val_data, out=a.out, preset=a.preset, steps=a.steps,
                            batch_size=a.batch_size, lr=a.lr, recon_prob=a.recon_prob,
-                           world_model=a.world_model if a.recon_prob > 0 else None, seed=a.seed, init=a.init)
+                           world_model=a.world_model if a.recon_prob > 0 else None, seed=a.seed, init=a.init,
+                           min_threshold_support=a.min_threshold_support)
     print(json.dumps(train_success_classifier(cfg), indent=2))
 
 
@@ -258,7 +259,7 @@ def cmd_train_lifelong(a: argparse.Namespace) -> None:
         out=a.out, tasks=_tasks(a.tasks), policy=a.policy, world_model=a.world_model, judge=a.judge,
         rounds=a.rounds, real_rollouts=a.real_rollouts, rollout_temperature=a.rollout_temperature,
         wm_steps=a.wm_steps, judge_steps=a.judge_steps, judge_horizon_cuts=a.judge_horizon_cuts,
-        grpo_steps=a.steps, groups=a.groups, group_size=a.group_size, chunks=a.chunks, temperature=a.temperature,
+        threshold_support=a.threshold_support, grpo_steps=a.steps, groups=a.groups, group_size=a.group_size, chunks=a.chunks, temperature=a.temperature,
         lr=a.lr, target_kl=a.target_kl, action_guidance=a.action_guidance,
         calibration_episodes=a.calibration_episodes,
         calibration_every=a.calibration_every, keep_best_real=a.keep_best_real, reward=a.reward,
@@ -669,6 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="chance a training clip is replaced by autoencoder reconstructions (0 = off)")
     p.add_argument("--world-model", default=str(BUNDLED_WORLD_MODEL), help="its autoencoder makes reconstructions")
     p.add_argument("--init", default=None, help="fine-tune this success classifier (its preset wins)")
+    p.add_argument("--min-threshold-support", type=int, default=1,
+                   help="choose the threshold only when --val-data holds at least this many successes and "
+                   "failures; else keep --init's (else 0.5)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train_judge)
 
@@ -731,6 +735,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the policy's sampling temperature in the real rollouts (GRPO samples at 1.6)")
     p.add_argument("--wm-steps", type=int, default=400, help="world-model fine-tuning steps (0: skip)")
     p.add_argument("--judge-steps", type=int, default=300, help="judge fine-tuning steps (0: skip)")
+    p.add_argument("--threshold-support", type=int, default=20,
+                   help="the fine-tuned judge's threshold is re-chosen on the round's validation rollouts only "
+                   "when they hold at least this many successes and failures; else the judge keeps its threshold")
     p.add_argument("--judge-horizon-cuts", action="store_true",
                    help="also fine-tune and calibrate the judge on the real rollouts cut at GRPO's horizon "
                    "(--chunks x 8 steps, relabelled) and their imagined replays: no extra real rollouts")

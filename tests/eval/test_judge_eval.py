@@ -85,6 +85,9 @@ def test_threshold_and_f1_by_hand():
     assert 0.4 < t <= 0.6
     assert choose_threshold(scores, np.zeros(4, bool)) is None  # no F1 to maximise without both classes
     assert choose_threshold(scores, np.ones(4, bool)) is None
+    # two of each kind: chosen with a support of 2, refused with 3 (a handful is noise, not a threshold)
+    assert choose_threshold(scores, labels, min_support=2) == t
+    assert choose_threshold(scores, labels, min_support=3) is None
     m = precision_recall_f1(scores >= 0.5, np.array([False, True, True, True]))
     assert m["precision"] == 1.0 and m["recall"] == pytest.approx(2 / 3) and m["f1"] == pytest.approx(0.8)
 

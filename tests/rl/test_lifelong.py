@@ -56,6 +56,11 @@ def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path
     judge_manifest = json.loads((tmp_path / "round-0" / "judge" / "manifest.json").read_text())
     assert judge_manifest["data"]["val_datasets"] == [sets["val"]["cut"], sets["val"]["cut-imagined"]]
     assert set(rnd["judge"]["val_by_set"]) == {"real", "imagined", "cut", "cut-imagined"}
+    # ... unless, as here, they are too few to choose it on (2 < --threshold-support 20): the bundled
+    # judge's threshold, chosen on hundreds of episodes, is kept and the manifest says why
+    bundled_judge = json.loads((CKPT / "judge" / "config.json").read_text())
+    assert rnd["judge"]["threshold"] == pytest.approx(bundled_judge["threshold"])
+    assert judge_manifest["threshold"]["chosen_on"].startswith("kept --init threshold: the 2 validation episodes")
     # ... imagined with the action guidance GRPO's simulator serves with
     replay = EpisodeDataset.load(sets["train"]["imagined"]).episode(0)
     assert replay.meta["source"]["action_guidance"] == 2.0
@@ -76,7 +81,7 @@ def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path
     # the report: the round's rollouts, its threshold, the step with its real check
     table = report(tmp_path).splitlines()
     real = rnd["collect"]["real-train"]["per_task"][TASK]["successes"] + rnd["collect"]["real-val"]["per_task"][TASK]["successes"]
-    assert table[2].startswith(f"| 0 | button-press-topdown {real}/4 | {rnd['judge']['threshold']:.3f} | start |")
+    assert table[2].startswith(f"| 0 | button-press-topdown {real}/4 | {rnd['judge']['threshold']:.3f} (kept) | start |")
     step = table[3].split(" | ")
     assert step[3] == "1" and re.fullmatch(r"\d+ -> \d+", step[4]) and step[7] == f"{check['real']['per_task'][TASK]['successes']}/1"
     with pytest.raises(ConfigError, match="no lifelong loop"):

@@ -88,6 +88,7 @@ def test_a_validation_split_without_successes_keeps_the_init_threshold(data, tmp
                                       progress=False)
     assert second["threshold"] == first["threshold"]
     chosen_on = json.loads((tmp_path / "b" / "manifest.json").read_text())["threshold"]["chosen_on"]
-    assert chosen_on == "kept --init threshold: the 2 validation episodes are all failures"
+    assert chosen_on == ("kept --init threshold: the 2 validation episodes hold 0 successes and 2 failures, "
+                         "fewer than 1 of one kind")
     assert "warning: threshold kept --init" in capsys.readouterr().err
     assert SuccessJudge.load(str(tmp_path / "b")).threshold == first["threshold"]

@@ -41,11 +41,14 @@ def precision_recall_f1(pred: np.ndarray, labels: np.ndarray) -> dict[str, float
             "tp": tp, "fp": fp, "fn": fn, "tn": int(len(pred) - tp - fp - fn)}
 
 
-def choose_threshold(scores: np.ndarray, labels: np.ndarray) -> float | None:
+def choose_threshold(scores: np.ndarray, labels: np.ndarray, min_support: int = 1) -> float | None:
     """The threshold with the best F1 on a validation split (midpoint between neighbouring scores,
-    so it does not sit exactly on a validation example); None when the split lacks successes or
-    failures: F1 is then 0 or 1 at any threshold, and its argmax would pass every episode."""
-    if labels.all() or not labels.any():
+    so it does not sit exactly on a validation example); None when the split has fewer than
+    ``min_support`` successes or failures: without both, F1 is 0 or 1 at any threshold and its
+    argmax would pass every episode; with a handful, the argmax is noise (a lifelong round's 15
+    validation rollouts moved a threshold from 0.94 to 0.39)."""
+    successes = int(labels.sum())
+    if min(successes, len(labels) - successes) < max(min_support, 1):
         return None
     cands = np.unique(np.concatenate([[0.0, 1.0], scores]))
     mids = (cands[:-1] + cands[1:]) / 2

@@ -55,6 +55,8 @@ class JudgeTrainConfig:
     log_every: int = 50
     save_every: int = 500
     init: str | None = None  # fine-tune: start from this classifier's weights (its preset wins)
+    # fewer validation successes or failures than this: keep --init's threshold (else 0.5)
+    min_threshold_support: int = 1
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
@@ -65,6 +67,8 @@ class JudgeTrainConfig:
             raise ConfigError("--steps must be >= 1, --batch-size >= 2 and --lr > 0")
         if not 0 <= self.recon_prob <= 1 or self.margin < 0 or self.shift < 0:
             raise ConfigError("--recon-prob must be in [0, 1]; --margin and --shift >= 0")
+        if self.min_threshold_support < 1:
+            raise ConfigError(f"--min-threshold-support must be >= 1, got {self.min_threshold_support}")
         if self.recon_prob > 0 and not self.world_model:
             raise ConfigError("--recon-prob > 0 needs --world-model (its autoencoder makes the reconstructions)")
 
@@ -218,13 +222,15 @@ def train_success_classifier(cfg: JudgeTrainConfig, progress: bool = True) -> di
     val = [judge_dataset(judge, EpisodeDataset.load(p), progress=progress) for p in cfg.val_data]
     val_scores = np.concatenate([v.scores for v in val])
     val_labels = np.concatenate([v.labels for v in val])
-    threshold = choose_threshold(val_scores, val_labels)
+    threshold = choose_threshold(val_scores, val_labels, cfg.min_threshold_support)
     chosen_on = "val_data, trajectory-level F1"
-    if threshold is None:  # e.g. a lifelong round's validation rollouts of a task the policy never solves
-        kind = "successes" if val_labels.all() else "failures"
+    if threshold is None:  # e.g. a lifelong round's few validation rollouts
+        n_pos = int(val_labels.sum())
         threshold = float(init_config.get("threshold", 0.5))
         chosen_on = (f"kept {'--init' if init is not None else 'the default'} threshold: the "
-                     f"{len(val_labels)} validation episodes are all {kind}")
+                     f"{len(val_labels)} validation episodes hold {n_pos} successes and "
+                     f"{len(val_labels) - n_pos} failures, fewer than {max(cfg.min_threshold_support, 1)} "
+                     "of one kind")
         print(f"warning: threshold {chosen_on}", file=sys.stderr)
     val_metrics = precision_recall_f1(val_scores >= threshold, val_labels)
     log.write(step=cfg.steps, threshold=threshold, **{f"val_{k}": v for k, v in val_metrics.items()})
@@ -243,4 +249,5 @@ def train_success_classifier(cfg: JudgeTrainConfig, progress: bool = True) -> di
     }
     sha = save_checkpoint(out, model.state_dict(), model.checkpoint_config(threshold), manifest)
     state_path.unlink(missing_ok=True)
-    return {"checkpoint": str(out), "sha256": sha, "threshold": threshold, "val": val_metrics}
+    return {"checkpoint": str(out), "sha256": sha, "threshold": threshold, "threshold_note": chosen_on,
+            "val": val_metrics}
