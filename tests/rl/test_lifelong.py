@@ -138,6 +138,8 @@ def test_bad_loop_configs_are_refused(tmp_path):
         LifelongConfig(out=str(tmp_path), tasks=[TASK], rounds=80).validate()
     with pytest.raises(ConfigError, match="rollout-temperature"):
         LifelongConfig(out=str(tmp_path), tasks=[TASK], rollout_temperature=-0.5).validate()
+    with pytest.raises(ConfigError, match="threshold-support"):
+        LifelongConfig(out=str(tmp_path), tasks=[TASK], threshold_support=0).validate()
     (tmp_path / "round-0").mkdir()
     with pytest.raises(ConfigError, match="no lifelong.json"):
         run_lifelong(LifelongConfig(out=str(tmp_path), tasks=[TASK]))
