@@ -229,7 +229,7 @@ def train_success_classifier(cfg: JudgeTrainConfig, progress: bool = True) -> di
         threshold = float(init_config.get("threshold", 0.5))
         chosen_on = (f"kept {'--init' if init is not None else 'the default'} threshold: the "
                      f"{len(val_labels)} validation episodes hold {n_pos} successes and "
-                     f"{len(val_labels) - n_pos} failures, fewer than {max(cfg.min_threshold_support, 1)} "
+                     f"{len(val_labels) - n_pos} failures, fewer than {cfg.min_threshold_support} "
                      "of one kind")
         print(f"warning: threshold {chosen_on}", file=sys.stderr)
     val_metrics = precision_recall_f1(val_scores >= threshold, val_labels)
