@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from services.embedded import job_stack
+from wmpo.data.collect import CollectConfig, collect
 from wmpo.data.episodes import EpisodeDataset
 from wmpo.errors import ConfigError, WmpoError
 from wmpo.rl.job import GRPOJobConfig, run_grpo_job
@@ -19,16 +20,20 @@ CKPT = Path(__file__).resolve().parents[2] / "checkpoints"
 TASK = "button-press-topdown-v3"
 
 
-def tiny(out) -> LifelongConfig:
+def tiny(out, threshold_data: list[str] | None = None) -> LifelongConfig:
     return LifelongConfig(out=str(out), tasks=[TASK], real_rollouts=4, wm_steps=2, judge_steps=2, grpo_steps=1,
                           groups=1, group_size=2, chunks=2, eval_episodes=0, workers=1, seed=1,
                           action_guidance=2.0, judge_horizon_cuts=True, calibration_episodes=1,
-                          calibration_every=1, target_kl=0.5)
+                          calibration_every=1, target_kl=0.5, threshold_data=threshold_data or [])
 
 
 @pytest.mark.slow
-def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path):
-    ledger = run_lifelong(tiny(tmp_path), embedded=job_stack)
+def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path_factory):
+    # offline rollouts outside P for the threshold's pool: two of the scripted expert's
+    offline = str(tmp_path_factory.mktemp("offline") / "expert")
+    collect(CollectConfig(out=offline, tasks=[TASK], source="expert", episodes=2, seed_start=40_000, workers=1))
+    tmp_path = tmp_path_factory.mktemp("loop")
+    ledger = run_lifelong(tiny(tmp_path, [offline]), embedded=job_stack)
     (rnd,) = ledger["rounds"]
     assert rnd["collect"]["real_rollouts"] == 4 == ledger["real_rollouts_total"]
     assert rnd["collect"]["real-train"]["episodes_per_task"] == 3 and rnd["collect"]["real-val"]["episodes_per_task"] == 1
@@ -52,15 +57,22 @@ def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path
     real, cut = EpisodeDataset.load(sets["train"]["real"]), EpisodeDataset.load(sets["train"]["cut"])
     assert len(cut) == len(real) == 3 and max(m["length"] for m in cut.episodes) <= 16
     assert len(EpisodeDataset.load(sets["train"]["cut-imagined"])) == 3
-    # ... its threshold chosen on the cut validation rollouts, the kind GRPO judges; every set measured
+    # ... its threshold chosen on the cut validation rollouts, the kind GRPO judges, pooled with the
+    # offline rollouts cut the same way and replayed by this round's world model; every set measured
     judge_manifest = json.loads((tmp_path / "round-0" / "judge" / "manifest.json").read_text())
-    assert judge_manifest["data"]["val_datasets"] == [sets["val"]["cut"], sets["val"]["cut-imagined"]]
+    pooled = tmp_path / "round-0" / "threshold"
+    assert judge_manifest["data"]["val_datasets"] == rnd["judge"]["threshold_chosen_on"] == [
+        sets["val"]["cut"], sets["val"]["cut-imagined"], str(pooled / "data-0-cut"), str(pooled / "data-0-cut-imagined")]
+    offline_cut = EpisodeDataset.load(pooled / "data-0-cut")
+    assert len(offline_cut) == 2 and max(m["length"] for m in offline_cut.episodes) <= 16
+    replayed = EpisodeDataset.load(pooled / "data-0-cut-imagined")
+    assert [m["succeeded"] for m in replayed.episodes] == [m["succeeded"] for m in offline_cut.episodes]
     assert set(rnd["judge"]["val_by_set"]) == {"real", "imagined", "cut", "cut-imagined"}
-    # ... unless, as here, they are too few to choose it on (2 < --threshold-support 20): the bundled
+    # ... unless, as here, they are too few to choose it on (6 < --threshold-support 20): the bundled
     # judge's threshold, chosen on hundreds of episodes, is kept and the manifest says why
     bundled_judge = json.loads((CKPT / "judge" / "config.json").read_text())
     assert rnd["judge"]["threshold"] == pytest.approx(bundled_judge["threshold"])
-    assert judge_manifest["threshold"]["chosen_on"].startswith("kept --init threshold: the 2 validation episodes")
+    assert judge_manifest["threshold"]["chosen_on"].startswith("kept --init threshold: the 6 validation episodes")
     # ... imagined with the action guidance GRPO's simulator serves with
     replay = EpisodeDataset.load(sets["train"]["imagined"]).episode(0)
     assert replay.meta["source"]["action_guidance"] == 2.0
@@ -89,7 +101,7 @@ def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path
 
     # started again, every stage is found done and nothing runs twice
     mtime = (tmp_path / "round-0" / "world-model" / "model.safetensors").stat().st_mtime
-    again = run_lifelong(tiny(tmp_path), embedded=job_stack)
+    again = run_lifelong(tiny(tmp_path, [offline]), embedded=job_stack)
     assert again["rounds"] == ledger["rounds"]
     assert (tmp_path / "round-0" / "world-model" / "model.safetensors").stat().st_mtime == mtime
     # ... also when recorded before a field existed, the field being at its default now
@@ -97,9 +109,9 @@ def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path
     recorded = json.loads(path.read_text())
     del recorded["config"]["wm_lr"]
     path.write_text(json.dumps(recorded))
-    assert run_lifelong(tiny(tmp_path), embedded=job_stack)["rounds"] == ledger["rounds"]
+    assert run_lifelong(tiny(tmp_path, [offline]), embedded=job_stack)["rounds"] == ledger["rounds"]
     # ... but not with another configuration, whose artifacts would mix with these
-    other = tiny(tmp_path)
+    other = tiny(tmp_path, [offline])
     other.real_rollouts = 6
     with pytest.raises(ConfigError, match="real_rollouts"):
         run_lifelong(other)
@@ -110,7 +122,6 @@ def load_json_sha(directory: Path) -> str:
 
 
 def test_a_round_whose_rollouts_all_failed_keeps_its_judge(tmp_path):
-    from wmpo.data.collect import CollectConfig, collect
     from wmpo.rl.lifelong import _align_judge
 
     # 16 steps: too short for anyone to press the button, so both rollouts fail
@@ -140,6 +151,8 @@ def test_bad_loop_configs_are_refused(tmp_path):
         LifelongConfig(out=str(tmp_path), tasks=[TASK], rollout_temperature=-0.5).validate()
     with pytest.raises(ConfigError, match="threshold-support"):
         LifelongConfig(out=str(tmp_path), tasks=[TASK], threshold_support=0).validate()
+    with pytest.raises(ConfigError, match=r"--threshold-data .*missing: no episode dataset"):
+        LifelongConfig(out=str(tmp_path), tasks=[TASK], threshold_data=[str(tmp_path / "missing")]).validate()
     (tmp_path / "round-0").mkdir()
     with pytest.raises(ConfigError, match="no lifelong.json"):
         run_lifelong(LifelongConfig(out=str(tmp_path), tasks=[TASK]))

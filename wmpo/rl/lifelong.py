@@ -13,8 +13,10 @@ One round, for the current policy:
    also on the same rollouts cut at GRPO's horizon (relabelled by whether they had succeeded by
    then) and their imagined replays, the rollouts GRPO will ask the judge about, and the
    threshold is chosen on the cut validation rollouts alone (complete imagined trials want a
-   lower threshold than cut ones, whose near misses must fail); a validation part with fewer
-   than ``threshold_support`` successes or failures keeps the judge's threshold instead;
+   lower threshold than cut ones, whose near misses must fail), pooled with the earlier rounds'
+   validation parts and the offline ``threshold_data`` (all replayed with this round's world
+   model); a pool with fewer than ``threshold_support`` successes or failures keeps the judge's
+   threshold instead;
 4. **GRPO in imagination** with the new world model and judge (the embedded stack: the trainer
    still reaches them only through their service clients);
 5. **evaluate** the new policy in the real simulator on held-out seeds (never counted in P).
@@ -31,7 +33,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -64,11 +66,17 @@ class LifelongConfig:
     wm_lr: float = 1e-4
     judge_steps: int = 300
     judge_lr: float = 3e-4
-    # The fine-tuned judge's threshold is chosen on the round's validation rollouts only when they
-    # hold at least this many successes and failures; otherwise it keeps the judge's threshold, last
+    # The fine-tuned judge's threshold is chosen on the validation pool (threshold_data below) only when it
+    # holds at least this many successes and failures; otherwise it keeps the judge's threshold, last
     # chosen on enough episodes (the bundled judge's: hundreds). 15 rollouts moved it 0.94 -> 0.39,
     # and imagined push then passed 100% of tries against 30% real.
     threshold_support: int = 20
+    # Real datasets outside P (offline rollouts, e.g. the bundled judge's validation set that
+    # scripts/retrain_judge.sh collects) pooled with this round's and the earlier rounds' validation
+    # parts to choose that threshold, each cut at GRPO's horizon (with judge_horizon_cuts) and
+    # replayed with the round's world model: the fine-tuned judge needs its own threshold (the kept
+    # 0.92 passed imagined push 69-79% against 30% real), and one round's rollouts are too few.
+    threshold_data: list[str] = field(default_factory=list)
     grpo_steps: int = 10
     groups: int = 8
     group_size: int = 8
@@ -127,6 +135,9 @@ class LifelongConfig:
         for path in (self.policy, self.world_model, self.judge):
             if not (Path(path) / "config.json").exists():
                 raise ConfigError(f"no checkpoint at {path}")
+        for path in self.threshold_data:
+            if not (Path(path) / "meta" / "info.json").exists():
+                raise ConfigError(f"--threshold-data {path}: no episode dataset there (meta/info.json)")
         self.grpo_job(self.policy, self.out, self.world_model, self.judge, 0).validate()  # GRPO fields, up front
 
     def grpo_job(self, policy: str, out: str, world_model: str, judge: str, r: int) -> Any:
@@ -257,6 +268,16 @@ def _align_judge(cfg: LifelongConfig, r: int, rd: Path, world_model: str, judge:
     # GRPO only ever judges rollouts cut at its horizon: with the cuts, the threshold is chosen on them
     threshold_sets = [sets["val"]["cut"], sets["val"]["cut-imagined"]] if cfg.judge_horizon_cuts else list(
         sets["val"].values())
+    # ... pooled with the earlier rounds' validation parts and the offline threshold data, all
+    # replayed with this round's world model
+    pool = {f"round-{k}": str(rd.parent / f"round-{k}" / "real-val") for k in range(r)}
+    pool |= {f"data-{i}": path for i, path in enumerate(cfg.threshold_data)}
+    for name, real_part in pool.items():
+        if cfg.judge_horizon_cuts:
+            name += "-cut"
+            cut = rd / "threshold" / name
+            real_part = once(cut, partial(write_cut_dataset, real_part, cut, cfg.chunks * CHUNK_STEPS))
+        threshold_sets += [real_part, replay(real_part, rd / "threshold" / f"{name}-imagined")]
     res = train_success_classifier(JudgeTrainConfig(
         data=list(sets["train"].values()), val_data=threshold_sets, out=str(rd / "judge"), init=judge,
         steps=cfg.judge_steps, lr=cfg.judge_lr, warmup=min(30, cfg.judge_steps), world_model=world_model,
