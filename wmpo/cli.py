@@ -259,7 +259,7 @@ def cmd_train_lifelong(a: argparse.Namespace) -> None:
         out=a.out, tasks=_tasks(a.tasks), policy=a.policy, world_model=a.world_model, judge=a.judge,
         rounds=a.rounds, real_rollouts=a.real_rollouts, rollout_temperature=a.rollout_temperature,
         wm_steps=a.wm_steps, judge_steps=a.judge_steps, judge_horizon_cuts=a.judge_horizon_cuts,
-        threshold_support=a.threshold_support, threshold_data=a.threshold_data,
+        threshold_support=a.threshold_support, threshold_data=a.threshold_data, min_imagined_auc=a.min_imagined_auc,
         grpo_steps=a.steps, groups=a.groups, group_size=a.group_size,
         chunks=a.chunks, temperature=a.temperature,
         lr=a.lr, target_kl=a.target_kl, action_guidance=a.action_guidance,
@@ -744,6 +744,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="real datasets outside the real-rollout budget (e.g. datasets/judge-val of "
                    "scripts/retrain_judge.sh) pooled with the rounds' validation rollouts to choose that threshold, "
                    "each cut at GRPO's horizon (with --judge-horizon-cuts) and replayed with the round's world model")
+    p.add_argument("--min-imagined-auc", type=float, default=0.0,
+                   help="GRPO trains only on the tasks whose imagined validation rollouts the round's judge ranks "
+                   "with at least this AUC (0: every task; a round with none keeps its policy)")
     p.add_argument("--judge-horizon-cuts", action="store_true",
                    help="also fine-tune and calibrate the judge on the real rollouts cut at GRPO's horizon "
                    "(--chunks x 8 steps, relabelled) and their imagined replays: no extra real rollouts")

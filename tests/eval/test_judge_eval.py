@@ -10,10 +10,13 @@ from wmpo.data.collect import CollectConfig, collect
 from wmpo.data.episodes import EpisodeDataset
 from wmpo.errors import ConfigError
 from wmpo.eval.judge import (
+    JudgedEpisodes,
     choose_threshold,
     dual_noise_report,
     imagine_dataset,
     precision_recall_f1,
+    ranking_auc,
+    summarize,
     write_imagined_dataset,
 )
 from wmpo.judge.success import SuccessJudge
@@ -90,6 +93,19 @@ def test_threshold_and_f1_by_hand():
     assert choose_threshold(scores, labels, min_support=3) is None
     m = precision_recall_f1(scores >= 0.5, np.array([False, True, True, True]))
     assert m["precision"] == 1.0 and m["recall"] == pytest.approx(2 / 3) and m["f1"] == pytest.approx(0.8)
+
+
+def test_auc_ranks_successes_above_failures_per_task_by_hand():
+    assert ranking_auc(np.array([0.1, 0.4, 0.6, 0.9]), np.array([False, False, True, True])) == 1.0
+    # of the 4 (success, failure) pairs: 0.6 > 0.4, 0.6 < 0.7, 0.3 < 0.4, 0.3 < 0.7 -> 1/4; a tie counts half
+    assert ranking_auc(np.array([0.6, 0.3, 0.4, 0.7]), np.array([True, True, False, False])) == 0.25
+    assert ranking_auc(np.array([0.5, 0.5]), np.array([True, False])) == 0.5
+    assert ranking_auc(np.array([0.2, 0.9]), np.array([True, True])) is None  # nothing to rank
+    judged = JudgedEpisodes(np.array([0.9, 0.2, 0.8, 0.95, 0.3]), np.array([True, False, False, True, True]),
+                            ["a", "a", "b", "b", "b"])
+    s = summarize(judged, 0.5)
+    assert s["per_task"]["a"]["auc"] == 1.0 and s["per_task"]["b"]["auc"] == 0.5  # 0.95 > 0.8, 0.3 < 0.8
+    assert s["per_task"]["b"]["f1"] == pytest.approx(0.5) and s["auc"] == pytest.approx(5 / 6)
 
 
 def test_guided_replays_differ_and_record_their_guidance(imagined, tmp_path):

@@ -67,7 +67,14 @@ def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path
     assert len(offline_cut) == 2 and max(m["length"] for m in offline_cut.episodes) <= 16
     replayed = EpisodeDataset.load(pooled / "data-0-cut-imagined")
     assert [m["succeeded"] for m in replayed.episodes] == [m["succeeded"] for m in offline_cut.episodes]
-    assert set(rnd["judge"]["val_by_set"]) == {"real", "imagined", "cut", "cut-imagined"}
+    by_set = rnd["judge"]["val_by_set"]
+    assert set(by_set) == {"real", "imagined", "cut", "cut-imagined", "threshold/data-0-cut",
+                           "threshold/data-0-cut-imagined"}
+    # ... per task too: the two expert rollouts both succeed, so there is nothing to rank (no AUC)
+    assert by_set["threshold/data-0-cut"]["per_task"][TASK]["episodes"] == 2
+    assert by_set["threshold/data-0-cut"]["per_task"][TASK]["auc"] is None
+    # ... and the judge's AUC per task over every imagined set, which --min-imagined-auc gates GRPO on
+    assert set(rnd["judge"]["imagined_auc_by_task"]) == {TASK} and rnd["grpo"]["tasks"] == [TASK]
     # ... unless, as here, they are too few to choose it on (6 < --threshold-support 20): the bundled
     # judge's threshold, chosen on hundreds of episodes, is kept and the manifest says why
     bundled_judge = json.loads((CKPT / "judge" / "config.json").read_text())
@@ -134,6 +141,22 @@ def test_a_round_whose_rollouts_all_failed_keeps_its_judge(tmp_path):
     assert not (tmp_path / "judge").exists()
 
 
+def test_grpo_trains_only_on_tasks_whose_imagined_rollouts_the_judge_ranks(tmp_path):
+    from wmpo.rl.lifelong import _grpo, rankable_tasks
+
+    tasks = ["a", "b", "c", "d"]
+    aucs = {"a": 0.95, "b": 0.5, "c": None}  # c: one kind of validation rollout only; d: none at all
+    assert rankable_tasks(tasks, aucs, 0.0) == tasks
+    assert rankable_tasks(tasks, aucs, 0.8) == ["a"] and rankable_tasks(tasks, aucs, 0.5) == ["a", "b"]
+    # no task passes: the round keeps its policy and says why, without starting a job
+    cfg = tiny(tmp_path)
+    cfg.min_imagined_auc = 0.8
+    policy = str(CKPT / "policy-base")
+    res = _grpo(cfg, 0, tmp_path, policy, str(CKPT / "world-model"), str(CKPT / "judge"), None, {TASK: 0.6})
+    assert res["policy"] == policy and res["tasks"] == [] and "reaches 0.8" in res["skipped"]
+    assert not (tmp_path / "grpo").exists()
+
+
 def test_bad_loop_configs_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="real-rollouts"):
         LifelongConfig(out=str(tmp_path), tasks=[TASK, "drawer-close-v3"], real_rollouts=3).validate()
@@ -151,6 +174,10 @@ def test_bad_loop_configs_are_refused(tmp_path):
         LifelongConfig(out=str(tmp_path), tasks=[TASK], rollout_temperature=-0.5).validate()
     with pytest.raises(ConfigError, match="threshold-support"):
         LifelongConfig(out=str(tmp_path), tasks=[TASK], threshold_support=0).validate()
+    with pytest.raises(ConfigError, match="min-imagined-auc must be in"):
+        LifelongConfig(out=str(tmp_path), tasks=[TASK], min_imagined_auc=1.5).validate()
+    with pytest.raises(ConfigError, match="min-imagined-auc needs the judge"):
+        LifelongConfig(out=str(tmp_path), tasks=[TASK], min_imagined_auc=0.8, judge_steps=0).validate()
     with pytest.raises(ConfigError, match=r"--threshold-data .*missing: no episode dataset"):
         LifelongConfig(out=str(tmp_path), tasks=[TASK], threshold_data=[str(tmp_path / "missing")]).validate()
     (tmp_path / "round-0").mkdir()

@@ -41,6 +41,19 @@ def precision_recall_f1(pred: np.ndarray, labels: np.ndarray) -> dict[str, float
             "tp": tp, "fp": fp, "fn": fn, "tn": int(len(pred) - tp - fp - fn)}
 
 
+def ranking_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """ROC AUC: the chance that a success scores above a failure (ties count half), whatever the
+    threshold; None without both. How well a judge can rank a task's rollouts at all, the property
+    GRPO's group advantages need (pairwise on numpy: sets are hundreds of episodes, and this is
+    not worth a dependency)."""
+    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
+    pos, neg = scores[labels], scores[~labels]
+    if not len(pos) or not len(neg):
+        return None
+    diff = pos[:, None] - neg[None, :]
+    return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
+
+
 def choose_threshold(scores: np.ndarray, labels: np.ndarray, min_support: int = 1) -> float | None:
     """The threshold with the best F1 on a validation split (midpoint between neighbouring scores,
     so it does not sit exactly on a validation example); None when the split has fewer than
@@ -264,7 +277,7 @@ def evaluate_judge(cfg: JudgeEvalConfig, progress: bool = True) -> dict[str, Any
     n = sum(len(ds) for ds in datasets)
     report: dict[str, Any] = {"config": asdict(cfg), "judge": judge.provenance(), "episodes": n,
                               "real_success_rate": float(real.labels.mean()),
-                              "real": _summary(real, judge.threshold)}
+                              "real": summarize(real, judge.threshold)}
     if cfg.world_model:
         from wmpo.sampling.world_model import TorchWorldModel
 
@@ -278,7 +291,7 @@ def evaluate_judge(cfg: JudgeEvalConfig, progress: bool = True) -> dict[str, Any
                                              [ds.episodes[j]["instruction"] for j in part],
                                              [wm.frame_stride] * len(part))
         imagined = JudgedEpisodes(np.asarray([v.score for v in verdicts]), real.labels, real.tasks)
-        report["imagined"] = _summary(imagined, judge.threshold)
+        report["imagined"] = summarize(imagined, judge.threshold)
         report["imagined"]["agreement_with_real_verdicts"] = float(
             ((imagined.scores >= judge.threshold) == (real.scores >= judge.threshold)).mean())
         report["world_model"] = wm.provenance()
@@ -286,27 +299,33 @@ def evaluate_judge(cfg: JudgeEvalConfig, progress: bool = True) -> dict[str, Any
     return report
 
 
-def _summary(j: JudgedEpisodes, threshold: float) -> dict[str, Any]:
+def summarize(j: JudgedEpisodes, threshold: float) -> dict[str, Any]:
+    """Precision, recall, F1 at ``threshold`` and the AUC, overall and per task."""
     pred = j.scores >= threshold
-    out: dict[str, Any] = {**precision_recall_f1(pred, j.labels), "per_task": {}}
+    out: dict[str, Any] = {**precision_recall_f1(pred, j.labels), "auc": ranking_auc(j.scores, j.labels),
+                           "per_task": {}}
     for task in sorted(set(j.tasks)):
         m = np.asarray([t == task for t in j.tasks])
-        out["per_task"][task] = {**precision_recall_f1(pred[m], j.labels[m]), "episodes": int(m.sum()),
-                                 "real_successes": int(j.labels[m].sum())}
+        out["per_task"][task] = {**precision_recall_f1(pred[m], j.labels[m]), "auc": ranking_auc(j.scores[m], j.labels[m]),
+                                 "episodes": int(m.sum()), "real_successes": int(j.labels[m].sum())}
     return out
+
+
+def _auc(value: float | None) -> str:
+    return f"{value:>6.3f}" if value is not None else f"{'-':>6}"
 
 
 def format_report(r: dict[str, Any]) -> str:
     rows = [f"judge {r['judge'].get('classifier_sha256', '')} threshold {r['judge']['threshold']:.3f}, "
             f"{r['episodes']} episodes, real success rate {r['real_success_rate']:.1%}",
-            f"{'':<10} {'task':<22} {'prec':>6} {'recall':>6} {'F1':>6} {'n':>5}"]
+            f"{'':<10} {'task':<22} {'prec':>6} {'recall':>6} {'F1':>6} {'AUC':>6} {'n':>5}"]
     for kind in ("real", "imagined"):
         if kind not in r:
             continue
         s = r[kind]
         for task, t in s["per_task"].items():
             rows.append(f"{kind:<10} {task:<22} {t['precision']:>6.3f} {t['recall']:>6.3f} {t['f1']:>6.3f} "
-                        f"{t['episodes']:>5}")
+                        f"{_auc(t.get('auc'))} {t['episodes']:>5}")
         rows.append(f"{kind:<10} {'overall':<22} {s['precision']:>6.3f} {s['recall']:>6.3f} {s['f1']:>6.3f} "
-                    f"{r['episodes']:>5}")
+                    f"{_auc(s.get('auc'))} {r['episodes']:>5}")
     return "\n".join(rows)

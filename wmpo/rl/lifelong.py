@@ -38,6 +38,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from wmpo.data.collect import EVAL_SEED_BASE
 from wmpo.data.episodes import atomic_write_json, write_cut_dataset
 from wmpo.errors import ConfigError
@@ -77,6 +79,10 @@ class LifelongConfig:
     # replayed with the round's world model: the fine-tuned judge needs its own threshold (the kept
     # 0.92 passed imagined push 69-79% against 30% real), and one round's rollouts are too few.
     threshold_data: list[str] = field(default_factory=list)
+    # GRPO trains only on the tasks whose imagined rollouts the round's judge can rank: AUC >= this
+    # on the imagined validation pool (0: every task). A task it cannot rank (imagined push: 0.4-0.6)
+    # gives group advantages that are noise; a round with no such task keeps its policy.
+    min_imagined_auc: float = 0.0
     grpo_steps: int = 10
     groups: int = 8
     group_size: int = 8
@@ -121,6 +127,10 @@ class LifelongConfig:
             raise ConfigError(f"--rollout-temperature must be in [0, 10], got {self.rollout_temperature}")
         if self.threshold_support < 1:
             raise ConfigError(f"--threshold-support must be >= 1, got {self.threshold_support}")
+        if not 0 <= self.min_imagined_auc <= 1:
+            raise ConfigError(f"--min-imagined-auc must be in [0, 1], got {self.min_imagined_auc}")
+        if self.min_imagined_auc and not self.judge_steps:
+            raise ConfigError("--min-imagined-auc needs the judge's round (--judge-steps > 0): it is measured there")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
         if self.episodes_per_task() > VAL_SEED_OFFSET:
@@ -140,11 +150,12 @@ class LifelongConfig:
                 raise ConfigError(f"--threshold-data {path}: no episode dataset there (meta/info.json)")
         self.grpo_job(self.policy, self.out, self.world_model, self.judge, 0).validate()  # GRPO fields, up front
 
-    def grpo_job(self, policy: str, out: str, world_model: str, judge: str, r: int) -> Any:
+    def grpo_job(self, policy: str, out: str, world_model: str, judge: str, r: int,
+                 tasks: list[str] | None = None) -> Any:
         from wmpo.rl.job import GRPOJobConfig
 
         return GRPOJobConfig(
-            policy=policy, out=out, tasks=self.tasks, steps=max(self.grpo_steps, 1), groups_per_step=self.groups,
+            policy=policy, out=out, tasks=tasks or self.tasks, steps=max(self.grpo_steps, 1), groups_per_step=self.groups,
             group_size=self.group_size, chunks=self.chunks, temperature=self.temperature, lr=self.lr,
             target_kl=self.target_kl, epochs=self.epochs, minibatch=self.minibatch, verify=self.verify, seed=self.seed + r,
             world_model=world_model, judge=judge, action_guidance=self.action_guidance,
@@ -231,7 +242,7 @@ def _align_world_model(cfg: LifelongConfig, r: int, rd: Path, world_model: str, 
 def _align_judge(cfg: LifelongConfig, r: int, rd: Path, world_model: str, judge: str,
                  real: dict[str, Any]) -> dict[str, Any]:
     from wmpo.data.episodes import EpisodeDataset
-    from wmpo.eval.judge import judge_dataset, precision_recall_f1, write_imagined_dataset
+    from wmpo.eval.judge import JudgedEpisodes, judge_dataset, summarize, write_imagined_dataset
     from wmpo.judge.success import SuccessJudge
     from wmpo.rl.job import CHUNK_STEPS
     from wmpo.train.success_classifier import JudgeTrainConfig, train_success_classifier
@@ -266,8 +277,9 @@ def _align_judge(cfg: LifelongConfig, r: int, rd: Path, world_model: str, judge:
                                                      cfg.chunks * CHUNK_STEPS))
             sets[split] |= {"cut": cut, "cut-imagined": replay(cut, rd / f"cut-imagined-{split}")}
     # GRPO only ever judges rollouts cut at its horizon: with the cuts, the threshold is chosen on them
-    threshold_sets = [sets["val"]["cut"], sets["val"]["cut-imagined"]] if cfg.judge_horizon_cuts else list(
-        sets["val"].values())
+    # (real, imagined) pairs of validation sets
+    pairs = [(sets["val"]["cut"], sets["val"]["cut-imagined"]) if cfg.judge_horizon_cuts
+             else (sets["val"]["real"], sets["val"]["imagined"])]
     # ... pooled with the earlier rounds' validation parts and the offline threshold data, all
     # replayed with this round's world model
     pool = {f"round-{k}": str(rd.parent / f"round-{k}" / "real-val") for k in range(r)}
@@ -277,26 +289,45 @@ def _align_judge(cfg: LifelongConfig, r: int, rd: Path, world_model: str, judge:
             name += "-cut"
             cut = rd / "threshold" / name
             real_part = once(cut, partial(write_cut_dataset, real_part, cut, cfg.chunks * CHUNK_STEPS))
-        threshold_sets += [real_part, replay(real_part, rd / "threshold" / f"{name}-imagined")]
+        pairs.append((real_part, replay(real_part, rd / "threshold" / f"{name}-imagined")))
+    threshold_sets = [path for pair in pairs for path in pair]
     res = train_success_classifier(JudgeTrainConfig(
         data=list(sets["train"].values()), val_data=threshold_sets, out=str(rd / "judge"), init=judge,
         steps=cfg.judge_steps, lr=cfg.judge_lr, warmup=min(30, cfg.judge_steps), world_model=world_model,
         seed=cfg.seed + r, save_every=max(cfg.judge_steps // 3, 1), min_threshold_support=cfg.threshold_support))
+    # Every validation set measured, per task too, and the AUC per task over all the imagined ones:
+    # whether the judge can rank a task's imagined rollouts at all, which no threshold mends
+    # (imagined push: 0.4-0.6, chance), and which GRPO's group advantages need.
     aligned = SuccessJudge.load(str(rd / "judge"))
-    per_set = {}
-    for name, path in sets["val"].items():
-        judged = judge_dataset(aligned, EpisodeDataset.load(path))
-        per_set[name] = precision_recall_f1(judged.scores >= aligned.threshold, judged.labels)
+    names = {path: name for name, path in sets["val"].items()}
+    names |= {path: f"threshold/{Path(path).name}" for path in threshold_sets if path not in names}
+    judged = {path: judge_dataset(aligned, EpisodeDataset.load(path)) for path in names}
+    imagined = [judged[path] for _, path in pairs]
+    pooled = JudgedEpisodes(np.concatenate([j.scores for j in imagined]), np.concatenate([j.labels for j in imagined]),
+                            [t for j in imagined for t in j.tasks])
     return {"path": str(rd / "judge"), "init_sha256": checkpoint_sha(judge), "data": sets,
-            "threshold_chosen_on": threshold_sets, "val_by_set": per_set, **res}
+            "threshold_chosen_on": threshold_sets,
+            "val_by_set": {names[path]: summarize(j, aligned.threshold) for path, j in judged.items()},
+            "imagined_auc_by_task": {t: v["auc"] for t, v in summarize(pooled, aligned.threshold)["per_task"].items()},
+            **res}
+
+
+def rankable_tasks(tasks: list[str], aucs: dict[str, float | None], floor: float) -> list[str]:
+    """The tasks GRPO trains on: with a floor, those whose imagined AUC reaches it (a task without
+    an AUC, all of its validation rollouts one kind, is not known to be rankable)."""
+    return [t for t in tasks if not floor or (aucs.get(t) is not None and aucs[t] >= floor)]
 
 
 def _grpo(cfg: LifelongConfig, r: int, rd: Path, policy: str, world_model: str, judge: str,
-          embedded: Any) -> dict[str, Any]:
+          embedded: Any, aucs: dict[str, float | None]) -> dict[str, Any]:
     from wmpo.rl.job import run_grpo_job
 
-    job = run_grpo_job(cfg.grpo_job(policy, str(rd / "grpo"), world_model, judge, r), embedded=embedded)
-    return {"policy": job["policy"], "world_model_sha256": checkpoint_sha(world_model),
+    tasks = rankable_tasks(cfg.tasks, aucs, cfg.min_imagined_auc)
+    if not tasks:
+        print(f"round {r}: no task's imagined AUC reaches {cfg.min_imagined_auc}; the policy is kept", flush=True)
+        return {"policy": policy, "tasks": [], "skipped": f"no task's imagined AUC reaches {cfg.min_imagined_auc}"}
+    job = run_grpo_job(cfg.grpo_job(policy, str(rd / "grpo"), world_model, judge, r, tasks), embedded=embedded)
+    return {"policy": job["policy"], "tasks": tasks, "world_model_sha256": checkpoint_sha(world_model),
             "judge_sha256": checkpoint_sha(judge), "start_policy_sha256": checkpoint_sha(policy),
             "simulator": job.get("simulator", {}), "calibration": job.get("calibration"),
             "calibration_steps": job.get("calibration_steps", []), "best_real": job.get("best_real"),
@@ -337,10 +368,12 @@ def run_lifelong(cfg: LifelongConfig, embedded: Any = None) -> dict[str, Any]:
         real = stage(r, "collect", partial(_collect, cfg, r, rd, policy))
         if cfg.wm_steps:
             world_model = stage(r, "world_model", partial(_align_world_model, cfg, r, rd, world_model, real))["path"]
+        aucs: dict[str, float | None] = {}
         if cfg.judge_steps:
-            judge = stage(r, "judge", partial(_align_judge, cfg, r, rd, world_model, judge, real))["path"]
+            aligned = stage(r, "judge", partial(_align_judge, cfg, r, rd, world_model, judge, real))
+            judge, aucs = aligned["path"], aligned.get("imagined_auc_by_task", {})
         if cfg.grpo_steps:
-            policy = stage(r, "grpo", partial(_grpo, cfg, r, rd, policy, world_model, judge, embedded))["policy"]
+            policy = stage(r, "grpo", partial(_grpo, cfg, r, rd, policy, world_model, judge, embedded, aucs))["policy"]
         if cfg.eval_episodes:
             stage(r, "eval", partial(_evaluate, cfg, r, policy))
     ledger.data["real_rollouts_total"] = sum(x["collect"]["real_rollouts"] for x in ledger.data["rounds"])
@@ -381,7 +414,10 @@ def report(out: str | Path) -> str:
         grpo = rd.get("grpo", {})
         checks = {0: (grpo.get("calibration") or {}).get("real")}
         checks.update({c["step"]: c["real"] for c in grpo.get("calibration_steps", [])})
-        rows.append([str(r), real, threshold, "start", "", "", "", _rates(checks.get(0), tasks), ""])
+        # GRPO on fewer tasks (--min-imagined-auc): which, since the real checks then cover only them
+        trained = grpo.get("tasks", tasks)
+        on = "" if trained == tasks else "on " + (", ".join(t.removesuffix("-v3") for t in trained) or "no task")
+        rows.append([str(r), real, threshold, "start", on, "", "", _rates(checks.get(0), tasks), ""])
         log = root / f"round-{r}" / "grpo" / "train_log.jsonl"
         steps = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
         for h in steps:
