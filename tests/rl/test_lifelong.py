@@ -70,7 +70,7 @@ def test_one_round_aligns_both_models_and_trains_the_policy_and_resumes(tmp_path
     by_set = rnd["judge"]["val_by_set"]
     assert set(by_set) == {"real", "imagined", "cut", "cut-imagined", "threshold/data-0-cut",
                            "threshold/data-0-cut-imagined"}
-    # ... per task too: the two expert rollouts both succeed, so there is nothing to rank (no AUC)
+    # ... per task too: the two expert rollouts cut at 16 steps share one outcome, so nothing to rank (no AUC)
     assert by_set["threshold/data-0-cut"]["per_task"][TASK]["episodes"] == 2
     assert by_set["threshold/data-0-cut"]["per_task"][TASK]["auc"] is None
     # ... and the judge's AUC per task over every imagined set, which --min-imagined-auc gates GRPO on

@@ -8,7 +8,7 @@ import pytest
 
 from wmpo.data.collect import CollectConfig, collect
 from wmpo.data.episodes import EpisodeDataset
-from wmpo.eval.judge import JudgeEvalConfig, evaluate_judge
+from wmpo.eval.judge import JudgeEvalConfig, evaluate_judge, judge_dataset
 from wmpo.judge.success import SuccessJudge
 from wmpo.train.success_classifier import (
     JudgeTrainConfig,
@@ -49,12 +49,18 @@ def test_training_chooses_a_threshold_and_the_checkpoint_judges(data, tmp_path):
                            val_data=[str(data / "good"), str(data / "bad")],
                            out=str(tmp_path / "judge"), preset="tiny", steps=6, batch_size=4, recon_prob=0.0,
                            log_every=2, save_every=3)
-    result = train_success_classifier(cfg, progress=False)
+    judged_val: dict = {}
+    result = train_success_classifier(cfg, progress=False, judged_val=judged_val)
     assert 0.0 <= result["threshold"] <= 1.0
     manifest = json.loads((tmp_path / "judge" / "manifest.json").read_text())
     assert manifest["data"]["positive_clips"] == 3 and manifest["threshold"]["value"] == result["threshold"]
     assert manifest["threshold"]["chosen_on"] == "val_data, trajectory-level F1"
     judge = SuccessJudge.load(str(tmp_path / "judge"))
+    # the validation scores handed back are the saved checkpoint's own (a caller need not judge again)
+    assert list(judged_val) == cfg.val_data
+    for path, judged in judged_val.items():
+        again = judge_dataset(judge, EpisodeDataset.load(path))
+        assert np.allclose(judged.scores, again.scores) and (judged.labels == again.labels).all()
     ep = EpisodeDataset.load(data / "good").episode(0)
     (v,) = judge.judge_many([ep.frames], [ep.meta["instruction"]])
     n = len(range((ep.length) % 2, ep.length + 1, 2))

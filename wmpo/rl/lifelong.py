@@ -291,23 +291,26 @@ def _align_judge(cfg: LifelongConfig, r: int, rd: Path, world_model: str, judge:
             real_part = once(cut, partial(write_cut_dataset, real_part, cut, cfg.chunks * CHUNK_STEPS))
         pairs.append((real_part, replay(real_part, rd / "threshold" / f"{name}-imagined")))
     threshold_sets = [path for pair in pairs for path in pair]
+    judged: dict[str, JudgedEpisodes] = {}  # the threshold sets, as training scored them
     res = train_success_classifier(JudgeTrainConfig(
         data=list(sets["train"].values()), val_data=threshold_sets, out=str(rd / "judge"), init=judge,
         steps=cfg.judge_steps, lr=cfg.judge_lr, warmup=min(30, cfg.judge_steps), world_model=world_model,
-        seed=cfg.seed + r, save_every=max(cfg.judge_steps // 3, 1), min_threshold_support=cfg.threshold_support))
+        seed=cfg.seed + r, save_every=max(cfg.judge_steps // 3, 1), min_threshold_support=cfg.threshold_support),
+        judged_val=judged)
     # Every validation set measured, per task too, and the AUC per task over all the imagined ones:
     # whether the judge can rank a task's imagined rollouts at all, which no threshold mends
     # (imagined push: 0.4-0.6, chance), and which GRPO's group advantages need.
     aligned = SuccessJudge.load(str(rd / "judge"))
     names = {path: name for name, path in sets["val"].items()}
     names |= {path: f"threshold/{Path(path).name}" for path in threshold_sets if path not in names}
-    judged = {path: judge_dataset(aligned, EpisodeDataset.load(path)) for path in names}
+    for path in names.keys() - judged.keys():  # the validation sets the threshold was not chosen on
+        judged[path] = judge_dataset(aligned, EpisodeDataset.load(path))
     imagined = [judged[path] for _, path in pairs]
     pooled = JudgedEpisodes(np.concatenate([j.scores for j in imagined]), np.concatenate([j.labels for j in imagined]),
                             [t for j in imagined for t in j.tasks])
     return {"path": str(rd / "judge"), "init_sha256": checkpoint_sha(judge), "data": sets,
             "threshold_chosen_on": threshold_sets,
-            "val_by_set": {names[path]: summarize(j, aligned.threshold) for path, j in judged.items()},
+            "val_by_set": {names[path]: summarize(judged[path], aligned.threshold) for path in names},
             "imagined_auc_by_task": {t: v["auc"] for t, v in summarize(pooled, aligned.threshold)["per_task"].items()},
             **res}
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from wmpo.data.episodes import EpisodeDataset
 from wmpo.errors import CheckpointError, ConfigError
-from wmpo.eval.judge import choose_threshold, judge_dataset, precision_recall_f1
+from wmpo.eval.judge import JudgedEpisodes, choose_threshold, judge_dataset, precision_recall_f1
 from wmpo.judge.clips import subsample_indices, training_clips
 from wmpo.judge.success import SuccessJudge
 from wmpo.models.success_classifier import PRESETS, SuccessClassifier
@@ -152,7 +152,11 @@ def augment(clips: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tens
     return x.clamp(-1, 1).permute(0, 1, 3, 4, 2)  # (B, L, H, W, 3)
 
 
-def train_success_classifier(cfg: JudgeTrainConfig, progress: bool = True) -> dict[str, Any]:
+def train_success_classifier(cfg: JudgeTrainConfig, progress: bool = True,
+                             judged_val: dict[str, JudgedEpisodes] | None = None) -> dict[str, Any]:
+    """Train (or fine-tune) and save the classifier; returns a JSON-able summary. ``judged_val``, if
+    given, receives each validation dataset's scored episodes (by path), the scores the threshold
+    was chosen on, so a caller reporting on them need not judge them again."""
     cfg.validate()
     torch.manual_seed(cfg.seed)
     init, init_config, _ = SuccessClassifier.from_checkpoint(cfg.init) if cfg.init else (None, {}, {})
@@ -220,6 +224,8 @@ def train_success_classifier(cfg: JudgeTrainConfig, progress: bool = True) -> di
     # Threshold on the validation datasets, trajectory level (sliding window, any clip passes).
     judge = SuccessJudge(model, 0.5)
     val = [judge_dataset(judge, EpisodeDataset.load(p), progress=progress) for p in cfg.val_data]
+    if judged_val is not None:
+        judged_val.update(zip(cfg.val_data, val, strict=True))
     val_scores = np.concatenate([v.scores for v in val])
     val_labels = np.concatenate([v.labels for v in val])
     threshold = choose_threshold(val_scores, val_labels, cfg.min_threshold_support)
