@@ -258,7 +258,7 @@ def cmd_train_lifelong(a: argparse.Namespace) -> None:
     cfg = LifelongConfig(
         out=a.out, tasks=_tasks(a.tasks), policy=a.policy, world_model=a.world_model, judge=a.judge,
         rounds=a.rounds, real_rollouts=a.real_rollouts, rollout_temperature=a.rollout_temperature,
-        wm_steps=a.wm_steps, judge_steps=a.judge_steps, judge_horizon_cuts=a.judge_horizon_cuts,
+        wm_steps=a.wm_steps, wm_lr=a.wm_lr, judge_steps=a.judge_steps, judge_horizon_cuts=a.judge_horizon_cuts,
         threshold_support=a.threshold_support, threshold_data=a.threshold_data, min_imagined_auc=a.min_imagined_auc,
         grpo_steps=a.steps, groups=a.groups, group_size=a.group_size,
         chunks=a.chunks, temperature=a.temperature,
@@ -736,6 +736,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rollout-temperature", type=float, default=1.0,
                    help="the policy's sampling temperature in the real rollouts (GRPO samples at 1.6)")
     p.add_argument("--wm-steps", type=int, default=400, help="world-model fine-tuning steps (0: skip)")
+    p.add_argument("--wm-lr", type=float, default=1e-4,
+                   help="world-model fine-tuning peak learning rate (at 1e-4, 25 steps already took the base "
+                   "policy's imagined door openings from 35%% to 0-5%%, real 12.5%%: results/grpo-clip-gated/)")
     p.add_argument("--judge-steps", type=int, default=300, help="judge fine-tuning steps (0: skip)")
     p.add_argument("--threshold-support", type=int, default=20,
                    help="the fine-tuned judge's threshold is re-chosen on the round's validation rollouts only "

@@ -174,6 +174,8 @@ def test_bad_loop_configs_are_refused(tmp_path):
         LifelongConfig(out=str(tmp_path), tasks=[TASK], rollout_temperature=-0.5).validate()
     with pytest.raises(ConfigError, match="threshold-support"):
         LifelongConfig(out=str(tmp_path), tasks=[TASK], threshold_support=0).validate()
+    with pytest.raises(ConfigError, match=r"--wm-lr must be in \(0, 1\], got 0"):
+        LifelongConfig(out=str(tmp_path), tasks=[TASK], wm_lr=0.0).validate()
     with pytest.raises(ConfigError, match="min-imagined-auc must be in"):
         LifelongConfig(out=str(tmp_path), tasks=[TASK], min_imagined_auc=1.5).validate()
     with pytest.raises(ConfigError, match="min-imagined-auc needs the judge"):
@@ -232,3 +234,16 @@ def test_action_guidance_is_the_embedded_stacks_alone_and_in_range(tmp_path):
     cfg.action_guidance = 11.0
     with pytest.raises(ConfigError, match=r"\[0, 10\]"):
         cfg.validate()
+
+
+def test_the_command_line_sets_the_world_model_learning_rate(tmp_path, monkeypatch):
+    import wmpo.rl.lifelong as lifelong
+    from wmpo.cli import build_parser
+
+    seen: list[LifelongConfig] = []
+    monkeypatch.setattr(lifelong, "run_lifelong", lambda cfg, embedded=None: seen.append(cfg) or {"real_rollouts_total": 0, "final": {}})
+    monkeypatch.setattr(lifelong, "report", lambda out: "")
+    for flags, lr in (([], 1e-4), (["--wm-lr", "1e-5"], 1e-5)):
+        a = build_parser().parse_args(["train", "lifelong", "--out", str(tmp_path), "--tasks", TASK, *flags])
+        a.func(a)
+        assert seen[-1].wm_lr == lr

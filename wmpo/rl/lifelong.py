@@ -127,6 +127,8 @@ class LifelongConfig:
             raise ConfigError(f"--rollout-temperature must be in [0, 10], got {self.rollout_temperature}")
         if self.threshold_support < 1:
             raise ConfigError(f"--threshold-support must be >= 1, got {self.threshold_support}")
+        if not 0 < self.wm_lr <= 1:
+            raise ConfigError(f"--wm-lr must be in (0, 1], got {self.wm_lr}")
         if not 0 <= self.min_imagined_auc <= 1:
             raise ConfigError(f"--min-imagined-auc must be in [0, 1], got {self.min_imagined_auc}")
         if self.min_imagined_auc and not self.judge_steps:
