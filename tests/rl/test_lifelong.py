@@ -241,7 +241,12 @@ def test_the_command_line_sets_the_world_model_learning_rate(tmp_path, monkeypat
     from wmpo.cli import build_parser
 
     seen: list[LifelongConfig] = []
-    monkeypatch.setattr(lifelong, "run_lifelong", lambda cfg, embedded=None: seen.append(cfg) or {"real_rollouts_total": 0, "final": {}})
+
+    def run(cfg: LifelongConfig, embedded: object = None) -> dict:  # records the config, runs nothing
+        seen.append(cfg)
+        return {"real_rollouts_total": 0, "final": {}}
+
+    monkeypatch.setattr(lifelong, "run_lifelong", run)
     monkeypatch.setattr(lifelong, "report", lambda out: "")
     for flags, lr in (([], 1e-4), (["--wm-lr", "1e-5"], 1e-5)):
         a = build_parser().parse_args(["train", "lifelong", "--out", str(tmp_path), "--tasks", TASK, *flags])
